@@ -1,0 +1,1 @@
+"""Library code shared by every paper. Nothing in this package imports gin: configuration stays at the edges."""

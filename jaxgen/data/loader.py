@@ -1,0 +1,149 @@
+"""Deterministic, resumable, per-host batches.
+
+The batch of step `s` is a pure function of (seed, s): epoch `e` visits the examples in the order of a permutation
+drawn from `(seed, e)`, and step `s` takes the global positions `[s·B, (s+1)·B)` of that endless sequence. Each process
+reads only its own rows of that global batch (`jaxgen.core.sharding.process_rows`), so the global batch is the same on
+one host or many, and the iterator state that goes into a checkpoint is just the next step.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import math
+import queue
+import threading
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from typing import Any
+
+import numpy as np
+
+from jaxgen.data import sources
+
+Transform = Callable[[dict[str, np.ndarray]], dict[str, np.ndarray]]
+
+
+@dataclasses.dataclass(eq=False)
+class Loader:
+    """A dataset split read in global batches of `batch_size`.
+
+    `dataset` is a registered/TFDS name or any object with `__len__` and `__getitem__` (e.g. `ArraySource`).
+    `features` keeps only those features (all when None); `transform` maps a numpy batch to a numpy batch on the host.
+    """
+
+    dataset: str | sources.Source
+    batch_size: int
+    split: str = "train"
+    seed: int = 0
+    shuffle: bool = True
+    features: Sequence[str] | None = None
+    transform: Transform | None = None
+    data_dir: str | None = None
+
+    def __post_init__(self):
+        if self.batch_size <= 0:
+            raise ValueError(f"batch_size must be positive; got {self.batch_size}")
+
+    @functools.cached_property
+    def source(self) -> sources.Source:
+        if isinstance(self.dataset, str):
+            return sources.source(self.dataset, self.split, self.data_dir)
+        return self.dataset
+
+    @property
+    def name(self) -> str:
+        return self.dataset if isinstance(self.dataset, str) else type(self.dataset).__name__
+
+    def __len__(self) -> int:
+        return len(self.source)
+
+    @functools.lru_cache(maxsize=2)
+    def _order(self, epoch: int) -> np.ndarray:
+        if not self.shuffle:
+            return np.arange(len(self))
+        return np.random.default_rng([self.seed, epoch]).permutation(len(self))
+
+    def _read(self, indices: np.ndarray) -> dict[str, np.ndarray]:
+        batch = sources.read_batch(self.source, indices)
+        if self.features is not None:
+            missing = sorted(set(self.features) - set(batch))
+            if missing:
+                raise KeyError(f"Dataset {self.name!r} has no features {missing}; it has {sorted(batch)}")
+            batch = {k: batch[k] for k in self.features}
+        return self.transform(batch) if self.transform else batch
+
+    def batch(self, step: int, rows: np.ndarray | None = None) -> dict[str, np.ndarray]:
+        """This process's `rows` (default: all) of the global batch of `step`."""
+        rows = np.arange(self.batch_size) if rows is None else np.asarray(rows)
+        positions = step * self.batch_size + rows
+        epochs, offsets = np.divmod(positions, len(self))
+        indices = np.empty_like(positions)
+        for epoch in np.unique(epochs):
+            selected = epochs == epoch
+            indices[selected] = self._order(int(epoch))[offsets[selected]]
+        return self._read(indices)
+
+    def iterate(self, start_step: int, rows: np.ndarray | None = None) -> Iterator[dict[str, np.ndarray]]:
+        step = start_step
+        while True:
+            yield self.batch(step, rows)
+            step += 1
+
+    def num_eval_batches(self) -> int:
+        return math.ceil(len(self) / self.batch_size)
+
+    def eval_batches(self, rows: np.ndarray | None = None) -> Iterator[dict[str, np.ndarray]]:
+        """One pass in dataset order; the last batch is padded and `valid` marks the real rows."""
+        rows = np.arange(self.batch_size) if rows is None else np.asarray(rows)
+        for b in range(self.num_eval_batches()):
+            positions = b * self.batch_size + rows
+            valid = positions < len(self)
+            batch = self._read(np.where(valid, positions, 0))
+            batch["valid"] = valid
+            yield batch
+
+    def state(self, next_step: int) -> dict[str, Any]:
+        """What a checkpoint stores about the data stream (the step is enough to continue it exactly)."""
+        return {"next_step": int(next_step), "dataset": self.name, "split": self.split, "seed": self.seed,
+                "batch_size": self.batch_size, "num_examples": len(self)}
+
+
+def prefetch(iterator: Iterator[Any], size: int = 2, convert: Callable[[Any], Any] | None = None) -> Iterator[Any]:
+    """Runs `iterator` (and `convert`, e.g. host-to-device assembly) `size` items ahead in a background thread."""
+    done = object()
+    items: queue.Queue = queue.Queue(maxsize=size)
+    stop = threading.Event()
+
+    def produce():
+        try:
+            for item in iterator:
+                if stop.is_set():
+                    return
+                items.put(convert(item) if convert else item)
+            items.put(done)
+        except BaseException as e:  # surfaced in the consumer, not lost in the thread
+            items.put(e)
+
+    thread = threading.Thread(target=produce, daemon=True)
+    thread.start()
+    try:
+        while True:
+            item = items.get()
+            if item is done:
+                return
+            if isinstance(item, BaseException):
+                raise item
+            yield item
+    finally:
+        stop.set()
+        while thread.is_alive():
+            try:
+                items.get_nowait()
+            except queue.Empty:
+                thread.join(timeout=0.05)
+
+
+def check_batch(batch: Mapping[str, np.ndarray], batch_size: int) -> None:
+    for key, value in batch.items():
+        if np.ndim(value) == 0 or len(value) != batch_size:
+            raise ValueError(f"Feature {key!r} of a batch has shape {np.shape(value)}; expected leading dim {batch_size}")

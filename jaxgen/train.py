@@ -1,0 +1,336 @@
+"""The shared trainer: one readable `run()` over the Task protocol.
+
+Read top to bottom: workdir -> mesh -> shapes and shardings -> restore or initialise -> the jitted step -> the loop
+(bounded steps in flight, NaN guard, metrics, checkpoints, evaluators) -> clean-up. A paper whose outer loop differs
+(federated rounds, calibration, bilevel search) forks this file into `projects/<paper>/trainer.py` and reuses
+`jaxgen.core`; it does not add flags here.
+
+The trainer is gin-free: `jaxgen.cli` binds its arguments from the experiment's gin files.
+"""
+
+from __future__ import annotations
+
+import collections
+import dataclasses
+import logging
+import math
+import time
+from collections.abc import Iterator, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import flax.linen as nn
+import jax
+import numpy as np
+import optax
+from tqdm.auto import tqdm
+
+from jaxgen.core import checkpoint as ckpt_lib
+from jaxgen.core import mesh as mesh_lib
+from jaxgen.core import metrics as metrics_lib
+from jaxgen.core import rng as rng_lib
+from jaxgen.core import sharding as sharding_lib
+from jaxgen.core import workdir as workdir_lib
+from jaxgen.core.optim import OptimizerConfig, TrainState
+from jaxgen.core.task import EvalContext, Task
+from jaxgen.data.loader import Loader, prefetch
+
+MODES = ("train", "eval")
+
+
+class NonFiniteLossError(FloatingPointError):
+    """The loss (or gradient norm) became NaN or infinite; the message names the step and the last good checkpoint."""
+
+
+@dataclasses.dataclass
+class RunResult:
+    workdir: Path
+    step: int
+    state: TrainState
+    last_train_record: dict | None
+    eval_results: dict[str, dict]
+
+
+# ======================================================================================================================
+# Shapes first, then shardings, then allocation.
+# ======================================================================================================================
+
+
+def _global_batch(loader: Loader, step: int, rows: np.ndarray, mesh) -> dict[str, jax.Array]:
+    return sharding_lib.to_global(loader.batch(step, rows), mesh, loader.batch_size)
+
+
+def _state_shardings(task: Task, optimizer, init_rng, example_batch, mesh, logical_axis_rules):
+    """(abstract state with shardings, state shardings); nothing is allocated."""
+    boxed = jax.eval_shape(task.init, init_rng, example_batch)
+    variable_shardings = sharding_lib.variable_shardings(
+        boxed, mesh, getattr(task, "partition_rules", ()), logical_axis_rules
+    )
+    if "params" not in variable_shardings:
+        raise ValueError(f"Task.init must return a variables dict with 'params'; got keys {sorted(variable_shardings)}")
+    abstract = jax.eval_shape(lambda: TrainState.create(nn.unbox(boxed), optimizer))
+    replicated = sharding_lib.replicated(mesh)
+    shardings = TrainState(
+        step=replicated,
+        params=variable_shardings["params"],
+        opt_state=optax.tree_map_params(
+            optimizer, lambda _, s: s, abstract.opt_state, variable_shardings["params"],
+            transform_non_params=lambda _: replicated,
+        ),
+        extra_variables={k: v for k, v in variable_shardings.items() if k != "params"},
+    )
+    abstract = jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s), abstract, shardings)
+    return abstract, shardings
+
+
+# ======================================================================================================================
+# Restore: workdir > resume_from > init_from > scratch.
+# ======================================================================================================================
+
+
+def _restore_or_init(
+    *, checkpointer, abstract, shardings, init_fn, restore_step, resume_from, init_from, mode
+) -> tuple[TrainState, str]:
+    steps = checkpointer.all_steps()
+    if restore_step is not None and restore_step not in steps:
+        raise ckpt_lib.CheckpointError(
+            f"restore_step={restore_step} is not a checkpoint in {checkpointer.directory}; available: {steps}"
+        )
+    if steps:
+        step = restore_step if restore_step is not None else steps[-1]
+        try:
+            state, _ = checkpointer.restore(step, abstract)
+        except ckpt_lib.CheckpointError as e:
+            earlier = [s for s in steps if s < step]
+            raise ckpt_lib.CheckpointError(
+                f"{e}\nRefusing to start from scratch over a damaged checkpoint. Nothing was deleted. "
+                + (f"To continue from an earlier one, rerun with --restore-step {earlier[-1]} "
+                   f"(available: {earlier}), or move {checkpointer.step_dir(step)} aside." if earlier else
+                   f"No earlier checkpoint exists; move {checkpointer.step_dir(step)} aside to start over.")
+            ) from e
+        return state, f"workdir checkpoint {checkpointer.step_dir(step)}"
+    if mode == "eval":
+        raise ckpt_lib.CheckpointError(f"Nothing to evaluate: no checkpoint in {checkpointer.directory}")
+    if resume_from:
+        directory, step = ckpt_lib.resolve(resume_from)
+        source = ckpt_lib.Checkpointer(directory, read_only=True)
+        step = step if step is not None else source.latest_step()
+        if step is None:
+            raise ckpt_lib.CheckpointError(f"resume_from={resume_from!r}: no checkpoint in {directory}")
+        state, _ = source.restore(step, abstract)
+        return state, f"resume_from {source.step_dir(step)}"
+    state = jax.jit(init_fn, out_shardings=shardings)()
+    if init_from:
+        directory, step = ckpt_lib.resolve(init_from)
+        source = ckpt_lib.Checkpointer(directory, read_only=True)
+        step = step if step is not None else source.latest_step()
+        if step is None:
+            raise ckpt_lib.CheckpointError(f"init_from={init_from!r}: no checkpoint in {directory}")
+        params = source.restore_subtree(step, {"params": abstract.params})["params"]
+        return state.replace(params=params), f"parameters from init_from {source.step_dir(step)}"
+    return state, "scratch"
+
+
+# ======================================================================================================================
+# Evaluation.
+# ======================================================================================================================
+
+
+def evaluate(task, state, *, step, eval_data, mesh, eval_stream, workdir, writer) -> dict[str, dict]:
+    """Runs every evaluator of the task; writes `eval/<step>/metrics.json` and eval records to metrics.jsonl."""
+    evaluators = task.evaluators()
+    if not evaluators:
+        return {}
+    outdir = Path(workdir) / "eval" / str(step)
+    is_main = jax.process_index() == 0
+    if is_main:
+        outdir.mkdir(parents=True, exist_ok=True)
+
+    def batches() -> Iterator[dict[str, jax.Array]]:
+        if eval_data is None:
+            raise ValueError("This task's evaluators read eval batches, but the run has no eval_data")
+        rows = sharding_lib.process_rows(eval_data.batch_size, mesh)
+        for batch in eval_data.eval_batches(rows):
+            yield sharding_lib.to_global(batch, mesh, eval_data.batch_size)
+
+    results, record = {}, {}
+    for name, evaluator in evaluators.items():
+        context = EvalContext(step=step, rng=rng_lib.step_key(eval_stream, step), outdir=outdir, batches=batches,
+                              is_main_process=is_main)
+        values = {k: metrics_lib.to_python(v) for k, v in evaluator(state.variables, context).items()}
+        results[name] = values
+        record.update({f"eval/{name}/{k}": v for k, v in values.items() if isinstance(v, (int, float))})
+    if is_main:
+        workdir_lib.write_json(outdir / "metrics.json", results)
+    writer.write(step, record)
+    return results
+
+
+# ======================================================================================================================
+# The run.
+# ======================================================================================================================
+
+
+def run(
+    *,
+    task: Task,
+    workdir: str | Path,
+    train_data: Loader,
+    train_steps: int,
+    eval_data: Loader | None = None,
+    optimizer: OptimizerConfig = OptimizerConfig(),
+    seed: int = 0,
+    log_every: int = 10,
+    checkpoint_every: int = 1000,
+    eval_every: int = 1000,
+    keep_checkpoints: int = 3,
+    async_checkpointing: bool = True,
+    mesh: mesh_lib.MeshConfig = mesh_lib.MeshConfig(),
+    logical_axis_rules: Sequence[tuple[str, Any]] = sharding_lib.LOGICAL_AXIS_RULES,
+    resume_from: str | None = None,
+    init_from: str | None = None,
+    restore_step: int | None = None,
+    max_steps_in_flight: int = 8,
+    progress: bool = True,
+    mode: str = "train",
+) -> RunResult:
+    """Trains `task` for `train_steps` updates (or, with mode="eval", evaluates the workdir's checkpoint).
+
+    Training records (`metrics.jsonl`) are written every `log_every` steps and at the end; `step` counts completed
+    updates, so the record of step 100 and the checkpoint of step 100 describe the same state. `eval_every=0`
+    evaluates only at the end. Resuming after a crash continues bit-for-bit: every step's batch and key are pure
+    functions of (seed, step).
+    """
+    if mode not in MODES:
+        raise ValueError(f"mode must be one of {MODES}; got {mode!r}")
+    for name, value in (("train_steps", train_steps), ("log_every", log_every), ("checkpoint_every", checkpoint_every),
+                        ("max_steps_in_flight", max_steps_in_flight)):
+        if value <= 0:
+            raise ValueError(f"{name} must be positive; got {value}")
+    if eval_every < 0:
+        raise ValueError(f"eval_every must be >= 0 (0: only at the end); got {eval_every}")
+
+    # ---------------------------------------------------------------------------------------------------------- setup
+    workdir = Path(workdir)
+    is_main = jax.process_index() == 0
+    if is_main:
+        workdir.mkdir(parents=True, exist_ok=True)
+    mesh = mesh_lib.make_mesh(mesh)
+    rows = sharding_lib.process_rows(train_data.batch_size, mesh)
+    if is_main and mode == "train":
+        workdir_lib.write_json(workdir / "run_info.json", workdir_lib.run_info(
+            mesh_lib.describe(mesh),
+            {"train_data": train_data.state(0), "train_steps": train_steps, "seed": seed},
+        ))
+
+    init_stream, train_stream, eval_stream = (rng_lib.stream(seed, s) for s in ("init", "train", "eval"))
+    example_batch = _global_batch(train_data, 0, rows, mesh)
+    tx = optimizer.build(train_steps)
+    schedule = optimizer.schedule_fn(train_steps)
+    abstract, shardings = _state_shardings(task, tx, init_stream, example_batch, mesh, logical_axis_rules)
+
+    def init_fn() -> TrainState:
+        return TrainState.create(nn.unbox(task.init(init_stream, example_batch)), tx)
+
+    checkpointer = ckpt_lib.Checkpointer(workdir / "checkpoints", max_to_keep=keep_checkpoints,
+                                         async_save=async_checkpointing)
+    state, origin = _restore_or_init(
+        checkpointer=checkpointer, abstract=abstract, shardings=shardings, init_fn=init_fn,
+        restore_step=restore_step, resume_from=resume_from, init_from=init_from, mode=mode,
+    )
+    start_step = int(jax.device_get(state.step))
+    logging.info("Starting at step %d from %s", start_step, origin)
+    if is_main and mode == "train":
+        metrics_lib.truncate_after(workdir, start_step)
+    writer = metrics_lib.MetricWriter(workdir, enabled=is_main)
+
+    if mode == "eval":
+        try:
+            results = evaluate(task, state, step=start_step, eval_data=eval_data, mesh=mesh, eval_stream=eval_stream,
+                               workdir=workdir, writer=writer)
+        finally:
+            writer.close()
+            checkpointer.close()
+        return RunResult(workdir, start_step, state, None, results)
+
+    # ------------------------------------------------------------------------------------------------- the train step
+    def train_step(state: TrainState, batch):
+        step_rng = rng_lib.step_key(train_stream, state.step)
+
+        def loss_fn(params):
+            return task.loss({"params": params, **state.extra_variables}, batch, step_rng)
+
+        (loss, task_metrics), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
+        updates, opt_state = tx.update(grads, state.opt_state, state.params)
+        new_state = state.replace(step=state.step + 1, params=optax.apply_updates(state.params, updates),
+                                  opt_state=opt_state)
+        step_metrics = {**task_metrics, "loss": loss, "grad_norm": optax.global_norm(grads),
+                        "learning_rate": schedule(state.step)}
+        return new_state, step_metrics
+
+    batch_sharding = sharding_lib.batch_sharding(mesh)
+    jitted_step = jax.jit(
+        train_step,
+        in_shardings=(shardings, batch_sharding),
+        out_shardings=(shardings, sharding_lib.replicated(mesh)),
+        donate_argnums=0,
+    )
+
+    # -------------------------------------------------------------------------------------------------------- the loop
+    pending: collections.deque = collections.deque()
+    last_record: dict | None = None
+    last_saved = start_step if origin.startswith("workdir") else None
+    eval_results: dict[str, dict] = {}
+    interval_start, interval_steps = time.perf_counter(), 0
+
+    def drain(keep: int) -> None:
+        """Waits for all but `keep` in-flight steps: NaN guard on each, a record every `log_every` steps."""
+        nonlocal last_record, interval_start, interval_steps
+        while len(pending) > keep:
+            step, device_metrics = pending.popleft()
+            values = {k: metrics_lib.to_python(v) for k, v in jax.device_get(device_metrics).items()}
+            bad = [k for k in ("loss", "grad_norm") if not math.isfinite(values[k])]
+            if bad:
+                checkpointer.wait()
+                where = f"{checkpointer.step_dir(last_saved)}" if last_saved is not None else "none was saved"
+                raise NonFiniteLossError(
+                    f"Non-finite {' and '.join(bad)} ({', '.join(f'{k}={values[k]}' for k in bad)}) at step {step}; "
+                    f"the run stopped before saving anything from that step. Last good checkpoint: {where}."
+                )
+            interval_steps += 1
+            if step % log_every == 0 or step == train_steps:
+                now = time.perf_counter()
+                values["steps_per_sec"] = interval_steps / max(now - interval_start, 1e-9)
+                interval_start, interval_steps = now, 0
+                writer.write(step, values)
+                last_record = {"step": step, **values}
+                bar.set_postfix(loss=f"{values['loss']:.4g}", refresh=False)
+
+    batches = prefetch(train_data.iterate(start_step, rows),
+                       convert=lambda b: sharding_lib.to_global(b, mesh, train_data.batch_size))
+    bar = tqdm(total=train_steps, initial=start_step, disable=not (progress and is_main), unit="step",
+               dynamic_ncols=True, desc=f"train {workdir.name}")
+    try:
+        for step in range(start_step + 1, train_steps + 1):
+            state, device_metrics = jitted_step(state, next(batches))
+            pending.append((step, device_metrics))
+            drain(keep=max_steps_in_flight)
+            bar.update(1)
+            if step % checkpoint_every == 0 or step == train_steps:
+                drain(keep=0)
+                checkpointer.save(step, state, train_data.state(step))
+                last_saved = step
+            if (eval_every and step % eval_every == 0) or step == train_steps:
+                drain(keep=0)
+                eval_results = evaluate(task, state, step=step, eval_data=eval_data, mesh=mesh,
+                                        eval_stream=eval_stream, workdir=workdir, writer=writer)
+        drain(keep=0)
+    finally:
+        bar.close()
+        batches.close()
+        checkpointer.close()
+        writer.close()
+
+    if is_main and start_step < train_steps:
+        metrics_lib.plot_curves(metrics_lib.read_records(workdir), workdir / "curves.png")
+    return RunResult(workdir, max(start_step, train_steps), state, last_record, eval_results)
