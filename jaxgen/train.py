@@ -211,7 +211,7 @@ def run(
         raise ValueError(f"eval_every must be >= 0 (0: only at the end); got {eval_every}")
 
     # ---------------------------------------------------------------------------------------------------------- setup
-    workdir = Path(workdir)
+    workdir = Path(workdir).absolute()
     is_main = jax.process_index() == 0
     if is_main:
         workdir.mkdir(parents=True, exist_ok=True)

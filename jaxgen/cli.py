@@ -1,0 +1,203 @@
+"""`jaxgen run|eval|list|data|tpu`: parses arguments and dispatches. The library does the work.
+
+    jaxgen run configs/quickstart.gin --workdir runs/quickstart --gin.TRAIN_STEPS=500
+    jaxgen eval --workdir runs/quickstart
+    jaxgen list
+    jaxgen data prepare mnist5k | jaxgen data inspect digits --split test --picture digits.png
+    jaxgen tpu configs/quickstart.gin --tpu my-pod --zone us-central2-b --workdir /gcs/bucket/run
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import shlex
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+GIN_PREFIX = "--gin."
+
+
+def _add_distributed_flags(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group("multi-host (run once per process)")
+    group.add_argument("--multihost", action="store_true", help="jax.distributed.initialize() with auto-detection "
+                       "(TPU pods, SLURM, Kubernetes)")
+    group.add_argument("--coordinator", help="host:port of process 0, for an explicit multi-process launch")
+    group.add_argument("--num-processes", type=int)
+    group.add_argument("--process-id", type=int)
+
+
+def _start_distributed(args) -> None:
+    from jaxgen.core import distributed
+
+    distributed.initialize(distributed.DistributedConfig(
+        auto=args.multihost, coordinator_address=args.coordinator, num_processes=args.num_processes,
+        process_id=args.process_id,
+    ))
+
+
+def _write_config(workdir: Path, text: str) -> None:
+    """Writes config.gin; a different config already there is kept as config.<n>.gin (nothing saved is lost)."""
+    workdir.mkdir(parents=True, exist_ok=True)
+    path = workdir / "config.gin"
+    if path.exists() and path.read_text() != text:
+        n = 1
+        while (workdir / f"config.{n}.gin").exists():
+            n += 1
+        path.rename(workdir / f"config.{n}.gin")
+    path.write_text(text)
+
+
+def _summary(result) -> str:
+    lines = [f"Results in {result.workdir.resolve()}:"]
+    if result.last_train_record:
+        lines.append(f"  step {result.step}: train loss {result.last_train_record['loss']:.4g}")
+    for name, values in result.eval_results.items():
+        shown = ", ".join(f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}" for k, v in values.items())
+        lines.append(f"  eval/{name}: {shown}")
+    lines.append("  metrics.jsonl, curves.png, tensorboard/, checkpoints/, "
+                 f"eval/{result.step}/ (metrics.json and pictures), config.gin, run_info.json")
+    return "\n".join(lines)
+
+
+def cmd_run(args, bindings) -> int:
+    from jaxgen import config, train
+
+    _start_distributed(args)
+    config.parse(args.config, bindings)
+    import jax
+
+    workdir = Path(args.workdir)
+    if jax.process_index() == 0:
+        _write_config(workdir, config.config_text())
+    result = config.configured(train.run)(workdir=workdir, restore_step=args.restore_step,
+                                          progress=not args.no_progress)
+    if jax.process_index() == 0:
+        print(_summary(result))
+    return 0
+
+
+def cmd_eval(args, bindings) -> int:
+    from jaxgen import config, train
+
+    _start_distributed(args)
+    workdir = Path(args.workdir)
+    config_file = workdir / "config.gin"
+    if not config_file.exists():
+        raise config.ConfigError(f"{config_file} does not exist: is {workdir} a jaxgen run's workdir?")
+    config.parse([str(config_file)], bindings)
+    result = config.configured(train.run)(workdir=workdir, restore_step=args.step, mode="eval", progress=False)
+    print(_summary(result))
+    return 0
+
+
+def cmd_list(args, bindings) -> int:
+    from jaxgen import config
+
+    root = Path(args.configs_dir) if args.configs_dir else config.configs_root()
+    for path in config.all_config_files(root):
+        recipe = config.read_recipe(path)
+        if recipe.get("Recipe"):
+            expected = f"  → {recipe['Expected']}" if recipe.get("Expected") else ""
+            print(f"{path.relative_to(root.parent)}  {recipe['Recipe']}{expected}")
+    return 0
+
+
+def cmd_data(args, bindings) -> int:
+    from jaxgen.data import inspect as data_inspect
+    from jaxgen.data import sources
+
+    if args.action == "list":
+        print(data_inspect.list_text(args.data_dir))
+    elif args.action == "prepare":
+        for name in args.names:
+            b = sources.prepare(name, args.data_dir)
+            print(f"{name}: prepared in {b.data_dir}")
+    else:
+        for name in args.names:
+            print(data_inspect.describe(name, args.split, args.data_dir, picture=args.picture))
+    return 0
+
+
+def cmd_tpu(args, bindings) -> int:
+    overrides = " ".join(shlex.quote(GIN_PREFIX + b) for b in bindings)
+    remote = (f"cd {shlex.quote(args.repo_dir)} && jaxgen run {' '.join(map(shlex.quote, args.config))} "
+              f"--workdir {shlex.quote(args.workdir)} --multihost --no-progress {overrides}").strip()
+    command = ["gcloud", "compute", "tpus", "tpu-vm", "ssh", args.tpu, f"--zone={args.zone}", "--worker=all",
+               f"--command={remote}"]
+    if args.project:
+        command.insert(5, f"--project={args.project}")
+    print(shlex.join(command))
+    if not args.launch:
+        return 0
+    if shutil.which("gcloud") is None:
+        raise SystemExit("--launch needs the gcloud CLI on PATH; run the command above where it is installed.")
+    return subprocess.run(command).returncode
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="jaxgen", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    run = sub.add_parser("run", help="train an experiment (gin overrides: --gin.NAME=VALUE)")
+    run.add_argument("config", nargs="+", help="experiment .gin file(s), e.g. configs/quickstart.gin")
+    run.add_argument("--workdir", required=True)
+    run.add_argument("--restore-step", type=int, help="resume from this checkpoint of the workdir instead of the latest")
+    run.add_argument("--no-progress", action="store_true", help="no progress bar")
+    _add_distributed_flags(run)
+    run.set_defaults(handler=cmd_run)
+
+    evaluate = sub.add_parser("eval", help="evaluate a workdir's checkpoint with its own config.gin")
+    evaluate.add_argument("--workdir", required=True)
+    evaluate.add_argument("--step", type=int, help="checkpoint step (default: latest)")
+    _add_distributed_flags(evaluate)
+    evaluate.set_defaults(handler=cmd_eval)
+
+    listing = sub.add_parser("list", help="every experiment config: path, recipe, expected result")
+    listing.add_argument("--configs-dir")
+    listing.set_defaults(handler=cmd_list)
+
+    data = sub.add_parser("data", help="list / prepare / inspect datasets")
+    data.add_argument("action", choices=("list", "prepare", "inspect"))
+    data.add_argument("names", nargs="*")
+    data.add_argument("--split", default="train")
+    data.add_argument("--data-dir")
+    data.add_argument("--picture", help="inspect: save a grid of examples to this PNG")
+    data.set_defaults(handler=cmd_data)
+
+    tpu = sub.add_parser("tpu", help="print (or --launch) the command that starts a run on every TPU-VM worker")
+    tpu.add_argument("config", nargs="+")
+    tpu.add_argument("--tpu", required=True, help="TPU VM / pod name")
+    tpu.add_argument("--zone", required=True)
+    tpu.add_argument("--project")
+    tpu.add_argument("--workdir", required=True, help="a folder every worker sees (an NFS or gcsfuse mount such as /gcs/bucket/run)")
+    tpu.add_argument("--repo-dir", default="~/jaxgen", help="where jaxgen is checked out on the workers")
+    tpu.add_argument("--launch", action="store_true", help="run it (needs gcloud on PATH)")
+    tpu.set_defaults(handler=cmd_tpu)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    bindings = [a[len(GIN_PREFIX):] for a in argv if a.startswith(GIN_PREFIX)]
+    args = build_parser().parse_args([a for a in argv if not a.startswith(GIN_PREFIX)])
+    if args.command == "data" and args.action != "list" and not args.names:
+        build_parser().error(f"jaxgen data {args.action} needs at least one dataset name")
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    from jaxgen.config import ConfigError
+    from jaxgen.core.checkpoint import CheckpointError
+    from jaxgen.data.sources import DatasetMissingError
+    from jaxgen.train import NonFiniteLossError
+
+    try:
+        return args.handler(args, bindings)
+    except (ConfigError, CheckpointError, DatasetMissingError, NonFiniteLossError) as e:
+        print(f"jaxgen {args.command}: error: {e}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,147 @@
+"""Gin at the edge: finding experiment files, parsing them with command-line overrides, and failing early and clearly.
+
+Everything here runs before any compute. A missing config file, an unknown configurable, a misspelled parameter or
+an override of a macro that no config defines raises `ConfigError` naming the offending text, with the closest
+known name when there is one. (Gin itself accepts `--gin.TRAIN_STEP=5` silently as a new, unused macro; we do not.)
+"""
+
+from __future__ import annotations
+
+import difflib
+import inspect
+import logging
+import re
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+import gin
+
+RECIPE_FIELDS = ("Recipe", "Command", "Hardware", "Wall time", "Expected")
+
+
+class ConfigError(ValueError):
+    """A config file or binding is wrong; raised before anything is computed."""
+
+
+def configs_root() -> Path:
+    """`./configs` when run from a checkout, else the `configs/` next to the installed package."""
+    local = Path.cwd() / "configs"
+    if local.is_dir():
+        return local
+    return Path(__file__).resolve().parents[1] / "configs"
+
+
+def all_config_files(root: Path | None = None) -> list[Path]:
+    root = root or configs_root()
+    return sorted(root.rglob("*.gin")) if root.is_dir() else []
+
+
+def _resolve_file(name: str) -> Path:
+    path = Path(name)
+    for candidate in (path, configs_root() / path):
+        if candidate.is_file():
+            return candidate
+    known = [str(p.relative_to(configs_root().parent)) for p in all_config_files()]
+    close = difflib.get_close_matches(str(name), known, n=3, cutoff=0.5)
+    hint = f" Did you mean {', '.join(map(repr, close))}?" if close else " `jaxgen list` shows every experiment."
+    raise ConfigError(f"Config file {name!r} does not exist.{hint}")
+
+
+def _macros() -> set[str]:
+    return {name for (name, selector) in gin.config._CONFIG if selector == "gin.macro"}
+
+
+def _module_for_alias(alias: str):
+    return next((m for n, m in list(sys.modules.items()) if m is not None and (n == alias or n.endswith("." + alias))),
+                None)
+
+
+def _suggest(message: str) -> str:
+    """A ' Did you mean ...?' hint for gin's unknown-configurable and unknown-parameter errors."""
+    match = re.search(r"Configurable '([\w.]+)' doesn't have a parameter named '(\w+)'", message)
+    if match:
+        configurable = gin.config._REGISTRY.get_match(match.group(1))
+        if configurable is not None:
+            params = list(inspect.signature(configurable.wrapped).parameters)
+            close = difflib.get_close_matches(match.group(2), params, n=1)
+            if close:
+                return f" Did you mean '{match.group(1)}.{close[0]}'?"
+            return f" Its parameters: {params}."
+    match = re.search(r"No configurable matching '([\w.]+)'", message)
+    if match:
+        name = match.group(1)
+        candidates = [sel for sel in gin.config._REGISTRY.matching_selectors("")]
+        alias, _, attr = name.rpartition(".")
+        module = _module_for_alias(alias) if alias else None
+        if module is not None:
+            candidates += [f"{alias}.{a}" for a in dir(module) if not a.startswith("_")]
+        close = difflib.get_close_matches(name, candidates, n=1)
+        if close:
+            return f" Did you mean '{close[0]}'?"
+    return ""
+
+
+def _split_binding(binding: str) -> tuple[str, str]:
+    name, sep, value = binding.partition("=")
+    if not sep or not name.strip():
+        raise ConfigError(f"Override {binding!r} is not of the form NAME=VALUE")
+    return name.strip(), value.strip()
+
+
+class _QuietSearch(logging.Filter):
+    """Gin logs an ERROR for every search path an `include` is not under before it finds the file; hide those."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not record.getMessage().startswith("Path not found:")
+
+
+def parse(config_files: Sequence[str], bindings: Sequence[str] = ()) -> list[Path]:
+    """Parses experiment files, then command-line bindings (`NAME=VALUE`), and finalizes; returns the files used."""
+    gin.clear_config()
+    files = [_resolve_file(f) for f in config_files]
+    if not files:
+        raise ConfigError("No config file given")
+    for search_path in {configs_root(), *(f.parent for f in files)}:
+        gin.add_config_file_search_path(str(search_path))
+    quiet = _QuietSearch()
+    logging.getLogger().addFilter(quiet)
+    try:
+        gin.parse_config_files_and_bindings([str(f) for f in files], None, finalize_config=False)
+        macros = _macros()
+        for binding in bindings:
+            name, _ = _split_binding(binding)
+            if "." not in name and "/" not in name and name not in macros:
+                close = difflib.get_close_matches(name, macros, n=1)
+                hint = f" Did you mean {close[0]!r}?" if close else f" Known macros: {sorted(macros)}."
+                raise ConfigError(f"Override {binding!r} sets macro {name!r}, which no config defines.{hint}")
+        gin.parse_config_files_and_bindings(None, list(bindings), finalize_config=True)
+    except ConfigError:
+        raise
+    except (ValueError, TypeError, SyntaxError, ImportError, AttributeError, OSError) as e:
+        message = str(e)
+        raise ConfigError(message + _suggest(message)) from e
+    finally:
+        logging.getLogger().removeFilter(quiet)
+    return files
+
+
+def configured(fn):
+    """The gin-configured version of a plain function (dynamic registration: the library never imports gin)."""
+    return gin.get_configurable(fn)
+
+
+def config_text() -> str:
+    return gin.config_str()
+
+
+def read_recipe(path: Path) -> dict[str, str]:
+    """The `# Field: value` header lines of an experiment file (empty for tier files without a recipe)."""
+    recipe = {}
+    for line in path.read_text().splitlines():
+        if not line.startswith("#"):
+            break
+        field, sep, value = line.lstrip("# ").partition(":")
+        if sep and field in RECIPE_FIELDS:
+            recipe[field] = value.strip()
+    return recipe
