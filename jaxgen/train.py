@@ -73,9 +73,10 @@ def _state_shardings(task: Task, optimizer, init_rng, example_batch, mesh, logic
     shardings = TrainState(
         step=replicated,
         params=variable_shardings["params"],
-        opt_state=optax.tree_map_params(
-            optimizer, lambda _, s: s, abstract.opt_state, variable_shardings["params"],
-            transform_non_params=lambda _: replicated,
+        opt_state=optax.tree_map_params(  # moments follow their parameter; frozen ones hold MaskedNode
+            optimizer, lambda leaf, s: leaf if isinstance(leaf, optax.MaskedNode) else s, abstract.opt_state,
+            variable_shardings["params"], transform_non_params=lambda _: replicated,
+            is_leaf=lambda x: isinstance(x, optax.MaskedNode),
         ),
         extra_variables={k: v for k, v in variable_shardings.items() if k != "params"},
     )
@@ -108,6 +109,10 @@ def _restore_or_init(
                    f"(available: {earlier}), or move {checkpointer.step_dir(step)} aside." if earlier else
                    f"No earlier checkpoint exists; move {checkpointer.step_dir(step)} aside to start over.")
             ) from e
+        if step < steps[-1]:
+            set_aside = checkpointer.directory.parent / "superseded_checkpoints"
+            moved = checkpointer.set_aside_after(step, set_aside)
+            logging.warning("Restored step %d; later checkpoints %s were moved to %s", step, moved, set_aside)
         return state, f"workdir checkpoint {checkpointer.step_dir(step)}"
     if mode == "eval":
         raise ckpt_lib.CheckpointError(f"Nothing to evaluate: no checkpoint in {checkpointer.directory}")
@@ -264,7 +269,7 @@ def run(
         updates, opt_state = tx.update(grads, state.opt_state, state.params)
         new_state = state.replace(step=state.step + 1, params=optax.apply_updates(state.params, updates),
                                   opt_state=opt_state)
-        step_metrics = {**task_metrics, "loss": loss, "grad_norm": optax.global_norm(grads),
+        step_metrics = {**task_metrics, "loss": loss, "grad_norm": optax.tree.norm(grads),
                         "learning_rate": schedule(state.step)}
         return new_state, step_metrics
 

@@ -102,7 +102,8 @@ class Checkpointer:
             create=not read_only,
             read_only=read_only,
             enable_async_checkpointing=self._async,
-            async_options=ocp.AsyncOptions(post_finalization_callback=self._write_missing_manifests),
+            async_options=ocp.AsyncOptions(post_finalization_callback=self._write_missing_manifests)
+            if self._async else None,
         )
         self._manager = ocp.CheckpointManager(self.directory, options=options, item_names=(STATE_ITEM, DATA_ITEM))
 
@@ -150,6 +151,22 @@ class Checkpointer:
             return self._manager.restore(step, args=args)[STATE_ITEM]
         except Exception as e:
             raise CheckpointError(f"Checkpoint {step_dir} could not be restored: {type(e).__name__}: {e}") from e
+
+    def set_aside_after(self, step: int, destination: str | epath.Path) -> list[int]:
+        """Moves checkpoints later than `step` into `destination` (kept, not deleted) so training can redo them."""
+        later = [s for s in self.all_steps() if s > step]
+        if later and jax.process_index() == 0:
+            destination = epath.Path(destination)
+            destination.mkdir(parents=True, exist_ok=True)
+            for s in later:
+                target = destination / str(s)
+                suffix = 1
+                while target.exists():
+                    target = destination / f"{s}.{suffix}"
+                    suffix += 1
+                self.step_dir(s).rename(target)
+        self._manager.reload()
+        return later
 
     def wait(self) -> None:
         self._manager.wait_until_finished()

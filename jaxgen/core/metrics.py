@@ -43,11 +43,17 @@ def read_records(workdir: str | Path) -> list[dict]:
 
 
 def truncate_after(workdir: str | Path, step: int) -> None:
-    """Drops records past `step` (written by a run that died before its next checkpoint); resuming rewrites them."""
+    """Moves records past `step` (from a run that died before its next checkpoint, or that was rewound with
+    `--restore-step`) to `metrics.superseded.jsonl`; the resumed run writes them again."""
     path = Path(workdir) / METRICS_FILE
     if not path.exists():
         return
-    kept = [r for r in read_records(workdir) if r.get("step", 0) <= step]
+    records = read_records(workdir)
+    kept = [r for r in records if r.get("step", 0) <= step]
+    dropped = [r for r in records if r.get("step", 0) > step]
+    if dropped:
+        with (Path(workdir) / "metrics.superseded.jsonl").open("a") as f:
+            f.write("".join(json.dumps(r) + "\n" for r in dropped))
     tmp = path.with_suffix(".tmp")
     tmp.write_text("".join(json.dumps(r) + "\n" for r in kept))
     tmp.replace(path)

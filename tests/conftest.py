@@ -1,0 +1,25 @@
+"""Shared fixtures: one prepared-data folder per test session, small in-memory datasets and a tiny task."""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO / "tests"))
+
+
+@pytest.fixture(scope="session", autouse=True)
+def data_dir(tmp_path_factory) -> Path:
+    """Offline datasets are prepared once per session into a private folder (never the user's ~/tensorflow_datasets)."""
+    path = Path(os.environ.get("JAXGEN_TEST_DATA_DIR") or tmp_path_factory.mktemp("tfds"))
+    os.environ["JAXGEN_DATA_DIR"] = str(path)
+    return path
+
+
+@pytest.fixture
+def repo() -> Path:
+    return REPO
