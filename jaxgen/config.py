@@ -120,7 +120,8 @@ def parse(config_files: Sequence[str], bindings: Sequence[str] = ()) -> list[Pat
         raise
     except (ValueError, TypeError, SyntaxError, ImportError, AttributeError, OSError) as e:
         message = str(e)
-        raise ConfigError(message + _suggest(message)) from e
+        hint = _suggest(message)
+        raise ConfigError(message + ("\n " + hint if hint else "")) from e
     finally:
         logging.getLogger().removeFilter(quiet)
     return files

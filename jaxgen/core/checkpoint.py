@@ -54,6 +54,7 @@ def _files(step_dir: epath.Path) -> list[epath.Path]:
 
 
 def write_manifest(step_dir: epath.Path) -> None:
+    step_dir = epath.Path(step_dir)
     entries = {str(p.relative_to(step_dir)): {"bytes": p.stat().length, "crc32": _crc32(p)} for p in _files(step_dir)}
     tmp = step_dir / (MANIFEST_NAME + ".tmp")
     tmp.write_text(json.dumps({"files": entries}, indent=1, sort_keys=True))
@@ -62,6 +63,7 @@ def write_manifest(step_dir: epath.Path) -> None:
 
 def verify_manifest(step_dir: epath.Path) -> bool:
     """Checks every file against the manifest; returns False when the step has no manifest yet."""
+    step_dir = epath.Path(step_dir)
     manifest_path = step_dir / MANIFEST_NAME
     if not manifest_path.exists():
         return False

@@ -89,7 +89,8 @@ def builder(name: str, data_dir_override: str | None = None, *, prepare_offline:
         importlib.import_module(OFFLINE_BUILDERS[base])
         b = tfds.builder(name, data_dir=str(root), file_format="array_record")
         if prepare_offline and not b.is_prepared():
-            b.download_and_prepare()
+            _prepare_once_per_filesystem(b)
+            b = tfds.builder(name, data_dir=str(root), file_format="array_record")  # re-read what was written
         return b
     try:
         b = tfds.builder(name, data_dir=str(root))
@@ -106,6 +107,23 @@ def builder(name: str, data_dir_override: str | None = None, *, prepare_offline:
             f"that need nothing: {sorted(OFFLINE_BUILDERS)}."
         )
     return b
+
+
+def _prepare_once_per_filesystem(b) -> None:
+    """Several processes: process 0 prepares first while the others wait, so a shared folder is written once;
+    a process whose folder is still empty afterwards (a disk of its own) then prepares its copy."""
+    import jax
+
+    if jax.process_count() == 1:
+        b.download_and_prepare()
+        return
+    from jax.experimental import multihost_utils
+
+    if jax.process_index() == 0:
+        b.download_and_prepare()
+    multihost_utils.sync_global_devices(f"jaxgen prepared {b.name}")
+    if not b.is_prepared():
+        b.download_and_prepare()
 
 
 def source(name: str, split: str, data_dir_override: str | None = None) -> Source:

@@ -1,0 +1,246 @@
+"""int4 matmul: the spec (pack, quantize) checked by hand, and every kernel checked against `reference.py`.
+
+Kernel tests follow jax's tests/pallas/gpu_ops_test.py: a base class names the implementation, subclasses run the
+GPU (Triton-lowered) and TPU (Mosaic) kernel bodies in interpret mode on CPU. Shapes stay small (M <= 128,
+K, N <= 256) so the whole file runs in well under a minute on two cores.
+"""
+
+import unittest
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from pallas_kernels import int4_matmul as im
+from pallas_kernels.int4_matmul import kernel_gpu
+from pallas_kernels.int4_matmul import reference
+from pallas_kernels.int4_matmul import tuning
+
+
+def _random(seed, shape, outliers=True):
+  """Normal data with a few large channels (the activation outliers SVDQuant deals with)."""
+  rng = np.random.default_rng(seed)
+  x = rng.standard_normal(shape).astype(np.float32)
+  if outliers:
+    x[..., rng.choice(shape[-1], max(1, shape[-1] // 32), replace=False)] *= 25.0
+  return jnp.asarray(x)
+
+
+def _relative_error(a, b):
+  a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
+  return np.linalg.norm(a - b) / np.linalg.norm(b)
+
+
+class SpecTest(unittest.TestCase):
+
+  def test_pack_layout_by_hand(self):
+    q = jnp.array([[1, -2, 7, -8]], jnp.int8)
+    packed = im.pack_int4(q)
+    # element 0 (1 = 0x1) low, element 1 (-2 = 0xE) high -> 0xE1; 7 = 0x7 low, -8 = 0x8 high -> 0x87
+    np.testing.assert_array_equal(packed, np.array([[0xE1, 0x87]], np.uint8))
+
+  def test_pack_unpack_round_trip_every_code_both_axes(self):
+    codes = jnp.asarray(np.random.default_rng(0).integers(-8, 8, (6, 10)), jnp.int8)
+    for axis in (0, 1):
+      packed = im.pack_int4(codes, axis=axis)
+      self.assertEqual(packed.shape[axis], codes.shape[axis] // 2)
+      np.testing.assert_array_equal(im.unpack_int4(packed, axis=axis), codes)
+    unsigned = jnp.asarray(np.arange(16).reshape(2, 8), jnp.int8)
+    np.testing.assert_array_equal(im.unpack_int4(im.pack_int4(unsigned), signed=False), unsigned)
+
+  def test_quantize_matches_hand_computation(self):
+    # group 0: max|x| = 7 -> scale 1; 2.5 and -2.5 round half to even (2, -2), 3.5 -> 4.
+    # group 1: all zeros -> scale 0, codes 0.
+    group0 = np.zeros(64, np.float32)
+    group0[:5] = [7.0, 2.5, -2.5, 3.5, -7.0]
+    x = jnp.asarray(np.concatenate([group0, np.zeros(64, np.float32)])[None])
+    packed, scales = im.quantize_int4(x)
+    np.testing.assert_array_equal(scales, [[1.0, 0.0]])
+    codes = np.asarray(im.unpack_int4(packed))
+    np.testing.assert_array_equal(codes[0, :5], [7, 2, -2, 4, -7])
+    self.assertFalse(codes[0, 5:].any())
+
+  def test_quantize_equals_spec_bit_for_bit(self):
+    x = _random(1, (8, 256))
+    packed, scales = im.quantize_int4(x, group_size=64, axis=-1)
+    groups = np.asarray(x, np.float32).reshape(8, 4, 64)
+    want_scales = np.max(np.abs(groups), axis=-1) * np.float32(1 / 7)
+    want_codes = np.clip(np.round(groups / want_scales[..., None]), -8, 7).astype(np.int8).reshape(8, 256)
+    np.testing.assert_array_equal(scales, want_scales)
+    np.testing.assert_array_equal(im.unpack_int4(packed), want_codes)
+
+  def test_quantize_along_axis_zero_for_weights(self):
+    w = _random(2, (128, 32))
+    packed, scales = im.quantize_int4(w, axis=0)
+    self.assertEqual((packed.shape, scales.shape), ((64, 32), (2, 32)))
+    np.testing.assert_array_equal(im.unpack_int4(packed, axis=0).T,
+                                  im.unpack_int4(im.quantize_int4(w.T)[0]))
+
+  def test_unsigned_quantize(self):
+    x = jnp.abs(_random(3, (4, 128)))
+    packed, scales = im.quantize_uint4(x)
+    codes = np.asarray(im.unpack_int4(packed, signed=False))
+    self.assertEqual((codes.min(), codes.max()), (0, 15))
+    np.testing.assert_array_equal(scales, np.asarray(x).reshape(4, 2, 64).max(-1) * np.float32(1 / 15))
+
+  def test_dequantize_error_is_at_most_half_a_step(self):
+    x = _random(4, (16, 128))
+    packed, scales = im.quantize_int4(x)
+    error = np.abs(np.asarray(im.dequantize_int4(packed, scales)) - np.asarray(x))
+    self.assertTrue(np.all(error <= np.repeat(np.asarray(scales), 64, axis=1) / 2 + 1e-6))
+
+  def test_bad_inputs_raise_naming_shapes(self):
+    with self.assertRaisesRegex(ValueError, r"\(3, 5\)"):
+      im.pack_int4(jnp.zeros((3, 5), jnp.int8))
+    with self.assertRaisesRegex(ValueError, r"\(2, 100\)"):
+      im.quantize_int4(jnp.zeros((2, 100)))
+
+
+class MatmulTestBase(unittest.TestCase):
+  """Every public op against reference.py; subclasses choose the implementation."""
+
+  IMPLEMENTATION = "reference"
+  M, K, N, RANK = 40, 256, 192, 20
+  TOLERANCE = 1e-5  # float32 data: only summation order differs from the reference
+
+  def setUp(self):
+    super().setUp()
+    self.x = _random(10, (self.M, self.K))
+    w = _random(11, (self.K, self.N), outliers=False)
+    self.w_packed, self.w_scales = im.quantize_int4(w, axis=0)
+    self.w8, self.w8_scales = im.quantize_int8_weight(w)
+    self.down = _random(12, (self.K, self.RANK), outliers=False) / 16
+    self.up = _random(13, (self.RANK, self.N), outliers=False) / 4
+    self.smooth = jnp.asarray(np.random.default_rng(14).uniform(0.5, 4.0, self.K), jnp.float32)
+    self.bias = _random(15, (self.N,), outliers=False)
+
+  def assert_close(self, got, want):
+    self.assertEqual(got.shape, want.shape)
+    self.assertEqual(got.dtype, want.dtype)
+    self.assertLess(_relative_error(got, want), self.TOLERANCE)
+
+  def test_w4a4_with_lowrank_smooth_bias(self):
+    kwargs = dict(lowrank_down=self.down, lowrank_up=self.up, smooth=self.smooth, bias=self.bias)
+    got = im.w4a4_matmul(self.x, self.w_packed, self.w_scales, implementation=self.IMPLEMENTATION, **kwargs)
+    self.assert_close(got, reference.w4a4_matmul(self.x, self.w_packed, self.w_scales, **kwargs))
+
+  def test_w4a4_fused_lowrank_equals_unfused(self):
+    fused = im.w4a4_matmul(self.x, self.w_packed, self.w_scales, lowrank_down=self.down, lowrank_up=self.up,
+                           implementation=self.IMPLEMENTATION)
+    plain = im.w4a4_matmul(self.x, self.w_packed, self.w_scales, implementation=self.IMPLEMENTATION)
+    low = reference._dot(reference._dot(self.x, self.down), self.up)
+    self.assertLess(_relative_error(fused, plain + low), self.TOLERANCE)
+
+  def test_w4a4_unsigned_activations(self):
+    x = jnp.abs(self.x)
+    got = im.w4a4_matmul(x, self.w_packed, self.w_scales, activations_signed=False,
+                         implementation=self.IMPLEMENTATION)
+    want = reference.w4a4_matmul(x, self.w_packed, self.w_scales, activations_signed=False)
+    self.assert_close(got, want)
+
+  def test_w4a4_bf16_any_m(self):
+    x = self.x[:7].astype(jnp.bfloat16)
+    got = im.w4a4_matmul(x, self.w_packed, self.w_scales, bias=self.bias, implementation=self.IMPLEMENTATION)
+    want = reference.w4a4_matmul(x, self.w_packed, self.w_scales, bias=self.bias)
+    self.assertEqual(got.dtype, jnp.bfloat16)
+    self.assertLess(_relative_error(got, want), 1e-2)
+
+  def test_w4a16(self):
+    got = im.w4a16_matmul(self.x, self.w_packed, self.w_scales, bias=self.bias, implementation=self.IMPLEMENTATION)
+    # The kernels dequantize weights into the activation dtype (exact for f32 codes * scales).
+    self.assert_close(got, reference.w4a16_matmul(self.x, self.w_packed, self.w_scales, bias=self.bias))
+
+  def test_w4a16_single_token_bf16(self):
+    x = self.x[:1].astype(jnp.bfloat16)
+    got = im.w4a16_matmul(x, self.w_packed, self.w_scales, implementation=self.IMPLEMENTATION)
+    self.assertLess(_relative_error(got, reference.w4a16_matmul(x, self.w_packed, self.w_scales)), 1e-2)
+
+  def test_w8a8(self):
+    got = im.w8a8_matmul(self.x, self.w8, self.w8_scales, bias=self.bias, implementation=self.IMPLEMENTATION)
+    self.assert_close(got, reference.w8a8_matmul(self.x, self.w8, self.w8_scales, bias=self.bias))
+
+  def test_quantization_error_is_small_against_float(self):
+    got = im.w4a4_matmul(self.x, self.w_packed, self.w_scales, implementation=self.IMPLEMENTATION)
+    exact = self.x @ reference.dequantize_int4(self.w_packed, self.w_scales, axis=0)
+    self.assertLess(_relative_error(got, exact), 0.2)  # 4-bit activations with outliers, no smoothing
+
+  def test_bad_shapes_and_dtypes_raise_naming_them(self):
+    impl = self.IMPLEMENTATION
+    with self.assertRaisesRegex(ValueError, r"\(40, 256\).*int32"):
+      im.w4a4_matmul(self.x.astype(jnp.int32), self.w_packed, self.w_scales, implementation=impl)
+    with self.assertRaisesRegex(ValueError, r"\(40, 96\).*\(128, 192\)"):
+      im.w4a16_matmul(self.x[:, :96], self.w_packed, self.w_scales, implementation=impl)
+    with self.assertRaisesRegex(ValueError, r"\(128, 160\)"):
+      im.w4a4_matmul(self.x, jnp.zeros((128, 160), jnp.uint8), self.w_scales, implementation=impl)
+    with self.assertRaisesRegex(ValueError, r"lowrank_up.*\(20, 192\).*\(20, 64\)"):
+      im.w4a4_matmul(self.x, self.w_packed, self.w_scales, lowrank_down=self.down, lowrank_up=self.up[:, :64],
+                     implementation=impl)
+    with self.assertRaisesRegex(ValueError, r"w_codes.*\(256, 192\).*int32"):
+      im.w8a8_matmul(self.x, self.w8.astype(jnp.int32), self.w8_scales, implementation=impl)
+    with self.assertRaisesRegex(ValueError, "group_size"):
+      im.w4a4_matmul(self.x, self.w_packed, self.w_scales, group_size=48, implementation=impl)
+
+
+class GpuInterpretTest(MatmulTestBase):
+  IMPLEMENTATION = "pallas_gpu_interpret"
+
+
+class TpuInterpretTest(MatmulTestBase):
+  IMPLEMENTATION = "pallas_tpu_interpret"
+
+
+class GpuKernelPiecesTest(unittest.TestCase):
+  """The GPU kernels called directly: exact quantization, K splits, tilings the public defaults do not reach."""
+
+  def test_quantize_kernel_bit_exact_and_fused_down_projection(self):
+    x = _random(20, (32, 256))
+    down = _random(21, (256, 16), outliers=False)
+    blocks = tuning.BlockSizes(quantize_block_m=16, quantize_block_k=128)
+    codes, scales, low = kernel_gpu.quantize_activations_int4(x, None, down, group_size=64, signed=True,
+                                                              blocks=blocks, interpret=True)
+    want_codes, want_scales = reference.quantize_codes(x, 64)
+    # kernel layout: within each group, the 32 even-K codes then the 32 odd-K ones
+    halves = np.asarray(want_codes).reshape(32, 4, 32, 2).transpose(0, 1, 3, 2).reshape(32, 256)
+    np.testing.assert_array_equal(codes, halves)
+    np.testing.assert_array_equal(scales, want_scales)
+    self.assertLess(_relative_error(low, reference._dot(x, down)), 1e-5)
+
+  def test_k_splits_and_tilings(self):
+    x = _random(22, (64, 256))
+    w_packed, w_scales = im.quantize_int4(_random(23, (256, 128), outliers=False), axis=0)
+    want4 = reference.w4a4_matmul(x, w_packed, w_scales)
+    want16 = reference.w4a16_matmul(x, w_packed, w_scales)
+    for blocks in (tuning.BlockSizes(block_m=16, block_n=64, block_k=128, k_splits=2),
+                   tuning.BlockSizes(block_m=32, block_n=128, block_k=64, k_splits=4, quantize_block_m=32)):
+      with self.subTest(blocks=blocks):
+        got4 = im.w4a4_matmul(x, w_packed, w_scales, implementation="pallas_gpu_interpret", block_sizes=blocks)
+        got16 = im.w4a16_matmul(x, w_packed, w_scales, implementation="pallas_gpu_interpret", block_sizes=blocks)
+        self.assertLess(_relative_error(got4, want4), 1e-5)
+        self.assertLess(_relative_error(got16, want16), 1e-5)
+
+  def test_untransposed_product_and_plain_int_conversion_agree(self):
+    codes, scales, _ = kernel_gpu.quantize_activations_int4(
+        _random(24, (16, 128)), None, None, group_size=64, signed=True, blocks=tuning.DEFAULT, interpret=True)
+    w_packed, w_scales = im.quantize_int4(_random(25, (128, 64), outliers=False), axis=0)
+    run = lambda **kw: kernel_gpu.w4a4_gemm(codes, scales, w_packed, w_scales, None, None, None,
+                                            out_dtype=jnp.float32, group_size=64,
+                                            blocks=tuning.BlockSizes(block_m=16), interpret=True, **kw)
+    base = run()
+    np.testing.assert_allclose(run(transposed=False), base, rtol=1e-6, atol=1e-5)
+    np.testing.assert_allclose(run(exact_magic=False), base, rtol=1e-6, atol=1e-5)
+
+
+def test_unknown_implementation_is_named():
+  with pytest.raises(ValueError, match="'cuda_magic'"):
+    im.w4a16_matmul(jnp.zeros((1, 64)), jnp.zeros((32, 64), jnp.uint8), jnp.zeros((1, 64)),
+                    implementation="cuda_magic")
+
+
+def test_default_implementation_on_cpu_is_reference():
+  if jax.default_backend() != "cpu":
+    pytest.skip("checks the CPU default")
+  x = _random(30, (4, 64))
+  w_packed, w_scales = im.quantize_int4(_random(31, (64, 64)), axis=0)
+  np.testing.assert_array_equal(im.w4a16_matmul(x, w_packed, w_scales),
+                                reference.w4a16_matmul(x, w_packed, w_scales))

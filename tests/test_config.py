@@ -1,0 +1,55 @@
+"""Config errors fail before any compute and name the offending text, with a close match when there is one."""
+
+from __future__ import annotations
+
+import pytest
+
+from jaxgen import cli
+from jaxgen.config import ConfigError, parse
+
+
+def test_quickstart_parses_with_overrides():
+    parse(["configs/quickstart.gin"], ["TRAIN_STEPS=7", "train.run.log_every=3"])
+    import gin
+
+    assert gin.query_parameter("%TRAIN_STEPS") == 7
+
+
+@pytest.mark.parametrize("binding, expected", [
+    ("TRAIN_STEP=5", r"(?s)macro 'TRAIN_STEP'.*Did you mean 'TRAIN_STEPS'"),
+    ("train.run.train_stepz=5", r"(?s)'train.run' doesn't have a parameter named 'train_stepz'.*'train.run.train_steps'"),
+    ("train.rnu.seed=1", r"(?s)No configurable matching 'train.rnu'.*Did you mean 'train.run'"),
+    ("optim.OptimizerConfig.learning_rat=0.1", r"(?s)learning_rat.*Did you mean 'optim.OptimizerConfig.learning_rate'"),
+    ("TRAIN_STEPS", r"(?s)not of the form NAME=VALUE"),
+])
+def test_misspelled_bindings_are_named_with_a_suggestion(binding, expected):
+    with pytest.raises(ConfigError, match=expected):
+        parse(["configs/quickstart.gin"], [binding])
+
+
+def test_missing_config_file_suggests_the_closest():
+    with pytest.raises(ConfigError, match=r"(?s)'configs/quickstrat.gin' does not exist.*configs/quickstart.gin"):
+        parse(["configs/quickstrat.gin"])
+
+
+def test_unknown_configurable_inside_a_file_is_named(tmp_path):
+    bad = tmp_path / "bad.gin"
+    bad.write_text("from __gin__ import dynamic_registration\nfrom jaxgen import train\ninclude 'quickstart.gin'\n"
+                   "train.run.optimiser = 3\n")
+    with pytest.raises(ConfigError, match=r"(?s)optimiser.*Did you mean 'train.run.optimizer'"):
+        parse([str(bad)])
+
+
+def test_required_macro_must_be_set(tmp_path):
+    bad = tmp_path / "bad.gin"
+    bad.write_text("from __gin__ import dynamic_registration\ninclude 'common/run.gin'\n")
+    with pytest.raises(ConfigError, match="TRAIN_STEPS"):
+        parse([str(bad)])
+
+
+def test_cli_reports_config_errors_before_creating_the_workdir(tmp_path, capsys):
+    workdir = tmp_path / "run"
+    code = cli.main(["run", "configs/quickstart.gin", "--workdir", str(workdir), "--gin.TRAIN_STEP=5"])
+    assert code == 2
+    assert "TRAIN_STEPS" in capsys.readouterr().err
+    assert not workdir.exists()
