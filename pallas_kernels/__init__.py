@@ -1,0 +1,1 @@
+"""Pallas kernels shared by jaxgen papers, one package per operation."""

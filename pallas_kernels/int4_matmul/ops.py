@@ -1,0 +1,288 @@
+"""Public int4/int8 matmul ops: validation, padding to tiles and dispatch to a backend through a registry.
+
+`implementation` names a backend in `IMPLEMENTATIONS`; None picks the platform default from `DEFAULT_BY_PLATFORM`
+(Pallas on GPU and TPU, the jnp reference on CPU, where the Pallas bodies only run interpreted, for tests).
+These are inference ops: quantization has no useful gradient, so none is defined.
+"""
+
+import dataclasses
+
+import jax
+import jax.numpy as jnp
+
+from pallas_kernels.int4_matmul import kernel_gpu
+from pallas_kernels.int4_matmul import kernel_tpu
+from pallas_kernels.int4_matmul import reference
+from pallas_kernels.int4_matmul import tuning
+
+_FLOAT_DTYPES = (jnp.bfloat16, jnp.float16, jnp.float32)
+_GPU_MIN_ROWS = 16  # smallest M of a Triton dot
+_TPU_MIN_ROWS = 32  # int8 sublane tile
+_RANK_MULTIPLE = 16  # the low-rank rank is zero-padded to this (smallest N / K of a Triton dot); exact
+
+
+def _next_power_of_2(n):
+  return 1 << max(n - 1, 0).bit_length()
+
+
+def _round_up(n, multiple):
+  return -(-n // multiple) * multiple
+
+
+def _largest_divisor_at_most(n, limit):
+  return max(d for d in range(1, min(n, limit) + 1) if n % d == 0)
+
+
+def _pad_rows(a, rows):
+  return a if a.shape[0] == rows else jnp.pad(a, ((0, rows - a.shape[0]), (0, 0)))
+
+
+def _pad_rank(down, up):
+  rank = down.shape[1]
+  padded = _round_up(rank, _RANK_MULTIPLE)
+  if padded == rank:
+    return down, up
+  return jnp.pad(down, ((0, 0), (0, padded - rank))), jnp.pad(up, ((0, padded - rank), (0, 0)))
+
+
+def _combine_splits(out, m, dtype):
+  """[k_splits, M_padded, N] kernel output -> [M, N] result."""
+  result = out[0] if out.shape[0] == 1 else jnp.sum(out, axis=0)
+  return result[:m].astype(dtype)
+
+
+def _row(v, dtype=None):
+  return None if v is None else v.reshape(1, -1).astype(dtype or v.dtype)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Backends
+# ---------------------------------------------------------------------------------------------------------------
+
+
+@dataclasses.dataclass(frozen=True)
+class _ReferenceBackend:
+  """Plain jnp (XLA): the spec itself."""
+
+  def w4a4(self, x, w_packed, w_scales, down, up, smooth, bias, *, group_size, signed, blocks):
+    del blocks
+    return reference.w4a4_matmul(x, w_packed, w_scales, lowrank_down=down, lowrank_up=up, smooth=smooth,
+                                 bias=bias, group_size=group_size, activations_signed=signed)
+
+  def w4a16(self, x, w_packed, w_scales, bias, *, group_size, blocks):
+    del blocks
+    return reference.w4a16_matmul(x, w_packed, w_scales, bias=bias, group_size=group_size)
+
+  def w8a8(self, x, w_codes, w_scales, bias, *, blocks):
+    del blocks
+    return reference.w8a8_matmul(x, w_codes, w_scales, bias=bias)
+
+
+@dataclasses.dataclass(frozen=True)
+class _GpuBackend:
+  """Pallas Triton-lowered kernels (`kernel_gpu.py`); `interpret` runs the same bodies on CPU."""
+
+  interpret: bool
+
+  @staticmethod
+  def _fit(blocks, m, n, steps):
+    block_m = min(blocks.block_m, max(_GPU_MIN_ROWS, _next_power_of_2(m)))
+    block_n = blocks.block_n
+    while n % block_n:
+      block_n //= 2
+    return dataclasses.replace(
+        blocks, block_m=block_m, block_n=block_n, quantize_block_m=min(blocks.quantize_block_m, block_m),
+        k_splits=_largest_divisor_at_most(steps, blocks.k_splits))
+
+  def w4a4(self, x, w_packed, w_scales, down, up, smooth, bias, *, group_size, signed, blocks):
+    (m, k), n = x.shape, w_packed.shape[1]
+    blocks = self._fit(blocks, m, n, k // group_size)
+    x_padded = _pad_rows(x, _round_up(m, blocks.block_m))
+    if down is not None:
+      down, up = _pad_rank(down.astype(x.dtype), up.astype(x.dtype))
+    codes, a_scales, low = kernel_gpu.quantize_activations_int4(
+        x_padded, _row(smooth), down, group_size=group_size, signed=signed, blocks=blocks,
+        interpret=self.interpret)
+    out = kernel_gpu.w4a4_gemm(codes, a_scales, w_packed, w_scales, low, up, _row(bias), out_dtype=x.dtype,
+                               group_size=group_size, blocks=blocks, interpret=self.interpret)
+    return _combine_splits(out, m, x.dtype)
+
+  def w4a16(self, x, w_packed, w_scales, bias, *, group_size, blocks):
+    (m, k), n = x.shape, w_packed.shape[1]
+    blocks = self._fit(blocks, m, n, k // group_size)
+    out = kernel_gpu.w4a16_gemm(_pad_rows(x, _round_up(m, blocks.block_m)), w_packed, w_scales, _row(bias),
+                                group_size=group_size, blocks=blocks, interpret=self.interpret)
+    return _combine_splits(out, m, x.dtype)
+
+  def w8a8(self, x, w_codes, w_scales, bias, *, blocks):
+    (m, k), n = x.shape, w_codes.shape[1]
+    blocks = self._fit(blocks, m, n, k // 64)
+    codes, a_scales = kernel_gpu.quantize_activations_int8(
+        _pad_rows(x, _round_up(m, blocks.block_m)), blocks=blocks, interpret=self.interpret)
+    out = kernel_gpu.w8a8_gemm(codes, a_scales, w_codes, _row(w_scales, jnp.float32), _row(bias),
+                               out_dtype=x.dtype, blocks=blocks, interpret=self.interpret)
+    return _combine_splits(out, m, x.dtype)
+
+
+def _grouped_halves(a, group_size):
+  """[M, K] -> [K / group, 2, M, group / 2]: per group, its even-K elements then its odd-K ones (`kernel_tpu`)."""
+  m, k = a.shape
+  return a.reshape(m, k // group_size, group_size // 2, 2).transpose(1, 3, 0, 2)
+
+
+@dataclasses.dataclass(frozen=True)
+class _TpuBackend:
+  """Pallas Mosaic-TPU kernels (`kernel_tpu.py`); activation quantization and the down-projection run in XLA."""
+
+  interpret: bool
+
+  @staticmethod
+  def _fit(blocks, m, n, k, group_size):
+    block_n = next((b for b in (blocks.block_n, 256, 128) if b % 128 == 0 and n % b == 0), n)
+    block_k = next((b for b in (blocks.block_k, 512, 256) if b % group_size == 0 and k % b == 0), k)
+    return dataclasses.replace(blocks, block_m=min(max(blocks.block_m, _TPU_MIN_ROWS),
+                                                   max(_TPU_MIN_ROWS, _next_power_of_2(m))),
+                               block_n=block_n, block_k=block_k)
+
+  def _grouped(self, a_grouped, a_scales, x, w_packed, w_scales, low, up, bias, group_size, blocks):
+    m, (k, n) = x.shape[0], (x.shape[1], w_packed.shape[1])
+    blocks = self._fit(blocks, m, n, k, group_size)
+    rows = _round_up(m, blocks.block_m)
+    a_grouped = jnp.pad(a_grouped, ((0, 0), (0, 0), (0, rows - m), (0, 0)))
+    if a_scales is not None:
+      a_scales = jnp.pad(a_scales.T, ((0, 0), (0, rows - m)))[:, :, None]
+    if low is not None:
+      low = _pad_rows(low, rows)
+    out = kernel_tpu.grouped_gemm(a_grouped, a_scales, w_packed, w_scales[:, None, :].astype(jnp.float32), low, up,
+                                  _row(bias), out_dtype=x.dtype, group_size=group_size, blocks=blocks,
+                                  interpret=self.interpret)
+    return out[:m]
+
+  def w4a4(self, x, w_packed, w_scales, down, up, smooth, bias, *, group_size, signed, blocks):
+    smoothed = x.astype(jnp.float32) if smooth is None else x.astype(jnp.float32) / smooth.astype(jnp.float32)
+    codes, a_scales = reference.quantize_codes(smoothed, group_size, axis=-1, signed=signed)
+    low = None if down is None else jnp.dot(x, down.astype(x.dtype), preferred_element_type=jnp.float32)
+    up = None if up is None else up.astype(x.dtype)
+    return self._grouped(_grouped_halves(codes, group_size), a_scales, x, w_packed, w_scales, low, up, bias,
+                         group_size, blocks)
+
+  def w4a16(self, x, w_packed, w_scales, bias, *, group_size, blocks):
+    return self._grouped(_grouped_halves(x, group_size), None, x, w_packed, w_scales, None, None, bias, group_size,
+                         blocks)
+
+  def w8a8(self, x, w_codes, w_scales, bias, *, blocks):
+    (m, k), n = x.shape, w_codes.shape[1]
+    blocks = self._fit(blocks, m, n, k, 64)
+    codes, a_scales = reference.quantize_int8_rows(x)
+    rows = _round_up(m, blocks.block_m)
+    out = kernel_tpu.w8a8_gemm(_pad_rows(codes, rows), _pad_rows(a_scales[:, None], rows), w_codes,
+                               _row(w_scales, jnp.float32), _row(bias), out_dtype=x.dtype, blocks=blocks,
+                               interpret=self.interpret)
+    return out[:m]
+
+
+IMPLEMENTATIONS = {
+    "reference": _ReferenceBackend(),
+    "pallas_gpu": _GpuBackend(interpret=False),
+    "pallas_gpu_interpret": _GpuBackend(interpret=True),
+    "pallas_tpu": _TpuBackend(interpret=False),
+    "pallas_tpu_interpret": _TpuBackend(interpret=True),
+}
+
+DEFAULT_BY_PLATFORM = {"gpu": "pallas_gpu", "cuda": "pallas_gpu", "rocm": "pallas_gpu", "tpu": "pallas_tpu",
+                       "cpu": "reference"}
+
+
+def _backend(implementation):
+  name = implementation or DEFAULT_BY_PLATFORM.get(jax.default_backend(), "reference")
+  if name not in IMPLEMENTATIONS:
+    raise ValueError(f"unknown implementation {name!r}; choose one of {sorted(IMPLEMENTATIONS)}")
+  return IMPLEMENTATIONS[name]
+
+
+def _blocks(op, m, block_sizes):
+  if block_sizes is not None:
+    return block_sizes
+  return tuning.block_sizes(op, m, jax.devices()[0].device_kind)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Validation: every message names the shapes (and dtypes) it rejects.
+# ---------------------------------------------------------------------------------------------------------------
+
+
+def _check_activations(x):
+  if x.ndim != 2 or x.dtype not in _FLOAT_DTYPES:
+    raise ValueError(f"x must be a 2-D bf16/f16/f32 array [M, K], got shape {x.shape} dtype {x.dtype}")
+  if x.shape[0] < 1:
+    raise ValueError(f"x must have at least one row, got shape {x.shape}")
+
+
+def _check_optional(name, v, shape):
+  if v is not None and tuple(v.shape) != shape:
+    raise ValueError(f"{name} must have shape {shape}, got {tuple(v.shape)}")
+
+
+def _check_int4_weights(x, w_packed, w_scales, group_size):
+  _check_activations(x)
+  k = x.shape[1]
+  if group_size < 64 or group_size & (group_size - 1):
+    raise ValueError(f"group_size must be a power of two >= 64, got {group_size}")
+  if w_packed.dtype != jnp.uint8 or w_packed.ndim != 2:
+    raise ValueError(f"w_packed must be 2-D uint8 [K/2, N], got shape {w_packed.shape} dtype {w_packed.dtype}")
+  n = w_packed.shape[1]
+  if k % 64 or n % 64 or k % group_size:
+    raise ValueError(f"K and N must be multiples of 64 and K of group_size={group_size}: x {x.shape}, "
+                     f"w_packed {w_packed.shape} (K={k}, N={n})")
+  if w_packed.shape[0] * 2 != k:
+    raise ValueError(f"w_packed {w_packed.shape} must be [K/2, N] for x {x.shape} (K={k})")
+  _check_optional("w_scales", w_scales, (k // group_size, n))
+  return k, n
+
+
+def w4a16_matmul(x, w_packed, w_scales, *, bias=None, group_size=reference.DEFAULT_GROUP_SIZE, implementation=None,
+                 block_sizes=None):
+  """y = x @ dequant(W) + bias for x [M, K] (bf16/f32) and 4-bit W packed along K ([K/2, N], scales [K/g, N])."""
+  _, n = _check_int4_weights(x, w_packed, w_scales, group_size)
+  _check_optional("bias", bias, (n,))
+  return _backend(implementation).w4a16(x, w_packed, w_scales, bias, group_size=group_size,
+                                        blocks=_blocks("w4a16", x.shape[0], block_sizes))
+
+
+def w4a4_matmul(x, w_packed, w_scales, *, lowrank_down=None, lowrank_up=None, smooth=None, bias=None,
+                group_size=reference.DEFAULT_GROUP_SIZE, activations_signed=True, implementation=None,
+                block_sizes=None):
+  """y = dequant(Q(x / smooth)) @ dequant(W) + (x @ lowrank_down) @ lowrank_up + bias (SVDQuant's linear layer).
+
+  Activations are quantized on the fly per token and group (`activations_signed=False`: unsigned codes for
+  non-negative inputs); integer products per group are scaled and summed in float32. The down-projection is fused
+  into the quantize kernel and the up-projection into the GEMM epilogue on GPU.
+  """
+  k, n = _check_int4_weights(x, w_packed, w_scales, group_size)
+  if (lowrank_down is None) != (lowrank_up is None):
+    raise ValueError("lowrank_down and lowrank_up come together: got "
+                     f"{None if lowrank_down is None else lowrank_down.shape} and "
+                     f"{None if lowrank_up is None else lowrank_up.shape}")
+  if lowrank_down is not None:
+    rank = lowrank_down.shape[-1]
+    _check_optional("lowrank_down", lowrank_down, (k, rank))
+    _check_optional("lowrank_up", lowrank_up, (rank, n))
+  _check_optional("smooth", smooth, (k,))
+  _check_optional("bias", bias, (n,))
+  return _backend(implementation).w4a4(x, w_packed, w_scales, lowrank_down, lowrank_up, smooth, bias,
+                                       group_size=group_size, signed=activations_signed,
+                                       blocks=_blocks("w4a4", x.shape[0], block_sizes))
+
+
+def w8a8_matmul(x, w_codes, w_scales, *, bias=None, implementation=None, block_sizes=None):
+  """y = dequant(Q8(x)) @ dequant(W8) + bias: int8 per-token activations, int8 [K, N] weights with scales [N]."""
+  _check_activations(x)
+  k = x.shape[1]
+  if w_codes.dtype != jnp.int8 or w_codes.ndim != 2 or w_codes.shape[0] != k:
+    raise ValueError(f"w_codes must be int8 [K, N] for x {x.shape}, got shape {w_codes.shape} dtype {w_codes.dtype}")
+  n = w_codes.shape[1]
+  if k % 64 or n % 64:
+    raise ValueError(f"K and N must be multiples of 64: x {x.shape}, w_codes {w_codes.shape}")
+  _check_optional("w_scales", w_scales, (n,))
+  _check_optional("bias", bias, (n,))
+  return _backend(implementation).w8a8(x, w_codes, w_scales, bias, blocks=_blocks("w8a8", x.shape[0], block_sizes))

@@ -1,0 +1,25 @@
+"""Every `*_smoke.gin` experiment runs end to end through the CLI (train, checkpoint, eval) on CPU."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from jaxgen import cli
+from jaxgen.core import metrics
+
+REPO = Path(__file__).resolve().parents[2]
+SMOKE_CONFIGS = sorted(p.relative_to(REPO) for p in (REPO / "configs").rglob("*_smoke.gin"))
+
+
+def test_there_are_smoke_configs():
+    assert SMOKE_CONFIGS
+
+
+@pytest.mark.parametrize("config", SMOKE_CONFIGS, ids=str)
+def test_smoke_config_runs(config, tmp_path):
+    assert cli.main(["run", str(config), "--workdir", str(tmp_path), "--no-progress"]) == 0
+    records = metrics.read_records(tmp_path)
+    assert any("loss" in r for r in records), "no training record"
+    assert (tmp_path / "checkpoints").is_dir()
