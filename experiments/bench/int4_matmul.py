@@ -1,8 +1,8 @@
 """Benchmark: Pallas int4 matmuls (W4A4 + low-rank, W4A16, W8A8) against XLA on FLUX.1 linear-layer shapes.
 
 Command (repo root, on a GPU):  PYTHONPATH=. python3 experiments/bench/int4_matmul.py [--quick] [--out PATH]
-Hardware: one NVIDIA H100 80GB (numbers in experiments/bench/README.md). Wall time: about 4 minutes (mostly
-compilation); --quick checks every kernel at two shapes in under a minute.
+Hardware: one NVIDIA H100 80GB (numbers in experiments/bench/README.md). Wall time: about 7 minutes (mostly
+compilation); --quick checks every kernel at two shapes in under a minute; --breakdown times each stage alone.
 
 In one process and on one card it times, per shape: the XLA bf16 dot; XLA weight-only int4 (int4 weights and their
 group scales converted inside the jitted dot); the XLA int4 x int4 dot (large M only, it is very slow); and the Pallas

@@ -28,6 +28,7 @@ class MeshConfig:
     data: int = -1
     fsdp: int = 1
     tensor: int = 1
+    num_devices: int | None = None  # use only the first N devices (scaling studies, debugging); None: all
 
     def axis_sizes(self, num_devices: int) -> tuple[int, ...]:
         sizes = [self.data, self.fsdp, self.tensor]
@@ -55,6 +56,10 @@ def make_mesh(config: MeshConfig = MeshConfig(), devices: Sequence[jax.Device] |
     Axis types are `Auto`: `jax.make_mesh`'s default of Explicit axes broke plain optax train steps (DESIGN.md).
     """
     devices = list(jax.devices() if devices is None else devices)
+    if config.num_devices is not None:
+        if not 0 < config.num_devices <= len(devices):
+            raise ValueError(f"num_devices={config.num_devices} but {len(devices)} devices are present")
+        devices = devices[: config.num_devices]
     shape = config.axis_sizes(len(devices))
     try:
         device_grid = mesh_utils.create_device_mesh(shape, devices)

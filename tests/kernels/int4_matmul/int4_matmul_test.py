@@ -195,6 +195,10 @@ class GpuKernelPiecesTest(unittest.TestCase):
 
   def test_quantize_kernel_bit_exact_and_fused_down_projection(self):
     x = _random(20, (32, 256))
+    # a group with scale exactly 1 and ties at .5 on both halves: rounding must be half to even
+    ties = np.zeros(64, np.float32)
+    ties[:8] = [7.0, 2.5, -2.5, 3.5, -0.5, 0.5, 1.5, -1.5]
+    x = x.at[0, :64].set(ties)
     down = _random(21, (256, 16), outliers=False)
     blocks = tuning.BlockSizes(quantize_block_m=16, quantize_block_k=128)
     codes, scales, low = kernel_gpu.quantize_activations_int4(x, None, down, group_size=64, signed=True,
