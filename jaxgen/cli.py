@@ -4,6 +4,7 @@
     jaxgen eval --workdir runs/quickstart
     jaxgen list
     jaxgen data prepare mnist5k | jaxgen data inspect digits --split test --picture digits.png
+    jaxgen bench trainer_scaling --steps 60
     jaxgen tpu configs/quickstart.gin --tpu my-pod --zone us-central2-b --workdir /gcs/bucket/run
 """
 
@@ -11,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import shlex
 import shutil
 import subprocess
@@ -121,6 +123,21 @@ def cmd_data(args, bindings) -> int:
     return 0
 
 
+def cmd_bench(args, bindings) -> int:
+    from jaxgen import config
+
+    bench_dir = config.configs_root().parent / "experiments" / "bench"
+    scripts = sorted(p.stem for p in bench_dir.glob("*.py"))
+    if not args.name:
+        print("\n".join(scripts))
+        return 0
+    if args.name not in scripts:
+        raise config.ConfigError(f"No benchmark {args.name!r} in {bench_dir}; available: {scripts}")
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(bench_dir.parents[1]),
+                                                                     os.environ.get("PYTHONPATH")]))}
+    return subprocess.run([sys.executable, str(bench_dir / f"{args.name}.py"), *args.args], env=env).returncode
+
+
 def cmd_tpu(args, bindings) -> int:
     overrides = " ".join(shlex.quote(GIN_PREFIX + b) for b in bindings)
     remote = (f"cd {shlex.quote(args.repo_dir)} && jaxgen run {' '.join(map(shlex.quote, args.config))} "
@@ -167,6 +184,11 @@ def build_parser() -> argparse.ArgumentParser:
     data.add_argument("--data-dir")
     data.add_argument("--picture", help="inspect: save a grid of examples to this PNG")
     data.set_defaults(handler=cmd_data)
+
+    bench = sub.add_parser("bench", help="run a benchmark script of experiments/bench (none: list them)")
+    bench.add_argument("name", nargs="?")
+    bench.add_argument("args", nargs=argparse.REMAINDER, help="passed to the script")
+    bench.set_defaults(handler=cmd_bench)
 
     tpu = sub.add_parser("tpu", help="print (or --launch) the command that starts a run on every TPU-VM worker")
     tpu.add_argument("config", nargs="+")

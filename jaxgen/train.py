@@ -124,7 +124,7 @@ def _restore_or_init(
             raise ckpt_lib.CheckpointError(f"resume_from={resume_from!r}: no checkpoint in {directory}")
         state, _ = source.restore(step, abstract)
         return state, f"resume_from {source.step_dir(step)}"
-    state = jax.jit(init_fn, out_shardings=shardings)()
+    state = init_fn()
     if init_from:
         directory, step = ckpt_lib.resolve(init_from)
         source = ckpt_lib.Checkpointer(directory, read_only=True)
@@ -235,7 +235,9 @@ def run(
     abstract, shardings = _state_shardings(task, tx, init_stream, example_batch, mesh, logical_axis_rules)
 
     def init_fn() -> TrainState:
-        return TrainState.create(nn.unbox(task.init(init_stream, example_batch)), tx)
+        """Parameters are created already sharded (`out_shardings`), never whole on one device."""
+        create = lambda key, batch: TrainState.create(nn.unbox(task.init(key, batch)), tx)  # noqa: E731
+        return jax.jit(create, out_shardings=shardings)(init_stream, example_batch)
 
     checkpointer = ckpt_lib.Checkpointer(workdir / "checkpoints", max_to_keep=keep_checkpoints,
                                          async_save=async_checkpointing)

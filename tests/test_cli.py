@@ -56,3 +56,10 @@ def test_tpu_prints_the_pod_command_with_multihost(capsys):
     command = capsys.readouterr().out.strip()
     assert command.startswith("gcloud compute tpus tpu-vm ssh pod --zone=us-central2-b --worker=all")
     assert "--multihost" in command and "--gin.TRAIN_STEPS=10" in command and "configs/quickstart.gin" in command
+
+
+def test_bench_lists_the_benchmark_scripts_and_rejects_unknown_ones(capsys):
+    assert cli.main(["bench"]) == 0
+    assert "trainer_scaling" in capsys.readouterr().out.split()
+    assert cli.main(["bench", "trainer_scalng"]) == 2
+    assert "available" in capsys.readouterr().err
