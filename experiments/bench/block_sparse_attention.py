@@ -27,7 +27,6 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from pallas_kernels.block_sparse_attention import BlockSizes
 from pallas_kernels.block_sparse_attention import block_sparse_attention
 from pallas_kernels.block_sparse_attention import block_sparse_attention_reference
 from pallas_kernels.block_sparse_attention import make_mask_info
@@ -214,44 +213,12 @@ def bench_shape(name, densities, backward_densities, reps, implementation):
               rows=rows)
 
 
-def bench_block_sizes(name, kind, density, variants, reps, implementation):
-  """Execution settings (tuning.BlockSizes) compared on one shape and mask, forward and forward+backward."""
-  batch, seq, heads, head_dim, frame_tokens, text_tokens, text_first = SHAPES[name]
-  n = math.ceil(seq / BLOCK)
-  keys = jax.random.split(jax.random.key(0), 4)
-  q, k, v, do = (jax.random.normal(key, (batch, seq, heads, head_dim), jnp.bfloat16) for key in keys)
-  if kind == "svg":
-    mask = jnp.asarray(svg_mask(n, seq, heads, frame_tokens, text_tokens, text_first, density, seed=1))
-  else:
-    mask = jnp.asarray(band_mask(n, heads, density))
-  rows = []
-  for sizes in variants:
-    attention = lambda q, k, v, m, sizes=sizes: block_sparse_attention(q, k, v, m, implementation=implementation,
-                                                                       block_sizes=sizes)
-    grads = jax.jit(jax.grad(lambda q, k, v, m, do: jnp.sum(attention(q, k, v, m).astype(jnp.float32)
-                                                            * do.astype(jnp.float32)), argnums=(0, 1, 2)))
-    fwd = median_ms(jax.jit(attention), q, k, v, mask, reps=reps)
-    fwd_bwd = median_ms(grads, q, k, v, mask, do, reps=reps)
-    rows.append(dict(shape=name, mask=kind, density_target=density, block_sizes=str(sizes), fwd_ms=fwd,
-                     bwd_ms=fwd_bwd - fwd))
-    print("variant", rows[-1], flush=True)
-  return rows
-
-
-VARIANTS = [  # (shape, mask, density, settings to compare)
-    ("CogVideoX-1.5", "band", 0.25, [BlockSizes(), BlockSizes(blocks_fastest=False), BlockSizes(mosaic_stages=3)]),
-    ("CogVideoX-1.5", "svg", 0.10, [BlockSizes(), BlockSizes(blocks_fastest=False)]),
-    ("HunyuanVideo", "svg", 0.25, [BlockSizes(), BlockSizes(blocks_fastest=False)]),
-]
-
-
 def main():
   parser = argparse.ArgumentParser()
   parser.add_argument("--quick", action="store_true", help="one shape, two densities: a first look")
   parser.add_argument("--out", default=os.environ.get("OUT", os.path.dirname(os.path.abspath(__file__))))
   parser.add_argument("--shapes", default=",".join(SHAPES))
   parser.add_argument("--implementation", default=None)
-  parser.add_argument("--variants", action="store_true", help="also compare Mosaic GPU execution settings")
   args = parser.parse_args()
 
   device = jax.devices()[0]
@@ -272,9 +239,6 @@ def main():
   for name in args.shapes.split(","):
     reps = 3 if SHAPES[name][1] > 100_000 else 5
     result["shapes"].append(bench_shape(name, densities, backward, reps, main_impl))
-    json.dump(result, open(os.path.join(args.out, "block_sparse_attention.json"), "w"), indent=1)
-  if args.variants and main_impl == "mosaic_gpu":
-    result["variants"] = [row for variant in VARIANTS for row in bench_block_sizes(*variant, 3, main_impl)]
     json.dump(result, open(os.path.join(args.out, "block_sparse_attention.json"), "w"), indent=1)
 
   print("\nshape | mask | density | cuDNN fwd ms | sparse fwd ms | TFLOP/s | eff fwd | sparse bwd ms | eff bwd")

@@ -110,10 +110,12 @@ def _unmasked_steps(indices_row_ref, count, num_kv_blocks: int, mask_tail: bool)
   return jnp.maximum(count - jnp.where(last == num_kv_blocks - 1, 1, 0), 0)
 
 
-def _grid(block_axis: str, num_blocks: int, num_heads: int, batch: int, blocks_fastest: bool):
-  """(grid, names); the first axis varies fastest across consecutively launched CTAs."""
-  if blocks_fastest:
-    return dict(grid=(num_blocks, num_heads, batch), grid_names=(block_axis, "heads", "batch"))
+def _grid(block_axis: str, num_blocks: int, num_heads: int, batch: int):
+  """(grid, names), heads varying fastest across consecutively launched CTAs.
+
+  Measured on an H100: launching the blocks of one head consecutively instead (so neighbouring rows, which share
+  most K/V blocks, run together) made the forward 1.3-1.6x slower (experiments/bench/block_sparse_attention_notes.md).
+  """
   return dict(grid=(num_heads, num_blocks, batch), grid_names=("heads", block_axis, "batch"))
 
 
@@ -251,13 +253,13 @@ def forward(q, k, v, info: mask_info_lib.MaskInfo, *, block_q: int, block_kv: in
   ]
   out = [jax.ShapeDtypeStruct(q.shape, dtype), jax.ShapeDtypeStruct((batch, num_heads, lse_len), jnp.float32)]
   return _launch(body, out=out, scratch=scratch,
-                 **_grid("q_block", num_q_blocks, num_heads, batch, block_sizes.blocks_fastest))(
+                 **_grid("q_block", num_q_blocks, num_heads, batch))(
                      q, k, v, info.kv_indices, info.kv_counts)
 
 
 # ---- backward --------------------------------------------------------------------------------------------------------
 
-def _dq(q, k, v, do, lse, delta, info, *, block_q, block_kv, sm_scale, seq_len, stages, blocks_fastest):
+def _dq(q, k, v, do, lse, delta, info, *, block_q, block_kv, sm_scale, seq_len, stages):
   """dq: per query block, walk the row's active key blocks in 64-key sub-steps (keeps p, dp at 32 registers)."""
   batch, _, num_heads, head_dim = q.shape
   mask_batch, _, num_q_blocks, num_kv_blocks = info.kv_indices.shape
@@ -351,11 +353,11 @@ def _dq(q, k, v, do, lse, delta, info, *, block_q, block_kv, sm_scale, seq_len, 
       plgpu.Barrier(num_arrivals=_COMPUTE_WGS, num_barriers=stages),
   ]
   return _launch(body, out=jax.ShapeDtypeStruct(q.shape, dtype), scratch=scratch,
-                 **_grid("q_block", num_q_blocks, num_heads, batch, blocks_fastest))(
+                 **_grid("q_block", num_q_blocks, num_heads, batch))(
                      q, k, v, do, lse, delta, info.kv_indices, info.kv_counts)
 
 
-def _dkv(q, k, v, do, lse, delta, info, *, block_q, block_kv, sm_scale, stages, blocks_fastest):
+def _dkv(q, k, v, do, lse, delta, info, *, block_q, block_kv, sm_scale, stages):
   """dk, dv: per key block (two warpgroups of 64 keys), walk the column's active query blocks in 64-row sub-steps."""
   batch, _, num_heads, head_dim = q.shape
   mask_batch, _, num_kv_blocks, _ = info.q_indices.shape
@@ -447,7 +449,7 @@ def _dkv(q, k, v, do, lse, delta, info, *, block_q, block_kv, sm_scale, stages, 
   ]
   out = [jax.ShapeDtypeStruct(k.shape, dtype), jax.ShapeDtypeStruct(v.shape, dtype)]
   return _launch(body, out=out, scratch=scratch, num_threads=wgs + 1,
-                 **_grid("kv_block", num_kv_blocks, num_heads, batch, blocks_fastest))(
+                 **_grid("kv_block", num_kv_blocks, num_heads, batch))(
                      q, k, v, do, lse, delta, info.q_indices, info.q_counts)
 
 
@@ -456,7 +458,7 @@ def backward(q, k, v, do, lse, delta, info: mask_info_lib.MaskInfo, *, block_q: 
   """Returns (dq, dk, dv); lse from `forward` (base 2), delta f32 `[batch, heads, num_q_blocks * block_q]`."""
   stages = block_sizes.mosaic_stages
   dq = _dq(q, k, v, do, lse, delta, info, block_q=block_q, block_kv=block_kv, sm_scale=sm_scale,
-           seq_len=seq_len, stages=stages, blocks_fastest=block_sizes.blocks_fastest)
+           seq_len=seq_len, stages=stages)
   dk, dv = _dkv(q, k, v, do, lse, delta, info, block_q=block_q, block_kv=block_kv, sm_scale=sm_scale,
-                stages=stages, blocks_fastest=block_sizes.blocks_fastest)
+                stages=stages)
   return dq, dk, dv

@@ -13,13 +13,10 @@ class BlockSizes:
 
   mosaic_stages: K/V (or Q/dO) blocks in flight in shared memory for the Mosaic GPU kernels (>= 2). Three do not
     fit the forward at head_dim 128 (232,568 bytes of shared memory asked, 232,448 available on an H100).
-  blocks_fastest: Mosaic GPU launch order. True: consecutive CTAs walk the blocks of one head, so the K/V (Q/dO)
-    blocks that neighbouring rows share are read from L2; False: they walk the heads of one block.
   triton_warps / triton_stages: Triton-backend launch settings.
   """
 
   mosaic_stages: int = 2
-  blocks_fastest: bool = True
   triton_warps: int = 4
   triton_stages: int = 2
 
