@@ -117,20 +117,12 @@ def _restore_or_init(
     if mode == "eval":
         raise ckpt_lib.CheckpointError(f"Nothing to evaluate: no checkpoint in {checkpointer.directory}")
     if resume_from:
-        directory, step = ckpt_lib.resolve(resume_from)
-        source = ckpt_lib.Checkpointer(directory, read_only=True)
-        step = step if step is not None else source.latest_step()
-        if step is None:
-            raise ckpt_lib.CheckpointError(f"resume_from={resume_from!r}: no checkpoint in {directory}")
+        source, step = ckpt_lib.open_source(resume_from, f"resume_from={resume_from!r}")
         state, _ = source.restore(step, abstract)
         return state, f"resume_from {source.step_dir(step)}"
     state = init_fn()
     if init_from:
-        directory, step = ckpt_lib.resolve(init_from)
-        source = ckpt_lib.Checkpointer(directory, read_only=True)
-        step = step if step is not None else source.latest_step()
-        if step is None:
-            raise ckpt_lib.CheckpointError(f"init_from={init_from!r}: no checkpoint in {directory}")
+        source, step = ckpt_lib.open_source(init_from, f"init_from={init_from!r}")
         params = source.restore_subtree(step, {"params": abstract.params})["params"]
         return state.replace(params=params), f"parameters from init_from {source.step_dir(step)}"
     return state, "scratch"

