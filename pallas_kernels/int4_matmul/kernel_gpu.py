@@ -13,7 +13,8 @@ int8 tensor cores (W4A4, W8A8) or dequantized to bf16 (W4A16). Design points, ea
   cost the GEMM more than the extra bytes do.
 * int32 -> float32 goes through the "magic number" trick (add 1.5 * 2**23 to the bits, subtract it as a float):
   two full-rate instructions instead of a quarter-rate conversion, exact for |v| < 2**22 (a group sum of 64
-  products of 4-bit codes is at most 7680). The same trick rounds half to even in the quantizer.
+  products of 4-bit codes is at most 7680). Run backwards, the same trick rounds half to even in the quantizer and
+  yields the code as an int32 with no float -> int conversion at all.
 * The low-rank branch follows Nunchaku: the down-projection is a second dot in the activation-quantize kernel (it
   reads the same x tile), the up-projection a dot in the GEMM epilogue.
 * `k_splits` > 1 gives several programs one output tile, each a slice of the groups, and returns float32 partial
@@ -36,8 +37,14 @@ _MAGIC = 12582912.0
 _MAGIC_BITS = 0x4B400000
 
 
-def _round_half_to_even(v):
-  return (v + _MAGIC) - _MAGIC
+def _round_half_to_even_int32(v):
+  """round_half_to_even(v) as int32 for |v| < 2**22: the bits of v + 1.5 * 2**23, less the bits of 1.5 * 2**23.
+
+  Not `(v + _MAGIC) - _MAGIC` in float32: XLA's algebraic simplifier (the one in jaxlib 0.10, which compiles the
+  bodies in interpret mode) reassociates that into `v + (_MAGIC - _MAGIC)` = v, so the rounding vanished and the
+  int8 conversion truncated. Reading the integer back through the bits leaves no constant pair to fold.
+  """
+  return jax.lax.bitcast_convert_type(v + _MAGIC, jnp.int32) - _MAGIC_BITS
 
 
 def _int32_to_float32(v, exact_magic):
@@ -118,7 +125,8 @@ def _quantize_int4_kernel(x_ref, smooth_ref, down_ref, codes_ref, scales_ref, lo
     scale = (peak * jnp.float32(1 / levels))[:, None]
     divisor = jnp.where(scale == 0.0, 1.0, scale)
     for offset, values in ((0, even), (half, odd)):
-      codes = jnp.clip(_round_half_to_even(values / divisor), lowest, highest)
+      # Clipping to integer bounds commutes with rounding; done first, it keeps |v| where the trick is exact.
+      codes = _round_half_to_even_int32(jnp.clip(values / divisor, lowest, highest))
       codes_ref[:, pl.ds(start + offset, half)] = codes.astype(jnp.int8)
     scales_ref[:, pl.ds(g, 1)] = scale
     if down_ref is None:
@@ -186,7 +194,7 @@ def _quantize_int8_rows_kernel(x_ref, codes_ref, scales_ref, *, step_k):
 
   def code_step(s, carry):
     chunk = x_ref[:, pl.ds(s * step_k, step_k)].astype(jnp.float32)
-    codes = jnp.clip(_round_half_to_even(chunk / divisor), -127.0, 127.0)
+    codes = _round_half_to_even_int32(jnp.clip(chunk / divisor, -127.0, 127.0))
     codes_ref[:, pl.ds(s * step_k, step_k)] = codes.astype(jnp.int8)
     return carry
 
