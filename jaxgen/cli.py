@@ -65,7 +65,7 @@ def _summary(result) -> str:
 
 
 def cmd_run(args, bindings) -> int:
-    from jaxgen import config, train
+    from jaxgen import config
 
     _start_distributed(args)
     config.parse(args.config, bindings)
@@ -74,15 +74,15 @@ def cmd_run(args, bindings) -> int:
     workdir = Path(args.workdir)
     if jax.process_index() == 0:
         _write_config(workdir, config.config_text())
-    result = config.configured(train.run)(workdir=workdir, restore_step=args.restore_step,
-                                          progress=not args.no_progress)
+    run = config.configured(config.trainer)()
+    result = run(workdir=workdir, restore_step=args.restore_step, progress=not args.no_progress)
     if jax.process_index() == 0:
         print(_summary(result))
     return 0
 
 
 def cmd_eval(args, bindings) -> int:
-    from jaxgen import config, train
+    from jaxgen import config
 
     _start_distributed(args)
     workdir = Path(args.workdir)
@@ -90,7 +90,8 @@ def cmd_eval(args, bindings) -> int:
     if not config_file.exists():
         raise config.ConfigError(f"{config_file} does not exist: is {workdir} a jaxgen run's workdir?")
     config.parse([str(config_file)], bindings)
-    result = config.configured(train.run)(workdir=workdir, restore_step=args.step, mode="eval", progress=False)
+    run = config.configured(config.trainer)()
+    result = run(workdir=workdir, restore_step=args.step, mode="eval", progress=False)
     print(_summary(result))
     return 0
 

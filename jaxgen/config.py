@@ -128,8 +128,27 @@ def parse(config_files: Sequence[str], bindings: Sequence[str] = ()) -> list[Pat
 
 
 def configured(fn):
-    """The gin-configured version of a plain function (dynamic registration: the library never imports gin)."""
-    return gin.get_configurable(fn)
+    """The gin-configured version of a plain function (dynamic registration: the library never imports gin).
+
+    A function the config never mentions has no bindings, and is returned as it is.
+    """
+    try:
+        return gin.get_configurable(fn)
+    except ValueError:
+        return fn
+
+
+def trainer(run=None):
+    """The experiment's training entry point: `jaxgen.train.run`, unless a paper forks the trainer.
+
+    A fork is chosen in its experiment file: `from jaxgen import config` and `config.trainer.run = @trainer.run`
+    (it takes the same `workdir`, `restore_step`, `progress` and `mode` keywords and returns a `RunResult`).
+    """
+    if run is None:
+        from jaxgen import train
+
+        run = train.run
+    return configured(run)
 
 
 def config_text() -> str:

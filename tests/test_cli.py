@@ -63,3 +63,15 @@ def test_bench_lists_the_benchmark_scripts_and_rejects_unknown_ones(capsys):
     assert "trainer_scaling" in capsys.readouterr().out.split()
     assert cli.main(["bench", "trainer_scalng"]) == 2
     assert "available" in capsys.readouterr().err
+
+
+def test_an_experiment_can_choose_a_forked_trainer(tmp_path):
+    from support import forked
+
+    config = tmp_path / "forked.gin"
+    config.write_text("from __gin__ import dynamic_registration\nfrom jaxgen import config\nfrom support import forked\n"
+                      "config.trainer.run = @forked.run\nforked.run.label = 'from gin'\n")
+    assert cli.main(["run", str(config), "--workdir", str(tmp_path / "w"), "--restore-step", "7"]) == 0
+    assert forked.CALLS[-1] == {"workdir": tmp_path / "w", "restore_step": 7, "mode": "train", "label": "from gin"}
+    assert cli.main(["eval", "--workdir", str(tmp_path / "w")]) == 0
+    assert forked.CALLS[-1]["mode"] == "eval" and forked.CALLS[-1]["label"] == "from gin"
