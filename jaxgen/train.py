@@ -89,8 +89,17 @@ def _state_shardings(task: Task, optimizer, init_rng, example_batch, mesh, logic
 # ======================================================================================================================
 
 
+def _warn_if_data_changed(saved: dict, current: dict) -> None:
+    """The checkpointed stream continues exactly only if the data settings are unchanged; say so when they are not."""
+    changed = {k: (saved.get(k), current[k]) for k in ("dataset", "split", "seed", "batch_size", "num_examples")
+               if k in saved and saved.get(k) != current[k]}
+    if changed:
+        logging.warning("Data settings differ from the checkpoint's (saved, now): %s; the run continues, but its "
+                        "batches no longer match an uninterrupted run", changed)
+
+
 def _restore_or_init(
-    *, checkpointer, abstract, shardings, init_fn, restore_step, resume_from, init_from, mode
+    *, checkpointer, abstract, shardings, init_fn, restore_step, resume_from, init_from, mode, train_data
 ) -> tuple[TrainState, str]:
     steps = checkpointer.all_steps()
     if restore_step is not None and restore_step not in steps:
@@ -100,7 +109,7 @@ def _restore_or_init(
     if steps:
         step = restore_step if restore_step is not None else steps[-1]
         try:
-            state, _ = checkpointer.restore(step, abstract)
+            state, data_state = checkpointer.restore(step, abstract)
         except ckpt_lib.CheckpointError as e:
             earlier = [s for s in steps if s < step]
             raise ckpt_lib.CheckpointError(
@@ -109,6 +118,7 @@ def _restore_or_init(
                    f"(available: {earlier}), or move {checkpointer.step_dir(step)} aside." if earlier else
                    f"No earlier checkpoint exists; move {checkpointer.step_dir(step)} aside to start over.")
             ) from e
+        _warn_if_data_changed(data_state, train_data.state(step))
         if step < steps[-1]:
             set_aside = checkpointer.directory.parent / "superseded_checkpoints"
             moved = checkpointer.set_aside_after(step, set_aside)
@@ -207,6 +217,10 @@ def run(
     if eval_every < 0:
         raise ValueError(f"eval_every must be >= 0 (0: only at the end); got {eval_every}")
 
+    if eval_data is None and task.evaluators():
+        logging.warning("The task has evaluators %s but the run has no eval_data: evaluators that read eval batches "
+                        "will fail at the first evaluation", sorted(task.evaluators()))
+
     # ---------------------------------------------------------------------------------------------------------- setup
     workdir = Path(workdir).absolute()
     is_main = jax.process_index() == 0
@@ -235,7 +249,7 @@ def run(
                                          async_save=async_checkpointing)
     state, origin = _restore_or_init(
         checkpointer=checkpointer, abstract=abstract, shardings=shardings, init_fn=init_fn,
-        restore_step=restore_step, resume_from=resume_from, init_from=init_from, mode=mode,
+        restore_step=restore_step, resume_from=resume_from, init_from=init_from, mode=mode, train_data=train_data,
     )
     start_step = int(jax.device_get(state.step))
     logging.info("Starting at step %d from %s", start_step, origin)

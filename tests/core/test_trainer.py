@@ -131,3 +131,12 @@ def test_bad_arguments_fail_before_compute(tmp_path, bad):
     with pytest.raises(ValueError):
         run_tiny(tmp_path, **bad)
     assert not (tmp_path / "checkpoints").exists()
+
+
+def test_resuming_with_other_data_settings_warns(tmp_path, caplog):
+    run_tiny(tmp_path, train_steps=4)
+    source = regression_source()
+    train.run(task=RegressionTask(), workdir=tmp_path, train_data=Loader(source, batch_size=16, seed=3),
+              eval_data=Loader(source, batch_size=16, shuffle=False), train_steps=6, log_every=1, eval_every=0,
+              progress=False, async_checkpointing=False)
+    assert "batch_size" in caplog.text and "(8, 16)" in caplog.text
