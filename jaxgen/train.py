@@ -240,10 +240,12 @@ def run(
     schedule = optimizer.schedule_fn(train_steps)
     abstract, shardings = _state_shardings(task, tx, init_stream, example_batch, mesh, logical_axis_rules)
 
+    def create_state(key, batch) -> TrainState:
+        return TrainState.create(nn.unbox(task.init(key, batch)), tx)
+
     def init_fn() -> TrainState:
         """Parameters are created already sharded (`out_shardings`), never whole on one device."""
-        create = lambda key, batch: TrainState.create(nn.unbox(task.init(key, batch)), tx)  # noqa: E731
-        return jax.jit(create, out_shardings=shardings)(init_stream, example_batch)
+        return jax.jit(create_state, out_shardings=shardings)(init_stream, example_batch)
 
     checkpointer = ckpt_lib.Checkpointer(workdir / "checkpoints", max_to_keep=keep_checkpoints,
                                          async_save=async_checkpointing)
