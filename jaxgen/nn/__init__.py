@@ -1,0 +1,1 @@
+"""Layers used by two or more papers; `attention` dispatches to dense / cuDNN / block-sparse / SVG backends by name."""

@@ -1,0 +1,136 @@
+"""SVG attention: profile the heads, move temporal heads to token-major order, one block-sparse call, move back.
+
+How per-head layouts meet one kernel call. SVG's spatial mask is a band in frame-major order and its temporal mask
+is the same band in token-major order (`masks.py`). So rather than giving temporal heads a striped mask in
+frame-major order, we permute the q/k/v of the temporal heads to token-major (`layout.heads_to_token_major`, a
+`where` between the tensor and its transposed video slice, keyed on the per-(batch, head) classification), after
+which *every* head uses the same band block mask. One block-sparse call with that mask broadcast over heads
+computes all heads; the output of temporal heads is permuted back. Why this shape:
+  - Splitting heads into a spatial call and a temporal call would need data-dependent head counts (shapes that
+    change with the classification), which jit cannot compile once; a per-head flag is runtime data.
+  - A temporal mask left in frame-major order is a set of thin stripes: at the kernel's 64-128-token blocks almost
+    every block it touches is mostly masked, so the kernel would compute several times the useful work. In
+    token-major order the same pattern is a dense band.
+  - The permutation is exact (no index array, no rounding), so SVG at density 1.0 equals dense attention.
+  - Cost: the select reads the tensor twice and writes it once, for q, k, v and the output; at HunyuanVideo 720p
+    (119k tokens, 24 heads, head dim 128, bf16: 0.73 GB a tensor) about 9 GB of traffic, ~3 ms at 3 TB/s against
+    ~260 ms of dense attention (1.7e14 FLOPs at cuDNN's measured 664 TFLOP/s): about 1 % of dense, 4 % of the
+    sparse call at density 0.25. An estimate from bandwidth, not measured yet. Folding the permutation into the
+    kernel's index maps (per-head token offsets) would remove it; that needs a kernel change, left for later.
+The masks are runtime data too: the band is found on device from `density` (a traced scalar is fine), so changing
+the density, the classification or the gate never recompiles the kernel.
+
+Profiling and its cost are described in `profiling.py` (`2 t / S` of dense FLOPs: 0.1 % at t = 64, S = 119k).
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+
+import jax
+import jax.numpy as jnp
+from jax import lax
+
+from jaxgen.nn import attention as nn_attention
+from jaxgen.projects.svg import masks
+from jaxgen.projects.svg.gating import DenseGate
+from jaxgen.projects.svg.layout import VideoLayout, heads_to_frame_major, heads_to_token_major
+from jaxgen.projects.svg.profiling import profile_heads, sample_rows
+from pallas_kernels.block_sparse_attention import block_sparse_attention
+
+
+def _validate(q, k, v, layout: VideoLayout, num_sampled_rows: int, density) -> None:
+    if q.ndim != 4 or k.shape != q.shape or v.shape != q.shape:
+        raise ValueError(f"q, k, v must share one shape [batch, seq, heads, head_dim]; got q {q.shape}, k {k.shape}, "
+                         f"v {v.shape}")
+    layout.check_seq_len(q.shape[1], f"q of shape {q.shape}")
+    if num_sampled_rows < 1:
+        raise ValueError(f"num_sampled_rows must be >= 1; got {num_sampled_rows}")
+    if isinstance(density, (int, float)) and not 0.0 < density <= 1.0:
+        raise ValueError(f"density must be in (0, 1]; got {density}")
+
+
+@functools.partial(jax.jit, static_argnames=("layout", "num_sampled_rows", "block_q", "block_kv", "sm_scale",
+                                             "implementation"))
+def _svg(q, k, v, density, rng, *, layout: VideoLayout, num_sampled_rows: int, block_q: int, block_kv: int,
+         sm_scale: float, implementation: str | None):
+    """Returns (out, head_is_temporal [batch, heads], the density the kernel ran at)."""
+    band = masks.band_for_density(layout, density, block_q=block_q, block_kv=block_kv)
+    band_mask = masks.band_block_mask(layout, band, block_q=block_q, block_kv=block_kv)
+    rows = sample_rows(rng, layout, num_sampled_rows)
+    head_is_temporal, _ = profile_heads(q, k, v, rows, band_mask, layout, block_q=block_q, block_kv=block_kv,
+                                        sm_scale=sm_scale)
+    q, k, v = (heads_to_token_major(x, head_is_temporal, layout) for x in (q, k, v))
+    block_mask = jnp.broadcast_to(band_mask, (1, q.shape[2], *band_mask.shape))
+    out = block_sparse_attention(q, k, v, block_mask, block_q=block_q, block_kv=block_kv, sm_scale=sm_scale,
+                                 implementation=implementation)
+    out = heads_to_frame_major(out, head_is_temporal, layout)
+    density_run = masks.block_mask_density(band_mask, layout, block_q=block_q, block_kv=block_kv)
+    return out, head_is_temporal, density_run
+
+
+def _run(q, k, v, layout, density, num_sampled_rows, rng, block_q, block_kv, sm_scale, implementation):
+    _validate(q, k, v, layout, num_sampled_rows, density)
+    scale = float(1.0 / math.sqrt(q.shape[-1]) if sm_scale is None else sm_scale)
+    return _svg(q, k, v, jnp.asarray(density, jnp.float32), rng, layout=layout, num_sampled_rows=num_sampled_rows,
+                block_q=block_q, block_kv=block_kv, sm_scale=scale, implementation=implementation)
+
+
+def svg_attention(q: jax.Array, k: jax.Array, v: jax.Array, layout: VideoLayout, *, density=0.25,
+                  num_sampled_rows: int = 64, rng: jax.Array, block_q: int = 128, block_kv: int = 128,
+                  sm_scale: float | None = None, implementation: str | None = None) -> tuple[jax.Array, jax.Array]:
+    """Sparse VideoGen attention.
+
+    Args:
+      q, k, v: `[batch, seq, heads, head_dim]` with `seq == layout.seq_len`, tokens in frame-major order.
+      layout: where the video and text tokens sit.
+      density: fraction of the attention map to compute, in (0, 1] (may be a traced scalar); 1.0 is dense.
+      num_sampled_rows: query rows profiled per call to classify the heads.
+      rng: key for drawing the profiled rows.
+      block_q, block_kv, implementation: passed to the block-sparse kernel ("interpret"/"reference" on CPU).
+      sm_scale: logits scale, 1 / sqrt(head_dim) by default.
+
+    Returns:
+      `(out [batch, seq, heads, head_dim] in q's dtype, head_is_temporal bool [batch, heads])`.
+    """
+    out, head_is_temporal, _ = _run(q, k, v, layout, density, num_sampled_rows, rng, block_q, block_kv, sm_scale,
+                                    implementation)
+    return out, head_is_temporal
+
+
+def svg_backend(q, k, v, *, bias=None, mask=None, context: nn_attention.AttentionContext, density=0.25,
+                num_sampled_rows: int = 64, gate: DenseGate = DenseGate(), dense_backend: str = "dense",
+                block_q: int = 128, block_kv: int = 128, sm_scale: float | None = None,
+                implementation: str | None = None):
+    """The "svg" entry of `jaxgen.nn.attention.BACKENDS`.
+
+    Reads context.video_layout and context.rng; with a gate that can fire, also context.step/num_steps/layer/
+    num_layers. Gated calls run `dense_backend` ("cudnn" on GPU) under `lax.cond`, so a traced step or layer index
+    picks the branch at run time. aux: `head_is_temporal` `[batch, heads]` (all False on dense calls) and `density`
+    (what was computed, 1.0 on dense calls).
+    """
+    nn_attention.reject_bias_and_mask("svg", q, bias, mask)
+    for field in ("video_layout", "rng"):
+        if getattr(context, field) is None:
+            raise ValueError(f"attention backend 'svg' needs context.{field} (q {q.shape})")
+
+    def sparse(q, k, v):
+        return _run(q, k, v, context.video_layout, density, num_sampled_rows, context.rng, block_q, block_kv,
+                    sm_scale, implementation)
+
+    if gate.never_dense:
+        out, head_is_temporal, density_run = sparse(q, k, v)
+    else:
+        missing = [f for f in ("step", "num_steps", "layer", "num_layers") if getattr(context, f) is None]
+        if missing:
+            raise ValueError(f"attention backend 'svg' with {gate} needs context fields {missing} (q {q.shape})")
+
+        def dense(q, k, v):
+            out, _ = nn_attention.get_backend(dense_backend)(q, k, v, context=context, sm_scale=sm_scale)
+            return out.astype(q.dtype), jnp.zeros((q.shape[0], q.shape[2]), bool), jnp.float32(1.0)
+
+        is_dense = gate.is_dense(step=context.step, num_steps=context.num_steps, layer=context.layer,
+                                 num_layers=context.num_layers)
+        out, head_is_temporal, density_run = lax.cond(is_dense, dense, sparse, q, k, v)
+    return out, {"head_is_temporal": head_is_temporal, "density": density_run}

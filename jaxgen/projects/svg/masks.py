@@ -1,0 +1,98 @@
+"""SVG's sparse attention masks, built directly at block level from token indices (never a seq x seq array).
+
+Token-level definition (the spec, and what the tests check the blocks against): with `v(i)` a token's index among
+the video tokens in the current order, query `i` attends to key `j` when either is a text token or
+`|v(i) - v(j)| <= band`. In frame-major order that band is SVG's spatial mask (the same and nearby frames: a band of
++-w frames is `band = w * frame_tokens`); in token-major order the same band is the temporal mask (the same and
+nearby patches in every frame). So one function builds both; `layout.py` moves the tokens.
+
+A block is active when any of its token pairs is: here, when the block holds a text token on either side, or when the
+gap between the two blocks' video-index intervals is at most `band`. Each of those is a vector over blocks, so the
+mask costs `O(num_q_blocks * num_kv_blocks)`, which is what lets it be rebuilt on device inside jit with a traced
+`band` or `density` (runtime data: a new density does not recompile the kernel).
+
+`density` is the fraction of the `seq x seq` attention map the kernel computes, i.e. the token area of the active
+blocks (the official flag called "sparsity" is this density).
+"""
+
+from __future__ import annotations
+
+import math
+
+import jax
+import jax.numpy as jnp
+from jax import lax
+
+from jaxgen.projects.svg.layout import VideoLayout
+
+
+def num_blocks(seq_len: int, block: int) -> int:
+    return math.ceil(seq_len / block)
+
+
+def _block_spans(layout: VideoLayout, block: int):
+    """Per block: sizes, the first/last video index inside it, whether it holds video, whether it holds text."""
+    starts = jnp.arange(num_blocks(layout.seq_len, block), dtype=jnp.int32) * block
+    ends = jnp.minimum(starts + block, layout.seq_len)
+    video_start, video_stop = layout.video_start, layout.video_start + layout.video_tokens
+    first = jnp.maximum(starts, video_start) - video_start
+    last = jnp.minimum(ends, video_stop) - 1 - video_start
+    # Text sits wholly before the video or wholly after it, so one of these two tests is always empty.
+    has_text = (starts < video_start) | (ends > video_stop)
+    return ends - starts, first, last, first <= last, has_text
+
+
+def _check_blocks(block_q: int, block_kv: int) -> None:
+    if block_q <= 0 or block_kv <= 0:
+        raise ValueError(f"block sizes must be positive; got block_q={block_q}, block_kv={block_kv}")
+
+
+def band_block_mask(layout: VideoLayout, band, *, block_q: int, block_kv: int) -> jax.Array:
+    """Bool `[ceil(seq / block_q), ceil(seq / block_kv)]`: the band of half-width `band` video tokens plus text rows
+    and columns; `band` may be a traced integer."""
+    _check_blocks(block_q, block_kv)
+    _, q_first, q_last, q_video, q_text = _block_spans(layout, block_q)
+    _, k_first, k_last, k_video, k_text = _block_spans(layout, block_kv)
+    gap = jnp.maximum(q_first[:, None] - k_last[None, :], k_first[None, :] - q_last[:, None])
+    in_band = q_video[:, None] & k_video[None, :] & (gap <= band)
+    return in_band | q_text[:, None] | k_text[None, :]
+
+
+def block_mask_density(block_mask: jax.Array, layout: VideoLayout, *, block_q: int, block_kv: int) -> jax.Array:
+    """Fraction of the `seq x seq` map covered by the active blocks (ragged last blocks counted by their real size);
+    leading axes of `block_mask` are kept."""
+    _check_blocks(block_q, block_kv)
+    rows = _block_spans(layout, block_q)[0].astype(jnp.float32)
+    cols = _block_spans(layout, block_kv)[0].astype(jnp.float32)
+    expected = (rows.shape[0], cols.shape[0])
+    if tuple(block_mask.shape[-2:]) != expected:
+        raise ValueError(f"block_mask has shape {block_mask.shape}; its last two axes must be {expected} for "
+                         f"{layout} with block_q={block_q}, block_kv={block_kv}")
+    area = jnp.einsum("...qk,q,k->...", block_mask.astype(jnp.float32), rows, cols)
+    return area / float(layout.seq_len) ** 2
+
+
+def band_for_density(layout: VideoLayout, density, *, block_q: int, block_kv: int) -> jax.Array:
+    """The narrowest band (int32, in video tokens) whose block mask reaches `density`; `density` may be traced.
+
+    Density grows with the band, so a binary search over `[0, video_tokens - 1]` finds it in a fixed number of
+    steps (jit-friendly). The widest band is the full map, so `density=1.0` gives exactly dense attention; a
+    density below the band-0 mask (text rows/columns and the diagonal blocks) gives band 0.
+    """
+    if isinstance(density, (int, float)) and not 0.0 < density <= 1.0:
+        raise ValueError(f"density must be in (0, 1]; got {density}")
+
+    def reaches(band):
+        mask = band_block_mask(layout, band, block_q=block_q, block_kv=block_kv)
+        return block_mask_density(mask, layout, block_q=block_q, block_kv=block_kv) >= density
+
+    def step(_, bounds):
+        low, high = bounds
+        mid = (low + high) // 2
+        ok = reaches(mid)
+        return jnp.where(ok, low, mid + 1), jnp.where(ok, mid, high)
+
+    widest = layout.video_tokens - 1
+    steps = max(1, widest.bit_length())
+    _, band = lax.fori_loop(0, steps, step, (jnp.int32(0), jnp.int32(widest)))
+    return band

@@ -1,0 +1,75 @@
+"""Online head classification: spatial or temporal, decided per (batch, head) from a few sampled query rows.
+
+For `t` query rows, exact attention over all keys is compared with attention restricted to each candidate mask
+(the spatial band in frame-major order; the same band in token-major order, mapped back to frame-major positions);
+the candidate with the lower mean squared error wins. Everything is jnp inside the caller's jit.
+
+Rows are stratified over the video tokens (one uniform draw in each of `t` equal strata), so they cover the whole
+video rather than a prefix (the official code draws from the first ~10k rows only, because it materialises a
+`rows x seq` slice of a `seq x seq` mask). Text rows are never drawn: both candidates keep every text row dense, so
+those rows have zero error under either and carry no signal.
+
+Cost per (batch, head), with `S` the sequence length and `D` the head dim: the logits of `t` rows take `2 t S D`
+FLOPs and each of the three outputs (exact, spatial, temporal) another `2 t S D`, so `8 t S D` in all against
+`4 S^2 D` for dense attention: a fraction `2 t / S`, 0.1 % at t = 64 and S = 119k (HunyuanVideo 720p), 0.3 % at
+S = 45k (CogVideoX-1.5). Being this thin it is bound by memory traffic instead: K and V read once (1.5 GB in bf16
+at HunyuanVideo 720p) and the f32 logits `[batch, heads, t, S]` (0.73 GB there) written once and read by three
+softmaxes, roughly 5 GB or ~2 ms at 3 TB/s, about 1 % of the ~260 ms of dense attention (an estimate, not yet
+measured). The bool row masks `[t, S]` are shared by every head.
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+
+from jaxgen.projects.svg.layout import VideoLayout, token_major_position
+
+
+def sample_rows(rng: jax.Array, layout: VideoLayout, num_rows: int) -> jax.Array:
+    """int32 `[min(num_rows, video_tokens)]` sequence positions, one uniform draw in each stratum of the video."""
+    if num_rows < 1:
+        raise ValueError(f"num_rows must be >= 1; got {num_rows}")
+    num_rows = min(num_rows, layout.video_tokens)
+    edges = (jnp.arange(num_rows + 1) * layout.video_tokens) // num_rows
+    offsets = jax.random.randint(rng, (num_rows,), 0, edges[1:] - edges[:-1])
+    return (layout.video_start + edges[:-1] + offsets).astype(jnp.int32)
+
+
+def row_masks(rows: jax.Array, band_mask: jax.Array, layout: VideoLayout, *, block_q: int,
+              block_kv: int) -> tuple[jax.Array, jax.Array]:
+    """Bool `[t, seq]` (spatial, temporal): which keys each sampled row sees, in frame-major positions.
+
+    The band block mask is what the kernel will run, so the rows are judged by exactly the blocks that will be
+    computed: directly for spatial heads, through the token-major positions of query and keys for temporal heads.
+    """
+    keys = jnp.arange(layout.seq_len, dtype=jnp.int32)
+    spatial = band_mask[rows // block_q][:, keys // block_kv]
+    moved_rows, moved_keys = token_major_position(rows, layout), token_major_position(keys, layout)
+    temporal = band_mask[moved_rows // block_q][:, moved_keys // block_kv]
+    return spatial, temporal
+
+
+def _attend(logits: jax.Array, values: jax.Array, mask: jax.Array | None) -> jax.Array:
+    """logits `[batch, heads, t, seq]` (f32), values `[batch, seq, heads, dim]` -> f32 `[batch, heads, t, dim]`.
+
+    Every sampled row keeps at least its own block under both masks, so no row is all -inf. The weights are cast to
+    the values' dtype (as the attention kernels do) so that V is never copied to f32; the sum accumulates in f32.
+    """
+    if mask is not None:
+        logits = jnp.where(mask, logits, -jnp.inf)
+    weights = jax.nn.softmax(logits, axis=-1).astype(values.dtype)
+    return jnp.einsum("bhqk,bkhd->bhqd", weights, values, preferred_element_type=jnp.float32)
+
+
+def profile_heads(q: jax.Array, k: jax.Array, v: jax.Array, rows: jax.Array, band_mask: jax.Array,
+                  layout: VideoLayout, *, block_q: int, block_kv: int,
+                  sm_scale: float) -> tuple[jax.Array, jax.Array]:
+    """Returns (head_is_temporal bool `[batch, heads]`, mse f32 `[2, batch, heads]` for (spatial, temporal))."""
+    layout.check_seq_len(q.shape[1], f"q of shape {q.shape}")
+    logits = jnp.einsum("bqhd,bkhd->bhqk", q[:, rows], k, preferred_element_type=jnp.float32) * sm_scale
+    exact = _attend(logits, v, None)
+    spatial, temporal = row_masks(rows, band_mask, layout, block_q=block_q, block_kv=block_kv)
+    mse = jnp.stack([jnp.mean((_attend(logits, v, mask) - exact) ** 2, axis=(2, 3))
+                     for mask in (spatial, temporal)])
+    return mse[1] < mse[0], mse
