@@ -52,7 +52,8 @@ def read_split(split: str) -> tuple[np.ndarray, np.ndarray]:
     if missing:
         raise DatasetMissingError(
             f"Fashion-MNIST files are missing: {missing}. Install them (offline-friendly, from the Debian archive): "
-            f"`apt-get install dataset-fashion-mnist`, or set $JAXGEN_FASHION_MNIST_DIR to a folder holding {FILES[split]}."
+            f"`apt-get install dataset-fashion-mnist`, or set $JAXGEN_FASHION_MNIST_DIR to a folder holding "
+            f"{FILES[split]}."
         )
     images, labels = read_idx(paths[0], 3), read_idx(paths[1], 1)
     if len(images) != len(labels):
