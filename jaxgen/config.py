@@ -96,14 +96,26 @@ class _QuietSearch(logging.Filter):
         return not record.getMessage().startswith("Path not found:")
 
 
+def _set_include_search_paths(folders: Sequence[Path]) -> None:
+    """Where `include` looks: exactly these folders, as absolute paths, for this parse only.
+
+    gin only ever appends search paths, so in one process (tests, notebooks) an earlier experiment's folder could
+    shadow an include of the next one. And gin's package-resource reader crashes (TypeError) on a relative path whose
+    folder imports as a namespace package, e.g. `configs/instant` run from the checkout. gin has no public call to
+    reset the list, hence the private one.
+    """
+    gin.config._LOCATION_PREFIXES[:] = [""]
+    for folder in dict.fromkeys(f.resolve() for f in folders):
+        gin.add_config_file_search_path(str(folder))
+
+
 def parse(config_files: Sequence[str], bindings: Sequence[str] = ()) -> list[Path]:
     """Parses experiment files, then command-line bindings (`NAME=VALUE`), and finalizes; returns the files used."""
     gin.clear_config()
     files = [_resolve_file(f) for f in config_files]
     if not files:
         raise ConfigError("No config file given")
-    for search_path in {configs_root(), *(f.parent for f in files)}:
-        gin.add_config_file_search_path(str(search_path))
+    _set_include_search_paths([configs_root(), *(f.parent for f in files)])
     quiet = _QuietSearch()
     logging.getLogger().addFilter(quiet)
     try:

@@ -53,3 +53,12 @@ def test_cli_reports_config_errors_before_creating_the_workdir(tmp_path, capsys)
     assert code == 2
     assert "TRAIN_STEPS" in capsys.readouterr().err
     assert not workdir.exists()
+
+
+def test_includes_resolve_against_this_parse_only():
+    """An earlier parse's folders must neither shadow nor break the next experiment's includes."""
+    parse(["configs/instant/supervised_smoke.gin"])
+    parse(["configs/quickstart_smoke.gin"])
+    import gin
+
+    assert gin.query_parameter("%TRAIN_STEPS") == 6
