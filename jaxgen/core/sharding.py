@@ -32,6 +32,7 @@ LOGICAL_AXIS_RULES: tuple[tuple[str, MeshAxes], ...] = (
     ("conv_in", None),
     ("conv_out", "tensor"),
     ("classes", None),
+    ("layers", None),  # the stacked axis of `nn.scan`-ned blocks: every device keeps all layers
 )
 
 BATCH_AXES = ("data", "fsdp")

@@ -24,6 +24,7 @@ OFFLINE_BUILDERS: dict[str, str] = {
     "digits": "jaxgen.data.builders.digits",
     "mnist5k": "jaxgen.data.builders.mnist5k",
     "shapes": "jaxgen.data.builders.shapes",
+    "moving_objects": "jaxgen.data.builders.moving_objects",
     "fashion_mnist_offline": "jaxgen.data.builders.fashion_mnist",
 }
 
