@@ -71,8 +71,8 @@ def _suggest(message: str) -> str:
     match = re.search(r"No configurable matching '([\w.]+)'", message)
     if match:
         name = match.group(1)
-        candidates = [sel for sel in gin.config._REGISTRY.matching_selectors("")]
-        alias, _, attr = name.rpartition(".")
+        candidates = list(gin.config._REGISTRY.matching_selectors(""))
+        alias = name.rpartition(".")[0]
         module = _module_for_alias(alias) if alias else None
         if module is not None:
             candidates += [f"{alias}.{a}" for a in dir(module) if not a.startswith("_")]
