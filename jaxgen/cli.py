@@ -213,7 +213,7 @@ def main(argv: list[str] | None = None) -> int:
     from jaxgen.config import ConfigError
     from jaxgen.core.checkpoint import CheckpointError
     from jaxgen.data.sources import DatasetMissingError
-    from jaxgen.train import NonFiniteLossError
+    from jaxgen.core.monitor import NonFiniteLossError
 
     try:
         return args.handler(args, bindings)

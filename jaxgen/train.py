@@ -10,12 +10,9 @@ The trainer is gin-free: `jaxgen.cli` binds its arguments from the experiment's 
 
 from __future__ import annotations
 
-import collections
 import dataclasses
 import logging
-import math
-import time
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -28,6 +25,7 @@ from tqdm.auto import tqdm
 from jaxgen.core import checkpoint as ckpt_lib
 from jaxgen.core import mesh as mesh_lib
 from jaxgen.core import metrics as metrics_lib
+from jaxgen.core.monitor import NonFiniteLossError, StepMonitor  # noqa: F401  (NonFiniteLossError: public here)
 from jaxgen.core import rng as rng_lib
 from jaxgen.core import sharding as sharding_lib
 from jaxgen.core import workdir as workdir_lib
@@ -36,10 +34,6 @@ from jaxgen.core.task import EvalContext, Task
 from jaxgen.data.loader import Loader, prefetch
 
 MODES = ("train", "eval")
-
-
-class NonFiniteLossError(FloatingPointError):
-    """The loss (or gradient norm) became NaN or infinite; the message names the step and the last good checkpoint."""
 
 
 @dataclasses.dataclass
@@ -292,54 +286,26 @@ def run(
     )
 
     # -------------------------------------------------------------------------------------------------------- the loop
-    pending: collections.deque = collections.deque()
-    last_record: dict | None = None
-    last_saved = start_step if origin.startswith("workdir") else None
     eval_results: dict[str, dict] = {}
-    interval_start, interval_steps = time.perf_counter(), 0
-
-    def drain(keep: int) -> None:
-        """Waits for all but `keep` in-flight steps: NaN guard on each, a record every `log_every` steps."""
-        nonlocal last_record, interval_start, interval_steps
-        while len(pending) > keep:
-            step, device_metrics = pending.popleft()
-            values = {k: metrics_lib.to_python(v) for k, v in jax.device_get(device_metrics).items()}
-            bad = [k for k in ("loss", "grad_norm") if not math.isfinite(values[k])]
-            if bad:
-                checkpointer.wait()
-                where = f"{checkpointer.step_dir(last_saved)}" if last_saved is not None else "none was saved"
-                raise NonFiniteLossError(
-                    f"Non-finite {' and '.join(bad)} ({', '.join(f'{k}={values[k]}' for k in bad)}) at step {step}; "
-                    f"the run stopped before saving anything from that step. Last good checkpoint: {where}."
-                )
-            interval_steps += 1
-            if step % log_every == 0 or step == train_steps:
-                now = time.perf_counter()
-                values["steps_per_sec"] = interval_steps / max(now - interval_start, 1e-9)
-                interval_start, interval_steps = now, 0
-                writer.write(step, values)
-                last_record = {"step": step, **values}
-                bar.set_postfix(loss=f"{values['loss']:.4g}", refresh=False)
-
     batches = prefetch(train_data.iterate(start_step, rows),
                        convert=lambda b: sharding_lib.to_global(b, mesh, train_data.batch_size))
     bar = tqdm(total=train_steps, initial=start_step, disable=not (progress and is_main), unit="step",
                dynamic_ncols=True, desc=f"train {workdir.name}")
+    monitor = StepMonitor(writer, checkpointer, log_every=log_every, last_step=train_steps,
+                          max_in_flight=max_steps_in_flight, progress_bar=bar)
     try:
         for step in range(start_step + 1, train_steps + 1):
             state, device_metrics = jitted_step(state, next(batches))
-            pending.append((step, device_metrics))
-            drain(keep=max_steps_in_flight)
+            monitor.push(step, device_metrics)
             bar.update(1)
             if step % checkpoint_every == 0 or step == train_steps:
-                drain(keep=0)
+                monitor.drain()
                 checkpointer.save(step, state, train_data.state(step))
-                last_saved = step
             if (eval_every and step % eval_every == 0) or step == train_steps:
-                drain(keep=0)
+                monitor.drain()
                 eval_results = evaluate(task, state, step=step, eval_data=eval_data, mesh=mesh,
                                         eval_stream=eval_stream, workdir=workdir, writer=writer)
-        drain(keep=0)
+        monitor.drain()
     finally:
         bar.close()
         batches.close()
@@ -348,4 +314,4 @@ def run(
 
     if is_main and start_step < train_steps:
         metrics_lib.plot_curves(metrics_lib.read_records(workdir), workdir / "curves.png")
-    return RunResult(workdir, max(start_step, train_steps), state, last_record, eval_results)
+    return RunResult(workdir, max(start_step, train_steps), state, monitor.last_record, eval_results)

@@ -12,10 +12,8 @@ Read top to bottom: state -> the jitted step -> evaluators -> run() (workdir, re
 
 from __future__ import annotations
 
-import collections
 import logging
 import math
-import time
 from pathlib import Path
 from typing import Any
 
@@ -33,6 +31,7 @@ from jaxgen.core import metrics as metrics_lib
 from jaxgen.core import rng as rng_lib
 from jaxgen.core import sharding as sharding_lib
 from jaxgen.core import workdir as workdir_lib
+from jaxgen.core.monitor import StepMonitor
 from jaxgen.core.optim import OptimizerConfig
 from jaxgen.core.task import EvalContext
 from jaxgen.data.loader import prefetch
@@ -42,7 +41,7 @@ from jaxgen.projects.instant.algorithms import Algorithm
 from jaxgen.projects.instant.augment import AugmentConfig, to_unit
 from jaxgen.projects.instant.data import SSLData
 from jaxgen.projects.quickstart.task import ClassifierTask
-from jaxgen.train import MODES, NonFiniteLossError, RunResult
+from jaxgen.train import MODES, RunResult
 
 # USB's SSL recipe: SGD with Nesterov-free momentum 0.9, lr 0.03, weight decay 5e-4, cosine decay.
 DEFAULT_OPTIMIZER = OptimizerConfig(name="momentum", learning_rate=0.03, schedule="warmup_cosine", weight_decay=5e-4,
@@ -326,32 +325,7 @@ def run(
                           out_shardings=(replicated, replicated), donate_argnums=0)
 
     # -------------------------------------------------------------------------------------------------------- the loop
-    pending: collections.deque = collections.deque()
-    last_record: dict | None = None
     eval_results: dict[str, dict] = {}
-    interval_start, interval_steps = time.perf_counter(), 0
-
-    def drain(keep: int) -> None:
-        """Waits for all but `keep` in-flight steps: NaN guard on each, a record every `log_every` steps. A metric
-        that is undefined at a step (NaN: `pl_accuracy` when nothing was accepted) is left out of its record."""
-        nonlocal last_record, interval_start, interval_steps
-        while len(pending) > keep:
-            step, device_metrics = pending.popleft()
-            values = {k: metrics_lib.to_python(v) for k, v in jax.device_get(device_metrics).items()}
-            bad = [k for k in ("loss", "grad_norm") if not math.isfinite(values[k])]
-            if bad:
-                checkpointer.wait()
-                raise NonFiniteLossError(f"Non-finite {' and '.join(bad)} at step {step}; nothing from that step was "
-                                         f"saved. Checkpoints: {checkpointer.all_steps()}")
-            interval_steps += 1
-            values = {k: v for k, v in values.items() if not (isinstance(v, float) and math.isnan(v))}  # undefined
-            if step % log_every == 0 or step == train_steps:
-                now = time.perf_counter()
-                values["steps_per_sec"] = interval_steps / max(now - interval_start, 1e-9)
-                interval_start, interval_steps = now, 0
-                writer.write(step, values)
-                last_record = {"step": step, **values}
-                bar.set_postfix(loss=f"{values['loss']:.4g}", mask=f"{values['mask_rate']:.2f}", refresh=False)
 
     def host_batches():
         step = start_step
@@ -362,19 +336,20 @@ def run(
     batches = prefetch(host_batches(), convert=global_batch)
     bar = tqdm(total=train_steps, initial=start_step, disable=not (progress and is_main), unit="step",
                dynamic_ncols=True, desc=f"ssl {workdir.name}")
+    monitor = StepMonitor(writer, checkpointer, log_every=log_every, last_step=train_steps,
+                          max_in_flight=max_steps_in_flight, progress_bar=bar, postfix_keys=("loss", "mask_rate"))
     try:
         for step in range(start_step + 1, train_steps + 1):
             state, device_metrics = jitted_step(state, next(batches))
-            pending.append((step, device_metrics))
-            drain(keep=max_steps_in_flight)
+            monitor.push(step, device_metrics)
             bar.update(1)
             if step % checkpoint_every == 0 or step == train_steps:
-                drain(keep=0)
+                monitor.drain()
                 checkpointer.save(step, state, data.state(step))
             if (eval_every and step % eval_every == 0) or step == train_steps:
-                drain(keep=0)
+                monitor.drain()
                 eval_results = evaluate(state, step)
-        drain(keep=0)
+        monitor.drain()
     finally:
         bar.close()
         batches.close()
@@ -383,4 +358,4 @@ def run(
 
     if is_main and start_step < train_steps:
         metrics_lib.plot_curves(metrics_lib.read_records(workdir), workdir / "curves.png", keys=CURVE_KEYS)
-    return RunResult(workdir, max(start_step, train_steps), state, last_record, eval_results)
+    return RunResult(workdir, max(start_step, train_steps), state, monitor.last_record, eval_results)
