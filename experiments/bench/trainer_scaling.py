@@ -178,7 +178,7 @@ def main():
     results["scaling_trainer"] = many["trainer_images_per_sec"] / one["trainer_images_per_sec"]
     results["scaling_bare"] = many["bare_images_per_sec"] / one["bare_images_per_sec"]
     Path(args.out).write_text(json.dumps(results, indent=2) + "\n")
-    print(f"\n| devices | global batch | bare loop img/s | trainer img/s | trainer overhead |")
+    print("\n| devices | global batch | bare loop img/s | trainer img/s | trainer overhead |")
     print("| --- | --- | --- | --- | --- |")
     for r in results["runs"]:
         print(f"| {r['devices']} | {r['global_batch']} | {r['bare_images_per_sec']:.0f} | "
