@@ -11,8 +11,9 @@ The trainer is gin-free: `jaxgen.cli` binds its arguments from the experiment's 
 from __future__ import annotations
 
 import dataclasses
+import functools
 import logging
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -25,12 +26,13 @@ from tqdm.auto import tqdm
 from jaxgen.core import checkpoint as ckpt_lib
 from jaxgen.core import mesh as mesh_lib
 from jaxgen.core import metrics as metrics_lib
-from jaxgen.core.monitor import NonFiniteLossError, StepMonitor  # noqa: F401  (NonFiniteLossError: public here)
 from jaxgen.core import rng as rng_lib
 from jaxgen.core import sharding as sharding_lib
 from jaxgen.core import workdir as workdir_lib
+from jaxgen.core.evaluation import run_evaluators
+from jaxgen.core.monitor import NonFiniteLossError, StepMonitor  # noqa: F401  (NonFiniteLossError: public here)
 from jaxgen.core.optim import OptimizerConfig, TrainState
-from jaxgen.core.task import EvalContext, Task
+from jaxgen.core.task import Task
 from jaxgen.data.loader import Loader, prefetch
 
 MODES = ("train", "eval")
@@ -83,40 +85,13 @@ def _state_shardings(task: Task, optimizer, init_rng, example_batch, mesh, logic
 # ======================================================================================================================
 
 
-def _warn_if_data_changed(saved: dict, current: dict) -> None:
-    """The checkpointed stream continues exactly only if the data settings are unchanged; say so when they are not."""
-    changed = {k: (saved.get(k), current[k]) for k in ("dataset", "split", "seed", "batch_size", "num_examples")
-               if k in saved and saved.get(k) != current[k]}
-    if changed:
-        logging.warning("Data settings differ from the checkpoint's (saved, now): %s; the run continues, but its "
-                        "batches no longer match an uninterrupted run", changed)
-
-
 def _restore_or_init(
-    *, checkpointer, abstract, shardings, init_fn, restore_step, resume_from, init_from, mode, train_data
+    *, checkpointer, abstract, init_fn, restore_step, resume_from, init_from, mode, train_data
 ) -> tuple[TrainState, str]:
-    steps = checkpointer.all_steps()
-    if restore_step is not None and restore_step not in steps:
-        raise ckpt_lib.CheckpointError(
-            f"restore_step={restore_step} is not a checkpoint in {checkpointer.directory}; available: {steps}"
-        )
-    if steps:
-        step = restore_step if restore_step is not None else steps[-1]
-        try:
-            state, data_state = checkpointer.restore(step, abstract)
-        except ckpt_lib.CheckpointError as e:
-            earlier = [s for s in steps if s < step]
-            raise ckpt_lib.CheckpointError(
-                f"{e}\nRefusing to start from scratch over a damaged checkpoint. Nothing was deleted. "
-                + (f"To continue from an earlier one, rerun with --restore-step {earlier[-1]} "
-                   f"(available: {earlier}), or move {checkpointer.step_dir(step)} aside." if earlier else
-                   f"No earlier checkpoint exists; move {checkpointer.step_dir(step)} aside to start over.")
-            ) from e
-        _warn_if_data_changed(data_state, train_data.state(step))
-        if step < steps[-1]:
-            set_aside = checkpointer.directory.parent / "superseded_checkpoints"
-            moved = checkpointer.set_aside_after(step, set_aside)
-            logging.warning("Restored step %d; later checkpoints %s were moved to %s", step, moved, set_aside)
+    restored = ckpt_lib.restore_run_state(checkpointer, abstract, restore_step)
+    if restored is not None:
+        state, data_state, step = restored
+        ckpt_lib.warn_if_data_changed(data_state, train_data.state(step))
         return state, f"workdir checkpoint {checkpointer.step_dir(step)}"
     if mode == "eval":
         raise ckpt_lib.CheckpointError(f"Nothing to evaluate: no checkpoint in {checkpointer.directory}")
@@ -138,33 +113,10 @@ def _restore_or_init(
 
 
 def evaluate(task, state, *, step, eval_data, mesh, eval_stream, workdir, writer) -> dict[str, dict]:
-    """Runs every evaluator of the task; writes `eval/<step>/metrics.json` and eval records to metrics.jsonl."""
-    evaluators = task.evaluators()
-    if not evaluators:
-        return {}
-    outdir = Path(workdir) / "eval" / str(step)
-    is_main = jax.process_index() == 0
-    if is_main:
-        outdir.mkdir(parents=True, exist_ok=True)
-
-    def batches() -> Iterator[dict[str, jax.Array]]:
-        if eval_data is None:
-            raise ValueError("This task's evaluators read eval batches, but the run has no eval_data")
-        rows = sharding_lib.process_rows(eval_data.batch_size, mesh)
-        for batch in eval_data.eval_batches(rows):
-            yield sharding_lib.to_global(batch, mesh, eval_data.batch_size)
-
-    results, record = {}, {}
-    for name, evaluator in evaluators.items():
-        context = EvalContext(step=step, rng=rng_lib.step_key(eval_stream, step), outdir=outdir, batches=batches,
-                              is_main_process=is_main)
-        values = {k: metrics_lib.to_python(v) for k, v in evaluator(state.variables, context).items()}
-        results[name] = values
-        record.update({f"eval/{name}/{k}": v for k, v in values.items() if isinstance(v, (int, float))})
-    if is_main:
-        workdir_lib.write_json(outdir / "metrics.json", results)
-    writer.write(step, record)
-    return results
+    """Runs every evaluator of the task on the state's variables (see `jaxgen.core.evaluation`)."""
+    evaluators = {name: functools.partial(evaluator, state.variables) for name, evaluator in task.evaluators().items()}
+    return run_evaluators(evaluators, step=step, eval_data=eval_data, mesh=mesh, eval_stream=eval_stream,
+                          workdir=workdir, writer=writer)
 
 
 # ======================================================================================================================
@@ -244,7 +196,7 @@ def run(
     checkpointer = ckpt_lib.Checkpointer(workdir / "checkpoints", max_to_keep=keep_checkpoints,
                                          async_save=async_checkpointing)
     state, origin = _restore_or_init(
-        checkpointer=checkpointer, abstract=abstract, shardings=shardings, init_fn=init_fn,
+        checkpointer=checkpointer, abstract=abstract, init_fn=init_fn,
         restore_step=restore_step, resume_from=resume_from, init_from=init_from, mode=mode, train_data=train_data,
     )
     start_step = int(jax.device_get(state.step))

@@ -199,6 +199,46 @@ class Checkpointer:
                     continue
 
 
+def restore_run_state(checkpointer: Checkpointer, abstract_state: Any,
+                      restore_step: int | None = None) -> tuple[Any, dict, int] | None:
+    """The checkpoint a run continues from in its own folder: `restore_step`, else the latest; None when there is none.
+
+    A damaged checkpoint is refused with what to do instead (never a silent restart). Restoring an earlier step moves
+    the later checkpoints to `superseded_checkpoints/` beside the checkpoint folder: kept, while training redoes them.
+    """
+    steps = checkpointer.all_steps()
+    if restore_step is not None and restore_step not in steps:
+        raise CheckpointError(
+            f"restore_step={restore_step} is not a checkpoint in {checkpointer.directory}; available: {steps}"
+        )
+    if not steps:
+        return None
+    step = restore_step if restore_step is not None else steps[-1]
+    try:
+        state, data_state = checkpointer.restore(step, abstract_state)
+    except CheckpointError as e:
+        earlier = [s for s in steps if s < step]
+        raise CheckpointError(
+            f"{e}\nRefusing to start from scratch over a damaged checkpoint. Nothing was deleted. "
+            + (f"To continue from an earlier one, rerun with --restore-step {earlier[-1]} "
+               f"(available: {earlier}), or move {checkpointer.step_dir(step)} aside." if earlier else
+               f"No earlier checkpoint exists; move {checkpointer.step_dir(step)} aside to start over.")
+        ) from e
+    if step < steps[-1]:
+        set_aside = checkpointer.directory.parent / "superseded_checkpoints"
+        moved = checkpointer.set_aside_after(step, set_aside)
+        logging.warning("Restored step %d; later checkpoints %s were moved to %s", step, moved, set_aside)
+    return state, data_state, step
+
+
+def warn_if_data_changed(saved: Mapping[str, Any], current: Mapping[str, Any]) -> None:
+    """A checkpointed data stream continues exactly only if its settings are unchanged; say so when they are not."""
+    changed = {k: (saved[k], v) for k, v in current.items() if k != "next_step" and k in saved and saved[k] != v}
+    if changed:
+        logging.warning("Data settings differ from the checkpoint's (saved, now): %s; the run continues, but its "
+                        "batches no longer match an uninterrupted run", changed)
+
+
 def open_source(path: str | epath.Path, purpose: str) -> tuple[Checkpointer, int]:
     """A read-only Checkpointer on another run's checkpoints and the step to take (the one named, else the latest).
 

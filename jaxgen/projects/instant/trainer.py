@@ -12,8 +12,7 @@ Read top to bottom: state -> the jitted step -> evaluators -> run() (workdir, re
 
 from __future__ import annotations
 
-import logging
-import math
+import functools
 from pathlib import Path
 from typing import Any
 
@@ -31,6 +30,7 @@ from jaxgen.core import metrics as metrics_lib
 from jaxgen.core import rng as rng_lib
 from jaxgen.core import sharding as sharding_lib
 from jaxgen.core import workdir as workdir_lib
+from jaxgen.core.evaluation import run_evaluators
 from jaxgen.core.monitor import StepMonitor
 from jaxgen.core.optim import OptimizerConfig
 from jaxgen.core.task import EvalContext
@@ -170,9 +170,12 @@ class SSLEvaluators:
                                                 transition=transition)
         return pseudo.labels, pseudo.weights, pseudo.thresholds
 
-    def __call__(self, state: SSLState, context: EvalContext) -> dict[str, dict]:
-        results = {"classification": dict(self.classifier.evaluate(state.eval_variables(), context))}
-        results["classification"]["error"] = 1.0 - results["classification"]["accuracy"]
+    def classification(self, state: SSLState, context: EvalContext) -> dict:
+        results = dict(self.classifier.evaluate(state.eval_variables(), context))
+        results["error"] = 1.0 - results["accuracy"]
+        return results
+
+    def pseudo_labels(self, state: SSLState, context: EvalContext) -> dict:
         thresholds, weights, correct = [], [], []
         for batch in context.batches():
             labels, w, t = self._judge(state, batch)
@@ -182,15 +185,14 @@ class SSLEvaluators:
             correct.append((np.asarray(labels) == np.asarray(batch["label"]))[valid])
         thresholds, weights, correct = map(np.concatenate, (thresholds, weights, correct))
         accepted = float(weights.sum())
-        results["pseudo_labels"] = {
+        if context.is_main_process:
+            plots.threshold_histogram(thresholds, correct, context.outdir / "thresholds.png")
+            plots.pseudo_label_curves(metrics_lib.read_records(self.workdir), context.outdir / "pseudo_labels.png")
+        return {
             "mask_rate": float(weights.mean()),
             "pl_accuracy": float((weights * correct).sum() / accepted) if accepted else float("nan"),
             "threshold_mean": float(thresholds.mean()), "threshold_std": float(thresholds.std()),
         }
-        if context.is_main_process:
-            plots.threshold_histogram(thresholds, correct, context.outdir / "thresholds.png")
-            plots.pseudo_label_curves(metrics_lib.read_records(self.workdir), context.outdir / "pseudo_labels.png")
-        return results
 
 
 # ======================================================================================================================
@@ -272,19 +274,10 @@ def run(
                             jax.eval_shape(init_state, init_stream))
     checkpointer = ckpt_lib.Checkpointer(workdir / "checkpoints", max_to_keep=keep_checkpoints,
                                          async_save=async_checkpointing)
-    steps = checkpointer.all_steps()
-    if restore_step is not None and restore_step not in steps:
-        raise ckpt_lib.CheckpointError(f"restore_step={restore_step} is not a checkpoint in {checkpointer.directory}; "
-                                       f"available: {steps}")
-    if steps:
-        restored_at = restore_step if restore_step is not None else steps[-1]
-        state, saved_data = checkpointer.restore(restored_at, abstract)
-        changed = sorted(k for k, v in data.state(restored_at).items() if k in saved_data and saved_data[k] != v)
-        if changed:
-            logging.warning("Data settings %s differ from the checkpoint's; the run continues, but its batches (and "
-                            "labeled split) no longer match an uninterrupted run", changed)
-        if restored_at < steps[-1]:
-            checkpointer.set_aside_after(restored_at, workdir / "superseded_checkpoints")
+    restored = ckpt_lib.restore_run_state(checkpointer, abstract, restore_step)
+    if restored is not None:
+        state, saved_data, restored_at = restored
+        ckpt_lib.warn_if_data_changed(saved_data, data.state(restored_at))
     elif mode == "eval":
         raise ckpt_lib.CheckpointError(f"Nothing to evaluate: no checkpoint in {checkpointer.directory}")
     else:
@@ -296,22 +289,10 @@ def run(
     evaluators = SSLEvaluators(model, algorithm, data.num_classes, workdir)
 
     def evaluate(state: SSLState, step: int) -> dict[str, dict]:
-        outdir = workdir / "eval" / str(step)
-        if is_main:
-            outdir.mkdir(parents=True, exist_ok=True)
-        eval_loader = data.evaluation
-        rows = sharding_lib.process_rows(eval_loader.batch_size, mesh)
-        batches = lambda: (sharding_lib.to_global(b, mesh, eval_loader.batch_size)  # noqa: E731
-                           for b in eval_loader.eval_batches(rows))
-        context = EvalContext(step=step, rng=rng_lib.step_key(eval_stream, step), outdir=outdir, batches=batches,
-                              is_main_process=is_main)
-        results = {name: {k: metrics_lib.to_python(v) for k, v in values.items()}
-                   for name, values in evaluators(state, context).items()}
-        if is_main:
-            workdir_lib.write_json(outdir / "metrics.json", results)
-        writer.write(step, {f"eval/{name}/{k}": v for name, values in results.items() for k, v in values.items()
-                            if isinstance(v, (int, float)) and not math.isnan(v)})
-        return results
+        return run_evaluators(
+            {"classification": functools.partial(evaluators.classification, state),
+             "pseudo_labels": functools.partial(evaluators.pseudo_labels, state)},
+            step=step, eval_data=data.evaluation, mesh=mesh, eval_stream=eval_stream, workdir=workdir, writer=writer)
 
     if mode == "eval":
         try:
