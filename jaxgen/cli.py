@@ -1,7 +1,8 @@
-"""`jaxgen run|eval|list|data|tpu`: parses arguments and dispatches. The library does the work.
+"""`jaxgen run|eval|sweep|list|data|bench|tpu`: parses arguments and dispatches. The library does the work.
 
     jaxgen run configs/quickstart.gin --workdir runs/quickstart --gin.TRAIN_STEPS=500
     jaxgen eval --workdir runs/quickstart
+    jaxgen sweep --root runs/grid --configs A.gin B.gin --tiers - fixmatch.gin --seeds 0 1 2 --parallel 4
     jaxgen list
     jaxgen data prepare mnist5k | jaxgen data inspect digits --split test --picture digits.png
     jaxgen bench trainer_scaling --steps 60
@@ -108,6 +109,20 @@ def cmd_list(args, bindings) -> int:
     return 0
 
 
+def cmd_sweep(args, bindings) -> int:
+    from jaxgen import sweep
+
+    try:
+        jobs = sweep.grid(args.configs, args.tiers, args.seeds, bindings)
+    except (FileNotFoundError, ValueError) as e:
+        raise SystemExit(f"jaxgen sweep: error: {e}")
+    statuses = sweep.run_jobs(jobs, args.root, args.parallel, rerun=args.rerun)
+    failed = [s["name"] for s in statuses if s["returncode"] != 0]
+    print(f"sweep: {len(statuses) - len(failed)} runs finished, {len(failed)} failed{': ' if failed else ''}"
+          f"{', '.join(failed)}; results under {args.root}")
+    return 1 if failed else 0
+
+
 def cmd_data(args, bindings) -> int:
     from jaxgen.data import inspect as data_inspect
     from jaxgen.data import sources
@@ -173,6 +188,15 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--step", type=int, help="checkpoint step (default: latest)")
     _add_distributed_flags(evaluate)
     evaluate.set_defaults(handler=cmd_eval)
+
+    grid = sub.add_parser("sweep", help="run configs x tiers x seeds as parallel runs (finished runs are skipped)")
+    grid.add_argument("--root", required=True, help="workdirs go to ROOT/<config>/<tier or base>/s<seed>")
+    grid.add_argument("--configs", nargs="+", required=True, help="experiment .gin files")
+    grid.add_argument("--tiers", nargs="+", default=["-"], help="extra .gin tiers, each run once per config ('-': none)")
+    grid.add_argument("--seeds", nargs="+", type=int, default=[0])
+    grid.add_argument("--parallel", type=int, default=1, help="runs at a time")
+    grid.add_argument("--rerun", action="store_true", help="run again runs that already finished")
+    grid.set_defaults(handler=cmd_sweep)
 
     listing = sub.add_parser("list", help="every experiment config: path, recipe, expected result")
     listing.add_argument("--configs-dir")

@@ -91,7 +91,7 @@ def builder(name: str, data_dir_override: str | None = None, *, prepare_offline:
         importlib.import_module(OFFLINE_BUILDERS[base])
         b = tfds.builder(name, data_dir=str(root), file_format="array_record")
         if prepare_offline and not b.is_prepared():
-            _prepare_once_per_filesystem(b)
+            _prepare_once_per_filesystem(b, root)
             b = tfds.builder(name, data_dir=str(root), file_format="array_record")  # re-read what was written
         return b
     try:
@@ -111,21 +111,36 @@ def builder(name: str, data_dir_override: str | None = None, *, prepare_offline:
     return b
 
 
-def _prepare_once_per_filesystem(b) -> None:
-    """Several processes: process 0 prepares first while the others wait, so a shared folder is written once;
-    a process whose folder is still empty afterwards (a disk of its own) then prepares its copy."""
+def _prepare_once_per_filesystem(b, root: Path) -> None:
+    """Several processes of one run: process 0 prepares first while the others wait, so a shared folder is written
+    once; a process whose folder is still empty afterwards (a disk of its own) then prepares its copy."""
     import jax
 
     if jax.process_count() == 1:
-        b.download_and_prepare()
+        _prepare_locked(b, root)
         return
     from jax.experimental import multihost_utils
 
     if jax.process_index() == 0:
-        b.download_and_prepare()
+        _prepare_locked(b, root)
     multihost_utils.sync_global_devices(f"jaxgen prepared {b.name}")
     if not b.is_prepared():
-        b.download_and_prepare()
+        _prepare_locked(b, root)
+
+
+def _prepare_locked(b, root: Path) -> None:
+    """Independent runs on one machine (a sweep) take turns on a lock file: the first prepares, the rest find the
+    dataset prepared instead of writing it again at the same time."""
+    import fcntl
+
+    root.mkdir(parents=True, exist_ok=True)
+    with open(root / f".{b.name}.prepare.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        try:
+            if not b.is_prepared():
+                b.download_and_prepare()
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)
 
 
 def source(name: str, split: str, data_dir_override: str | None = None) -> Source:
