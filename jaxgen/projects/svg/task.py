@@ -86,13 +86,16 @@ class VideoFlowTask:
                                                                                   self.time_shift))
 
     def sample(self, variables, caption, rng, *, video_shape: tuple[int, int, int], density: float | None = None):
-        """Videos (float, [-1, 1]) for `caption` `[batch, tokens]`: dense when `density` is None, else SVG.
+        """Videos (float, [-1, 1]) for `caption` `[batch, tokens]`: with the model's own attention backend (the
+        dense reference: "dense" on CPU, "cudnn" on a GPU) when `density` is None, else SVG.
 
         The same `rng` gives the same noise for every density, so the videos differ only by attention.
         """
         video_shape = tuple(int(n) for n in video_shape)
         if density is None:
-            return self._sample_jit(variables, caption, rng, backend="dense", options=(), video_shape=video_shape)
+            return self._sample_jit(variables, caption, rng, backend=self.model.attention_backend,
+                                    options=tuple(sorted((self.model.attention_options or {}).items())),
+                                    video_shape=video_shape)
         options = tuple(sorted({**self.svg_options, "density": float(density)}.items()))
         return self._sample_jit(variables, caption, rng, backend="svg", options=options, video_shape=video_shape)
 
