@@ -3,8 +3,9 @@
     PYTHONPATH=. python3 experiments/instant/summarize.py --root runs/instant --out experiments/instant
 
 Writes `results.json` (every run's final error; pseudo-label quantity and quality at the end of training and binned
-by mask rate), `pl_quality.png` (each algorithm's trajectory: accepted-label accuracy against mask rate, per setting), `pl_curves_<setting>.png` (quantity, quality and
-threshold through training, mean over seeds) and prints the markdown tables that go into the README.
+by mask rate; the selection test of the final evaluation), `pl_quality.png` (each algorithm's trajectory:
+accepted-label accuracy against mask rate, per setting), `pl_curves_<setting>.png` (quantity, quality and threshold
+through training, mean over seeds) and prints the markdown tables that go into the README.
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ from pathlib import Path
 import numpy as np
 
 from jaxgen import sweep
-from jaxgen.projects.instant import analysis, plots
+from jaxgen.projects.instant import analysis, plots, trainer
 
 # Workdir tier names (`base` is the config's own algorithm, InstanT) in table order.
 ALGORITHMS = {"supervised": "supervised", "fixmatch": "FixMatch", "flexmatch": "FlexMatch",
@@ -81,6 +82,38 @@ def quantity_quality_table(runs, late_from: int) -> tuple[str, dict]:
     return "\n".join(lines), numbers
 
 
+def selection_table(runs) -> tuple[str, dict]:
+    """The final evaluation's selection test (trainer.SELECTION_RATES): on the same model and test images, the
+    accuracy of the top share ranked by confidence minus the algorithm's threshold against ranked by confidence."""
+    key = "eval/pseudo_labels/select{rate:g}_by_{rule}"
+    tiers = [t for t in ALGORITHMS if t not in ("supervised", "fixmatch")]
+    rates = trainer.SELECTION_RATES
+    lines = ["| setting | algorithm | " + " | ".join(f"top {rate:.0%}" for rate in rates) + " | mean gain |",
+             "|---" * (len(rates) + 3) + "|"]
+    numbers: dict[str, dict] = defaultdict(dict)
+    for setting, by_tier in sorted(runs.items()):
+        for t in tiers:
+            finals = [_last_eval(run) for run in by_tier.get(t, [])]
+            finals = [f for f in finals if key.format(rate=rates[0], rule="threshold") in f]
+            if not finals:
+                continue
+            cells, gains = [], []
+            for rate in rates:
+                ours = np.mean([f[key.format(rate=rate, rule="threshold")] for f in finals])
+                fixed = np.mean([f[key.format(rate=rate, rule="confidence")] for f in finals])
+                cells.append(f"{100 * ours:.1f} / {100 * fixed:.1f}")
+                gains.append(ours - fixed)
+                numbers[setting].setdefault(t, {})[f"{rate:g}"] = {"by_threshold": ours, "by_confidence": fixed}
+            lines.append(f"| {setting} | {ALGORITHMS[t]} ({len(finals)} seeds) | " + " | ".join(cells)
+                         + f" | {100 * np.mean(gains):+.1f} pt |")
+    return "\n".join(lines), dict(numbers)
+
+
+def _last_eval(records) -> dict:
+    evals = [r for r in records if analysis.ERROR_KEY in r]
+    return evals[-1] if evals else {}
+
+
 def quality_picture(quality_numbers, path: Path) -> None:
     plt = plots._pyplot()
     settings = sorted(quality_numbers)
@@ -130,9 +163,10 @@ def main() -> None:
     out.mkdir(parents=True, exist_ok=True)
     errors_md, errors = error_table(runs)
     quality_md, quality = quantity_quality_table(runs, args.late_from)
+    selection_md, selection = selection_table(runs)
     (out / "results.json").write_text(json.dumps({"error_percent": errors, "mask_bins": MASK_BINS.tolist(),
                                                   "late_from_step": args.late_from,
-                                                  "pseudo_labels": quality}, indent=1))
+                                                  "pseudo_labels": quality, "selection": selection}, indent=1))
     quality_picture(quality, out / "pl_quality.png")
     curve_pictures(runs, out)
     print("Error rate % (EMA model, final evaluation; mean ± std over seeds, seed count in brackets)\n")
@@ -140,6 +174,11 @@ def main() -> None:
     print(f"\nPseudo-labels at the end of training: mask rate (quantity) / accuracy of the accepted ones (quality), "
           f"training batches after step {args.late_from}, mean over seeds\n")
     print(quality_md)
+    if selection:
+        print("\nSelection at equal quantity, final EMA model on the test split: accuracy % of the top share ranked by "
+              "confidence minus the algorithm's threshold / ranked by confidence alone (FixMatch's rule), mean over "
+              "seeds\n")
+        print(selection_md)
     print(f"\nwrote {out / 'results.json'}, {out / 'pl_quality.png'}, {out}/pl_curves_*.png")
 
 

@@ -53,6 +53,30 @@ def late_mean(records: Sequence[Mapping[str, Any]], key: str, from_step: int) ->
     return float(np.mean(values)) if values else float("nan")
 
 
+def selection_accuracy(confidence: np.ndarray, thresholds: np.ndarray, correct: np.ndarray,
+                       rates: Sequence[float]) -> dict[float, tuple[float, float]]:
+    """{rate: (accuracy of the top `rate` share ranked by `confidence − threshold`, ranked by `confidence`)}.
+
+    One model, two selection rules at exactly the same quantity: the algorithm's own (instance- or class-dependent
+    thresholds: accept the examples furthest above their threshold first) against a fixed cut-off (FixMatch: any
+    constant threshold accepts the most confident first). With constant thresholds the two coincide.
+    """
+    confidence, thresholds = np.asarray(confidence, np.float64), np.asarray(thresholds, np.float64)
+    correct = np.asarray(correct, bool)
+    if not (confidence.shape == thresholds.shape == correct.shape) or confidence.ndim != 1 or not len(confidence):
+        raise ValueError(f"need three equal non-empty 1-d arrays; got {confidence.shape}, {thresholds.shape}, "
+                         f"{correct.shape}")
+    by_margin = correct[np.argsort(-(confidence - thresholds), kind="stable")]
+    by_confidence = correct[np.argsort(-confidence, kind="stable")]
+    result = {}
+    for rate in rates:
+        if not 0.0 < rate <= 1.0:
+            raise ValueError(f"rates must be in (0, 1]; got {rate}")
+        count = max(1, int(round(rate * len(correct))))
+        result[rate] = (float(by_margin[:count].mean()), float(by_confidence[:count].mean()))
+    return result
+
+
 def seed_mean_curve(runs: Sequence[Sequence[Mapping[str, Any]]], key: str, window: int = 1) -> list[dict]:
     """Records `{step, key}` averaged over runs at the steps every run logged, then a trailing running mean over
     `window` points (training records are per batch and noisy)."""

@@ -36,7 +36,7 @@ from jaxgen.core.optim import OptimizerConfig
 from jaxgen.core.task import EvalContext
 from jaxgen.data.loader import prefetch
 from jaxgen.metrics.classification import cross_entropy
-from jaxgen.projects.instant import plots
+from jaxgen.projects.instant import analysis, plots
 from jaxgen.projects.instant.algorithms import Algorithm
 from jaxgen.projects.instant.augment import AugmentConfig, to_unit
 from jaxgen.projects.instant.data import SSLData
@@ -147,11 +147,18 @@ def pseudo_label_metrics(labels: jax.Array, weights: jax.Array, thresholds: jax.
 # ======================================================================================================================
 
 
+# Mask rates at which `pseudo_labels` compares the algorithm's selection rule with a fixed cut-off on the same model.
+SELECTION_RATES = (0.2, 0.4, 0.6, 0.8)
+
+
 class SSLEvaluators:
     """`classification` (accuracy, error, confusion and prediction pictures of the EMA model, via the quickstart
     ClassifierTask) and `pseudo_labels` (thresholds, mask rate and accuracy of accepted labels over the test split
     under the current algorithm state — the state itself is not changed — plus the threshold histogram and the
-    training curves of pseudo-label quantity and quality)."""
+    training curves of pseudo-label quantity and quality). `pseudo_labels` also ranks the test images two ways at each
+    of `SELECTION_RATES` — by confidence minus the algorithm's threshold, and by confidence alone (a fixed cut-off) —
+    and reports the accuracy of each top share (`select<rate>_by_threshold` / `_by_confidence`, and their mean
+    difference `selection_gain`): the same model at the same quantity, so the gain is the threshold rule's alone."""
 
     def __init__(self, model: nn.Module, algorithm: Algorithm, num_classes: int, workdir: Path):
         self.classifier = ClassifierTask(model, num_classes)
@@ -168,7 +175,7 @@ class SSLEvaluators:
         pseudo, _ = self.algorithm.pseudo_label(state.algorithm_state, probs, probs,
                                                 index=jnp.zeros(probs.shape[0], jnp.int32), step=state.step,
                                                 transition=transition)
-        return pseudo.labels, pseudo.weights, pseudo.thresholds
+        return pseudo.labels, pseudo.weights, pseudo.thresholds, jnp.max(probs, axis=-1)
 
     def classification(self, state: SSLState, context: EvalContext) -> dict:
         results = dict(self.classifier.evaluate(state.eval_variables(), context))
@@ -176,23 +183,30 @@ class SSLEvaluators:
         return results
 
     def pseudo_labels(self, state: SSLState, context: EvalContext) -> dict:
-        thresholds, weights, correct = [], [], []
+        thresholds, weights, correct, confidence = [], [], [], []
         for batch in context.batches():
-            labels, w, t = self._judge(state, batch)
+            labels, w, t, c = self._judge(state, batch)
             valid = np.asarray(batch["valid"])
             thresholds.append(np.asarray(t)[valid])
             weights.append(np.asarray(w)[valid])
+            confidence.append(np.asarray(c)[valid])
             correct.append((np.asarray(labels) == np.asarray(batch["label"]))[valid])
-        thresholds, weights, correct = map(np.concatenate, (thresholds, weights, correct))
+        thresholds, weights, correct, confidence = map(np.concatenate, (thresholds, weights, correct, confidence))
         accepted = float(weights.sum())
         if context.is_main_process:
             plots.threshold_histogram(thresholds, correct, context.outdir / "thresholds.png")
             plots.pseudo_label_curves(metrics_lib.read_records(self.workdir), context.outdir / "pseudo_labels.png")
-        return {
+        results = {
             "mask_rate": float(weights.mean()),
             "pl_accuracy": float((weights * correct).sum() / accepted) if accepted else float("nan"),
             "threshold_mean": float(thresholds.mean()), "threshold_std": float(thresholds.std()),
         }
+        selection = analysis.selection_accuracy(confidence, thresholds, correct, SELECTION_RATES)
+        for rate, (by_threshold, by_confidence) in selection.items():
+            results[f"select{rate:g}_by_threshold"] = by_threshold
+            results[f"select{rate:g}_by_confidence"] = by_confidence
+        results["selection_gain"] = float(np.mean([a - b for a, b in selection.values()]))
+        return results
 
 
 # ======================================================================================================================

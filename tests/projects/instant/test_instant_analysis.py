@@ -54,3 +54,19 @@ def test_seed_mean_curve_averages_shared_steps_then_smooths():
     assert curve == [{"step": 10, "mask_rate": pytest.approx(0.3)}, {"step": 20, "mask_rate": pytest.approx(0.5)}]
     smooth = analysis.seed_mean_curve([run_a, run_b], "mask_rate", window=2)
     assert [p["mask_rate"] for p in smooth] == [pytest.approx(0.3), pytest.approx(0.4)]
+
+
+def test_selection_accuracy_compares_rankings_at_equal_quantity():
+    confidence = np.array([0.9, 0.8, 0.7, 0.6])
+    correct = np.array([False, True, True, False])
+    # thresholds lift the first example's bar: the margin ranking is 0.8-0.5, 0.7-0.5, 0.6-0.5, 0.9-0.85 -> 1, 2, 3, 0
+    thresholds = np.array([0.85, 0.5, 0.5, 0.5])
+    result = analysis.selection_accuracy(confidence, thresholds, correct, [0.5, 1.0])
+    assert result[0.5] == (1.0, 0.5)
+    assert result[1.0] == (0.5, 0.5)
+    constant = analysis.selection_accuracy(confidence, np.full(4, 0.95), correct, [0.25, 0.5, 0.75])
+    assert all(margin == conf for margin, conf in constant.values())
+    with pytest.raises(ValueError, match="rates"):
+        analysis.selection_accuracy(confidence, thresholds, correct, [0.0])
+    with pytest.raises(ValueError, match="equal"):
+        analysis.selection_accuracy(confidence, thresholds[:3], correct, [0.5])

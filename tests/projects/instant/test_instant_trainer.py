@@ -74,7 +74,12 @@ def test_smoke_run_writes_ssl_metrics_and_pictures(path, smoke_run):
                  "eval/2/pseudo_labels.png", "eval/2/confusion.png", "curves.png", "run_info.json"):
         assert (workdir / name).exists(), name
     assert result.eval_results["classification"]["examples"] == 360
-    assert 0.0 <= result.eval_results["pseudo_labels"]["mask_rate"] <= 1.0
+    pseudo = result.eval_results["pseudo_labels"]
+    assert 0.0 <= pseudo["mask_rate"] <= 1.0
+    for rate in trainer.SELECTION_RATES:
+        for rule in ("threshold", "confidence"):
+            assert 0.0 <= pseudo[f"select{rate:g}_by_{rule}"] <= 1.0
+    assert np.isfinite(pseudo["selection_gain"])
 
 
 def test_resume_continues_exactly(smoke_run, tmp_path):
