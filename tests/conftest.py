@@ -1,4 +1,5 @@
-"""Shared fixtures: one prepared-data folder per test session, small in-memory datasets and a tiny task."""
+"""Shared fixtures: one prepared-data folder per test session, small in-memory datasets and a tiny task; float32
+matmuls at full precision on every backend."""
 
 from __future__ import annotations
 
@@ -6,10 +7,15 @@ import os
 import sys
 from pathlib import Path
 
+import jax
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "tests"))
+
+# Float32 references must be float32: on a GPU, XLA's default precision runs f32 matmuls in TF32 (10-bit mantissa),
+# the likely cause of the f32 kernel and reference test failures seen there (2026-11-26). CPU results are unchanged.
+jax.config.update("jax_default_matmul_precision", "highest")
 
 
 @pytest.fixture(scope="session", autouse=True)

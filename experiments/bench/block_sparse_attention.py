@@ -12,7 +12,10 @@ at each density, with SVG-shaped masks (a band per head in frame-major or token-
 columns, a different pattern per head) and band-only masks. Warm-up first, then the median of several reps, each
 ended by block_until_ready. Results go to <out>/block_sparse_attention.json after every shape.
 
-Imports only jax, numpy and pallas_kernels (no jaxgen, no gin).
+Imports only jax, numpy and pallas_kernels (no jaxgen, no gin). Peers: when `tokamax` imports, its Mosaic GPU
+attention runs in the same process, dense and banded (`local_window_size=(w, w)`, w chosen so the band covers the
+density's share of the map); on a machine without tokamax's dependency xprof, a stub module `xprof.cli.tools`
+(defining `get_kernel_stats_tool`) suffices.
 """
 
 import argparse
@@ -160,6 +163,39 @@ def check_correctness(implementations):
   return results
 
 
+# ---- peers ------------------------------------------------------------------------------------------------------------
+
+def tokamax_window(seq, density):
+  """Window w (tokens each side) whose band |i - j| <= w covers `density` of the seq x seq map (token level)."""
+  return max(1, round(seq * (1.0 - math.sqrt(1.0 - density))))
+
+
+def bench_tokamax(name, densities, reps, cudnn_fwd):
+  """tokamax's Mosaic GPU attention in the same run: dense, and banded (`local_window_size=(w, w)`, all it can
+  express: no text columns, no per-head lists). Density is the band's token-level share of the map."""
+  import tokamax
+
+  batch, seq, heads, head_dim, *_ = SHAPES[name]
+  keys = jax.random.split(jax.random.key(0), 3)
+  q, k, v = (jax.random.normal(key, (batch, seq, heads, head_dim), jnp.bfloat16) for key in keys)
+  rows = []
+  for density in densities:
+    window = None if density >= 1.0 else tokamax_window(seq, density)
+    fn = jax.jit(lambda q, k, v, window=window: tokamax.dot_product_attention(
+        q, k, v, local_window_size=None if window is None else (window, window), implementation="mosaic"))
+    try:
+      ms = median_ms(fn, q, k, v, reps=reps)
+    except Exception as e:  # a peer that fails is reported, not fatal
+      print(f"{name} tokamax d={density}: failed: {type(e).__name__}: {str(e)[:300]}", flush=True)
+      rows.append(dict(shape=name, density=density, window=window, error=f"{type(e).__name__}: {str(e)[:300]}"))
+      continue
+    rows.append(dict(shape=name, density=density, window=window, tokamax_fwd_ms=ms, cudnn_fwd_ms=cudnn_fwd,
+                     fwd_efficiency=density * cudnn_fwd / ms))
+    print(f"{name} tokamax d={density} (window {window}): fwd {ms:.1f} ms eff {rows[-1]['fwd_efficiency']:.3f}",
+          flush=True)
+  return rows
+
+
 # ---- benchmark -------------------------------------------------------------------------------------------------------
 
 def bench_shape(name, densities, backward_densities, reps, implementation):
@@ -208,9 +244,21 @@ def bench_shape(name, densities, backward_densities, reps, implementation):
             + (f"; bwd {row['sparse_bwd_ms']:.1f} ms eff {row['bwd_efficiency']:.3f}" if "sparse_bwd_ms" in row
                else ""), flush=True)
       rows.append(row)
+  peers = None
+  if tokamax_available():
+    peers = bench_tokamax(name, [d for d in densities], reps, cudnn_fwd)
   return dict(shape=name, batch=batch, seq=seq, heads=heads, head_dim=head_dim, cudnn_fwd_ms=cudnn_fwd,
               cudnn_bwd_ms=cudnn_bwd, cudnn_fwd_tflops=dense_flops / cudnn_fwd / 1e9, mask_info_ms=mask_info_ms,
-              rows=rows)
+              rows=rows, tokamax=peers)
+
+
+def tokamax_available():
+  try:
+    import tokamax  # noqa: F401
+  except ImportError as e:
+    print(f"tokamax peers skipped: {e}", flush=True)
+    return False
+  return True
 
 
 def main():
@@ -223,8 +271,10 @@ def main():
 
   device = jax.devices()[0]
   print(f"device: {device.device_kind} ({device.platform}), jax {jax.__version__}", flush=True)
-  result = dict(device=device.device_kind, jax=jax.__version__, date=time.strftime("%Y-%m-%d"), block=BLOCK,
-                peers_skipped="tokamax (not installed on the device machine)")
+  result = dict(device=device.device_kind, jax=jax.__version__, date=time.strftime("%Y-%m-%d"), block=BLOCK)
+  if tokamax_available():
+    import tokamax
+    result["tokamax"] = getattr(tokamax, "__version__", "unknown")
   implementations = ["mosaic_gpu", "triton"] if args.implementation is None else [args.implementation]
   result["correctness"] = check_correctness(implementations)
   main_impl = implementations[0]
@@ -247,6 +297,9 @@ def main():
       print(f"{r['shape']} | {r['mask']} | {r['density']:.3f} | {r['cudnn_fwd_ms']:.1f} | {r['sparse_fwd_ms']:.1f} | "
             f"{r['fwd_tflops']:.0f} | {r['fwd_efficiency']:.3f} | {r.get('sparse_bwd_ms', float('nan')):.1f} | "
             f"{r.get('bwd_efficiency', float('nan')):.3f}")
+    for r in shape.get("tokamax") or []:
+      print(f"{r['shape']} | tokamax band | {r['density']:.3f} | {r['cudnn_fwd_ms']:.1f} | "
+            f"{r.get('tokamax_fwd_ms', float('nan')):.1f} | - | {r.get('fwd_efficiency', float('nan')):.3f} | - | -")
 
 
 if __name__ == "__main__":
