@@ -74,6 +74,26 @@ def test_output_shape_layout_and_caption_locality():
     assert not np.allclose(other[0], dense[0]) and np.allclose(other[1], dense[1])
 
 
+def test_remat_changes_memory_not_results():
+    """`remat=True` (recompute each block in the backward) has the same parameters, outputs and gradients."""
+    plain = model_lib.VideoDiT(vocab_size=16, width=32, depth=2, num_heads=2, patch=(2, 4, 4))
+    remat = plain.clone(remat=True)
+    video = jax.random.normal(jax.random.key(5), (1, 4, 16, 16, 3))
+    t, caption = jnp.array([0.5]), jnp.array([[3, 8, 0, 0]])
+    variables = _random_variables(plain, video, t, caption)
+    assert jax.tree.structure(jax.eval_shape(remat.init, jax.random.key(0), video, t, caption)) == jax.tree.structure(
+        variables)
+
+    def grads(model):
+        return jax.jit(jax.grad(lambda v: jnp.sum(model.apply(v, video, t, caption) ** 2)))(variables)
+
+    np.testing.assert_allclose(remat.apply(variables, video, t, caption), plain.apply(variables, video, t, caption),
+                               rtol=1e-5, atol=1e-5)
+    for got, want in zip(jax.tree.leaves(grads(remat)), jax.tree.leaves(grads(plain))):
+        # recomputation reorders float sums: equal up to rounding relative to each gradient's scale
+        np.testing.assert_allclose(got, want, rtol=1e-3, atol=1e-4 * float(np.abs(want).max()))
+
+
 def test_bad_video_shape_names_it():
     model = model_lib.VideoDiT(vocab_size=16)
     with pytest.raises(ValueError, match=r"\(1, 7, 32, 32, 3\)"):
