@@ -54,9 +54,14 @@ def grid(configs: Sequence[str], tiers: Sequence[str] = (NO_TIER,), seeds: Seque
     for path in [*configs, *(t for t in tiers if t != NO_TIER)]:
         if not Path(path).is_file():
             raise FileNotFoundError(f"sweep: no config file {path}")
+    config_names = [Path(c).stem for c in configs]
+    if len(set(config_names)) != len(config_names):
+        raise ValueError(f"sweep: config file names must be distinct (they name workdirs); got {config_names}")
     names = [Path(t).stem for t in tiers if t != NO_TIER]
     if len(set(names)) != len(names) or "base" in names:
         raise ValueError(f"sweep: tier file names must be distinct and not 'base' (they name workdirs); got {names}")
+    if len(set(seeds)) != len(seeds):
+        raise ValueError(f"sweep: seeds must be distinct; got {list(seeds)}")
     jobs = []
     for seed, config, tier in itertools.product(seeds, configs, tiers):
         tier_name = "base" if tier == NO_TIER else Path(tier).stem

@@ -31,8 +31,13 @@ def test_grid_refuses_missing_files_and_clashing_tier_names(tmp_path):
         sweep.grid([SMOKE], ["nope.gin"])
     (tmp_path / "a").mkdir()
     (tmp_path / "a" / "mlp.gin").write_text("")
-    with pytest.raises(ValueError, match="distinct"):
+    with pytest.raises(ValueError, match="tier file names must be distinct"):
         sweep.grid([SMOKE], [MLP_TIER, str(tmp_path / "a" / "mlp.gin")])
+    (tmp_path / "a" / "quickstart_smoke.gin").write_text("")
+    with pytest.raises(ValueError, match="config file names must be distinct"):
+        sweep.grid([SMOKE, str(tmp_path / "a" / "quickstart_smoke.gin")])
+    with pytest.raises(ValueError, match="seeds must be distinct"):
+        sweep.grid([SMOKE], seeds=[1, 1])
 
 
 def test_sweep_runs_in_parallel_skips_finished_runs_and_reports_failures(tmp_path, capsys):
