@@ -152,9 +152,12 @@ class FlexMatch(Algorithm):
 class FreeMatch(Algorithm):
     """Self-adaptive thresholds (Wang et al., 2023): global τ_t = EMA of mean confidence, local = EMA of the mean
     class probabilities p̃; accept when `max p ≥ τ_t · p̃[ŷ] / max p̃`. Statistics update before masking (USB).
-    Adds the self-adaptive fairness loss with weight `ent_loss_ratio`."""
+    Adds the self-adaptive fairness loss with weight `ent_loss_ratio`. USB's two options, off by default as in USB:
+    `use_quantile` tracks the batch's 0.8-quantile of confidence instead of its mean, `clip_thresh` caps τ_t at 0.95."""
 
     ent_loss_ratio: float = 0.01
+    use_quantile: bool = False
+    clip_thresh: bool = False
 
     def _init_state(self, num_classes, num_unlabeled):
         uniform = jnp.full((num_classes,), 1.0 / num_classes, jnp.float32)
@@ -164,8 +167,10 @@ class FreeMatch(Algorithm):
         m = self.ema_p
         max_probs, predictions = jnp.max(probs, axis=-1), jnp.argmax(probs, axis=-1)
         hist = jnp.zeros(probs.shape[-1]).at[predictions].add(1.0) / probs.shape[0]
+        batch_level = jnp.quantile(max_probs, 0.8) if self.use_quantile else jnp.mean(max_probs)
+        time_p = m * state["time_p"] + (1 - m) * batch_level
         state = {**state,
-                 "time_p": m * state["time_p"] + (1 - m) * jnp.mean(max_probs),
+                 "time_p": jnp.clip(time_p, 0.0, 0.95) if self.clip_thresh else time_p,
                  "p_model": m * state["p_model"] + (1 - m) * jnp.mean(probs, axis=0),
                  "label_hist": m * state["label_hist"] + (1 - m) * hist}
         local = state["p_model"] / jnp.max(state["p_model"])

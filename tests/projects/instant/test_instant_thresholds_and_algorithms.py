@@ -143,6 +143,18 @@ def test_freematch_self_adaptive_thresholds():
     np.testing.assert_allclose(out.thresholds, [0.6875 * 0.4625 / 0.5375, 0.6875], rtol=1e-6)
 
 
+def test_freematch_quantile_and_clip_options():
+    probs = [[0.9, 0.1], [0.6, 0.4], [0.99, 0.01], [0.7, 0.3], [0.8, 0.2]]
+    alg = algorithms.make("freematch", ema_p=0.5, use_quantile=True)
+    _, state = pseudo(alg, alg.init_state(2, 8), probs)
+    # 0.8-quantile of (.6, .7, .8, .9, .99) with linear interpolation: .9 + .2·(.99 − .9) = .918
+    assert float(state["time_p"]) == pytest.approx(0.5 * 0.5 + 0.5 * 0.918)
+    alg = algorithms.make("freematch", ema_p=0.0, clip_thresh=True)
+    out, state = pseudo(alg, alg.init_state(2, 8), [[0.99, 0.01], [0.98, 0.02]])
+    assert float(state["time_p"]) == pytest.approx(0.95)  # the mean .985, capped
+    np.testing.assert_allclose(out.thresholds, [0.95, 0.95], rtol=1e-6)
+
+
 def test_softmatch_truncated_gaussian_weights():
     alg = algorithms.make("softmatch", ema_p=0.5, dist_align=None)
     out, state = pseudo(alg, alg.init_state(2, 8), [[0.9, 0.1], [0.5, 0.5]])
