@@ -187,24 +187,44 @@ class FreeMatch(Algorithm):
 class SoftMatch(Algorithm):
     """Truncated-Gaussian weights (Chen et al., 2023): `w = exp(−min(max p − μ_t, 0)² / (2 σ_t² / n_sigma²))`, μ_t and
     σ_t² EMAs of the batch's mean and unbiased variance of max p (updated before weighting), with uniform
-    distribution alignment. The reported threshold is μ_t, where the weight starts to fall below 1."""
+    distribution alignment. The reported threshold is μ_t, where the weight starts to fall below 1.
+
+    `per_class` (USB's option, off by default as there) keeps μ_t and σ_t² per predicted class; as in USB, a class
+    predicted for fewer than two rows of the batch contributes (0, 1) to its EMAs."""
 
     n_sigma: float = 2.0
     dist_align: str | None = "uniform"
+    per_class: bool = False
 
     def _init_state(self, num_classes, num_unlabeled):
-        return {"mu": jnp.asarray(1.0 / num_classes, jnp.float32), "var": jnp.asarray(1.0, jnp.float32)}
+        shape = (num_classes,) if self.per_class else ()
+        return {"mu": jnp.full(shape, 1.0 / num_classes, jnp.float32), "var": jnp.ones(shape, jnp.float32)}
 
     def _weights(self, state, probs, *, index, step, transition):
         if probs.shape[0] < 2:
             raise ValueError(f"SoftMatch needs >= 2 unlabeled rows for a variance; got probs of shape {probs.shape}")
         m = self.ema_p
-        max_probs = jnp.max(probs, axis=-1)
-        state = {**state, "mu": m * state["mu"] + (1 - m) * jnp.mean(max_probs),
-                 "var": m * state["var"] + (1 - m) * jnp.var(max_probs, ddof=1)}
-        gap = jnp.minimum(max_probs - state["mu"], 0.0)
-        weights = jnp.exp(-(gap**2) / (2 * state["var"] / self.n_sigma**2))
-        return weights, jnp.full(probs.shape[0], state["mu"]), state
+        max_probs, predictions = jnp.max(probs, axis=-1), jnp.argmax(probs, axis=-1)
+        if self.per_class:
+            batch_mu, batch_var = _per_class_mean_var(max_probs, predictions, probs.shape[-1])
+        else:
+            batch_mu, batch_var = jnp.mean(max_probs), jnp.var(max_probs, ddof=1)
+        state = {**state, "mu": m * state["mu"] + (1 - m) * batch_mu, "var": m * state["var"] + (1 - m) * batch_var}
+        mu, var = (state["mu"][predictions], state["var"][predictions]) if self.per_class else (state["mu"],
+                                                                                                 state["var"])
+        gap = jnp.minimum(max_probs - mu, 0.0)
+        weights = jnp.exp(-(gap**2) / (2 * var / self.n_sigma**2))
+        return weights, jnp.broadcast_to(mu, max_probs.shape), state
+
+
+def _per_class_mean_var(values, classes, num_classes):
+    """Mean and unbiased variance of `values` per class; (0, 1) for a class with fewer than two values (USB)."""
+    onehot = jax.nn.one_hot(classes, num_classes, dtype=values.dtype)
+    count = jnp.sum(onehot, axis=0)
+    mean = jnp.sum(onehot * values[:, None], axis=0) / jnp.maximum(count, 1.0)
+    var = jnp.sum(onehot * (values[:, None] - mean) ** 2, axis=0) / jnp.maximum(count - 1.0, 1.0)
+    enough = count > 1
+    return jnp.where(enough, mean, 0.0), jnp.where(enough, var, 1.0)
 
 
 @dataclasses.dataclass(frozen=True)

@@ -163,6 +163,19 @@ def test_softmatch_truncated_gaussian_weights():
     np.testing.assert_allclose(out.weights, [1.0, math.exp(-0.01 / 0.27)], rtol=1e-5)
 
 
+def test_softmatch_per_class_statistics():
+    alg = algorithms.make("softmatch", ema_p=0.5, dist_align=None, per_class=True)
+    state = alg.init_state(3, 8)
+    np.testing.assert_allclose(state["mu"], [1 / 3] * 3, rtol=1e-6)
+    # class 0 predicted twice (.9, .5): mean .7, unbiased var .08; class 1 once (.6) and class 2 never: (0, 1).
+    out, state = pseudo(alg, state, [[0.9, 0.05, 0.05], [0.5, 0.3, 0.2], [0.2, 0.6, 0.2]])
+    np.testing.assert_allclose(state["mu"], [0.5 / 3 + 0.35, 0.5 / 3, 0.5 / 3], rtol=1e-5)
+    np.testing.assert_allclose(state["var"], [0.54, 1.0, 1.0], rtol=1e-5)
+    mu0 = 0.5 / 3 + 0.35
+    np.testing.assert_allclose(out.thresholds, [mu0, mu0, 0.5 / 3], rtol=1e-5)
+    np.testing.assert_allclose(out.weights, [1.0, math.exp(-((0.5 - mu0) ** 2) / (2 * 0.54 / 4)), 1.0], rtol=1e-5)
+
+
 def test_instant_algorithm_warm_up_switches_threshold_and_loss():
     alg = algorithms.make("instant", p_cutoff=0.9, warm_up_steps=5, dist_align=None)
     probs = jnp.array([[0.6, 0.3, 0.1], [0.2, 0.7, 0.1]])
