@@ -30,7 +30,7 @@ from jaxgen.core import rng as rng_lib
 from jaxgen.core import sharding as sharding_lib
 from jaxgen.core import workdir as workdir_lib
 from jaxgen.core.evaluation import run_evaluators
-from jaxgen.core.monitor import NonFiniteLossError, StepMonitor  # noqa: F401  (NonFiniteLossError: public here)
+from jaxgen.core.monitor import NonFiniteLossError, StepMonitor, run_steps  # noqa: F401  (NonFiniteLossError: public here)
 from jaxgen.core.optim import OptimizerConfig, TrainState
 from jaxgen.core.task import Task
 from jaxgen.data.loader import Loader, prefetch
@@ -205,10 +205,13 @@ def run(
         metrics_lib.truncate_after(workdir, start_step)
     writer = metrics_lib.MetricWriter(workdir, enabled=is_main)
 
+    def evaluate_at(state: TrainState, step: int) -> dict[str, dict]:
+        return evaluate(task, state, step=step, eval_data=eval_data, mesh=mesh, eval_stream=eval_stream,
+                        workdir=workdir, writer=writer)
+
     if mode == "eval":
         try:
-            results = evaluate(task, state, step=start_step, eval_data=eval_data, mesh=mesh, eval_stream=eval_stream,
-                               workdir=workdir, writer=writer)
+            results = evaluate_at(state, start_step)
         finally:
             writer.close()
             checkpointer.close()
@@ -238,7 +241,6 @@ def run(
     )
 
     # -------------------------------------------------------------------------------------------------------- the loop
-    eval_results: dict[str, dict] = {}
     batches = prefetch(train_data.iterate(start_step, rows),
                        convert=lambda b: sharding_lib.to_global(b, mesh, train_data.batch_size))
     bar = tqdm(total=train_steps, initial=start_step, disable=not (progress and is_main), unit="step",
@@ -246,18 +248,10 @@ def run(
     monitor = StepMonitor(writer, checkpointer, log_every=log_every, last_step=train_steps,
                           max_in_flight=max_steps_in_flight, progress_bar=bar)
     try:
-        for step in range(start_step + 1, train_steps + 1):
-            state, device_metrics = jitted_step(state, next(batches))
-            monitor.push(step, device_metrics)
-            bar.update(1)
-            if step % checkpoint_every == 0 or step == train_steps:
-                monitor.drain()
-                checkpointer.save(step, state, train_data.state(step))
-            if (eval_every and step % eval_every == 0) or step == train_steps:
-                monitor.drain()
-                eval_results = evaluate(task, state, step=step, eval_data=eval_data, mesh=mesh,
-                                        eval_stream=eval_stream, workdir=workdir, writer=writer)
-        monitor.drain()
+        state, eval_results = run_steps(
+            jitted_step, state, batches, start_step=start_step, train_steps=train_steps,
+            checkpoint_every=checkpoint_every, eval_every=eval_every, monitor=monitor, checkpointer=checkpointer,
+            data_state=train_data.state, evaluate=evaluate_at)
     finally:
         bar.close()
         batches.close()

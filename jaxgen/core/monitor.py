@@ -4,6 +4,7 @@ Dispatching steps without waiting keeps the accelerator busy, but unbounded it s
 forced CPU devices (DESIGN.md) and delays the NaN check. So a loop hands each step's metrics to `StepMonitor.push`,
 which waits only for the oldest step beyond `max_in_flight`, checks it for NaN/inf, and writes a record every
 `log_every` steps. Before a checkpoint or an evaluation the loop calls `drain()`: nothing is saved past a bad step.
+`run_steps` is that loop, shared by the trainer and the forked SSL trainer (they differ in the step, not the loop).
 """
 
 from __future__ import annotations
@@ -11,7 +12,7 @@ from __future__ import annotations
 import collections
 import math
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Any
 
 import jax
@@ -73,3 +74,26 @@ class StepMonitor:
         if self.progress_bar is not None:
             self.progress_bar.set_postfix({k: f"{values[k]:.4g}" for k in self.postfix_keys if k in values},
                                           refresh=False)
+
+
+def run_steps(jitted_step: Callable, state, batches: Iterator, *, start_step: int, train_steps: int,
+              checkpoint_every: int, eval_every: int, monitor: StepMonitor, checkpointer,
+              data_state: Callable[[int], Any], evaluate: Callable[[Any, int], dict]) -> tuple[Any, dict]:
+    """Steps `start_step + 1 … train_steps`: each one's metrics go to `monitor` (and its progress bar advances); a
+    checkpoint (train state + `data_state(step)`) every `checkpoint_every` steps and an evaluation every `eval_every`
+    (0: only at the end) follow a `drain()`, and both happen at the last step. Returns (final state, the last
+    evaluation's results, empty when none ran)."""
+    eval_results: dict = {}
+    for step in range(start_step + 1, train_steps + 1):
+        state, device_metrics = jitted_step(state, next(batches))
+        monitor.push(step, device_metrics)
+        if monitor.progress_bar is not None:
+            monitor.progress_bar.update(1)
+        if step % checkpoint_every == 0 or step == train_steps:
+            monitor.drain()
+            checkpointer.save(step, state, data_state(step))
+        if (eval_every and step % eval_every == 0) or step == train_steps:
+            monitor.drain()
+            eval_results = evaluate(state, step)
+    monitor.drain()
+    return state, eval_results

@@ -31,7 +31,7 @@ from jaxgen.core import rng as rng_lib
 from jaxgen.core import sharding as sharding_lib
 from jaxgen.core import workdir as workdir_lib
 from jaxgen.core.evaluation import run_evaluators
-from jaxgen.core.monitor import StepMonitor
+from jaxgen.core.monitor import StepMonitor, run_steps
 from jaxgen.core.optim import OptimizerConfig
 from jaxgen.core.task import EvalContext
 from jaxgen.data.loader import prefetch
@@ -320,8 +320,6 @@ def run(
                           out_shardings=(replicated, replicated), donate_argnums=0)
 
     # -------------------------------------------------------------------------------------------------------- the loop
-    eval_results: dict[str, dict] = {}
-
     def host_batches():
         step = start_step
         while True:
@@ -334,17 +332,10 @@ def run(
     monitor = StepMonitor(writer, checkpointer, log_every=log_every, last_step=train_steps,
                           max_in_flight=max_steps_in_flight, progress_bar=bar, postfix_keys=("loss", "mask_rate"))
     try:
-        for step in range(start_step + 1, train_steps + 1):
-            state, device_metrics = jitted_step(state, next(batches))
-            monitor.push(step, device_metrics)
-            bar.update(1)
-            if step % checkpoint_every == 0 or step == train_steps:
-                monitor.drain()
-                checkpointer.save(step, state, data.state(step))
-            if (eval_every and step % eval_every == 0) or step == train_steps:
-                monitor.drain()
-                eval_results = evaluate(state, step)
-        monitor.drain()
+        state, eval_results = run_steps(
+            jitted_step, state, batches, start_step=start_step, train_steps=train_steps,
+            checkpoint_every=checkpoint_every, eval_every=eval_every, monitor=monitor, checkpointer=checkpointer,
+            data_state=data.state, evaluate=evaluate)
     finally:
         bar.close()
         batches.close()
