@@ -7,8 +7,8 @@ compilation); --quick checks every kernel at two shapes in under a minute; --bre
 In one process and on one card it times, per shape: the XLA bf16 dot; XLA weight-only int4 (int4 weights and their
 group scales converted inside the jitted dot); the XLA int4 x int4 dot (large M only, it is very slow); and the Pallas
 kernels. Every op is first checked against a float32 reference (relative Frobenius error). Timing: each op runs
-over several distinct input sets inside one jit (so repeated runs do not measure the L2 cache and launches do not
-dominate small shapes), warmup, then the median of many repetitions per call. Imports only jax, numpy and
+over several distinct input sets inside one jit (3-6 at large M so repeated runs do not measure the L2 cache, 24 at
+small M so that the dispatch does not dominate), warmup, then the median of many repetitions per call. Imports only jax, numpy and
 pallas_kernels (no gin, no jaxgen).
 """
 
@@ -16,6 +16,7 @@ import argparse
 import dataclasses
 import datetime
 import functools
+import inspect
 import json
 import math
 import os
@@ -25,11 +26,8 @@ import time
 import jax
 import jax.numpy as jnp
 
-from jax.experimental import pallas as pl
-from jax.experimental.pallas import triton as plgpu_triton
-
 from pallas_kernels import int4_matmul as im
-from pallas_kernels.int4_matmul import kernel_gpu
+from pallas_kernels.int4_matmul import kernel_mosaic_gpu
 from pallas_kernels.int4_matmul import reference
 from pallas_kernels.int4_matmul import tuning
 
@@ -79,27 +77,41 @@ def xla_int4_x_int4_to_int4(d):
   return jax.lax.dot(d["x_int4"], d["w_int4"])
 
 
-def pallas_w4a16(d, blocks=None):
-  return im.w4a16_matmul(d["x"], d["w_packed"], d["w_scales"], bias=d["bias"], block_sizes=blocks)
+def _mosaic_blocks(op, m, code_dtype, **changes):
+  blocks = tuning.block_sizes(op, m, jax.devices()[0].device_kind, "mosaic_gpu")
+  return dataclasses.replace(blocks, code_dtype=code_dtype, **changes)
 
 
-def pallas_w4a4(d, blocks=None):
-  return im.w4a4_matmul(d["x"], d["w_packed"], d["w_scales"], bias=d["bias"], block_sizes=blocks)
+def triton_w4a16(d, blocks=None):
+  return im.w4a16_matmul(d["x"], d["w_packed"], d["w_scales"], bias=d["bias"], block_sizes=blocks,
+                         implementation="pallas_gpu")
 
 
-def pallas_w4a4_lowrank(d, blocks=None):
+def triton_w4a4_lowrank(d, blocks=None):
   return im.w4a4_matmul(d["x"], d["w_packed"], d["w_scales"], lowrank_down=d["down"], lowrank_up=d["up"],
-                        bias=d["bias"], block_sizes=blocks)
+                        bias=d["bias"], block_sizes=blocks, implementation="pallas_gpu")
 
 
-def pallas_w4a4_lowrank_unfused(d):
+def mosaic_w4a4(d, code_dtype="int8", **changes):
+  return im.w4a4_matmul(d["x"], d["w_packed"], d["w_scales"], bias=d["bias"], implementation="mosaic_gpu",
+                        block_sizes=_mosaic_blocks("w4a4", d["x"].shape[0], code_dtype, **changes))
+
+
+def mosaic_w4a4_lowrank(d, code_dtype="int8", **changes):
+  return im.w4a4_matmul(d["x"], d["w_packed"], d["w_scales"], lowrank_down=d["down"], lowrank_up=d["up"],
+                        bias=d["bias"], implementation="mosaic_gpu",
+                        block_sizes=_mosaic_blocks("w4a4", d["x"].shape[0], code_dtype, **changes))
+
+
+def mosaic_w4a4_lowrank_unfused(d, code_dtype="int8"):
   """The low-rank branch as two separate XLA dots around the kernel: what fusion saves."""
   low = jnp.dot(jnp.dot(d["x"], d["down"]), d["up"], preferred_element_type=jnp.float32)
-  return (pallas_w4a4(d).astype(jnp.float32) + low).astype(jnp.bfloat16)
+  return (mosaic_w4a4(d, code_dtype).astype(jnp.float32) + low).astype(jnp.bfloat16)
 
 
-def pallas_w8a8(d, blocks=None):
-  return im.w8a8_matmul(d["x"], d["w8"], d["w8_scales"], bias=d["bias"], block_sizes=blocks)
+def mosaic_w8a8(d, **changes):
+  return im.w8a8_matmul(d["x"], d["w8"], d["w8_scales"], bias=d["bias"], implementation="mosaic_gpu",
+                        block_sizes=_mosaic_blocks("w8a8", d["x"].shape[0], "int8", **changes))
 
 
 def reference_output(name, d):
@@ -107,9 +119,9 @@ def reference_output(name, d):
   f32 = lambda a: a.astype(jnp.float32)
   dot = functools.partial(jnp.dot, precision=jax.lax.Precision.HIGHEST)
   w4 = reference.dequantize_int4(d["w_packed"], d["w_scales"], GROUP, axis=0)
-  if name == "pallas_w4a16":
+  if "w4a16" in name:
     return dot(f32(d["x"]), w4) + f32(d["bias"])
-  if name == "pallas_w8a8":
+  if "w8a8" in name:
     codes, scales = reference.quantize_int8_rows(d["x"])
     return dot(f32(codes) * scales[:, None], f32(d["w8"]) * d["w8_scales"]) + f32(d["bias"])
   codes, scales = reference.quantize_codes(d["x"], GROUP)
@@ -128,35 +140,71 @@ def relative_error(out, ref):
 
 
 def time_op(fn, input_sets, reps):
-  """Median seconds per call of fn over the input sets, all calls of one repetition inside one jit."""
+  """(kernel seconds, wall seconds) per call of fn, medians over `reps` runs of all calls inside one jit.
+
+  Kernel time is CUPTI's sum over the kernels the jit launches (None where CUPTI is unavailable): launch gaps
+  excluded, which is what separates kernels. Wall time launches the jit `reps` times back to back and blocks
+  once, so the host's dispatch overlaps the device work and only shows where it exceeds it.
+  """
   many = jax.jit(lambda sets: tuple(fn(d) for d in sets))
   jax.block_until_ready(many(input_sets))
-  jax.block_until_ready(many(input_sets))
+  kernel = _cupti_seconds(many, input_sets, reps)
   samples = []
-  for _ in range(reps):
+  for _ in range(3):
     start = time.perf_counter()
-    jax.block_until_ready(many(input_sets))
-    samples.append((time.perf_counter() - start) / len(input_sets))
-  return statistics.median(samples)
+    outs = [many(input_sets) for _ in range(reps)]
+    jax.block_until_ready(outs)
+    samples.append((time.perf_counter() - start) / reps / len(input_sets))
+  return (None if kernel is None else kernel / len(input_sets)), statistics.median(samples)
+
+
+def _cupti_seconds(jitted, args, reps):
+  """Median CUPTI kernel time of one call of `jitted(args)`, or None if this JAX cannot measure it."""
+  try:
+    from jax.experimental.mosaic.gpu import profiler  # pylint: disable=g-import-not-at-top
+    params = inspect.signature(profiler.measure).parameters
+    kwargs = {"mode": "cupti"} if "mode" in params else {}
+    if "iterations" in params:
+      _, times = profiler.measure(jitted, iterations=reps, **kwargs)(args)
+    else:
+      times = [profiler.measure(jitted, **kwargs)(args)[1] for _ in range(reps)]
+    times = times if isinstance(times, list) else [times]
+    return statistics.median(times) / 1e3
+  except Exception as e:  # no CUPTI here: report wall time only
+    print(f"  (no CUPTI timing: {type(e).__name__}: {str(e)[:120]})")
+    return None
 
 
 def device_bytes(*arrays):
   return sum(a.addressable_data(0).on_device_size_in_bytes() for a in arrays)
 
 
+def call_sets(key, m, k, n):
+  """Distinct input sets for the calls timed together in one jit.
+
+  Enough weight sets that they do not fit in the 50 MB L2 together; at small M, 24 of them, so that the one
+  dispatch of the jit is spread over 24 kernels' worth of work. Every call has its own weights: XLA would merge
+  the weight unpacking of calls that share them.
+  """
+  count = 24 if m <= SMALL_M[-1] else min(6, max(3, math.ceil(L2_DEFEAT_BYTES / (k * n * 0.5625))))
+  return [make_inputs(jax.random.fold_in(key, i), m, k, n) for i in range(count)]
+
+
 def bench_shape(m, k, n, ops, reps, key, results, tolerance):
-  n_sets = min(6, max(2, math.ceil(L2_DEFEAT_BYTES / (k * n * 2))))
-  sets = [make_inputs(jax.random.fold_in(key, i), m, k, n) for i in range(n_sets)]
-  row = dict(m=m, k=k, n=n, input_sets=n_sets, times_us={}, rel_err={})
+  sets = call_sets(key, m, k, n)
+  n_sets = len(sets)
+  row = dict(m=m, k=k, n=n, calls_per_jit=n_sets, times_us={}, wall_us={}, rel_err={})
   for name, fn in ops:
     if not name.startswith("xla_"):
       row["rel_err"][name] = relative_error(jax.jit(fn)(sets[0]), reference_output(name, sets[0]))
       assert row["rel_err"][name] < tolerance, (name, m, k, n, row["rel_err"][name])
     slow = name.startswith("xla_int4_x_int4")
     try:
-      row["times_us"][name] = 1e6 * time_op(fn, sets[:1] if slow else sets, 2 if slow else reps)
+      kernel, wall = time_op(fn, sets[:1] if slow else sets, 2 if slow else reps)
+      row["times_us"][name] = 1e6 * (kernel if kernel is not None else wall)
+      row["wall_us"][name] = 1e6 * wall
     except jax.errors.JaxRuntimeError as e:  # XLA has no int4 x int4 dot on some backends: record, carry on
-      row["times_us"][name] = float("nan")
+      row["times_us"][name] = row["wall_us"][name] = float("nan")
       print(f"  {name} failed: {str(e)[:200]}")
   d = sets[0]
   row["weight_bytes"] = dict(bf16=device_bytes(d["w"]), int4_packed_plus_scales=device_bytes(d["w_packed"], d["w_scales"]),
@@ -170,112 +218,98 @@ def bench_shape(m, k, n, ops, reps, key, results, tolerance):
 
 
 def sweep_blocks(key, results):
-  """A few tilings at one large and one small shape: the numbers behind tuning.py."""
-  large = [tuning.BlockSizes(block_m=bm, block_n=bn, num_warps=w, num_stages=s, quantize_block_m=16)
-           for bm, bn, w, s in ((128, 128, 8, 4), (128, 128, 8, 3), (128, 256, 8, 3), (64, 128, 4, 4),
-                                (128, 64, 4, 4), (256, 128, 8, 3))]
-  small = [tuning.BlockSizes(block_m=16, block_n=bn, k_splits=s, num_warps=w, num_stages=4)
-           for bn, s, w in ((64, 1, 4), (64, 4, 4), (128, 4, 4), (64, 8, 4), (128, 8, 8), (32, 8, 4))]
-  for (m, k, n), configs, ops in (((4096, 3072, 12288), large, (pallas_w4a4_lowrank, pallas_w8a8, pallas_w4a16)),
-                                  ((16, 3072, 12288), small, (pallas_w4a16, pallas_w4a4_lowrank))):
-    sets = [make_inputs(jax.random.fold_in(key, i), m, k, n) for i in range(2)]
-    for blocks in configs:
-      for op in ops:
-        try:
-          t = 1e6 * time_op(functools.partial(op, blocks=blocks), sets, 10)
-        except Exception as e:  # a tiling the compiler rejects (shared memory, registers) is a result too
-          t = float("nan")
-          print(f"  {op.__name__} {blocks}: {type(e).__name__}: {str(e)[:200]}")
-        results.append(dict(m=m, k=k, n=n, op=op.__name__, blocks=blocks.__dict__, time_us=t))
-        print(f"  sweep M={m} {op.__name__:22s} bm={blocks.block_m} bn={blocks.block_n} splits={blocks.k_splits} "
-              f"warps={blocks.num_warps} stages={blocks.num_stages}: {t:8.1f} us", flush=True)
-
-
-def _bf16_probe_kernel(x_ref, w_ref, out_ref, *, step_k):
-  def step(i, acc):
-    return acc + jnp.dot(x_ref[:, pl.ds(i * step_k, step_k)], w_ref[pl.ds(i * step_k, step_k), :],
-                         preferred_element_type=jnp.float32)
-  acc = jax.lax.fori_loop(0, x_ref.shape[1] // step_k, step, jnp.zeros(out_ref.shape, jnp.float32))
-  out_ref[...] = acc.astype(out_ref.dtype)
-
-
-def pallas_bf16_probe(x, w, *, block_m=128, block_n=128, step_k=64, num_warps=8, num_stages=4):
-  """The plainest Pallas-Triton bf16 GEMM (same loop structure as ours): what this lowering reaches at best."""
-  (m, k), n = x.shape, w.shape[1]
-  return pl.pallas_call(
-      functools.partial(_bf16_probe_kernel, step_k=step_k), out_shape=jax.ShapeDtypeStruct((m, n), x.dtype),
-      grid=(m // block_m, n // block_n),
-      in_specs=[pl.BlockSpec((block_m, k), lambda i, j: (i, 0)), pl.BlockSpec((k, block_n), lambda i, j: (0, j))],
-      out_specs=pl.BlockSpec((block_m, block_n), lambda i, j: (i, j)),
-      compiler_params=plgpu_triton.CompilerParams(num_warps=num_warps, num_stages=num_stages))(x, w)
+  """W4A16 tilings of the Triton kernel at one small-M shape (W4A16's goal is at M <= 64)."""
+  configs = [tuning.BlockSizes(block_m=16, block_n=bn, block_k=bk, k_splits=s, num_warps=w, num_stages=4)
+             for bn, bk, s, w in ((64, 128, 4, 4), (64, 128, 8, 4), (128, 128, 8, 4), (64, 256, 8, 4),
+                                  (128, 256, 12, 8), (32, 128, 8, 4), (256, 128, 12, 8))]
+  m, k, n = 16, 3072, 12288
+  calls = call_sets(key, m, k, n)
+  for blocks in configs:
+    try:
+      kernel, wall = time_op(functools.partial(triton_w4a16, blocks=blocks), calls, 10)
+      t = 1e6 * (kernel if kernel is not None else wall)
+    except Exception as e:  # a tiling the compiler rejects (shared memory, registers) is a result too
+      t = float("nan")
+      print(f"  {blocks}: {type(e).__name__}: {str(e)[:200]}")
+    results.append(dict(m=m, k=k, n=n, op="triton_w4a16", blocks=blocks.__dict__, time_us=t))
+    print(f"  sweep M={m} triton_w4a16 bn={blocks.block_n} bk={blocks.block_k} splits={blocks.k_splits} "
+          f"warps={blocks.num_warps}: {t:8.1f} us", flush=True)
 
 
 def breakdown(key, results, m=4096, k=3072, n=12288):
-  """Each stage of the Pallas paths timed alone, plus the plain Pallas bf16 GEMM probe, at one large shape."""
-  blocks = tuning.block_sizes("w4a4", m, jax.devices()[0].device_kind)
-  blocks8 = tuning.block_sizes("w8a8", m, jax.devices()[0].device_kind)
-  quant = functools.partial(kernel_gpu.quantize_activations_int4, group_size=GROUP, signed=True, interpret=False)
-  sets = []
-  for i in range(2):
-    d = make_inputs(jax.random.fold_in(key, i), m, k, n)
-    d["codes"], d["a_scales"], d["low"] = quant(d["x"], None, d["down"], blocks=blocks)
-    d["codes8"], d["a_scales8"] = kernel_gpu.quantize_activations_int8(d["x"], blocks=blocks8, interpret=False)
-    sets.append(d)
-  gemm4 = lambda d, blocks=blocks, **kw: kernel_gpu.w4a4_gemm(
-      d["codes"], d["a_scales"], d["w_packed"], d["w_scales"], kw.get("low"), kw.get("up"), None,
-      out_dtype=jnp.bfloat16, group_size=GROUP, blocks=blocks, interpret=False, exact_magic=kw.get("magic", True),
-      transposed=kw.get("transposed", True))
+  """Each stage of the Mosaic GPU W4A4 path timed alone at one large shape, and kernel variants."""
+  calls = call_sets(key, m, k, n)
+  pad = kernel_mosaic_gpu.RANK_MULTIPLE - RANK
+  for d in calls:
+    codes, scales = reference.quantize_codes(d["x"], GROUP)
+    d["codes"], d["a_scales_t"] = codes, scales.T
+    d["w_codes"] = reference.unpack_int4(d["w_packed"], axis=0).T
+    d["codes_fp8"], d["w_codes_fp8"] = (c.astype(jnp.float8_e4m3fn) for c in (d["codes"], d["w_codes"]))
+    low = jnp.dot(d["x"], d["down"], preferred_element_type=jnp.float32).astype(jnp.bfloat16)
+    d["low"], d["up_padded"] = jnp.pad(low, ((0, 0), (0, pad))), jnp.pad(d["up"], ((0, pad), (0, 0)))
+
+  def gemm(d, code_dtype="int8", lowrank=False, tile_n=128, stages=4):
+    suffix = "_fp8" if code_dtype == "float8_e4m3fn" else ""
+    return kernel_mosaic_gpu.grouped_gemm(
+        d["codes" + suffix], d["w_codes" + suffix], d["a_scales_t"], d["w_scales"],
+        d["low"] if lowrank else None, d["up_padded"] if lowrank else None, d["bias"], group_size=GROUP,
+        out_dtype=jnp.bfloat16, tile_n=tile_n, stages=stages)
+
   stages = {
       "xla_bf16": xla_bf16,
-      "quantize_int4": lambda d: quant(d["x"], None, None, blocks=blocks),
-      "quantize_int4_lowrank": lambda d: quant(d["x"], None, d["down"], blocks=blocks),
-      "quantize_int4_lowrank_qm32": lambda d: quant(
-          d["x"], None, d["down"], blocks=dataclasses.replace(blocks, quantize_block_m=32)),
-      "quantize_int8": lambda d: kernel_gpu.quantize_activations_int8(d["x"], blocks=blocks8, interpret=False),
-      "gemm_w4a4": gemm4,
-      "gemm_w4a4_lowrank": lambda d: gemm4(d, low=d["low"], up=d["up"]),
-      "gemm_w4a4_int_convert": lambda d: gemm4(d, magic=False),
-      "gemm_w4a4_not_transposed": lambda d: gemm4(d, transposed=False),
-      "gemm_w4a4_64x128_w4": lambda d: gemm4(d, blocks=dataclasses.replace(blocks, block_m=64, num_warps=4)),
-      "gemm_w4a4_128x64_w4": lambda d: gemm4(d, blocks=dataclasses.replace(blocks, block_n=64, num_warps=4)),
-      "gemm_w4a4_bk128": lambda d: gemm4(d, blocks=dataclasses.replace(blocks, block_k=128)),
-      "gemm_w4a4_w4s3": lambda d: gemm4(d, blocks=dataclasses.replace(blocks, num_warps=4, num_stages=3)),
-      "gemm_w4a4_128x256": lambda d: gemm4(d, blocks=dataclasses.replace(blocks, block_n=256, num_stages=3)),
-      "gemm_w8a8": lambda d: kernel_gpu.w8a8_gemm(d["codes8"], d["a_scales8"], d["w8"], d["w8_scales"][None],
-                                                  None, out_dtype=jnp.bfloat16, blocks=blocks8, interpret=False),
-      "gemm_w8a8_not_transposed": lambda d: kernel_gpu.w8a8_gemm(
-          d["codes8"], d["a_scales8"], d["w8"], d["w8_scales"][None], None, out_dtype=jnp.bfloat16,
-          blocks=blocks8, interpret=False, transposed=False),
-      "pallas_bf16_probe_k64": lambda d: pallas_bf16_probe(d["x"], d["w"]),
-      "pallas_bf16_probe_k128_s3": lambda d: pallas_bf16_probe(d["x"], d["w"], step_k=128, num_stages=3),
-      "pallas_bf16_probe_k64_w4": lambda d: pallas_bf16_probe(d["x"], d["w"], num_warps=4),
+      "xla_quantize_activations": lambda d: reference.quantize_codes(d["x"], GROUP),
+      "xla_unpack_weights": lambda d: reference.unpack_int4(d["w_packed"], axis=0).T,
+      "xla_down_projection": lambda d: jnp.dot(d["x"], d["down"], preferred_element_type=jnp.float32),
+      "gemm_int8": gemm,
+      "gemm_fp8": functools.partial(gemm, code_dtype="float8_e4m3fn"),
+      "gemm_int8_lowrank": functools.partial(gemm, lowrank=True),
+      "gemm_fp8_lowrank": functools.partial(gemm, code_dtype="float8_e4m3fn", lowrank=True),
+      "gemm_int8_stages8": functools.partial(gemm, stages=8),
+      "gemm_w8a8_int8_group_k": lambda d: kernel_mosaic_gpu.grouped_gemm(
+          d["codes"], d["w_codes"], d["a_scales_t"][:1], d["w_scales"][:1], None, None, d["bias"], group_size=k,
+          out_dtype=jnp.bfloat16, tile_n=128, stages=4),
+      "gemm_w8a8_int8_group_k_stages6": lambda d: kernel_mosaic_gpu.grouped_gemm(
+          d["codes"], d["w_codes"], d["a_scales_t"][:1], d["w_scales"][:1], None, None, d["bias"], group_size=k,
+          out_dtype=jnp.bfloat16, tile_n=128, stages=6),
+      "gemm_w8a8_int8_group_k_stages8": lambda d: kernel_mosaic_gpu.grouped_gemm(
+          d["codes"], d["w_codes"], d["a_scales_t"][:1], d["w_scales"][:1], None, None, d["bias"], group_size=k,
+          out_dtype=jnp.bfloat16, tile_n=128, stages=8),
   }
   ops = 2 * m * k * n
   for name, fn in stages.items():
     try:
-      t = time_op(fn, sets, 10)
+      kernel, wall = time_op(fn, calls, 10)
     except Exception as e:  # a variant the compiler rejects is a result too
-      t = float("nan")
+      kernel, wall = None, float("nan")
       print(f"  {name}: {type(e).__name__}: {str(e)[:300]}")
-    results.append(dict(m=m, k=k, n=n, stage=name, time_us=1e6 * t))
-    print(f"  stage {name:32s} {1e6 * t:9.1f} us  {ops / t / 1e12:7.1f} T(FL)OP/s-equivalent", flush=True)
+    t = kernel if kernel is not None else wall
+    results.append(dict(m=m, k=k, n=n, stage=name, time_us=1e6 * t, wall_us=1e6 * wall))
+    print(f"  stage {name:28s} {1e6 * t:9.1f} us (wall {1e6 * wall:9.1f})  {ops / t / 1e12:7.1f} T(FL)OP/s-equivalent",
+          flush=True)
 
 
 def main():
   parser = argparse.ArgumentParser()
   parser.add_argument("--quick", action="store_true", help="two shapes, all kernels: a smoke test")
+  parser.add_argument("--shapes", choices=("all", "large", "small"), default="all",
+                      help="which M of the full plan (a device call may not fit both)")
   parser.add_argument("--sweep", action="store_true", help="also time a few tilings")
-  parser.add_argument("--breakdown", action="store_true", help="only time each stage alone at one shape")
+  parser.add_argument("--breakdown", action="store_true", help="also time each Mosaic stage alone at one shape")
   parser.add_argument("--out", default=os.path.join(os.path.dirname(os.path.abspath(__file__)), "int4_matmul.json"))
   args = parser.parse_args()
   device = jax.devices()[0]
   print(f"device: {device.device_kind} ({device.platform}), jax {jax.__version__}", flush=True)
   key = jax.random.key(0)
-  large_ops = [("xla_bf16", xla_bf16), ("xla_w4a16", xla_w4a16), ("pallas_w4a16", pallas_w4a16),
-               ("pallas_w4a4", pallas_w4a4), ("pallas_w4a4_lowrank", pallas_w4a4_lowrank),
-               ("pallas_w4a4_lowrank_unfused", pallas_w4a4_lowrank_unfused), ("pallas_w8a8", pallas_w8a8)]
-  small_ops = [("xla_bf16", xla_bf16), ("xla_w4a16", xla_w4a16), ("pallas_w4a16", pallas_w4a16),
-               ("pallas_w4a4_lowrank", pallas_w4a4_lowrank), ("pallas_w8a8", pallas_w8a8)]
+  fp8 = "float8_e4m3fn"
+  large_ops = [("xla_bf16", xla_bf16), ("xla_w4a16", xla_w4a16), ("triton_w4a16", triton_w4a16),
+               ("triton_w4a4_lowrank", triton_w4a4_lowrank),
+               ("mosaic_w4a4", mosaic_w4a4), ("mosaic_w4a4_fp8", functools.partial(mosaic_w4a4, code_dtype=fp8)),
+               ("mosaic_w4a4_lowrank", mosaic_w4a4_lowrank),
+               ("mosaic_w4a4_lowrank_fp8", functools.partial(mosaic_w4a4_lowrank, code_dtype=fp8)),
+               ("mosaic_w4a4_lowrank_unfused", mosaic_w4a4_lowrank_unfused), ("mosaic_w8a8", mosaic_w8a8)]
+  small_ops = [("xla_bf16", xla_bf16), ("xla_w4a16", xla_w4a16), ("triton_w4a16", triton_w4a16),
+               ("triton_w4a4_lowrank", triton_w4a4_lowrank), ("mosaic_w4a4_lowrank", mosaic_w4a4_lowrank),
+               ("mosaic_w8a8", mosaic_w8a8)]
   # Quantized outputs differ from the reference only by float32 summation order and bf16 operand rounding.
   tolerance = 2e-2
   rows, sweep = [], []
@@ -284,12 +318,14 @@ def main():
                                             ("xla_int4_x_int4_to_int4", xla_int4_x_int4_to_int4)]),
             (1, 3072, 3072, small_ops)]
   else:
-    plan = [(m, k, n, large_ops + ([("xla_int4_x_int4", xla_int4_x_int4)] if m == 4096 else []))
-            for m in LARGE_M for k, n in KN]
-    plan += [(m, k, n, small_ops) for m in SMALL_M for k, n in KN]
+    plan = []
+    if args.shapes in ("all", "large"):
+      plan += [(m, k, n, large_ops + ([("xla_int4_x_int4", xla_int4_x_int4)] if m == 4096 else []))
+               for m in LARGE_M for k, n in KN]
+    if args.shapes in ("all", "small"):
+      plan += [(m, k, n, small_ops) for m in SMALL_M for k, n in KN]
   started = time.time()
   if args.breakdown:
-    plan = []
     breakdown(key, sweep)
   for m, k, n, ops in plan:
     bench_shape(m, k, n, ops, 2 if args.quick else 15, jax.random.fold_in(key, m * 7 + k + n), rows, tolerance)

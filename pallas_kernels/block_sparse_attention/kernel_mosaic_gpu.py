@@ -16,7 +16,6 @@ pair. Requires: bf16 or f16, head_dim a multiple of 64 (up to 128), block_q = 12
 """
 
 import functools
-import inspect
 import math
 
 import jax
@@ -25,6 +24,7 @@ from jax import lax
 from jax.experimental import pallas as pl
 from jax.experimental.pallas import mosaic_gpu as plgpu
 
+from pallas_kernels import mosaic_gpu_compat as compat
 from pallas_kernels.block_sparse_attention import mask_info as mask_info_lib
 from pallas_kernels.block_sparse_attention import tuning
 
@@ -42,60 +42,11 @@ def supports(dtype, head_dim: int, block_q: int, block_kv: int) -> bool:
           and head_dim <= 128 and block_q == _COMPUTE_WGS * _ROWS and block_kv % _ROWS == 0 and block_kv <= 128)
 
 
-# ---- API differences between JAX 0.11 and 0.12 ----------------------------------------------------------------------
-
-_KERNEL_PARAMS = inspect.signature(plgpu.kernel).parameters
-_OUT_KW = "out_type" if "out_type" in _KERNEL_PARAMS else "out_shape"
-_SCRATCH_KW = "scratch_types" if "scratch_types" in _KERNEL_PARAMS else "scratch_shapes"
-_LOAD_TAKES_INDEX = "idx" in inspect.signature(plgpu.load).parameters
-
-
-def _row_layout():
-  """Layout of a per-row vector of a wgmma accumulator (one value per row)."""
-  wgmma = plgpu.Layout.WGMMA
-  return wgmma.reduce(1) if hasattr(wgmma, "reduce") else plgpu.Layout.WGMMA_ROW
-
-
-def _col_layout():
-  wgmma = plgpu.Layout.WGMMA
-  return wgmma.reduce(0) if hasattr(wgmma, "reduce") else plgpu.Layout.WGMMA_COL
-
-
-def _transposed(ref):
-  return ref.transpose((1, 0)) if hasattr(ref, "transpose") else plgpu.transpose_ref(ref, (1, 0))
-
-
-def _load(ref, layout):
-  return plgpu.load(ref, (), layout=layout) if _LOAD_TAKES_INDEX else plgpu.load(ref, layout=layout)
-
-
 def _launch(body, *, out, scratch, grid, grid_names, num_threads=_COMPUTE_WGS + 1):
-  kwargs = {_OUT_KW: out, _SCRATCH_KW: scratch}
-  return plgpu.kernel(
-      body, grid=grid, grid_names=grid_names, num_threads=num_threads, thread_name="wg",
-      compiler_params=plgpu.CompilerParams(approx_math=True,
-                                           lowering_semantics=plgpu.LoweringSemantics.Warpgroup),
-      **kwargs)
+  return compat.launch(body, out=out, scratch=scratch, grid=grid, grid_names=grid_names, num_threads=num_threads)
 
 
 # ---- helpers shared by the kernels -----------------------------------------------------------------------------------
-
-def _smem_tiles(dtype):
-  """128-byte swizzled tiles, the layout wgmma reads without bank conflicts."""
-  return (plgpu.TilingTransform((8, 128 // jnp.dtype(dtype).itemsize)), plgpu.SwizzleTransform(128))
-
-
-def _zeros(shape):
-  return plgpu.layout_cast(jnp.zeros(shape, jnp.float32), plgpu.Layout.WGMMA)
-
-
-def _matmul(a, b, shape):
-  """a @ b on the tensor cores into a fresh f32 accumulator of `shape`."""
-  def scope(acc_ref):
-    plgpu.wgmma(acc_ref, a, b)
-    return acc_ref[...]
-  return pl.run_scoped(scope, plgpu.ACC(shape, jnp.float32))
-
 
 def _accumulate(acc, issue):
   """acc + (the wgmma that `issue(acc_ref)` starts), accumulated in place in registers."""
@@ -166,7 +117,7 @@ def forward(q, k, v, info: mask_info_lib.MaskInfo, *, block_q: int, block_kv: in
         slot = lax.rem(j, stages)
 
         def logits_scope(acc_ref):
-          plgpu.wgmma(acc_ref, q_tile, _transposed(k_smem.at[slot]))
+          plgpu.wgmma(acc_ref, q_tile, compat.transposed(k_smem.at[slot]))
           take_turn()
           return acc_ref[...]
 
@@ -198,9 +149,9 @@ def forward(q, k, v, info: mask_info_lib.MaskInfo, *, block_q: int, block_kv: in
         plgpu.barrier_arrive(v_free.at[slot])
         return acc, new_max, row_sum
 
-      carry = (_zeros((_ROWS, head_dim)),
-               plgpu.layout_cast(jnp.full((_ROWS,), -jnp.inf, jnp.float32), _row_layout()),
-               plgpu.layout_cast(jnp.zeros((_ROWS,), jnp.float32), _row_layout()))
+      carry = (compat.zeros((_ROWS, head_dim)),
+               plgpu.layout_cast(jnp.full((_ROWS,), -jnp.inf, jnp.float32), compat.row_layout()),
+               plgpu.layout_cast(jnp.zeros((_ROWS,), jnp.float32), compat.row_layout()))
       plain = _unmasked_steps(row_list, count, num_kv_blocks, mask_tail)
       carry = lax.fori_loop(0, plain, functools.partial(step, mask_keys=False), carry)
       if mask_tail:
@@ -237,7 +188,7 @@ def forward(q, k, v, info: mask_info_lib.MaskInfo, *, block_q: int, block_kv: in
         plgpu.barrier_wait(v_free.at[slot])
         plgpu.copy_gmem_to_smem(v_ref.at[b, keys, h], v_smem.at[slot], v_ready.at[slot])
 
-  tiles = _smem_tiles(dtype)
+  tiles = compat.smem_tiles(dtype)
   lse_len = num_q_blocks * block_q
   scratch = [
       plgpu.SMEM((_COMPUTE_WGS, _ROWS, head_dim), dtype, transforms=tiles),
@@ -288,19 +239,19 @@ def _dq(q, k, v, do, lse, delta, info, *, block_q, block_kv, sm_scale, seq_len, 
       plgpu.copy_gmem_to_smem(delta_ref.at[b, h, rows], delta_smem.at[wg], q_ready.at[wg, 3])
       for i in range(4):
         plgpu.barrier_wait(q_ready.at[wg, i])
-      lse = _load(lse_smem.at[wg], _row_layout())
-      delta = _load(delta_smem.at[wg], _row_layout())
+      lse = compat.load(lse_smem.at[wg], compat.row_layout())
+      delta = compat.load(delta_smem.at[wg], compat.row_layout())
 
       def step(j, dq, mask_keys):
         slot = lax.rem(j, stages)
         plgpu.barrier_wait(k_ready.at[slot])
-        logits = _matmul(q_tile, _transposed(k_smem.at[slot]), (_ROWS, _ROWS))
+        logits = compat.matmul(q_tile, compat.transposed(k_smem.at[slot]), (_ROWS, _ROWS))
         probs = jnp.exp2(logits * scale2 - lax.broadcast_in_dim(lse, logits.shape, [0]))
         if mask_keys:
           key = plgpu.broadcasted_iota(jnp.int32, (_ROWS, _ROWS), 1, layout=plgpu.Layout.WGMMA)
           probs = jnp.where(key < tail_keys - lax.rem(j, subs) * _ROWS, probs, 0.0)
         plgpu.barrier_wait(v_ready.at[slot])
-        dprobs = _matmul(do_tile, _transposed(v_smem.at[slot]), (_ROWS, _ROWS))
+        dprobs = compat.matmul(do_tile, compat.transposed(v_smem.at[slot]), (_ROWS, _ROWS))
         plgpu.barrier_arrive(v_free.at[slot])
         dlogits = probs * (dprobs - lax.broadcast_in_dim(delta, dprobs.shape, [0]))
         dlogits = dlogits.astype(dtype)
@@ -309,7 +260,7 @@ def _dq(q, k, v, do, lse, delta, info, *, block_q, block_kv, sm_scale, seq_len, 
         return dq
 
       plain = _unmasked_steps(row_list, steps // subs, num_kv_blocks, mask_tail) * subs
-      dq = lax.fori_loop(0, plain, functools.partial(step, mask_keys=False), _zeros((_ROWS, head_dim)))
+      dq = lax.fori_loop(0, plain, functools.partial(step, mask_keys=False), compat.zeros((_ROWS, head_dim)))
       if mask_tail:
         dq = lax.fori_loop(plain, steps, functools.partial(step, mask_keys=True), dq)
       q_tile[...] = (dq * sm_scale).astype(dtype)
@@ -338,7 +289,7 @@ def _dq(q, k, v, do, lse, delta, info, *, block_q, block_kv, sm_scale, seq_len, 
         plgpu.barrier_wait(v_free.at[slot])
         plgpu.copy_gmem_to_smem(v_ref.at[b, keys, h], v_smem.at[slot], v_ready.at[slot])
 
-  tiles = _smem_tiles(dtype)
+  tiles = compat.smem_tiles(dtype)
   scratch = [
       plgpu.SMEM((_COMPUTE_WGS, _ROWS, head_dim), dtype, transforms=tiles),
       plgpu.SMEM((_COMPUTE_WGS, _ROWS, head_dim), dtype, transforms=tiles),
@@ -388,23 +339,23 @@ def _dkv(q, k, v, do, lse, delta, info, *, block_q, block_kv, sm_scale, stages):
         dk, dv = carry
         slot = lax.rem(j, stages)
         plgpu.barrier_wait(q_ready.at[slot])
-        logits_t = _matmul(k_tile, _transposed(q_smem.at[slot]), (_ROWS, _ROWS))
+        logits_t = compat.matmul(k_tile, compat.transposed(q_smem.at[slot]), (_ROWS, _ROWS))
         plgpu.barrier_wait(lse_ready.at[slot])
-        lse = _load(lse_smem.at[slot], _col_layout())
+        lse = compat.load(lse_smem.at[slot], compat.col_layout())
         probs_t = jnp.exp2(logits_t * scale2 - lax.broadcast_in_dim(lse, logits_t.shape, [1]))
         plgpu.barrier_wait(do_ready.at[slot])
         probs_t_lo = probs_t.astype(dtype)
         dv = _accumulate(dv, lambda acc_ref: plgpu.wgmma(acc_ref, probs_t_lo, do_smem.at[slot]))
-        dprobs_t = _matmul(v_tile, _transposed(do_smem.at[slot]), (_ROWS, _ROWS))
+        dprobs_t = compat.matmul(v_tile, compat.transposed(do_smem.at[slot]), (_ROWS, _ROWS))
         plgpu.barrier_wait(delta_ready.at[slot])
-        delta = _load(delta_smem.at[slot], _col_layout())
+        delta = compat.load(delta_smem.at[slot], compat.col_layout())
         dlogits_t = probs_t * (dprobs_t - lax.broadcast_in_dim(delta, dprobs_t.shape, [1]))
         dlogits_t = dlogits_t.astype(dtype)
         dk = _accumulate(dk, lambda acc_ref: plgpu.wgmma(acc_ref, dlogits_t, q_smem.at[slot]))
         plgpu.barrier_arrive(free.at[slot])
         return dk, dv
 
-      dk, dv = lax.fori_loop(0, steps, step, (_zeros((_ROWS, head_dim)), _zeros((_ROWS, head_dim))))
+      dk, dv = lax.fori_loop(0, steps, step, (compat.zeros((_ROWS, head_dim)), compat.zeros((_ROWS, head_dim))))
       k_tile[...] = (dk * sm_scale).astype(dtype)
       v_tile[...] = dv.astype(dtype)
       plgpu.commit_smem()
@@ -432,7 +383,7 @@ def _dkv(q, k, v, do, lse, delta, info, *, block_q, block_kv, sm_scale, stages):
         plgpu.barrier_wait(free.at[slot])
         fetch(j, slot)
 
-  tiles = _smem_tiles(dtype)
+  tiles = compat.smem_tiles(dtype)
   scratch = [
       plgpu.SMEM((wgs, _ROWS, head_dim), dtype, transforms=tiles),
       plgpu.SMEM((wgs, _ROWS, head_dim), dtype, transforms=tiles),

@@ -1,7 +1,8 @@
 """Public int4/int8 matmul ops: validation, padding to tiles and dispatch to a backend through a registry.
 
-`implementation` names a backend in `IMPLEMENTATIONS`; None picks the platform default from `DEFAULT_BY_PLATFORM`
-(Pallas on GPU and TPU, the jnp reference on CPU, where the Pallas bodies only run interpreted, for tests).
+`implementation` names a backend in `IMPLEMENTATIONS`; None picks the platform default (`_default_implementation`):
+Mosaic GPU on Hopper, the Triton-lowered kernels on other GPUs, Mosaic TPU on TPU, the jnp reference on CPU, where
+the Pallas bodies only run interpreted, for tests.
 These are inference ops: quantization has no useful gradient, so none is defined.
 """
 
@@ -11,6 +12,7 @@ import jax
 import jax.numpy as jnp
 
 from pallas_kernels.int4_matmul import kernel_gpu
+from pallas_kernels.int4_matmul import kernel_mosaic_gpu
 from pallas_kernels.int4_matmul import kernel_tpu
 from pallas_kernels.int4_matmul import reference
 from pallas_kernels.int4_matmul import tuning
@@ -37,9 +39,9 @@ def _pad_rows(a, rows):
   return a if a.shape[0] == rows else jnp.pad(a, ((0, rows - a.shape[0]), (0, 0)))
 
 
-def _pad_rank(down, up):
+def _pad_rank(down, up, multiple=_RANK_MULTIPLE):
   rank = down.shape[1]
-  padded = _round_up(rank, _RANK_MULTIPLE)
+  padded = _round_up(rank, multiple)
   if padded == rank:
     return down, up
   return jnp.pad(down, ((0, 0), (0, padded - rank))), jnp.pad(up, ((0, padded - rank), (0, 0)))
@@ -124,6 +126,63 @@ class _GpuBackend:
     return _combine_splits(out, m, x.dtype)
 
 
+@dataclasses.dataclass(frozen=True)
+class _MosaicGpuBackend:
+  """Hopper: the Mosaic GPU grouped 8-bit GEMM (`kernel_mosaic_gpu.py`) on int8 or e4m3 tensor cores.
+
+  XLA quantizes the activations, computes the low-rank down-projection and widens the packed int4 weights to 8-bit
+  K-major codes, each a single memory-bound fusion; the kernel fuses the per-group rescale, the up-projection and
+  the bias. The low-rank branch runs in bf16 (SVDQuant's 16-bit branch), also for float32 inputs. W4A16 and
+  shapes the kernel does not take (N not a multiple of 128) go to the Triton-lowered kernels.
+  """
+
+  interpret: bool
+
+  def supports(self, n):
+    return n % kernel_mosaic_gpu.TILE_N_MULTIPLE == 0
+
+  @staticmethod
+  def _launch(codes, a_scales, b_codes, b_scales, low, up, bias, *, group_size, out_dtype, blocks, interpret):
+    m, n = codes.shape[0], b_codes.shape[0]
+    rows = _round_up(m, kernel_mosaic_gpu.TILE_M)
+    tile_n = next(t for t in (blocks.block_n, 256, 128) if t % kernel_mosaic_gpu.TILE_N_MULTIPLE == 0 and n % t == 0)
+    code_dtype = jnp.dtype(blocks.code_dtype)
+    out = kernel_mosaic_gpu.grouped_gemm(
+        _pad_rows(codes, rows).astype(code_dtype), b_codes.astype(code_dtype), _pad_rows(a_scales, rows).T,
+        b_scales.astype(jnp.float32), None if low is None else _pad_rows(low, rows), up, bias,
+        group_size=group_size, out_dtype=out_dtype, tile_n=tile_n, stages=blocks.num_stages, interpret=interpret)
+    return out[:m]
+
+  def w4a4(self, x, w_packed, w_scales, down, up, smooth, bias, *, group_size, signed, blocks):
+    if not self.supports(w_packed.shape[1]):
+      return IMPLEMENTATIONS["pallas_gpu_interpret" if self.interpret else "pallas_gpu"].w4a4(
+          x, w_packed, w_scales, down, up, smooth, bias, group_size=group_size, signed=signed, blocks=blocks)
+    smoothed = x.astype(jnp.float32) if smooth is None else x.astype(jnp.float32) / smooth.astype(jnp.float32)
+    codes, a_scales = reference.quantize_codes(smoothed, group_size, axis=-1, signed=signed)
+    low = None
+    if down is not None:
+      down, up = _pad_rank(down.astype(jnp.bfloat16), up.astype(jnp.bfloat16), kernel_mosaic_gpu.RANK_MULTIPLE)
+      low = jnp.dot(x.astype(jnp.bfloat16), down, preferred_element_type=jnp.float32).astype(jnp.bfloat16)
+    w_codes = reference.unpack_int4(w_packed, axis=0).T
+    return self._launch(codes, a_scales, w_codes, w_scales, low, up, bias, group_size=group_size,
+                        out_dtype=x.dtype, blocks=blocks, interpret=self.interpret)
+
+  def w4a16(self, x, w_packed, w_scales, bias, *, group_size, blocks):
+    return IMPLEMENTATIONS["pallas_gpu_interpret" if self.interpret else "pallas_gpu"].w4a16(
+        x, w_packed, w_scales, bias, group_size=group_size, blocks=blocks)
+
+  def w8a8(self, x, w_codes, w_scales, bias, *, blocks):
+    if not self.supports(w_codes.shape[1]):
+      return IMPLEMENTATIONS["pallas_gpu_interpret" if self.interpret else "pallas_gpu"].w8a8(
+          x, w_codes, w_scales, bias, blocks=blocks)
+    codes, a_scales = reference.quantize_int8_rows(x)
+    k = x.shape[1]
+    # One group spanning K: the int32 sum over all of K, then the per-token and per-channel scales.
+    return self._launch(codes, a_scales[:, None], w_codes.T, w_scales.reshape(1, -1), None, None, bias,
+                        group_size=k, out_dtype=x.dtype, blocks=dataclasses.replace(blocks, code_dtype="int8"),
+                        interpret=self.interpret)
+
+
 def _grouped_halves(a, group_size):
   """[M, K] -> [K / group, 2, M, group / 2]: per group, its even-K elements then its odd-K ones (`kernel_tpu`)."""
   m, k = a.shape
@@ -185,6 +244,8 @@ IMPLEMENTATIONS = {
     "reference": _ReferenceBackend(),
     "pallas_gpu": _GpuBackend(interpret=False),
     "pallas_gpu_interpret": _GpuBackend(interpret=True),
+    "mosaic_gpu": _MosaicGpuBackend(interpret=False),
+    "mosaic_gpu_interpret": _MosaicGpuBackend(interpret=True),
     "pallas_tpu": _TpuBackend(interpret=False),
     "pallas_tpu_interpret": _TpuBackend(interpret=True),
 }
@@ -193,17 +254,25 @@ DEFAULT_BY_PLATFORM = {"gpu": "pallas_gpu", "cuda": "pallas_gpu", "rocm": "palla
                        "cpu": "reference"}
 
 
+def _default_implementation():
+  """The platform's default; Hopper (compute capability 9.x) gets the Mosaic GPU kernels."""
+  device = jax.devices()[0]
+  if str(getattr(device, "compute_capability", "")).startswith("9"):
+    return "mosaic_gpu"
+  return DEFAULT_BY_PLATFORM.get(jax.default_backend(), "reference")
+
+
 def _backend(implementation):
-  name = implementation or DEFAULT_BY_PLATFORM.get(jax.default_backend(), "reference")
+  name = implementation or _default_implementation()
   if name not in IMPLEMENTATIONS:
     raise ValueError(f"unknown implementation {name!r}; choose one of {sorted(IMPLEMENTATIONS)}")
-  return IMPLEMENTATIONS[name]
+  return name, IMPLEMENTATIONS[name]
 
 
-def _blocks(op, m, block_sizes):
+def _blocks(backend_name, op, m, block_sizes):
   if block_sizes is not None:
     return block_sizes
-  return tuning.block_sizes(op, m, jax.devices()[0].device_kind)
+  return tuning.block_sizes(op, m, jax.devices()[0].device_kind, backend_name.removesuffix("_interpret"))
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -245,8 +314,9 @@ def w4a16_matmul(x, w_packed, w_scales, *, bias=None, group_size=reference.DEFAU
   """y = x @ dequant(W) + bias for x [M, K] (bf16/f32) and 4-bit W packed along K ([K/2, N], scales [K/g, N])."""
   _, n = _check_int4_weights(x, w_packed, w_scales, group_size)
   _check_optional("bias", bias, (n,))
-  return _backend(implementation).w4a16(x, w_packed, w_scales, bias, group_size=group_size,
-                                        blocks=_blocks("w4a16", x.shape[0], block_sizes))
+  name, backend = _backend(implementation)
+  return backend.w4a16(x, w_packed, w_scales, bias, group_size=group_size,
+                       blocks=_blocks(name, "w4a16", x.shape[0], block_sizes))
 
 
 def w4a4_matmul(x, w_packed, w_scales, *, lowrank_down=None, lowrank_up=None, smooth=None, bias=None,
@@ -269,9 +339,9 @@ def w4a4_matmul(x, w_packed, w_scales, *, lowrank_down=None, lowrank_up=None, sm
     _check_optional("lowrank_up", lowrank_up, (rank, n))
   _check_optional("smooth", smooth, (k,))
   _check_optional("bias", bias, (n,))
-  return _backend(implementation).w4a4(x, w_packed, w_scales, lowrank_down, lowrank_up, smooth, bias,
-                                       group_size=group_size, signed=activations_signed,
-                                       blocks=_blocks("w4a4", x.shape[0], block_sizes))
+  name, backend = _backend(implementation)
+  return backend.w4a4(x, w_packed, w_scales, lowrank_down, lowrank_up, smooth, bias, group_size=group_size,
+                      signed=activations_signed, blocks=_blocks(name, "w4a4", x.shape[0], block_sizes))
 
 
 def w8a8_matmul(x, w_codes, w_scales, *, bias=None, implementation=None, block_sizes=None):
@@ -285,4 +355,5 @@ def w8a8_matmul(x, w_codes, w_scales, *, bias=None, implementation=None, block_s
     raise ValueError(f"K and N must be multiples of 64: x {x.shape}, w_codes {w_codes.shape}")
   _check_optional("w_scales", w_scales, (n,))
   _check_optional("bias", bias, (n,))
-  return _backend(implementation).w8a8(x, w_codes, w_scales, bias, blocks=_blocks("w8a8", x.shape[0], block_sizes))
+  name, backend = _backend(implementation)
+  return backend.w8a8(x, w_codes, w_scales, bias, blocks=_blocks(name, "w8a8", x.shape[0], block_sizes))

@@ -1,8 +1,8 @@
 """Block sizes for the int4 matmul kernels, tuned per device kind, with safe defaults.
 
-`block_sizes(op, m, device_kind)` looks up the table below by device kind (as `jax.devices()[0].device_kind`
-spells it), operation and whether M is small (decode-like, memory-bound) or large (compute-bound); anything not in
-the table gets the defaults, which are correct everywhere and merely slower.
+`block_sizes(op, m, device_kind, backend)` looks up the table below by device kind (as
+`jax.devices()[0].device_kind` spells it), backend, operation and whether M is small (decode-like, memory-bound) or
+large (compute-bound); anything not in the table gets the defaults, which are correct everywhere and merely slower.
 """
 
 import dataclasses
@@ -18,7 +18,9 @@ class BlockSizes:
   block_k: contraction per step (a multiple of the group size): per grid step on TPU; on GPU the groups unrolled in
     one iteration of the in-kernel loop.
   k_splits: programs sharing one output tile along K (partial sums added afterwards); fills the GPU when M is small.
-  num_warps, num_stages: Triton launch width and software-pipelining depth.
+  num_warps, num_stages: Triton launch width and software-pipelining depth; for Mosaic GPU, num_stages is the
+    depth of the shared-memory ring of K steps.
+  code_dtype: the 8-bit form of 4-bit codes on the Mosaic GPU tensor cores, "int8" or "float8_e4m3fn".
   quantize_block_m, quantize_block_k: token rows per program and contraction per loop iteration of the
     activation-quantization kernel (memory-bound: wide steps keep loads in flight).
   """
@@ -31,6 +33,7 @@ class BlockSizes:
   num_stages: int = 3
   quantize_block_m: int = 16
   quantize_block_k: int = 256
+  code_dtype: str = "int8"
 
 
 DEFAULT = BlockSizes()
@@ -46,12 +49,29 @@ _H100 = {
     ("w8a8", True): BlockSizes(block_m=16, block_n=64, block_k=128, k_splits=4, num_warps=4, num_stages=4),
 }
 
+# Measured (experiments/bench/int4_matmul_notes.md): W8A8 needs a deep ring (8 stages: 561 -> 417 us at
+# 4096 x 3072 x 12288); W4A4 is bound by its per-group rescale and does not care (871 / 882 / 869 us at 4 / 6 / 8).
+_H100_MOSAIC = {
+    ("w4a4", False): BlockSizes(block_n=128, num_stages=4),
+    ("w4a4", True): BlockSizes(block_n=128, num_stages=4),
+    ("w8a8", False): BlockSizes(block_n=128, num_stages=8),
+    ("w8a8", True): BlockSizes(block_n=128, num_stages=8),
+    # W4A16 runs the Triton kernel under this backend too.
+    ("w4a16", False): _H100[("w4a16", False)],
+    ("w4a16", True): _H100[("w4a16", True)],
+}
+
+MOSAIC_DEFAULT = BlockSizes(block_n=128, num_stages=4)
+
 TUNED = {
-    "NVIDIA H100 80GB HBM3": _H100,
-    "NVIDIA H100": _H100,
+    ("NVIDIA H100 80GB HBM3", "pallas_gpu"): _H100,
+    ("NVIDIA H100", "pallas_gpu"): _H100,
+    ("NVIDIA H100 80GB HBM3", "mosaic_gpu"): _H100_MOSAIC,
+    ("NVIDIA H100", "mosaic_gpu"): _H100_MOSAIC,
 }
 
 
-def block_sizes(op: str, m: int, device_kind: str | None) -> BlockSizes:
-  """Tuned block sizes for `op` ("w4a4", "w4a16", "w8a8") at M = m on `device_kind`, else the defaults."""
-  return TUNED.get(device_kind, {}).get((op, m <= SMALL_M), DEFAULT)
+def block_sizes(op: str, m: int, device_kind: str | None, backend: str = "pallas_gpu") -> BlockSizes:
+  """Tuned block sizes for `op` ("w4a4", "w4a16", "w8a8") at M = m with `backend` on `device_kind`, else defaults."""
+  default = MOSAIC_DEFAULT if backend == "mosaic_gpu" and op != "w4a16" else DEFAULT
+  return TUNED.get((device_kind, backend), {}).get((op, m <= SMALL_M), default)

@@ -1,0 +1,191 @@
+"""Mosaic GPU (Hopper: wgmma + TMA) grouped 8-bit GEMM: the tensor-core core of W4A4 and W8A8 on an H100.
+
+    out[m, n] = sum_g a_scales[g, m] * b_scales[g, n] * (sum over k in group g of a[m, k] * b[n, k])
+                + (low @ up)[m, n] + bias[n]
+
+`a` and `b` hold 8-bit codes, both K-major ([M, K] and [N, K]), as int8 or as float8_e4m3fn. Hopper has no 4-bit
+tensor-core instruction, so 4-bit codes arrive here widened to 8 bits (`ops.py` does that in XLA). The e4m3 form is
+the "int4 as fp8" route: every code in -8..15 is exact in e4m3 and a group's products sum exactly in the float32
+accumulator (|sum| <= 64 * 8 * 15 < 2**24), so fp8 wgmma hands back float32 partial sums and the per-group rescale
+skips the int32 -> float32 conversion that int8 wgmma needs. Which form is faster is a benchmark question
+(`experiments/bench/int4_matmul.py`).
+
+Structure (the block-sparse attention kernels' pattern): a CTA owns a 128 x `tile_n` output tile; two compute
+warpgroups own 64 rows each, and a third "memory" warpgroup streams 64-deep K steps of `a`, `b` and their group's
+scale rows by TMA into a ring of `stages` shared-memory slots (one barrier per slot, four copies arriving on it).
+Per group a compute warpgroup runs the group's wgmmas into a fresh accumulator and, while they run, scales the
+previous group's partial sum by the outer product of its scale vectors into the float32 running sum: the
+rescale, which costs the CUDA cores about as much as the group's MMA costs the tensor cores, overlaps it (a slot is
+freed only once its scale rows are read, one group later, hence at least two stages). The low-rank term and the
+bias start the running sum (one bf16 wgmma before the K loop), so the epilogue is just a cast and a TMA store.
+
+Requires M a multiple of 128 (`ops.py` pads), N a multiple of `tile_n` (a multiple of 128), K a multiple of `group_size`, which is a
+multiple of 64; `low` [M, r] and `up` [r, N] bf16 with r a multiple of 64.
+"""
+
+import functools
+
+import jax
+import jax.numpy as jnp
+from jax import lax
+from jax.experimental import pallas as pl
+from jax.experimental.pallas import mosaic_gpu as plgpu
+
+from pallas_kernels import mosaic_gpu_compat as compat
+
+STEP_K = 64  # K per pipeline step: 64 bytes of 8-bit codes, one 64-byte swizzle row
+_ROWS = 64  # rows per compute warpgroup, the wgmma M tile
+_COMPUTE_WGS = 2
+TILE_M = _COMPUTE_WGS * _ROWS
+TILE_N_MULTIPLE = 128
+RANK_MULTIPLE = 64  # the low-rank product's K: one 128-byte swizzle row of bf16; zero padding is exact
+_MEMORY_WG = _COMPUTE_WGS
+CODE_DTYPES = (jnp.dtype(jnp.int8), jnp.dtype(jnp.float8_e4m3fn))
+
+
+def grouped_gemm(a, b, a_scales, b_scales, low, up, bias, *, group_size: int, out_dtype, tile_n: int, stages: int,
+                 interpret: bool = False):
+  """See the module docstring. a_scales [K/group, M] and b_scales [K/group, N] float32; low/up/bias may be None."""
+  m, k = a.shape
+  n = b.shape[0]
+  if a.dtype != b.dtype or a.dtype not in CODE_DTYPES:
+    raise ValueError(f"a and b must both be int8 or float8_e4m3fn, got {a.dtype} and {b.dtype}")
+  if m % TILE_M or n % tile_n or tile_n % TILE_N_MULTIPLE or k % group_size or group_size % STEP_K:
+    raise ValueError(f"grouped_gemm needs M % {TILE_M}, N % tile_n={tile_n}, tile_n % {TILE_N_MULTIPLE}, "
+                     f"K % group_size={group_size} and group_size % {STEP_K} to be 0: a {a.shape}, b {b.shape}")
+  if stages < 2:
+    raise ValueError(f"grouped_gemm needs at least 2 stages, got {stages}")
+  if low is not None and low.shape[1] % RANK_MULTIPLE:
+    raise ValueError(f"the low-rank rank must be a multiple of {RANK_MULTIPLE}, got low {low.shape}")
+  integer = jnp.issubdtype(a.dtype, jnp.integer)
+  part_dtype = jnp.int32 if integer else jnp.float32
+  steps_per_group = group_size // STEP_K
+  groups = k // group_size
+  steps = k // STEP_K
+  lowrank = low is not None
+
+  def body(a_ref, b_ref, a_scales_ref, b_scales_ref, *refs):
+    refs = list(refs)
+    low_ref, up_ref = (refs.pop(0), refs.pop(0)) if lowrank else (None, None)
+    bias_ref = refs.pop(0) if bias is not None else None
+    out_ref, a_smem, b_smem, a_scales_smem, b_scales_smem, out_smem, ready, free, start_ready = refs[:9]
+    optional = refs[9:]
+    low_smem, up_smem = (optional.pop(0), optional.pop(0)) if lowrank else (None, None)
+    bias_smem = optional.pop(0) if bias is not None else None
+    mi, ni, wg = lax.axis_index("m"), lax.axis_index("n"), lax.axis_index("wg")
+    cta_rows, cols = pl.ds(mi * TILE_M, TILE_M), pl.ds(ni * tile_n, tile_n)
+    wg_rows = pl.ds(wg * _ROWS, _ROWS)
+    shape = (_ROWS, tile_n)
+
+    def start_value():
+      """bias + low @ up for this warpgroup's rows, the running sum's first value."""
+      acc = compat.zeros(shape)
+      row0 = mi * TILE_M + wg * _ROWS
+      if lowrank:
+        plgpu.copy_gmem_to_smem(low_ref.at[pl.ds(row0, _ROWS)], low_smem.at[wg], start_ready.at[3 * wg])
+        plgpu.copy_gmem_to_smem(up_ref.at[:, cols], up_smem.at[wg], start_ready.at[3 * wg + 1])
+        plgpu.barrier_wait(start_ready.at[3 * wg])
+        plgpu.barrier_wait(start_ready.at[3 * wg + 1])
+        acc = compat.matmul(low_smem.at[wg], up_smem.at[wg], shape)
+      if bias is not None:
+        plgpu.copy_gmem_to_smem(bias_ref.at[:, cols], bias_smem.at[wg], start_ready.at[3 * wg + 2])
+        plgpu.barrier_wait(start_ready.at[3 * wg + 2])
+        acc = acc + lax.broadcast_in_dim(compat.load(bias_smem.at[wg, 0], compat.col_layout()), shape, [1])
+      return acc
+
+    @pl.when(wg < _COMPUTE_WGS)
+    def _compute():
+      plgpu.set_max_registers(232, action="increase")
+
+      def issue(j):
+        slot = lax.rem(j, stages)
+        plgpu.barrier_wait(ready.at[slot])
+        return slot
+
+      def run_group(g, overlap):
+        """Starts group g's wgmmas, runs `overlap()` on the CUDA cores while they run, then reads the partial sum."""
+        def scope(part_ref):
+          first = g * steps_per_group
+          slot = issue(first)
+          plgpu.wgmma(part_ref, a_smem.at[slot, wg_rows], compat.transposed(b_smem.at[slot]))
+          result = overlap()
+
+          @pl.loop(1, steps_per_group)
+          def _(s):
+            slot = issue(first + s)
+            plgpu.wgmma(part_ref, a_smem.at[slot, wg_rows], compat.transposed(b_smem.at[slot]))
+            plgpu.wgmma_wait(1)  # the previous step's wgmma is done with its slot
+            plgpu.barrier_arrive(free.at[lax.rem(first + s - 1, stages)])
+
+          return result, part_ref[...]
+        return pl.run_scoped(scope, plgpu.ACC(shape, part_dtype))
+
+      def rescaled(acc, part, g):
+        """acc + group g's partial sum times its scales, read from the slot of g's last step, which is then free."""
+        slot = lax.rem((g + 1) * steps_per_group - 1, stages)
+        a_scale = compat.load(a_scales_smem.at[slot, 0, wg_rows], compat.row_layout())
+        b_scale = compat.load(b_scales_smem.at[slot, 0], compat.col_layout())
+        plgpu.barrier_arrive(free.at[slot])
+        scaled = part.astype(jnp.float32) * lax.broadcast_in_dim(a_scale, shape, [0])
+        return acc + scaled * lax.broadcast_in_dim(b_scale, shape, [1])
+
+      def later_group(g, carry):
+        acc, previous_part = carry
+        return run_group(g, lambda: rescaled(acc, previous_part, g - 1))
+
+      first_acc = start_value()
+      _, first_part = run_group(0, lambda: None)
+      acc, last_part = lax.fori_loop(1, groups, later_group, (first_acc, first_part))
+      acc = rescaled(acc, last_part, groups - 1)
+      out_smem.at[wg][...] = acc.astype(out_dtype)
+      plgpu.commit_smem()
+      plgpu.copy_smem_to_gmem(out_smem.at[wg], out_ref.at[pl.ds(mi * TILE_M + wg * _ROWS, _ROWS), cols])
+      plgpu.wait_smem_to_gmem(0)
+
+    @pl.when(wg == _MEMORY_WG)
+    def _memory():
+      plgpu.set_max_registers(40, action="decrease")
+
+      def fetch(j, slot):
+        depth = pl.ds(j * STEP_K, STEP_K)
+        g = j // steps_per_group
+        # Four copies, one barrier: each copy arrives on it once (with its byte count), hence num_arrivals=4.
+        plgpu.copy_gmem_to_smem(a_ref.at[cta_rows, depth], a_smem.at[slot], ready.at[slot])
+        plgpu.copy_gmem_to_smem(b_ref.at[cols, depth], b_smem.at[slot], ready.at[slot])
+        plgpu.copy_gmem_to_smem(a_scales_ref.at[pl.ds(g, 1), cta_rows], a_scales_smem.at[slot], ready.at[slot])
+        plgpu.copy_gmem_to_smem(b_scales_ref.at[pl.ds(g, 1), cols], b_scales_smem.at[slot], ready.at[slot])
+
+      for first in range(min(stages, steps)):
+        fetch(first, first)
+
+      @pl.loop(min(stages, steps), steps)
+      def _(j):
+        slot = lax.rem(j, stages)
+        plgpu.barrier_wait(free.at[slot])
+        fetch(j, slot)
+
+  code_tiles = compat.smem_tiles(a.dtype, swizzle=STEP_K)
+  scratch = [
+      plgpu.SMEM((stages, TILE_M, STEP_K), a.dtype, transforms=code_tiles),
+      plgpu.SMEM((stages, tile_n, STEP_K), a.dtype, transforms=code_tiles),
+      plgpu.SMEM((stages, 1, TILE_M), jnp.float32),
+      plgpu.SMEM((stages, 1, tile_n), jnp.float32),
+      plgpu.SMEM((_COMPUTE_WGS, _ROWS, tile_n), out_dtype, transforms=compat.smem_tiles(out_dtype)),
+      plgpu.Barrier(num_arrivals=4, num_barriers=stages),
+      plgpu.Barrier(num_arrivals=_COMPUTE_WGS, num_barriers=stages),
+      plgpu.Barrier(num_barriers=3 * _COMPUTE_WGS),  # low, up, bias per warpgroup
+  ]
+  if lowrank:
+    rank = low.shape[1]
+    scratch += [plgpu.SMEM((_COMPUTE_WGS, _ROWS, rank), jnp.bfloat16, transforms=compat.smem_tiles(jnp.bfloat16)),
+                plgpu.SMEM((_COMPUTE_WGS, rank, tile_n), jnp.bfloat16, transforms=compat.smem_tiles(jnp.bfloat16))]
+  if bias is not None:
+    scratch.append(plgpu.SMEM((_COMPUTE_WGS, 1, tile_n), jnp.float32))
+  operands = [a, b, a_scales, b_scales]
+  if lowrank:
+    operands += [low, up]
+  if bias is not None:
+    operands.append(bias.reshape(1, n).astype(jnp.float32))
+  return compat.launch(body, out=jax.ShapeDtypeStruct((m, n), out_dtype), scratch=scratch,
+                       grid=(m // TILE_M, n // tile_n), grid_names=("m", "n"), num_threads=_COMPUTE_WGS + 1,
+                       interpret=interpret)(*operands)
