@@ -293,6 +293,7 @@ def main():
   parser.add_argument("--quick", action="store_true", help="two shapes, all kernels: a smoke test")
   parser.add_argument("--shapes", choices=("all", "large", "small"), default="all",
                       help="which M of the full plan (a device call may not fit both)")
+  parser.add_argument("--m", type=int, nargs="*", help="only these M of the plan")
   parser.add_argument("--sweep", action="store_true", help="also time a few tilings")
   parser.add_argument("--breakdown", action="store_true", help="also time each Mosaic stage alone at one shape")
   parser.add_argument("--out", default=os.path.join(os.path.dirname(os.path.abspath(__file__)), "int4_matmul.json"))
@@ -302,21 +303,19 @@ def main():
   key = jax.random.key(0)
   fp8 = "float8_e4m3fn"
   large_ops = [("xla_bf16", xla_bf16), ("xla_w4a16", xla_w4a16), ("triton_w4a16", triton_w4a16),
-               ("triton_w4a4_lowrank", triton_w4a4_lowrank),
                ("mosaic_w4a4", mosaic_w4a4), ("mosaic_w4a4_fp8", functools.partial(mosaic_w4a4, code_dtype=fp8)),
                ("mosaic_w4a4_lowrank", mosaic_w4a4_lowrank),
-               ("mosaic_w4a4_lowrank_fp8", functools.partial(mosaic_w4a4_lowrank, code_dtype=fp8)),
                ("mosaic_w4a4_lowrank_unfused", mosaic_w4a4_lowrank_unfused), ("mosaic_w8a8", mosaic_w8a8)]
   small_ops = [("xla_bf16", xla_bf16), ("xla_w4a16", xla_w4a16), ("triton_w4a16", triton_w4a16),
-               ("triton_w4a4_lowrank", triton_w4a4_lowrank), ("mosaic_w4a4_lowrank", mosaic_w4a4_lowrank),
-               ("mosaic_w8a8", mosaic_w8a8)]
+               ("mosaic_w4a4_lowrank", mosaic_w4a4_lowrank), ("mosaic_w8a8", mosaic_w8a8)]
+  triton_w4a4 = [("triton_w4a4_lowrank", triton_w4a4_lowrank)]  # the pre-Mosaic path, in --quick only
   # Quantized outputs differ from the reference only by float32 summation order and bf16 operand rounding.
   tolerance = 2e-2
   rows, sweep = [], []
   if args.quick:
-    plan = [(4608, 3072, 3072, large_ops + [("xla_int4_x_int4", xla_int4_x_int4),
-                                            ("xla_int4_x_int4_to_int4", xla_int4_x_int4_to_int4)]),
-            (1, 3072, 3072, small_ops)]
+    plan = [(4608, 3072, 3072, large_ops + triton_w4a4 + [("xla_int4_x_int4", xla_int4_x_int4),
+                                                          ("xla_int4_x_int4_to_int4", xla_int4_x_int4_to_int4)]),
+            (1, 3072, 3072, small_ops + triton_w4a4)]
   else:
     plan = []
     if args.shapes in ("all", "large"):
@@ -324,19 +323,28 @@ def main():
                for m in LARGE_M for k, n in KN]
     if args.shapes in ("all", "small"):
       plan += [(m, k, n, small_ops) for m in SMALL_M for k, n in KN]
+  if args.m:
+    plan = [entry for entry in plan if entry[0] in args.m]
   started = time.time()
+
+  def save():
+    """Writes everything measured so far: a run cut short by a time limit keeps its finished shapes."""
+    report = dict(device=device.device_kind, jax=jax.__version__,
+                  date=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+                  group_size=GROUP, rank=RANK, seconds=round(time.time() - started, 1), shapes=rows, sweep=sweep)
+    with open(args.out, "w") as f:
+      json.dump(report, f, indent=1)
+    return report
+
   if args.breakdown:
     breakdown(key, sweep)
+    save()
   for m, k, n, ops in plan:
     bench_shape(m, k, n, ops, 2 if args.quick else 15, jax.random.fold_in(key, m * 7 + k + n), rows, tolerance)
+    save()
   if args.sweep:
     sweep_blocks(key, sweep)
-  report = dict(device=device.device_kind, jax=jax.__version__,
-                date=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-                group_size=GROUP, rank=RANK, seconds=round(time.time() - started, 1), shapes=rows, sweep=sweep)
-  with open(args.out, "w") as f:
-    json.dump(report, f, indent=1)
-  print(f"wrote {args.out} ({report['seconds']} s)")
+  print(f"wrote {args.out} ({save()['seconds']} s)")
 
 
 if __name__ == "__main__":

@@ -164,6 +164,11 @@ def grouped_gemm(a, b, a_scales, b_scales, low, up, bias, *, group_size: int, ou
         plgpu.barrier_wait(free.at[slot])
         fetch(j, slot)
 
+      # Observe the last release of every slot too, so that no barrier ends the kernel with a phase nobody saw
+      # (the Mosaic GPU interpreter of JAX 0.11 rejects that; the hardware would not mind).
+      for j in range(max(steps - stages, 0), steps):
+        plgpu.barrier_wait(free.at[j % stages])
+
   code_tiles = compat.smem_tiles(a.dtype, swizzle=STEP_K)
   scratch = [
       plgpu.SMEM((stages, TILE_M, STEP_K), a.dtype, transforms=code_tiles),

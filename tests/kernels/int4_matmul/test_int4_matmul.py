@@ -199,14 +199,23 @@ _MOSAIC_INTERPRETER = hasattr(plgpu, "InterpretGPUParams")
 _NO_MOSAIC_INTERPRETER = "this JAX has no Mosaic GPU interpreter (plgpu.InterpretGPUParams, JAX >= 0.12)"
 
 
-@unittest.skipUnless(_MOSAIC_INTERPRETER, _NO_MOSAIC_INTERPRETER)
-class MosaicGpuInterpretTest(MatmulTestBase):
-  """The Hopper kernel through the public ops. One 128 x 128 output tile: the interpreter reliably runs one CTA,
-  and on two cores it can deadlock on grids of several (its simulated warpgroups wait on each other)."""
+class _MosaicGpuShapes:
+  """One 128 x 128 output tile: the interpreter reliably runs one CTA, and on two cores it can deadlock on grids of
+  several (its simulated warpgroups wait on each other)."""
 
-  IMPLEMENTATION = "mosaic_gpu_interpret"
   N = 128
   LOWRANK_TOLERANCE = 5e-3  # the low-rank branch runs in bf16 on the tensor cores, also for float32 inputs
+
+
+@unittest.skipUnless(_MOSAIC_INTERPRETER, _NO_MOSAIC_INTERPRETER)
+class MosaicGpuInterpretTest(_MosaicGpuShapes, MatmulTestBase):
+  IMPLEMENTATION = "mosaic_gpu_interpret"
+
+
+@unittest.skipUnless(str(getattr(jax.devices()[0], "compute_capability", "")).startswith("9"),
+                     "compiled Mosaic GPU kernels need a Hopper GPU; MosaicGpuInterpretTest covers CPU")
+class MosaicGpuCompiledTest(_MosaicGpuShapes, MatmulTestBase):
+  IMPLEMENTATION = "mosaic_gpu"
 
 
 @unittest.skipUnless(_MOSAIC_INTERPRETER, _NO_MOSAIC_INTERPRETER)
