@@ -1,15 +1,16 @@
 """Benchmark: Pallas int4 matmuls (W4A4 + low-rank, W4A16, W8A8) against XLA on FLUX.1 linear-layer shapes.
 
 Command (repo root, on a GPU):  PYTHONPATH=. python3 experiments/bench/int4_matmul.py [--quick] [--out PATH]
-Hardware: one NVIDIA H100 80GB (numbers in experiments/bench/README.md). Wall time: about 7 minutes (mostly
-compilation); --quick checks every kernel at two shapes in under a minute; --breakdown times each stage alone.
+Hardware: one NVIDIA H100 80GB (numbers in experiments/bench/README.md). Wall time: ~9 minutes for --shapes large,
+more for small (mostly compilation and input generation); --quick checks every kernel at two shapes in ~2 minutes;
+--breakdown also times each stage of the Mosaic W4A4 path alone.
 
 In one process and on one card it times, per shape: the XLA bf16 dot; XLA weight-only int4 (int4 weights and their
 group scales converted inside the jitted dot); the XLA int4 x int4 dot (large M only, it is very slow); and the Pallas
 kernels. Every op is first checked against a float32 reference (relative Frobenius error). Timing: each op runs
 over several distinct input sets inside one jit (3-6 at large M so repeated runs do not measure the L2 cache, 24 at
-small M so that the dispatch does not dominate), warmup, then the median of many repetitions per call. Imports only jax, numpy and
-pallas_kernels (no gin, no jaxgen).
+small M so that the dispatch does not dominate); after a warmup, CUPTI kernel time and back-to-back wall time, medians
+of many repetitions, per call (`time_op`). Imports only jax, numpy and pallas_kernels (no gin, no jaxgen).
 """
 
 import argparse
@@ -207,8 +208,9 @@ def bench_shape(m, k, n, ops, reps, key, results, tolerance):
       row["times_us"][name] = row["wall_us"][name] = float("nan")
       print(f"  {name} failed: {str(e)[:200]}")
   d = sets[0]
-  row["weight_bytes"] = dict(bf16=device_bytes(d["w"]), int4_packed_plus_scales=device_bytes(d["w_packed"], d["w_scales"]),
-                             xla_int4=device_bytes(d["w_int4"], d["w_scales"]), int8=device_bytes(d["w8"], d["w8_scales"]))
+  row["weight_bytes"] = dict(
+      bf16=device_bytes(d["w"]), int4_packed_plus_scales=device_bytes(d["w_packed"], d["w_scales"]),
+      xla_int4=device_bytes(d["w_int4"], d["w_scales"]), int8=device_bytes(d["w8"], d["w8_scales"]))
   base = row["times_us"]["xla_bf16"]
   row["speedup_vs_bf16"] = {name: base / t for name, t in row["times_us"].items()}
   results.append(row)

@@ -14,16 +14,16 @@ Structure (the block-sparse attention kernels' pattern): a CTA owns a 128 x `til
 warpgroups own 64 rows each, and a third "memory" warpgroup streams 64-deep K steps of `a`, `b` and their group's
 scale rows by TMA into a ring of `stages` shared-memory slots (one barrier per slot, four copies arriving on it).
 Per group a compute warpgroup runs the group's wgmmas into a fresh accumulator and, while they run, scales the
-previous group's partial sum by the outer product of its scale vectors into the float32 running sum: the
-rescale, which costs the CUDA cores about as much as the group's MMA costs the tensor cores, overlaps it (a slot is
-freed only once its scale rows are read, one group later, hence at least two stages). The low-rank term and the
+previous group's partial sum by the outer product of its scale vectors into the float32 running sum. The rescale
+costs the CUDA cores about as much as the group's MMA costs the tensor cores; this ordering is meant to overlap the
+two, but on the H100 they still add up (experiments/bench/int4_matmul_notes.md). A slot is freed only once its scale
+rows are read, one group later, hence at least two stages. The low-rank term and the
 bias start the running sum (one bf16 wgmma before the K loop), so the epilogue is just a cast and a TMA store.
 
-Requires M a multiple of 128 (`ops.py` pads), N a multiple of `tile_n` (a multiple of 128), K a multiple of `group_size`, which is a
-multiple of 64; `low` [M, r] and `up` [r, N] bf16 with r a multiple of 64.
+Requires M a multiple of 128 (`ops.py` pads), N a multiple of `tile_n` (a multiple of 128), K a multiple of
+`group_size`, which is a multiple of 64; `low` [M, r] and `up` [r, N] bf16 with r a multiple of 64.
 """
 
-import functools
 
 import jax
 import jax.numpy as jnp

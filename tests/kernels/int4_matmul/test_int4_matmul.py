@@ -1,8 +1,8 @@
 """int4 matmul: the spec (pack, quantize) checked by hand, and every kernel checked against `reference.py`.
 
 Kernel tests follow jax's tests/pallas/gpu_ops_test.py: a base class names the implementation, subclasses run the
-GPU (Triton-lowered and Mosaic GPU) and TPU (Mosaic) kernel bodies in interpret mode on CPU. Shapes stay small (M <= 128,
-K, N <= 256) so the whole file runs in well under a minute on two cores.
+GPU (Triton-lowered and Mosaic GPU) and TPU (Mosaic) kernel bodies in interpret mode on CPU. Shapes stay small
+(M <= 128, K, N <= 256) so the whole file runs in well under a minute on two cores.
 """
 
 import unittest
