@@ -220,22 +220,27 @@ def bench_shape(m, k, n, ops, reps, key, results, tolerance):
 
 
 def sweep_blocks(key, results):
-  """W4A16 tilings of the Triton kernel at one small-M shape (W4A16's goal is at M <= 64)."""
+  """W4A16 tilings of the Triton kernel at two small-M shapes (W4A16's goal is at M <= 64)."""
   configs = [tuning.BlockSizes(block_m=16, block_n=bn, block_k=bk, k_splits=s, num_warps=w, num_stages=4)
              for bn, bk, s, w in ((64, 128, 4, 4), (64, 128, 8, 4), (128, 128, 8, 4), (64, 256, 8, 4),
-                                  (128, 256, 12, 8), (32, 128, 8, 4), (256, 128, 12, 8))]
-  m, k, n = 16, 3072, 12288
-  calls = call_sets(key, m, k, n)
-  for blocks in configs:
-    try:
-      kernel, wall = time_op(functools.partial(triton_w4a16, blocks=blocks), calls, 10)
-      t = 1e6 * (kernel if kernel is not None else wall)
-    except Exception as e:  # a tiling the compiler rejects (shared memory, registers) is a result too
-      t = float("nan")
-      print(f"  {blocks}: {type(e).__name__}: {str(e)[:200]}")
-    results.append(dict(m=m, k=k, n=n, op="triton_w4a16", blocks=blocks.__dict__, time_us=t))
-    print(f"  sweep M={m} triton_w4a16 bn={blocks.block_n} bk={blocks.block_k} splits={blocks.k_splits} "
-          f"warps={blocks.num_warps}: {t:8.1f} us", flush=True)
+                                  (128, 256, 12, 8), (32, 128, 8, 4), (256, 128, 12, 8), (64, 128, 16, 4),
+                                  (128, 128, 16, 4), (64, 64, 16, 4))]
+  for m, k, n in ((16, 3072, 12288), (16, 12288, 3072)):
+    calls = call_sets(key, m, k, n)
+    kernel, wall = time_op(xla_bf16, calls, 10)
+    base = 1e6 * (kernel if kernel is not None else wall)
+    results.append(dict(m=m, k=k, n=n, op="xla_bf16", time_us=base))
+    print(f"  sweep M={m} K={k} N={n} xla_bf16: {base:8.1f} us", flush=True)
+    for blocks in configs:
+      try:
+        kernel, wall = time_op(functools.partial(triton_w4a16, blocks=blocks), calls, 10)
+        t = 1e6 * (kernel if kernel is not None else wall)
+      except Exception as e:  # a tiling the compiler rejects (shared memory, registers) is a result too
+        t = float("nan")
+        print(f"  {blocks}: {type(e).__name__}: {str(e)[:200]}")
+      results.append(dict(m=m, k=k, n=n, op="triton_w4a16", blocks=blocks.__dict__, time_us=t))
+      print(f"  sweep M={m} K={k} N={n} triton_w4a16 bn={blocks.block_n} bk={blocks.block_k} "
+            f"splits={blocks.k_splits} warps={blocks.num_warps}: {t:8.1f} us ({base / t:.2f}x bf16)", flush=True)
 
 
 def breakdown(key, results, m=4096, k=3072, n=12288):
@@ -296,6 +301,7 @@ def main():
   parser.add_argument("--shapes", choices=("all", "large", "small"), default="all",
                       help="which M of the full plan (a device call may not fit both)")
   parser.add_argument("--m", type=int, nargs="*", help="only these M of the plan")
+  parser.add_argument("--ops", nargs="*", help="only these ops of the plan (xla_bf16 is always kept)")
   parser.add_argument("--sweep", action="store_true", help="also time a few tilings")
   parser.add_argument("--breakdown", action="store_true", help="also time each Mosaic stage alone at one shape")
   parser.add_argument("--out", default=os.path.join(os.path.dirname(os.path.abspath(__file__)), "int4_matmul.json"))
@@ -327,6 +333,8 @@ def main():
       plan += [(m, k, n, small_ops) for m in SMALL_M for k, n in KN]
   if args.m:
     plan = [entry for entry in plan if entry[0] in args.m]
+  if args.ops:
+    plan = [(m, k, n, [op for op in ops if op[0] in args.ops or op[0] == "xla_bf16"]) for m, k, n, ops in plan]
   started = time.time()
 
   def save():

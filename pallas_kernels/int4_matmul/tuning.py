@@ -1,12 +1,14 @@
 """Block sizes for the int4 matmul kernels, tuned per device kind, with safe defaults.
 
 `block_sizes(op, m, device_kind, backend)` looks up the table below by device kind (as
-`jax.devices()[0].device_kind` spells it), backend, operation and whether M is small (decode-like, memory-bound) or
-large (compute-bound); anything not in the table gets the defaults, which are correct everywhere and merely slower.
+`jax.devices()[0].device_kind` spells it), backend, operation and the size class of M: "decode" (M <= 16) and
+"small" (M <= 64) are memory-bound, "large" compute-bound; a decode entry falls back to the small one. Anything not
+in the table gets the defaults, which are correct everywhere and merely slower.
 """
 
 import dataclasses
 
+DECODE_M = 16
 SMALL_M = 64
 
 
@@ -39,26 +41,29 @@ class BlockSizes:
 DEFAULT = BlockSizes()
 
 _H100 = {
-    ("w4a4", False): BlockSizes(block_m=128, block_n=64, block_k=64, num_warps=4, num_stages=4,
-                                quantize_block_m=32, quantize_block_k=512),
-    ("w4a4", True): BlockSizes(block_m=16, block_n=64, block_k=128, k_splits=4, num_warps=4, num_stages=4),
-    ("w4a16", False): BlockSizes(block_m=128, block_n=128, block_k=64, num_warps=8, num_stages=4),
-    ("w4a16", True): BlockSizes(block_m=16, block_n=64, block_k=128, k_splits=4, num_warps=4, num_stages=4),
-    ("w8a8", False): BlockSizes(block_m=128, block_n=128, block_k=128, num_warps=8, num_stages=4,
-                                quantize_block_k=512),
-    ("w8a8", True): BlockSizes(block_m=16, block_n=64, block_k=128, k_splits=4, num_warps=4, num_stages=4),
+    ("w4a4", "large"): BlockSizes(block_m=128, block_n=64, block_k=64, num_warps=4, num_stages=4,
+                                  quantize_block_m=32, quantize_block_k=512),
+    ("w4a4", "small"): BlockSizes(block_m=16, block_n=64, block_k=128, k_splits=4, num_warps=4, num_stages=4),
+    ("w4a16", "large"): BlockSizes(block_m=128, block_n=128, block_k=64, num_warps=8, num_stages=4),
+    ("w4a16", "small"): BlockSizes(block_m=16, block_n=64, block_k=128, k_splits=4, num_warps=4, num_stages=4),
+    # --sweep at M = 16 (experiments/bench/int4_matmul.json): 16 K splits of 128 x 128 tiles took 3072 x 12288 from
+    # 25.4 to 24.7 us and 12288 x 3072 from 46.7 to 22.8 us (bf16: 30 us each). At M = 64 it was mixed against the
+    # 4-split tiling (89 vs 74 us at 3072 x 12288, 69 vs 76 at 12288 x 3072), hence the separate decode class.
+    ("w4a16", "decode"): BlockSizes(block_m=16, block_n=128, block_k=128, k_splits=16, num_warps=4, num_stages=4),
+    ("w8a8", "large"): BlockSizes(block_m=128, block_n=128, block_k=128, num_warps=8, num_stages=4,
+                                  quantize_block_k=512),
+    ("w8a8", "small"): BlockSizes(block_m=16, block_n=64, block_k=128, k_splits=4, num_warps=4, num_stages=4),
 }
 
 # Measured (experiments/bench/int4_matmul_notes.md): W8A8 needs a deep ring (8 stages: 561 -> 417 us at
 # 4096 x 3072 x 12288); W4A4 is bound by its per-group rescale and does not care (871 / 882 / 869 us at 4 / 6 / 8).
 _H100_MOSAIC = {
-    ("w4a4", False): BlockSizes(block_n=128, num_stages=4),
-    ("w4a4", True): BlockSizes(block_n=128, num_stages=4),
-    ("w8a8", False): BlockSizes(block_n=128, num_stages=8),
-    ("w8a8", True): BlockSizes(block_n=128, num_stages=8),
+    ("w4a4", "large"): BlockSizes(block_n=128, num_stages=4),
+    ("w4a4", "small"): BlockSizes(block_n=128, num_stages=4),
+    ("w8a8", "large"): BlockSizes(block_n=128, num_stages=8),
+    ("w8a8", "small"): BlockSizes(block_n=128, num_stages=8),
     # W4A16 runs the Triton kernel under this backend too.
-    ("w4a16", False): _H100[("w4a16", False)],
-    ("w4a16", True): _H100[("w4a16", True)],
+    **{key: value for key, value in _H100.items() if key[0] == "w4a16"},
 }
 
 MOSAIC_DEFAULT = BlockSizes(block_n=128, num_stages=4)
@@ -74,4 +79,8 @@ TUNED = {
 def block_sizes(op: str, m: int, device_kind: str | None, backend: str = "pallas_gpu") -> BlockSizes:
   """Tuned block sizes for `op` ("w4a4", "w4a16", "w8a8") at M = m with `backend` on `device_kind`, else defaults."""
   default = MOSAIC_DEFAULT if backend == "mosaic_gpu" and op != "w4a16" else DEFAULT
-  return TUNED.get((device_kind, backend), {}).get((op, m <= SMALL_M), default)
+  table = TUNED.get((device_kind, backend), {})
+  size = "decode" if m <= DECODE_M else "small" if m <= SMALL_M else "large"
+  if size == "decode" and (op, size) not in table:
+    size = "small"
+  return table.get((op, size), default)
