@@ -266,6 +266,8 @@ def breakdown(key, results, m=4096, k=3072, n=12288):
       "xla_bf16": xla_bf16,
       "xla_quantize_activations": lambda d: reference.quantize_codes(d["x"], GROUP),
       "xla_unpack_weights": lambda d: reference.unpack_int4(d["w_packed"], axis=0).T,
+      "xla_quantize_activations_e4m3": lambda d: reference.quantize_codes(d["x"], GROUP)[0].astype(jnp.float8_e4m3fn),
+      "xla_unpack_weights_e4m3": lambda d: reference.unpack_int4(d["w_packed"], axis=0).T.astype(jnp.float8_e4m3fn),
       "xla_down_projection": lambda d: jnp.dot(d["x"], d["down"], preferred_element_type=jnp.float32),
       "gemm_int8": gemm,
       "gemm_fp8": functools.partial(gemm, code_dtype="float8_e4m3fn"),

@@ -5,6 +5,7 @@ GPU (Triton-lowered and Mosaic GPU) and TPU (Mosaic) kernel bodies in interpret 
 (M <= 128, K, N <= 256) so the whole file runs in well under a minute on two cores.
 """
 
+import dataclasses
 import unittest
 
 import jax
@@ -16,6 +17,7 @@ from jax.experimental.pallas import mosaic_gpu as plgpu
 from pallas_kernels import int4_matmul as im
 from pallas_kernels.int4_matmul import kernel_gpu
 from pallas_kernels.int4_matmul import kernel_mosaic_gpu
+from pallas_kernels.int4_matmul import ops
 from pallas_kernels.int4_matmul import reference
 from pallas_kernels.int4_matmul import tuning
 
@@ -187,7 +189,20 @@ class MatmulTestBase(unittest.TestCase):
       im.w4a4_matmul(self.x, self.w_packed, self.w_scales, group_size=48, implementation=impl)
 
 
-class GpuInterpretTest(MatmulTestBase):
+class _OnCpu:
+  """Runs a test's arrays and interpreted kernels on the CPU device, also in a process whose default is a GPU.
+
+  The Triton kernels' bodies interpreted with GPU arrays give wrong activation codes (XLA's GPU compilation of the
+  interpreted body rewrites the int32 -> int8 narrowing of the rounded codes; experiments/bench/int4_matmul_notes.md).
+  Interpret mode is a CPU debugging tool, so these tests check it there; the compiled kernels have their own tests.
+  """
+
+  def setUp(self):
+    self.enterContext(jax.default_device(jax.devices("cpu")[0]))
+    super().setUp()
+
+
+class GpuInterpretTest(_OnCpu, MatmulTestBase):
   IMPLEMENTATION = "pallas_gpu_interpret"
 
 
@@ -205,6 +220,12 @@ class _MosaicGpuShapes:
 
   N = 128
   LOWRANK_TOLERANCE = 5e-3  # the low-rank branch runs in bf16 on the tensor cores, also for float32 inputs
+
+  def test_w4a4_e4m3_codes_give_the_int8_result(self):
+    run = lambda code_dtype: im.w4a4_matmul(
+        self.x, self.w_packed, self.w_scales, bias=self.bias, implementation=self.IMPLEMENTATION,
+        block_sizes=dataclasses.replace(tuning.MOSAIC_DEFAULT, code_dtype=code_dtype))
+    np.testing.assert_allclose(run("float8_e4m3fn"), run("int8"), rtol=1e-6, atol=1e-5)
 
 
 @unittest.skipUnless(_MOSAIC_INTERPRETER, _NO_MOSAIC_INTERPRETER)
@@ -261,6 +282,12 @@ class MosaicGpuKernelTest(unittest.TestCase):
             + np.asarray(low, np.float64) @ np.asarray(up, np.float64))
     self.assertLess(_relative_error(got, want), 1e-6)
 
+  def test_codes_assembled_as_e4m3_equal_the_conversion(self):
+    codes = jnp.arange(-8, 16, dtype=jnp.int8)
+    got = ops._MosaicGpuBackend._as_code_dtype(codes, jnp.dtype(jnp.float8_e4m3fn))
+    np.testing.assert_array_equal(jax.lax.bitcast_convert_type(got, jnp.uint8),
+                                  jax.lax.bitcast_convert_type(codes.astype(jnp.float8_e4m3fn), jnp.uint8))
+
   def test_bad_operands_raise_naming_them(self):
     a, b, a_scales, b_scales = (jnp.asarray(v) for v in self._operands(128, 64))
     run = lambda *args, **kw: kernel_mosaic_gpu.grouped_gemm(
@@ -276,7 +303,7 @@ class MosaicGpuKernelTest(unittest.TestCase):
       run(a, b, a_scales, b_scales, jnp.zeros((128, 32), jnp.bfloat16), jnp.zeros((32, 128), jnp.bfloat16), None)
 
 
-class GpuKernelPiecesTest(unittest.TestCase):
+class GpuKernelPiecesTest(_OnCpu, unittest.TestCase):
   """The GPU kernels called directly: exact quantization, K splits, tilings the public defaults do not reach."""
 
   def test_quantize_kernel_bit_exact_and_fused_down_projection(self):
