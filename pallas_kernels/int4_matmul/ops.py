@@ -143,6 +143,10 @@ class _MosaicGpuBackend:
   def supports(self, n):
     return n % kernel_mosaic_gpu.TILE_N_MULTIPLE == 0
 
+  @property
+  def _triton(self):
+    return IMPLEMENTATIONS["pallas_gpu_interpret" if self.interpret else "pallas_gpu"]
+
   @staticmethod
   def _as_code_dtype(codes, code_dtype):
     """int8 codes in [-8, 15] as `code_dtype`. e4m3 bits are assembled with integer ops: XLA's own s8 -> e4m3
@@ -170,8 +174,8 @@ class _MosaicGpuBackend:
 
   def w4a4(self, x, w_packed, w_scales, down, up, smooth, bias, *, group_size, signed, blocks):
     if not self.supports(w_packed.shape[1]):
-      return IMPLEMENTATIONS["pallas_gpu_interpret" if self.interpret else "pallas_gpu"].w4a4(
-          x, w_packed, w_scales, down, up, smooth, bias, group_size=group_size, signed=signed, blocks=blocks)
+      return self._triton.w4a4(x, w_packed, w_scales, down, up, smooth, bias, group_size=group_size, signed=signed,
+                               blocks=blocks)
     smoothed = x.astype(jnp.float32) if smooth is None else x.astype(jnp.float32) / smooth.astype(jnp.float32)
     codes, a_scales = reference.quantize_codes(smoothed, group_size, axis=-1, signed=signed)
     low = None
@@ -183,13 +187,11 @@ class _MosaicGpuBackend:
                         out_dtype=x.dtype, blocks=blocks, interpret=self.interpret)
 
   def w4a16(self, x, w_packed, w_scales, bias, *, group_size, blocks):
-    return IMPLEMENTATIONS["pallas_gpu_interpret" if self.interpret else "pallas_gpu"].w4a16(
-        x, w_packed, w_scales, bias, group_size=group_size, blocks=blocks)
+    return self._triton.w4a16(x, w_packed, w_scales, bias, group_size=group_size, blocks=blocks)
 
   def w8a8(self, x, w_codes, w_scales, bias, *, blocks):
     if not self.supports(w_codes.shape[1]):
-      return IMPLEMENTATIONS["pallas_gpu_interpret" if self.interpret else "pallas_gpu"].w8a8(
-          x, w_codes, w_scales, bias, blocks=blocks)
+      return self._triton.w8a8(x, w_codes, w_scales, bias, blocks=blocks)
     codes, a_scales = reference.quantize_int8_rows(x)
     k = x.shape[1]
     # One group spanning K: the int32 sum over all of K, then the per-token and per-channel scales.

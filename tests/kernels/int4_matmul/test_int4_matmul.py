@@ -227,6 +227,11 @@ class _MosaicGpuShapes:
         block_sizes=dataclasses.replace(tuning.MOSAIC_DEFAULT, code_dtype=code_dtype))
     np.testing.assert_allclose(run("float8_e4m3fn"), run("int8"), rtol=1e-6, atol=1e-5)
 
+  def test_n_not_a_multiple_of_128_goes_to_the_triton_kernels(self):
+    w_packed, w_scales = im.quantize_int4(_random(16, (self.K, 192), outliers=False), axis=0)
+    got = im.w4a4_matmul(self.x, w_packed, w_scales, implementation=self.IMPLEMENTATION)
+    self.assertLess(_relative_error(got, reference.w4a4_matmul(self.x, w_packed, w_scales)), 1e-5)
+
 
 @unittest.skipUnless(_MOSAIC_INTERPRETER, _NO_MOSAIC_INTERPRETER)
 class MosaicGpuInterpretTest(_MosaicGpuShapes, MatmulTestBase):
