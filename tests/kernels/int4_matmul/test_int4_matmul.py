@@ -234,7 +234,7 @@ class _MosaicGpuShapes:
 
 
 @unittest.skipUnless(_MOSAIC_INTERPRETER, _NO_MOSAIC_INTERPRETER)
-class MosaicGpuInterpretTest(_MosaicGpuShapes, MatmulTestBase):
+class MosaicGpuInterpretTest(_OnCpu, _MosaicGpuShapes, MatmulTestBase):
   IMPLEMENTATION = "mosaic_gpu_interpret"
 
 
