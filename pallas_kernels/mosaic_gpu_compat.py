@@ -5,6 +5,7 @@ Both kernel families (block-sparse attention, int4 matmul) go through these, so 
 
 import inspect
 
+import jax
 import jax.numpy as jnp
 from jax.experimental import pallas as pl
 from jax.experimental.pallas import mosaic_gpu as plgpu
@@ -13,6 +14,11 @@ _KERNEL_PARAMS = inspect.signature(plgpu.kernel).parameters
 _OUT_KW = "out_type" if "out_type" in _KERNEL_PARAMS else "out_shape"
 _SCRATCH_KW = "scratch_types" if "scratch_types" in _KERNEL_PARAMS else "scratch_shapes"
 _LOAD_TAKES_INDEX = "idx" in inspect.signature(plgpu.load).parameters
+
+
+def is_hopper() -> bool:
+  """Whether the default device is a Hopper GPU (compute capability 9.x), where the Mosaic GPU kernels run."""
+  return str(getattr(jax.devices()[0], "compute_capability", "")).startswith("9")
 
 
 def row_layout():

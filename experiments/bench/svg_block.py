@@ -63,7 +63,7 @@ from jaxgen.projects.svg.attention import svg_attention
 from jaxgen.projects.svg.layout import VideoLayout, heads_to_frame_major, heads_to_token_major
 from jaxgen.projects.svg.profiling import profile_heads, sample_rows
 from pallas_kernels.block_sparse_attention import block_sparse_attention
-from pallas_kernels.block_sparse_attention import kernel_mosaic_gpu
+from pallas_kernels.block_sparse_attention import ops as block_sparse_ops
 
 BLOCK = 128  # block_q = block_kv, svg_attention's default
 NUM_SAMPLED_ROWS = 64
@@ -113,16 +113,9 @@ def small_config(sparse_implementation: str | None) -> Config:
                   sparse_implementation=sparse_implementation or "interpret")
 
 
-def resolve_sparse_implementation(requested: str | None, head_dim: int) -> str | None:
-    """What block_sparse_attention would pick by itself (ops.py), made explicit so the JSON records it."""
-    if requested is not None:
-        return requested
-    if jax.default_backend() == "gpu":
-        hopper = str(getattr(jax.devices()[0], "compute_capability", "")).startswith("9")
-        return "mosaic_gpu" if hopper and kernel_mosaic_gpu.supports(jnp.bfloat16, head_dim, BLOCK, BLOCK) else "triton"
-    if jax.default_backend() == "cpu":
-        return "interpret"
-    return None
+def resolve_sparse_implementation(requested: str | None, head_dim: int) -> str:
+    """What block_sparse_attention would pick by itself, made explicit so the JSON records it."""
+    return requested or block_sparse_ops.default_implementation(jnp.bfloat16, head_dim, BLOCK, BLOCK)
 
 
 # ---- the block: plain jnp over a params dict ---------------------------------------------------------------------

@@ -14,6 +14,7 @@ from typing import Callable
 import jax
 import jax.numpy as jnp
 
+from pallas_kernels import mosaic_gpu_compat as compat
 from pallas_kernels.block_sparse_attention import kernel_gpu
 from pallas_kernels.block_sparse_attention import kernel_mosaic_gpu
 from pallas_kernels.block_sparse_attention import kernel_tpu
@@ -136,8 +137,7 @@ IMPLEMENTATIONS = tuple(_IMPLEMENTATIONS)
 
 
 def _gpu_default(dtype, head_dim, block_q, block_kv) -> str:
-  hopper = str(getattr(jax.devices()[0], "compute_capability", "")).startswith("9")
-  if hopper and kernel_mosaic_gpu.supports(dtype, head_dim, block_q, block_kv):
+  if compat.is_hopper() and kernel_mosaic_gpu.supports(dtype, head_dim, block_q, block_kv):
     return "mosaic_gpu"
   return "triton"
 
@@ -147,6 +147,11 @@ _BACKEND_DEFAULTS: dict[str, Callable[..., str]] = {
     "tpu": lambda *_: "tpu",
     "cpu": lambda *_: "interpret",
 }
+
+
+def default_implementation(dtype, head_dim: int, block_q: int, block_kv: int) -> str:
+  """The implementation `block_sparse_attention` uses on this platform when none is named."""
+  return _BACKEND_DEFAULTS.get(jax.default_backend(), lambda *_: "reference")(dtype, head_dim, block_q, block_kv)
 
 
 @functools.partial(jax.jit, static_argnums=(4,))
@@ -196,8 +201,7 @@ def block_sparse_attention(q: jax.Array, k: jax.Array, v: jax.Array, block_mask:
   _validate(q, k, v, block_mask, block_q, block_kv, implementation)
   head_dim = q.shape[-1]
   if implementation is None:
-    implementation = _BACKEND_DEFAULTS.get(jax.default_backend(), lambda *_: "reference")(
-        q.dtype, head_dim, block_q, block_kv)
+    implementation = default_implementation(q.dtype, head_dim, block_q, block_kv)
   if implementation == "mosaic_gpu" and not kernel_mosaic_gpu.supports(q.dtype, head_dim, block_q, block_kv):
     raise ValueError(f"implementation='mosaic_gpu' needs bf16/f16, head_dim in (64, 128), block_q=128 and block_kv "
                      f"in (64, 128); got {q.dtype}, q shape {q.shape}, block_q={block_q}, block_kv={block_kv}")

@@ -11,6 +11,7 @@ import dataclasses
 import jax
 import jax.numpy as jnp
 
+from pallas_kernels import mosaic_gpu_compat as compat
 from pallas_kernels.int4_matmul import kernel_gpu
 from pallas_kernels.int4_matmul import kernel_mosaic_gpu
 from pallas_kernels.int4_matmul import kernel_tpu
@@ -273,8 +274,7 @@ DEFAULT_BY_PLATFORM = {"gpu": "pallas_gpu", "cuda": "pallas_gpu", "rocm": "palla
 
 def _default_implementation():
   """The platform's default; Hopper (compute capability 9.x) gets the Mosaic GPU kernels."""
-  device = jax.devices()[0]
-  if str(getattr(device, "compute_capability", "")).startswith("9"):
+  if compat.is_hopper():
     return "mosaic_gpu"
   return DEFAULT_BY_PLATFORM.get(jax.default_backend(), "reference")
 

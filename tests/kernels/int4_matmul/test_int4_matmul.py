@@ -15,6 +15,7 @@ import pytest
 from jax.experimental.pallas import mosaic_gpu as plgpu
 
 from pallas_kernels import int4_matmul as im
+from pallas_kernels import mosaic_gpu_compat as compat
 from pallas_kernels.int4_matmul import kernel_gpu
 from pallas_kernels.int4_matmul import kernel_mosaic_gpu
 from pallas_kernels.int4_matmul import ops
@@ -238,7 +239,7 @@ class MosaicGpuInterpretTest(_OnCpu, _MosaicGpuShapes, MatmulTestBase):
   IMPLEMENTATION = "mosaic_gpu_interpret"
 
 
-@unittest.skipUnless(str(getattr(jax.devices()[0], "compute_capability", "")).startswith("9"),
+@unittest.skipUnless(compat.is_hopper(),
                      "compiled Mosaic GPU kernels need a Hopper GPU; MosaicGpuInterpretTest covers CPU")
 class MosaicGpuCompiledTest(_MosaicGpuShapes, MatmulTestBase):
   IMPLEMENTATION = "mosaic_gpu"
