@@ -246,7 +246,7 @@ def bench_shape(name, densities, backward_densities, reps, implementation):
       rows.append(row)
   peers = None
   if tokamax_available():
-    peers = bench_tokamax(name, [d for d in densities], reps, cudnn_fwd)
+    peers = bench_tokamax(name, list(densities), reps, cudnn_fwd)
   return dict(shape=name, batch=batch, seq=seq, heads=heads, head_dim=head_dim, cudnn_fwd_ms=cudnn_fwd,
               cudnn_bwd_ms=cudnn_bwd, cudnn_fwd_tflops=dense_flops / cudnn_fwd / 1e9, mask_info_ms=mask_info_ms,
               rows=rows, tokamax=peers)

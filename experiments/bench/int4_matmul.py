@@ -29,6 +29,7 @@ import jax.numpy as jnp
 
 from pallas_kernels import int4_matmul as im
 from pallas_kernels.int4_matmul import kernel_mosaic_gpu
+from pallas_kernels.int4_matmul import ops as int4_ops
 from pallas_kernels.int4_matmul import reference
 from pallas_kernels.int4_matmul import tuning
 
@@ -159,6 +160,11 @@ def time_op(fn, input_sets, reps):
   return (None if kernel is None else kernel / len(input_sets)), statistics.median(samples)
 
 
+def kernel_or_wall(kernel, wall):
+  """The time a table reports: CUPTI kernel time where it was measured, else wall time."""
+  return kernel if kernel is not None else wall
+
+
 def _cupti_seconds(jitted, args, reps):
   """Median CUPTI kernel time of one call of `jitted(args)`, or None if this JAX cannot measure it."""
   try:
@@ -202,7 +208,7 @@ def bench_shape(m, k, n, ops, reps, key, results, tolerance):
     slow = name.startswith("xla_int4_x_int4")
     try:
       kernel, wall = time_op(fn, sets[:1] if slow else sets, 2 if slow else reps)
-      row["times_us"][name] = 1e6 * (kernel if kernel is not None else wall)
+      row["times_us"][name] = 1e6 * kernel_or_wall(kernel, wall)
       row["wall_us"][name] = 1e6 * wall
     except jax.errors.JaxRuntimeError as e:  # XLA has no int4 x int4 dot on some backends: record, carry on
       row["times_us"][name] = row["wall_us"][name] = float("nan")
@@ -227,14 +233,12 @@ def sweep_blocks(key, results):
                                   (128, 128, 16, 4), (64, 64, 16, 4))]
   for m, k, n in ((16, 3072, 12288), (16, 12288, 3072)):
     calls = call_sets(key, m, k, n)
-    kernel, wall = time_op(xla_bf16, calls, 10)
-    base = 1e6 * (kernel if kernel is not None else wall)
+    base = 1e6 * kernel_or_wall(*time_op(xla_bf16, calls, 10))
     results.append(dict(m=m, k=k, n=n, op="xla_bf16", time_us=base))
     print(f"  sweep M={m} K={k} N={n} xla_bf16: {base:8.1f} us", flush=True)
     for blocks in configs:
       try:
-        kernel, wall = time_op(functools.partial(triton_w4a16, blocks=blocks), calls, 10)
-        t = 1e6 * (kernel if kernel is not None else wall)
+        t = 1e6 * kernel_or_wall(*time_op(functools.partial(triton_w4a16, blocks=blocks), calls, 10))
       except Exception as e:  # a tiling the compiler rejects (shared memory, registers) is a result too
         t = float("nan")
         print(f"  {blocks}: {type(e).__name__}: {str(e)[:200]}")
@@ -246,14 +250,13 @@ def sweep_blocks(key, results):
 def breakdown(key, results, m=4096, k=3072, n=12288):
   """Each stage of the Mosaic GPU W4A4 path timed alone at one large shape, and kernel variants."""
   calls = call_sets(key, m, k, n)
-  pad = kernel_mosaic_gpu.RANK_MULTIPLE - RANK
   for d in calls:
     codes, scales = reference.quantize_codes(d["x"], GROUP)
     d["codes"], d["a_scales_t"] = codes, scales.T
     d["w_codes"] = reference.unpack_int4(d["w_packed"], axis=0).T
     d["codes_fp8"], d["w_codes_fp8"] = (c.astype(jnp.float8_e4m3fn) for c in (d["codes"], d["w_codes"]))
-    low = jnp.dot(d["x"], d["down"], preferred_element_type=jnp.float32).astype(jnp.bfloat16)
-    d["low"], d["up_padded"] = jnp.pad(low, ((0, 0), (0, pad))), jnp.pad(d["up"], ((0, pad), (0, 0)))
+    down, d["up_padded"] = int4_ops._pad_rank(d["down"], d["up"], kernel_mosaic_gpu.RANK_MULTIPLE)
+    d["low"] = jnp.dot(d["x"], down, preferred_element_type=jnp.float32).astype(jnp.bfloat16)
 
   def gemm(d, code_dtype="int8", lowrank=False, tile_n=128, stages=4):
     suffix = "_fp8" if code_dtype == "float8_e4m3fn" else ""
@@ -261,6 +264,12 @@ def breakdown(key, results, m=4096, k=3072, n=12288):
         d["codes" + suffix], d["w_codes" + suffix], d["a_scales_t"], d["w_scales"],
         d["low"] if lowrank else None, d["up_padded"] if lowrank else None, d["bias"], group_size=GROUP,
         out_dtype=jnp.bfloat16, tile_n=tile_n, stages=stages)
+
+  def w8a8_group_k(d, stages):
+    """The same kernel with one group spanning K: W8A8's structure, no per-group rescale."""
+    return kernel_mosaic_gpu.grouped_gemm(
+        d["codes"], d["w_codes"], d["a_scales_t"][:1], d["w_scales"][:1], None, None, d["bias"], group_size=k,
+        out_dtype=jnp.bfloat16, tile_n=128, stages=stages)
 
   stages = {
       "xla_bf16": xla_bf16,
@@ -274,15 +283,9 @@ def breakdown(key, results, m=4096, k=3072, n=12288):
       "gemm_int8_lowrank": functools.partial(gemm, lowrank=True),
       "gemm_fp8_lowrank": functools.partial(gemm, code_dtype="float8_e4m3fn", lowrank=True),
       "gemm_int8_stages8": functools.partial(gemm, stages=8),
-      "gemm_w8a8_int8_group_k": lambda d: kernel_mosaic_gpu.grouped_gemm(
-          d["codes"], d["w_codes"], d["a_scales_t"][:1], d["w_scales"][:1], None, None, d["bias"], group_size=k,
-          out_dtype=jnp.bfloat16, tile_n=128, stages=4),
-      "gemm_w8a8_int8_group_k_stages6": lambda d: kernel_mosaic_gpu.grouped_gemm(
-          d["codes"], d["w_codes"], d["a_scales_t"][:1], d["w_scales"][:1], None, None, d["bias"], group_size=k,
-          out_dtype=jnp.bfloat16, tile_n=128, stages=6),
-      "gemm_w8a8_int8_group_k_stages8": lambda d: kernel_mosaic_gpu.grouped_gemm(
-          d["codes"], d["w_codes"], d["a_scales_t"][:1], d["w_scales"][:1], None, None, d["bias"], group_size=k,
-          out_dtype=jnp.bfloat16, tile_n=128, stages=8),
+      "gemm_w8a8_int8_group_k": functools.partial(w8a8_group_k, stages=4),
+      "gemm_w8a8_int8_group_k_stages6": functools.partial(w8a8_group_k, stages=6),
+      "gemm_w8a8_int8_group_k_stages8": functools.partial(w8a8_group_k, stages=8),
   }
   ops = 2 * m * k * n
   for name, fn in stages.items():
@@ -291,7 +294,7 @@ def breakdown(key, results, m=4096, k=3072, n=12288):
     except Exception as e:  # a variant the compiler rejects is a result too
       kernel, wall = None, float("nan")
       print(f"  {name}: {type(e).__name__}: {str(e)[:300]}")
-    t = kernel if kernel is not None else wall
+    t = kernel_or_wall(kernel, wall)
     results.append(dict(m=m, k=k, n=n, stage=name, time_us=1e6 * t, wall_us=1e6 * wall))
     print(f"  stage {name:28s} {1e6 * t:9.1f} us (wall {1e6 * wall:9.1f})  {ops / t / 1e12:7.1f} T(FL)OP/s-equivalent",
           flush=True)

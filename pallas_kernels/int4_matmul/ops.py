@@ -127,6 +127,21 @@ class _GpuBackend:
     return _combine_splits(out, m, x.dtype)
 
 
+def codes_as(codes, code_dtype):
+  """int8 codes in [-8, 15] as `code_dtype` (int8 or float8_e4m3fn, where every such code is exact).
+
+  The e4m3 bits are assembled with integer ops: XLA's own s8 -> e4m3 conversion made the quantize and widen fusions
+  2-3x slower on an H100 (54 and 91 us instead of 30 and 29).
+  """
+  if code_dtype == jnp.int8:
+    return codes
+  magnitude = jnp.abs(codes.astype(jnp.int32))
+  exponent = 31 - jax.lax.clz(jnp.maximum(magnitude, 1))
+  mantissa = jax.lax.shift_left(magnitude, 3 - exponent) & 7
+  bits = jnp.where(magnitude == 0, 0, ((exponent + 7) << 3) | mantissa) | jnp.where(codes < 0, 0x80, 0)
+  return jax.lax.bitcast_convert_type(bits.astype(jnp.uint8), code_dtype)
+
+
 @dataclasses.dataclass(frozen=True)
 class _MosaicGpuBackend:
   """Hopper: the Mosaic GPU grouped 8-bit GEMM (`kernel_mosaic_gpu.py`) on int8 or e4m3 tensor cores.
@@ -149,26 +164,13 @@ class _MosaicGpuBackend:
     return IMPLEMENTATIONS["pallas_gpu_interpret" if self.interpret else "pallas_gpu"]
 
   @staticmethod
-  def _as_code_dtype(codes, code_dtype):
-    """int8 codes in [-8, 15] as `code_dtype`. e4m3 bits are assembled with integer ops: XLA's own s8 -> e4m3
-    conversion made the quantize and widen fusions 2-3x slower on an H100 (54 and 91 us instead of 30 and 29)."""
-    if code_dtype == jnp.int8:
-      return codes
-    magnitude = jnp.abs(codes.astype(jnp.int32))
-    exponent = 31 - jax.lax.clz(jnp.maximum(magnitude, 1))
-    mantissa = jax.lax.shift_left(magnitude, 3 - exponent) & 7
-    bits = jnp.where(magnitude == 0, 0, ((exponent + 7) << 3) | mantissa) | jnp.where(codes < 0, 0x80, 0)
-    return jax.lax.bitcast_convert_type(bits.astype(jnp.uint8), code_dtype)
-
-  @staticmethod
   def _launch(codes, a_scales, b_codes, b_scales, low, up, bias, *, group_size, out_dtype, blocks, interpret):
     m, n = codes.shape[0], b_codes.shape[0]
     rows = _round_up(m, kernel_mosaic_gpu.TILE_M)
     tile_n = next(t for t in (blocks.block_n, 256, 128) if t % kernel_mosaic_gpu.TILE_N_MULTIPLE == 0 and n % t == 0)
     code_dtype = jnp.dtype(blocks.code_dtype)
     out = kernel_mosaic_gpu.grouped_gemm(
-        _MosaicGpuBackend._as_code_dtype(_pad_rows(codes, rows), code_dtype),
-        _MosaicGpuBackend._as_code_dtype(b_codes, code_dtype), _pad_rows(a_scales, rows).T,
+        codes_as(_pad_rows(codes, rows), code_dtype), codes_as(b_codes, code_dtype), _pad_rows(a_scales, rows).T,
         b_scales.astype(jnp.float32), None if low is None else _pad_rows(low, rows), up, bias,
         group_size=group_size, out_dtype=out_dtype, tile_n=tile_n, stages=blocks.num_stages, interpret=interpret)
     return out[:m]

@@ -290,7 +290,7 @@ class MosaicGpuKernelTest(unittest.TestCase):
 
   def test_codes_assembled_as_e4m3_equal_the_conversion(self):
     codes = jnp.arange(-8, 16, dtype=jnp.int8)
-    got = ops._MosaicGpuBackend._as_code_dtype(codes, jnp.dtype(jnp.float8_e4m3fn))
+    got = ops.codes_as(codes, jnp.dtype(jnp.float8_e4m3fn))
     np.testing.assert_array_equal(jax.lax.bitcast_convert_type(got, jnp.uint8),
                                   jax.lax.bitcast_convert_type(codes.astype(jnp.float8_e4m3fn), jnp.uint8))
 
