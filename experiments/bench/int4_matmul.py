@@ -79,9 +79,10 @@ def xla_int4_x_int4_to_int4(d):
   return jax.lax.dot(d["x_int4"], d["w_int4"])
 
 
-def _mosaic_blocks(op, m, code_dtype, **changes):
+def _mosaic_blocks(op, m, code_dtype=None, **changes):
+  """The tuned Mosaic GPU block sizes, with `changes` (and the 8-bit code form, if given) applied."""
   blocks = tuning.block_sizes(op, m, jax.devices()[0].device_kind, "mosaic_gpu")
-  return dataclasses.replace(blocks, code_dtype=code_dtype, **changes)
+  return dataclasses.replace(blocks, **changes, **({"code_dtype": code_dtype} if code_dtype else {}))
 
 
 def triton_w4a16(d, blocks=None):
@@ -94,18 +95,18 @@ def triton_w4a4_lowrank(d, blocks=None):
                         bias=d["bias"], block_sizes=blocks, implementation="pallas_gpu")
 
 
-def mosaic_w4a4(d, code_dtype="int8", **changes):
+def mosaic_w4a4(d, code_dtype=None, **changes):
   return im.w4a4_matmul(d["x"], d["w_packed"], d["w_scales"], bias=d["bias"], implementation="mosaic_gpu",
                         block_sizes=_mosaic_blocks("w4a4", d["x"].shape[0], code_dtype, **changes))
 
 
-def mosaic_w4a4_lowrank(d, code_dtype="int8", **changes):
+def mosaic_w4a4_lowrank(d, code_dtype=None, **changes):
   return im.w4a4_matmul(d["x"], d["w_packed"], d["w_scales"], lowrank_down=d["down"], lowrank_up=d["up"],
                         bias=d["bias"], implementation="mosaic_gpu",
                         block_sizes=_mosaic_blocks("w4a4", d["x"].shape[0], code_dtype, **changes))
 
 
-def mosaic_w4a4_lowrank_unfused(d, code_dtype="int8"):
+def mosaic_w4a4_lowrank_unfused(d, code_dtype=None):
   """The low-rank branch as two separate XLA dots around the kernel: what fusion saves."""
   low = jnp.dot(jnp.dot(d["x"], d["down"]), d["up"], preferred_element_type=jnp.float32)
   return (mosaic_w4a4(d, code_dtype).astype(jnp.float32) + low).astype(jnp.bfloat16)
@@ -250,11 +251,12 @@ def sweep_blocks(key, results):
 def breakdown(key, results, m=4096, k=3072, n=12288):
   """Each stage of the Mosaic GPU W4A4 path timed alone at one large shape, and kernel variants."""
   calls = call_sets(key, m, k, n)
+  fp8 = jnp.float8_e4m3fn
   for d in calls:
     codes, scales = reference.quantize_codes(d["x"], GROUP)
     d["codes"], d["a_scales_t"] = codes, scales.T
     d["w_codes"] = reference.unpack_int4(d["w_packed"], axis=0).T
-    d["codes_fp8"], d["w_codes_fp8"] = (c.astype(jnp.float8_e4m3fn) for c in (d["codes"], d["w_codes"]))
+    d["codes_fp8"], d["w_codes_fp8"] = (int4_ops.codes_as(c, fp8) for c in (d["codes"], d["w_codes"]))
     down, d["up_padded"] = int4_ops._pad_rank(d["down"], d["up"], kernel_mosaic_gpu.RANK_MULTIPLE)
     d["low"] = jnp.dot(d["x"], down, preferred_element_type=jnp.float32).astype(jnp.bfloat16)
 
@@ -275,16 +277,15 @@ def breakdown(key, results, m=4096, k=3072, n=12288):
       "xla_bf16": xla_bf16,
       "xla_quantize_activations": lambda d: reference.quantize_codes(d["x"], GROUP),
       "xla_unpack_weights": lambda d: reference.unpack_int4(d["w_packed"], axis=0).T,
-      "xla_quantize_activations_e4m3": lambda d: reference.quantize_codes(d["x"], GROUP)[0].astype(jnp.float8_e4m3fn),
-      "xla_unpack_weights_e4m3": lambda d: reference.unpack_int4(d["w_packed"], axis=0).T.astype(jnp.float8_e4m3fn),
+      "xla_quantize_activations_e4m3": lambda d: int4_ops.codes_as(reference.quantize_codes(d["x"], GROUP)[0], fp8),
+      "xla_unpack_weights_e4m3": lambda d: int4_ops.codes_as(reference.unpack_int4(d["w_packed"], axis=0).T, fp8),
       "xla_down_projection": lambda d: jnp.dot(d["x"], d["down"], preferred_element_type=jnp.float32),
       "gemm_int8": gemm,
       "gemm_fp8": functools.partial(gemm, code_dtype="float8_e4m3fn"),
-      "gemm_int8_lowrank": functools.partial(gemm, lowrank=True),
       "gemm_fp8_lowrank": functools.partial(gemm, code_dtype="float8_e4m3fn", lowrank=True),
-      "gemm_int8_stages8": functools.partial(gemm, stages=8),
+      "gemm_fp8_stages6": functools.partial(gemm, code_dtype="float8_e4m3fn", stages=6),
+      "gemm_fp8_stages8": functools.partial(gemm, code_dtype="float8_e4m3fn", stages=8),
       "gemm_w8a8_int8_group_k": functools.partial(w8a8_group_k, stages=4),
-      "gemm_w8a8_int8_group_k_stages6": functools.partial(w8a8_group_k, stages=6),
       "gemm_w8a8_int8_group_k_stages8": functools.partial(w8a8_group_k, stages=8),
   }
   ops = 2 * m * k * n
@@ -314,9 +315,8 @@ def main():
   device = jax.devices()[0]
   print(f"device: {device.device_kind} ({device.platform}), jax {jax.__version__}", flush=True)
   key = jax.random.key(0)
-  fp8 = "float8_e4m3fn"
   large_ops = [("xla_bf16", xla_bf16), ("xla_w4a16", xla_w4a16), ("triton_w4a16", triton_w4a16),
-               ("mosaic_w4a4", mosaic_w4a4), ("mosaic_w4a4_fp8", functools.partial(mosaic_w4a4, code_dtype=fp8)),
+               ("mosaic_w4a4", mosaic_w4a4), ("mosaic_w4a4_int8", functools.partial(mosaic_w4a4, code_dtype="int8")),
                ("mosaic_w4a4_lowrank", mosaic_w4a4_lowrank),
                ("mosaic_w4a4_lowrank_unfused", mosaic_w4a4_lowrank_unfused), ("mosaic_w8a8", mosaic_w8a8)]
   small_ops = [("xla_bf16", xla_bf16), ("xla_w4a16", xla_w4a16), ("triton_w4a16", triton_w4a16),

@@ -130,16 +130,18 @@ class _GpuBackend:
 def codes_as(codes, code_dtype):
   """int8 codes in [-8, 15] as `code_dtype` (int8 or float8_e4m3fn, where every such code is exact).
 
-  The e4m3 bits are assembled with integer ops: XLA's own s8 -> e4m3 conversion made the quantize and widen fusions
-  2-3x slower on an H100 (54 and 91 us instead of 30 and 29).
+  The e4m3 bits are cut out of the codes' float32 bits: e4m3 keeps the sign, the exponent rebased from 127 to 7 and
+  the top three mantissa bits, which hold all of a 4-bit integer. XLA's own conversion (software rounding) made the
+  quantize and widen fusions 45 and 237 us on an H100 instead of the int8 forms' 30 and 29; this one costs what those
+  do (28 and 28.5 us, experiments/bench/int4_matmul_notes.md).
   """
   if code_dtype == jnp.int8:
     return codes
-  magnitude = jnp.abs(codes.astype(jnp.int32))
-  exponent = 31 - jax.lax.clz(jnp.maximum(magnitude, 1))
-  mantissa = jax.lax.shift_left(magnitude, 3 - exponent) & 7
-  bits = jnp.where(magnitude == 0, 0, ((exponent + 7) << 3) | mantissa) | jnp.where(codes < 0, 0x80, 0)
-  return jax.lax.bitcast_convert_type(bits.astype(jnp.uint8), code_dtype)
+  bits = jax.lax.bitcast_convert_type(codes.astype(jnp.float32), jnp.uint32)
+  exponent_and_mantissa = (bits >> 20) & 0x7FF
+  e4m3 = jnp.where(exponent_and_mantissa == 0, 0,
+                   (exponent_and_mantissa - ((127 - 7) << 3)) | ((bits >> 24) & 0x80))
+  return jax.lax.bitcast_convert_type(e4m3.astype(jnp.uint8), code_dtype)
 
 
 @dataclasses.dataclass(frozen=True)
