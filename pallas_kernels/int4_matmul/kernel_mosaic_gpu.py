@@ -41,6 +41,22 @@ TILE_N_MULTIPLE = 128
 RANK_MULTIPLE = 64  # the low-rank product's K: one 128-byte swizzle row of bf16; zero padding is exact
 _MEMORY_WG = _COMPUTE_WGS
 CODE_DTYPES = (jnp.dtype(jnp.int8), jnp.dtype(jnp.float8_e4m3fn))
+SHARED_MEMORY_BYTES = 227 * 1024  # per thread block on Hopper (sm_90); barriers and alignment take a little more
+
+
+def shared_memory_bytes(stages: int, tile_n: int, rank: int = 0, bias: bool = False, out_itemsize: int = 2) -> int:
+  """The kernel's shared memory: the ring (codes and scale rows per K step), the output tiles and the low-rank
+  operands and bias of both compute warpgroups."""
+  ring = stages * ((TILE_M + tile_n) * STEP_K + (TILE_M + tile_n) * 4)
+  start = _COMPUTE_WGS * (_ROWS * rank * 2 + rank * tile_n * 2 + (tile_n * 4 if bias else 0))
+  return ring + TILE_M * tile_n * out_itemsize + start
+
+
+def deepest_ring(stages: int, tile_n: int, rank: int = 0, bias: bool = False, out_itemsize: int = 2) -> int:
+  """`stages`, or fewer (at least 2) where that many K steps would not fit in an H100's shared memory."""
+  while stages > 2 and shared_memory_bytes(stages, tile_n, rank, bias, out_itemsize) > SHARED_MEMORY_BYTES:
+    stages -= 1
+  return stages
 
 
 def grouped_gemm(a, b, a_scales, b_scales, low, up, bias, *, group_size: int, out_dtype, tile_n: int, stages: int,
@@ -57,6 +73,11 @@ def grouped_gemm(a, b, a_scales, b_scales, low, up, bias, *, group_size: int, ou
     raise ValueError(f"grouped_gemm needs at least 2 stages, got {stages}")
   if low is not None and low.shape[1] % RANK_MULTIPLE:
     raise ValueError(f"the low-rank rank must be a multiple of {RANK_MULTIPLE}, got low {low.shape}")
+  rank = 0 if low is None else low.shape[1]
+  needed = shared_memory_bytes(stages, tile_n, rank, bias is not None, jnp.dtype(out_dtype).itemsize)
+  if needed > SHARED_MEMORY_BYTES:
+    raise ValueError(f"{stages} stages with tile_n={tile_n}, rank {rank} and {jnp.dtype(out_dtype).name} output need "
+                     f"{needed} bytes of shared memory, more than {SHARED_MEMORY_BYTES}: use deepest_ring()")
   integer = jnp.issubdtype(a.dtype, jnp.integer)
   part_dtype = jnp.int32 if integer else jnp.float32
   steps_per_group = group_size // STEP_K
@@ -188,7 +209,6 @@ def grouped_gemm(a, b, a_scales, b_scales, low, up, bias, *, group_size: int, ou
       plgpu.Barrier(num_barriers=3 * _COMPUTE_WGS),  # low, up, bias per warpgroup
   ]
   if lowrank:
-    rank = low.shape[1]
     scratch += [plgpu.SMEM((_COMPUTE_WGS, _ROWS, rank), jnp.bfloat16, transforms=compat.smem_tiles(jnp.bfloat16)),
                 plgpu.SMEM((_COMPUTE_WGS, rank, tile_n), jnp.bfloat16, transforms=compat.smem_tiles(jnp.bfloat16))]
   if bias is not None:

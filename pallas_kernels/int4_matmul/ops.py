@@ -171,10 +171,12 @@ class _MosaicGpuBackend:
     rows = _round_up(m, kernel_mosaic_gpu.TILE_M)
     tile_n = next(t for t in (blocks.block_n, 256, 128) if t % kernel_mosaic_gpu.TILE_N_MULTIPLE == 0 and n % t == 0)
     code_dtype = jnp.dtype(blocks.code_dtype)
+    stages = kernel_mosaic_gpu.deepest_ring(blocks.num_stages, tile_n, 0 if up is None else up.shape[0],
+                                            bias is not None, jnp.dtype(out_dtype).itemsize)
     out = kernel_mosaic_gpu.grouped_gemm(
         codes_as(_pad_rows(codes, rows), code_dtype), codes_as(b_codes, code_dtype), _pad_rows(a_scales, rows).T,
         b_scales.astype(jnp.float32), None if low is None else _pad_rows(low, rows), up, bias,
-        group_size=group_size, out_dtype=out_dtype, tile_n=tile_n, stages=blocks.num_stages, interpret=interpret)
+        group_size=group_size, out_dtype=out_dtype, tile_n=tile_n, stages=stages, interpret=interpret)
     return out[:m]
 
   def w4a4(self, x, w_packed, w_scales, down, up, smooth, bias, *, group_size, signed, blocks):

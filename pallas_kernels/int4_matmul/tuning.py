@@ -55,13 +55,13 @@ _H100 = {
     ("w8a8", "small"): BlockSizes(block_m=16, block_n=64, block_k=128, k_splits=4, num_warps=4, num_stages=4),
 }
 
-# Measured (experiments/bench/int4_matmul_notes.md): W8A8 needs a deep ring (8 stages: 561 -> 417 us at
-# 4096 x 3072 x 12288); W4A4 is bound by its per-group rescale and does not care (871 / 882 / 869 us at 4 / 6 / 8).
-# W4A4 takes e4m3 codes: no int32 -> float32 conversion per group (GEMM 671 vs 718 us), and ops.codes_as makes them
-# as cheaply as int8 ones.
+# Measured at 4096 x 3072 x 12288 (experiments/bench/int4_matmul_notes.md): W8A8 needs a deep ring (8 stages:
+# 561 -> 417 us); so does W4A4 since its rescale got cheaper (e4m3 GEMM 671 / 645 / 589 us at 4 / 6 / 8 stages).
+# W4A4 takes e4m3 codes: no int32 -> float32 conversion per group (GEMM 671 vs 713 us at 4 stages), and
+# ops.codes_as makes them as cheaply as int8 ones. ops.py lowers the depth where it would overflow shared memory.
 _H100_MOSAIC = {
-    ("w4a4", "large"): BlockSizes(block_n=128, num_stages=4, code_dtype="float8_e4m3fn"),
-    ("w4a4", "small"): BlockSizes(block_n=128, num_stages=4, code_dtype="float8_e4m3fn"),
+    ("w4a4", "large"): BlockSizes(block_n=128, num_stages=8, code_dtype="float8_e4m3fn"),
+    ("w4a4", "small"): BlockSizes(block_n=128, num_stages=8, code_dtype="float8_e4m3fn"),
     ("w8a8", "large"): BlockSizes(block_n=128, num_stages=8),
     ("w8a8", "small"): BlockSizes(block_n=128, num_stages=8),
     # W4A16 runs the Triton kernel under this backend too.

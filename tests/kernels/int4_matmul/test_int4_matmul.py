@@ -291,6 +291,19 @@ class MosaicGpuKernelTest(unittest.TestCase):
             + np.asarray(low, np.float64) @ np.asarray(up, np.float64))
     self.assertLess(_relative_error(got, want), 1e-6)
 
+  def test_ring_depth_fits_shared_memory(self):
+    # 8 steps of 128 x 64 codes for a and b plus their scale rows: 8 * (2 * 8192 + 1024) bytes; two 64 x 128 bf16
+    # output tiles; per warpgroup low [64, 64] and up [64, 128] in bf16 and a float32 bias row.
+    self.assertEqual(kernel_mosaic_gpu.shared_memory_bytes(8, 128, 64, True),
+                     8 * (2 * 8192 + 1024) + 2 * 64 * 128 * 2 + 2 * (64 * 64 * 2 + 64 * 128 * 2 + 128 * 4))
+    self.assertEqual(kernel_mosaic_gpu.deepest_ring(8, 128, 64, True), 8)  # 222208 bytes fit
+    self.assertEqual(kernel_mosaic_gpu.deepest_ring(8, 128, 128, True), 5)  # rank 128 takes three slots
+    a, b, a_scales, b_scales = (jnp.asarray(v) for v in self._operands(128, 64))
+    low, up = jnp.zeros((128, 128), jnp.bfloat16), jnp.zeros((128, 128), jnp.bfloat16)
+    with self.assertRaisesRegex(ValueError, r"8 stages with tile_n=128, rank 128 .* more than 232448"):
+      kernel_mosaic_gpu.grouped_gemm(a, b, a_scales, b_scales, low, up, None, group_size=64, out_dtype=jnp.bfloat16,
+                                     tile_n=128, stages=8, interpret=True)
+
   def test_codes_assembled_as_e4m3_equal_the_conversion(self):
     codes = jnp.arange(-8, 16, dtype=jnp.int8)
     got = ops.codes_as(codes, jnp.dtype(jnp.float8_e4m3fn))
