@@ -260,7 +260,7 @@ def breakdown(key, results, m=4096, k=3072, n=12288):
     down, d["up_padded"] = int4_ops._pad_rank(d["down"], d["up"], kernel_mosaic_gpu.RANK_MULTIPLE)
     d["low"] = jnp.dot(d["x"], down, preferred_element_type=jnp.float32).astype(jnp.bfloat16)
 
-  def gemm(d, code_dtype="int8", lowrank=False, tile_n=128, stages=4):
+  def gemm(d, code_dtype="float8_e4m3fn", lowrank=False, tile_n=128, stages=8):
     suffix = "_fp8" if code_dtype == "float8_e4m3fn" else ""
     return kernel_mosaic_gpu.grouped_gemm(
         d["codes" + suffix], d["w_codes" + suffix], d["a_scales_t"], d["w_scales"],
@@ -280,11 +280,11 @@ def breakdown(key, results, m=4096, k=3072, n=12288):
       "xla_quantize_activations_e4m3": lambda d: int4_ops.codes_as(reference.quantize_codes(d["x"], GROUP)[0], fp8),
       "xla_unpack_weights_e4m3": lambda d: int4_ops.codes_as(reference.unpack_int4(d["w_packed"], axis=0).T, fp8),
       "xla_down_projection": lambda d: jnp.dot(d["x"], d["down"], preferred_element_type=jnp.float32),
-      "gemm_int8": gemm,
-      "gemm_fp8": functools.partial(gemm, code_dtype="float8_e4m3fn"),
-      "gemm_fp8_lowrank": functools.partial(gemm, code_dtype="float8_e4m3fn", lowrank=True),
-      "gemm_fp8_stages6": functools.partial(gemm, code_dtype="float8_e4m3fn", stages=6),
-      "gemm_fp8_stages8": functools.partial(gemm, code_dtype="float8_e4m3fn", stages=8),
+      "gemm_int8": functools.partial(gemm, code_dtype="int8"),
+      "gemm_fp8": gemm,
+      "gemm_fp8_lowrank": functools.partial(gemm, lowrank=True),
+      "gemm_fp8_stages4": functools.partial(gemm, stages=4),
+      "gemm_fp8_stages6": functools.partial(gemm, stages=6),
       "gemm_w8a8_int8_group_k": functools.partial(w8a8_group_k, stages=4),
       "gemm_w8a8_int8_group_k_stages8": functools.partial(w8a8_group_k, stages=8),
   }

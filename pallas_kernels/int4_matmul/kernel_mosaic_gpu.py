@@ -7,18 +7,19 @@
 tensor-core instruction, so 4-bit codes arrive here widened to 8 bits (`ops.py` does that in XLA). The e4m3 form is
 the "int4 as fp8" route: every code in -8..15 is exact in e4m3 and a group's products sum exactly in the float32
 accumulator (|sum| <= 64 * 8 * 15 < 2**24), so fp8 wgmma hands back float32 partial sums and the per-group rescale
-skips the int32 -> float32 conversion that int8 wgmma needs. Which form is faster is a benchmark question
-(`experiments/bench/int4_matmul.py`).
+skips the int32 -> float32 conversion that int8 wgmma needs (on an H100 at 4096 x 3072 x 12288 and 4 stages: 671 vs
+713 us), so `ops.py` sends e4m3 codes for W4A4; W8A8's 8-bit codes only fit int8.
 
 Structure (the block-sparse attention kernels' pattern): a CTA owns a 128 x `tile_n` output tile; two compute
 warpgroups own 64 rows each, and a third "memory" warpgroup streams 64-deep K steps of `a`, `b` and their group's
 scale rows by TMA into a ring of `stages` shared-memory slots (one barrier per slot, four copies arriving on it).
 Per group a compute warpgroup runs the group's wgmmas into a fresh accumulator and, while they run, scales the
-previous group's partial sum by the outer product of its scale vectors into the float32 running sum. The rescale
-costs the CUDA cores about as much as the group's MMA costs the tensor cores; this ordering is meant to overlap the
-two, but on the H100 they still add up (experiments/bench/int4_matmul_notes.md). A slot is freed only once its scale
-rows are read, one group later, hence at least two stages. The low-rank term and the
-bias start the running sum (one bf16 wgmma before the K loop), so the epilogue is just a cast and a TMA store.
+previous group's partial sum by the outer product of its scale vectors into the float32 running sum. That rescale
+(a multiply and an FMA per accumulator element and group, plus zeroing the fresh accumulator) is CUDA-core work of
+the same order as the group's tensor-core work, and instruction issue, not the tensor cores, bounds the kernel
+(experiments/bench/int4_matmul_notes.md). A slot is freed only once its scale rows are read, one group later, hence
+at least two stages. The copies of the low-rank operands and the bias start with the K loop and are used after it:
+one bf16 wgmma (low @ up) and a broadcast add, then a cast and a TMA store.
 
 Requires M a multiple of 128 (`ops.py` pads), N a multiple of `tile_n` (a multiple of 128), K a multiple of
 `group_size`, which is a multiple of 64; `low` [M, r] and `up` [r, N] bf16 with r a multiple of 64.
@@ -89,7 +90,7 @@ def grouped_gemm(a, b, a_scales, b_scales, low, up, bias, *, group_size: int, ou
     refs = list(refs)
     low_ref, up_ref = (refs.pop(0), refs.pop(0)) if lowrank else (None, None)
     bias_ref = refs.pop(0) if bias is not None else None
-    out_ref, a_smem, b_smem, a_scales_smem, b_scales_smem, out_smem, ready, free, start_ready = refs[:9]
+    out_ref, a_smem, b_smem, a_scales_smem, b_scales_smem, out_smem, ready, free, epilogue_ready = refs[:9]
     optional = refs[9:]
     low_smem, up_smem = (optional.pop(0), optional.pop(0)) if lowrank else (None, None)
     bias_smem = optional.pop(0) if bias is not None else None
@@ -98,19 +99,23 @@ def grouped_gemm(a, b, a_scales, b_scales, low, up, bias, *, group_size: int, ou
     wg_rows = pl.ds(wg * _ROWS, _ROWS)
     shape = (_ROWS, tile_n)
 
-    def start_value():
-      """bias + low @ up for this warpgroup's rows, the running sum's first value."""
-      acc = compat.zeros(shape)
+    def load_epilogue_operands():
+      """Starts the copies of this warpgroup's low-rank rows, up-projection and bias; they land during the K loop."""
       row0 = mi * TILE_M + wg * _ROWS
       if lowrank:
-        plgpu.copy_gmem_to_smem(low_ref.at[pl.ds(row0, _ROWS)], low_smem.at[wg], start_ready.at[3 * wg])
-        plgpu.copy_gmem_to_smem(up_ref.at[:, cols], up_smem.at[wg], start_ready.at[3 * wg + 1])
-        plgpu.barrier_wait(start_ready.at[3 * wg])
-        plgpu.barrier_wait(start_ready.at[3 * wg + 1])
-        acc = compat.matmul(low_smem.at[wg], up_smem.at[wg], shape)
+        plgpu.copy_gmem_to_smem(low_ref.at[pl.ds(row0, _ROWS)], low_smem.at[wg], epilogue_ready.at[3 * wg])
+        plgpu.copy_gmem_to_smem(up_ref.at[:, cols], up_smem.at[wg], epilogue_ready.at[3 * wg + 1])
       if bias is not None:
-        plgpu.copy_gmem_to_smem(bias_ref.at[:, cols], bias_smem.at[wg], start_ready.at[3 * wg + 2])
-        plgpu.barrier_wait(start_ready.at[3 * wg + 2])
+        plgpu.copy_gmem_to_smem(bias_ref.at[:, cols], bias_smem.at[wg], epilogue_ready.at[3 * wg + 2])
+
+    def with_epilogue(acc):
+      """acc + low @ up + bias for this warpgroup's rows: one bf16 wgmma and a broadcast add after the K loop."""
+      if lowrank:
+        plgpu.barrier_wait(epilogue_ready.at[3 * wg])
+        plgpu.barrier_wait(epilogue_ready.at[3 * wg + 1])
+        acc = acc + compat.matmul(low_smem.at[wg], up_smem.at[wg], shape)
+      if bias is not None:
+        plgpu.barrier_wait(epilogue_ready.at[3 * wg + 2])
         acc = acc + lax.broadcast_in_dim(compat.load(bias_smem.at[wg, 0], compat.col_layout()), shape, [1])
       return acc
 
@@ -157,14 +162,15 @@ def grouped_gemm(a, b, a_scales, b_scales, low, up, bias, *, group_size: int, ou
       # Two groups per loop iteration: the partial sum handed from one group to the next then alternates between
       # two register sets instead of being copied back into the loop-carried one (on the H100 those 64 moves per
       # thread and group took 802 -> 671 us at 4096 x 3072 x 12288). An odd group out runs before the loop.
-      carry = (start_value(), run_group(0, lambda: None)[1])
+      load_epilogue_operands()
+      carry = (compat.zeros(shape), run_group(0, lambda: None)[1])
       if groups % 2 == 0:
         carry = later_group(1, carry)
       first_pair = 2 - groups % 2
       acc, last_part = lax.fori_loop(
           0, (groups - first_pair) // 2,
           lambda i, carry: later_group(first_pair + 2 * i + 1, later_group(first_pair + 2 * i, carry)), carry)
-      acc = rescaled(acc, last_part, groups - 1)
+      acc = with_epilogue(rescaled(acc, last_part, groups - 1))
       out_smem.at[wg][...] = acc.astype(out_dtype)
       plgpu.commit_smem()
       plgpu.copy_smem_to_gmem(out_smem.at[wg], out_ref.at[pl.ds(mi * TILE_M + wg * _ROWS, _ROWS), cols])
