@@ -160,8 +160,8 @@ def grouped_gemm(a, b, a_scales, b_scales, low, up, bias, *, group_size: int, ou
         return run_group(g, lambda: rescaled(acc, previous_part, g - 1))
 
       # Two groups per loop iteration: the partial sum handed from one group to the next then alternates between
-      # two register sets instead of being copied back into the loop-carried one (on the H100 those 64 moves per
-      # thread and group took 802 -> 671 us at 4096 x 3072 x 12288). An odd group out runs before the loop.
+      # two register sets instead of being copied back into the loop-carried one (64 moves per thread and group;
+      # dropping them took an H100 from 802 to 671 us at 4096 x 3072 x 12288). An odd group out runs before the loop.
       load_epilogue_operands()
       carry = (compat.zeros(shape), run_group(0, lambda: None)[1])
       if groups % 2 == 0:

@@ -131,9 +131,9 @@ def codes_as(codes, code_dtype):
   """int8 codes in [-8, 15] as `code_dtype` (int8 or float8_e4m3fn, where every such code is exact).
 
   The e4m3 bits are cut out of the codes' float32 bits: e4m3 keeps the sign, the exponent rebased from 127 to 7 and
-  the top three mantissa bits, which hold all of a 4-bit integer. XLA's own conversion (software rounding) made the
-  quantize and widen fusions 45 and 237 us on an H100 instead of the int8 forms' 30 and 29; this one costs what those
-  do (28 and 28.5 us, experiments/bench/int4_matmul_notes.md).
+  the top three mantissa bits, which hold all of a 4-bit integer. On an H100 the quantize and widen fusions took 30
+  and 29 us with int8 codes, 54 and 91 with XLA's own conversion, 45 and 237 with integer ops around clz, and 30.3
+  and 28.7 with this (experiments/bench/int4_matmul_notes.md).
   """
   if code_dtype == jnp.int8:
     return codes
