@@ -184,8 +184,7 @@ class _MosaicGpuBackend:
     if not self.supports(w_packed.shape[1]):
       return self._triton.w4a4(x, w_packed, w_scales, down, up, smooth, bias, group_size=group_size, signed=signed,
                                blocks=blocks)
-    smoothed = x.astype(jnp.float32) if smooth is None else x.astype(jnp.float32) / smooth.astype(jnp.float32)
-    codes, a_scales = reference.quantize_codes(smoothed, group_size, axis=-1, signed=signed)
+    codes, a_scales = reference.quantize_activations(x, smooth, group_size, signed=signed)
     low = None
     if down is not None:
       down, up = _pad_rank(down.astype(jnp.bfloat16), up.astype(jnp.bfloat16), kernel_mosaic_gpu.RANK_MULTIPLE)
@@ -243,8 +242,7 @@ class _TpuBackend:
     return out[:m]
 
   def w4a4(self, x, w_packed, w_scales, down, up, smooth, bias, *, group_size, signed, blocks):
-    smoothed = x.astype(jnp.float32) if smooth is None else x.astype(jnp.float32) / smooth.astype(jnp.float32)
-    codes, a_scales = reference.quantize_codes(smoothed, group_size, axis=-1, signed=signed)
+    codes, a_scales = reference.quantize_activations(x, smooth, group_size, signed=signed)
     low = None if down is None else jnp.dot(x, down.astype(x.dtype), preferred_element_type=jnp.float32)
     up = None if up is None else up.astype(x.dtype)
     return self._grouped(_grouped_halves(codes, group_size), a_scales, x, w_packed, w_scales, low, up, bias,

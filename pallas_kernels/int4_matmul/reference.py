@@ -81,6 +81,14 @@ def quantize_codes(x, group_size=DEFAULT_GROUP_SIZE, axis=-1, signed=True):
   return codes, jnp.moveaxis(scales, -1, axis)
 
 
+def quantize_activations(x, smooth=None, group_size=DEFAULT_GROUP_SIZE, signed=True):
+  """Q(x / smooth): per-token, per-group codes (int8) and float32 scales of [M, K] activations, smoothed first."""
+  smoothed = x.astype(jnp.float32)
+  if smooth is not None:
+    smoothed = smoothed / smooth.astype(jnp.float32)
+  return quantize_codes(smoothed, group_size, axis=-1, signed=signed)
+
+
 def quantize_int4(x, group_size=DEFAULT_GROUP_SIZE, axis=-1):
   """Signed symmetric per-group quantization: (packed uint8 along `axis`, float32 scales)."""
   codes, scales = quantize_codes(x, group_size, axis, signed=True)
@@ -137,10 +145,7 @@ def w4a4_matmul(x, w_packed, w_scales, *, lowrank_down=None, lowrank_up=None, sm
   Integer products per group, each scaled by its activation and weight scales and summed in float32, which is what
   the kernels do; for integer codes this equals the float32 product of the dequantized tensors up to rounding order.
   """
-  smoothed = x.astype(jnp.float32)
-  if smooth is not None:
-    smoothed = smoothed / smooth.astype(jnp.float32)
-  a_codes, a_scales = quantize_codes(smoothed, group_size, axis=-1, signed=activations_signed)
+  a_codes, a_scales = quantize_activations(x, smooth, group_size, signed=activations_signed)
   w_codes = unpack_int4(w_packed, axis=0)
   m, k = a_codes.shape
   groups = k // group_size
