@@ -26,6 +26,8 @@ Requires M a multiple of 128 (`ops.py` pads), N a multiple of `tile_n` (a multip
 """
 
 
+import math
+
 import jax
 import jax.numpy as jnp
 from jax import lax
@@ -45,17 +47,28 @@ CODE_DTYPES = (jnp.dtype(jnp.int8), jnp.dtype(jnp.float8_e4m3fn))
 SHARED_MEMORY_BYTES = 227 * 1024  # per thread block on Hopper (sm_90); barriers and alignment take a little more
 
 
-def shared_memory_bytes(stages: int, tile_n: int, rank: int = 0, bias: bool = False, out_itemsize: int = 2) -> int:
-  """The kernel's shared memory: the ring (codes and scale rows per K step), the output tiles and the low-rank
-  operands and bias of both compute warpgroups."""
-  ring = stages * ((TILE_M + tile_n) * STEP_K + (TILE_M + tile_n) * 4)
-  start = _COMPUTE_WGS * (_ROWS * rank * 2 + rank * tile_n * 2 + (tile_n * 4 if bias else 0))
-  return ring + TILE_M * tile_n * out_itemsize + start
+def _shared_arrays(stages, tile_n, rank, bias, code_dtype, out_dtype):
+  """(shape, dtype, swizzle or None) of every shared-memory array, in the kernel's scratch order: the ring (codes and
+  scale rows per K step), both compute warpgroups' output tiles, low-rank operands and bias row."""
+  arrays = [((stages, TILE_M, STEP_K), code_dtype, STEP_K), ((stages, tile_n, STEP_K), code_dtype, STEP_K),
+            ((stages, 1, TILE_M), jnp.float32, None), ((stages, 1, tile_n), jnp.float32, None),
+            ((_COMPUTE_WGS, _ROWS, tile_n), out_dtype, 128)]
+  if rank:
+    arrays += [((_COMPUTE_WGS, _ROWS, rank), jnp.bfloat16, 128), ((_COMPUTE_WGS, rank, tile_n), jnp.bfloat16, 128)]
+  if bias:
+    arrays.append(((_COMPUTE_WGS, 1, tile_n), jnp.float32, None))
+  return arrays
 
 
-def deepest_ring(stages: int, tile_n: int, rank: int = 0, bias: bool = False, out_itemsize: int = 2) -> int:
+def shared_memory_bytes(stages: int, tile_n: int, rank: int = 0, bias: bool = False, out_dtype=jnp.bfloat16) -> int:
+  """The bytes of the kernel's shared-memory arrays (8-bit codes either way; barriers not counted)."""
+  return sum(math.prod(shape) * jnp.dtype(dtype).itemsize
+             for shape, dtype, _ in _shared_arrays(stages, tile_n, rank, bias, jnp.int8, out_dtype))
+
+
+def deepest_ring(stages: int, tile_n: int, rank: int = 0, bias: bool = False, out_dtype=jnp.bfloat16) -> int:
   """`stages`, or fewer (at least 2) where that many K steps would not fit in an H100's shared memory."""
-  while stages > 2 and shared_memory_bytes(stages, tile_n, rank, bias, out_itemsize) > SHARED_MEMORY_BYTES:
+  while stages > 2 and shared_memory_bytes(stages, tile_n, rank, bias, out_dtype) > SHARED_MEMORY_BYTES:
     stages -= 1
   return stages
 
@@ -75,7 +88,7 @@ def grouped_gemm(a, b, a_scales, b_scales, low, up, bias, *, group_size: int, ou
   if low is not None and low.shape[1] % RANK_MULTIPLE:
     raise ValueError(f"the low-rank rank must be a multiple of {RANK_MULTIPLE}, got low {low.shape}")
   rank = 0 if low is None else low.shape[1]
-  needed = shared_memory_bytes(stages, tile_n, rank, bias is not None, jnp.dtype(out_dtype).itemsize)
+  needed = shared_memory_bytes(stages, tile_n, rank, bias is not None, out_dtype)
   if needed > SHARED_MEMORY_BYTES:
     raise ValueError(f"{stages} stages with tile_n={tile_n}, rank {rank} and {jnp.dtype(out_dtype).name} output need "
                      f"{needed} bytes of shared memory, more than {SHARED_MEMORY_BYTES}: use deepest_ring()")
@@ -87,11 +100,11 @@ def grouped_gemm(a, b, a_scales, b_scales, low, up, bias, *, group_size: int, ou
   lowrank = low is not None
 
   def body(a_ref, b_ref, a_scales_ref, b_scales_ref, *refs):
-    refs = list(refs)
+    *refs, ready, free, epilogue_ready = refs
     low_ref, up_ref = (refs.pop(0), refs.pop(0)) if lowrank else (None, None)
     bias_ref = refs.pop(0) if bias is not None else None
-    out_ref, a_smem, b_smem, a_scales_smem, b_scales_smem, out_smem, ready, free, epilogue_ready = refs[:9]
-    optional = refs[9:]
+    out_ref, a_smem, b_smem, a_scales_smem, b_scales_smem, out_smem = refs[:6]
+    optional = refs[6:]
     low_smem, up_smem = (optional.pop(0), optional.pop(0)) if lowrank else (None, None)
     bias_smem = optional.pop(0) if bias is not None else None
     mi, ni, wg = lax.axis_index("m"), lax.axis_index("n"), lax.axis_index("wg")
@@ -203,22 +216,13 @@ def grouped_gemm(a, b, a_scales, b_scales, low, up, bias, *, group_size: int, ou
       for j in range(max(steps - stages, 0), steps):
         plgpu.barrier_wait(free.at[j % stages])
 
-  code_tiles = compat.smem_tiles(a.dtype, swizzle=STEP_K)
-  scratch = [
-      plgpu.SMEM((stages, TILE_M, STEP_K), a.dtype, transforms=code_tiles),
-      plgpu.SMEM((stages, tile_n, STEP_K), a.dtype, transforms=code_tiles),
-      plgpu.SMEM((stages, 1, TILE_M), jnp.float32),
-      plgpu.SMEM((stages, 1, tile_n), jnp.float32),
-      plgpu.SMEM((_COMPUTE_WGS, _ROWS, tile_n), out_dtype, transforms=compat.smem_tiles(out_dtype)),
+  scratch = [plgpu.SMEM(shape, dtype, transforms=compat.smem_tiles(dtype, swizzle) if swizzle else ())
+             for shape, dtype, swizzle in _shared_arrays(stages, tile_n, rank, bias is not None, a.dtype, out_dtype)]
+  scratch += [
       plgpu.Barrier(num_arrivals=4, num_barriers=stages),
       plgpu.Barrier(num_arrivals=_COMPUTE_WGS, num_barriers=stages),
       plgpu.Barrier(num_barriers=3 * _COMPUTE_WGS),  # low, up, bias per warpgroup
   ]
-  if lowrank:
-    scratch += [plgpu.SMEM((_COMPUTE_WGS, _ROWS, rank), jnp.bfloat16, transforms=compat.smem_tiles(jnp.bfloat16)),
-                plgpu.SMEM((_COMPUTE_WGS, rank, tile_n), jnp.bfloat16, transforms=compat.smem_tiles(jnp.bfloat16))]
-  if bias is not None:
-    scratch.append(plgpu.SMEM((_COMPUTE_WGS, 1, tile_n), jnp.float32))
   operands = [a, b, a_scales, b_scales]
   if lowrank:
     operands += [low, up]

@@ -173,7 +173,7 @@ class _MosaicGpuBackend:
     tile_n = next(t for t in (blocks.block_n, 256, 128) if t % kernel_mosaic_gpu.TILE_N_MULTIPLE == 0 and n % t == 0)
     code_dtype = jnp.dtype(blocks.code_dtype)
     stages = kernel_mosaic_gpu.deepest_ring(blocks.num_stages, tile_n, 0 if up is None else up.shape[0],
-                                            bias is not None, jnp.dtype(out_dtype).itemsize)
+                                            bias is not None, out_dtype)
     out = kernel_mosaic_gpu.grouped_gemm(
         codes_as(_pad_rows(codes, rows), code_dtype), codes_as(b_codes, code_dtype), _pad_rows(a_scales, rows).T,
         b_scales.astype(jnp.float32), None if low is None else _pad_rows(low, rows), up, bias,
