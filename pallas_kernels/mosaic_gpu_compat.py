@@ -10,6 +10,8 @@ import jax.numpy as jnp
 from jax.experimental import pallas as pl
 from jax.experimental.pallas import mosaic_gpu as plgpu
 
+from pallas_kernels.mosaic_gpu_overwrite import wgmma_overwriting
+
 _KERNEL_PARAMS = inspect.signature(plgpu.kernel).parameters
 _OUT_KW = "out_type" if "out_type" in _KERNEL_PARAMS else "out_shape"
 _SCRATCH_KW = "scratch_types" if "scratch_types" in _KERNEL_PARAMS else "scratch_shapes"
@@ -69,8 +71,8 @@ def zeros(shape):
 
 
 def matmul(a, b, shape, dtype=jnp.float32):
-  """a @ b on the tensor cores into a fresh accumulator of `shape` and `dtype`."""
+  """a @ b on the tensor cores into a fresh accumulator of `shape` and `dtype` (written, not zeroed and added to)."""
   def scope(acc_ref):
-    plgpu.wgmma(acc_ref, a, b)
+    wgmma_overwriting(acc_ref, a, b)
     return acc_ref[...]
   return pl.run_scoped(scope, plgpu.ACC(shape, dtype))

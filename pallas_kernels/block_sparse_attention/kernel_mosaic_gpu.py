@@ -25,6 +25,7 @@ from jax.experimental import pallas as pl
 from jax.experimental.pallas import mosaic_gpu as plgpu
 
 from pallas_kernels import mosaic_gpu_compat as compat
+from pallas_kernels.mosaic_gpu_overwrite import wgmma_overwriting
 from pallas_kernels.block_sparse_attention import mask_info as mask_info_lib
 from pallas_kernels.block_sparse_attention import tuning
 
@@ -117,7 +118,7 @@ def forward(q, k, v, info: mask_info_lib.MaskInfo, *, block_q: int, block_kv: in
         slot = lax.rem(j, stages)
 
         def logits_scope(acc_ref):
-          plgpu.wgmma(acc_ref, q_tile, compat.transposed(k_smem.at[slot]))
+          wgmma_overwriting(acc_ref, q_tile, compat.transposed(k_smem.at[slot]))
           take_turn()
           return acc_ref[...]
 

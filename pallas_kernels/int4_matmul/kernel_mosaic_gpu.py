@@ -35,6 +35,7 @@ from jax.experimental import pallas as pl
 from jax.experimental.pallas import mosaic_gpu as plgpu
 
 from pallas_kernels import mosaic_gpu_compat as compat
+from pallas_kernels.mosaic_gpu_overwrite import wgmma_overwriting
 
 STEP_K = 64  # K per pipeline step: 64 bytes of 8-bit codes, one 64-byte swizzle row
 _ROWS = 64  # rows per compute warpgroup, the wgmma M tile
@@ -146,7 +147,7 @@ def grouped_gemm(a, b, a_scales, b_scales, low, up, bias, *, group_size: int, ou
         def scope(part_ref):
           first = g * steps_per_group
           slot = issue(first)
-          plgpu.wgmma(part_ref, a_smem.at[slot, wg_rows], compat.transposed(b_smem.at[slot]))
+          wgmma_overwriting(part_ref, a_smem.at[slot, wg_rows], compat.transposed(b_smem.at[slot]))
           result = overlap()
 
           @pl.loop(1, steps_per_group)
