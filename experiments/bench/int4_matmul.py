@@ -28,7 +28,6 @@ import jax
 import jax.numpy as jnp
 
 from pallas_kernels import int4_matmul as im
-from pallas_kernels.int4_matmul import kernel_gpu
 from pallas_kernels.int4_matmul import kernel_mosaic_gpu
 from pallas_kernels.int4_matmul import ops as int4_ops
 from pallas_kernels.int4_matmul import reference
@@ -40,8 +39,6 @@ KN = ((3072, 3072), (3072, 12288), (12288, 3072), (3072, 15360))
 RANK = 32
 GROUP = 64
 L2_DEFEAT_BYTES = 120e6
-# The fused quantize kernel's tiling: the Triton W4A4 path's tuned one (32 rows, 512-deep steps).
-PALLAS_QUANTIZE = dict(fused_quantize=True, quantize_block_m=32, quantize_block_k=512)
 
 
 def make_inputs(key, m, k, n):
@@ -107,11 +104,6 @@ def mosaic_w4a4_lowrank(d, code_dtype=None, **changes):
   return im.w4a4_matmul(d["x"], d["w_packed"], d["w_scales"], lowrank_down=d["down"], lowrank_up=d["up"],
                         bias=d["bias"], implementation="mosaic_gpu",
                         block_sizes=_mosaic_blocks("w4a4", d["x"].shape[0], code_dtype, **changes))
-
-
-def mosaic_w4a4_lowrank_pallas_quantize(d):
-  """Activation quantization and the down-projection in one Pallas kernel (one read of x), not two XLA fusions."""
-  return mosaic_w4a4_lowrank(d, **PALLAS_QUANTIZE)
 
 
 def mosaic_w4a4_lowrank_unfused(d, code_dtype=None):
@@ -288,13 +280,6 @@ def breakdown(key, results, m=4096, k=3072, n=12288):
       "xla_quantize_activations_e4m3": lambda d: int4_ops.codes_as(reference.quantize_codes(d["x"], GROUP)[0], fp8),
       "xla_unpack_weights_e4m3": lambda d: int4_ops.codes_as(reference.unpack_int4(d["w_packed"], axis=0).T, fp8),
       "xla_down_projection": lambda d: jnp.dot(d["x"], d["down"], preferred_element_type=jnp.float32),
-      "pallas_quantize_down_e4m3": lambda d: kernel_gpu.quantize_activations_int4(
-          d["x"], None, d["down"], group_size=GROUP, signed=True, interpret=False, code_dtype=fp8,
-          blocks=tuning.BlockSizes(quantize_block_m=PALLAS_QUANTIZE["quantize_block_m"],
-                                   quantize_block_k=PALLAS_QUANTIZE["quantize_block_k"])),
-      "pallas_quantize_down_e4m3_16x256": lambda d: kernel_gpu.quantize_activations_int4(
-          d["x"], None, d["down"], group_size=GROUP, signed=True, blocks=tuning.BlockSizes(), interpret=False,
-          code_dtype=fp8),
       "gemm_int8": functools.partial(gemm, code_dtype="int8"),
       "gemm_fp8": gemm,
       "gemm_fp8_lowrank": functools.partial(gemm, lowrank=True),
@@ -323,7 +308,6 @@ def main():
                       help="which M of the full plan (a device call may not fit both)")
   parser.add_argument("--m", type=int, nargs="*", help="only these M of the plan")
   parser.add_argument("--ops", nargs="*", help="only these ops of the plan (xla_bf16 is always kept)")
-  parser.add_argument("--kn", nargs="*", help="only these K x N of the plan, written KxN (3072x12288)")
   parser.add_argument("--sweep", action="store_true", help="also time a few tilings")
   parser.add_argument("--breakdown", action="store_true", help="also time each Mosaic stage alone at one shape")
   parser.add_argument("--out", default=os.path.join(os.path.dirname(os.path.abspath(__file__)), "int4_matmul.json"))
@@ -334,7 +318,6 @@ def main():
   large_ops = [("xla_bf16", xla_bf16), ("xla_w4a16", xla_w4a16), ("triton_w4a16", triton_w4a16),
                ("mosaic_w4a4", mosaic_w4a4), ("mosaic_w4a4_int8", functools.partial(mosaic_w4a4, code_dtype="int8")),
                ("mosaic_w4a4_lowrank", mosaic_w4a4_lowrank),
-               ("mosaic_w4a4_lowrank_pallas_quantize", mosaic_w4a4_lowrank_pallas_quantize),
                ("mosaic_w4a4_lowrank_unfused", mosaic_w4a4_lowrank_unfused), ("mosaic_w8a8", mosaic_w8a8)]
   small_ops = [("xla_bf16", xla_bf16), ("xla_w4a16", xla_w4a16), ("triton_w4a16", triton_w4a16),
                ("mosaic_w4a4_lowrank", mosaic_w4a4_lowrank), ("mosaic_w8a8", mosaic_w8a8)]
@@ -355,8 +338,6 @@ def main():
       plan += [(m, k, n, small_ops) for m in SMALL_M for k, n in KN]
   if args.m:
     plan = [entry for entry in plan if entry[0] in args.m]
-  if args.kn:
-    plan = [entry for entry in plan if f"{entry[1]}x{entry[2]}" in args.kn]
   if args.ops:
     plan = [(m, k, n, [op for op in ops if op[0] in args.ops or op[0] == "xla_bf16"]) for m, k, n, ops in plan]
   started = time.time()

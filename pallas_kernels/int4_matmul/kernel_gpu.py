@@ -127,9 +127,7 @@ def _quantize_int4_kernel(x_ref, smooth_ref, down_ref, codes_ref, scales_ref, lo
     for offset, values in ((0, even), (half, odd)):
       # Clipping to integer bounds commutes with rounding; done first, it keeps |v| where the trick is exact.
       codes = _round_half_to_even_int32(jnp.clip(values / divisor, lowest, highest))
-      if codes_ref.dtype != jnp.int8:  # e4m3, where every 4-bit code is exact
-        codes = codes.astype(jnp.float32)
-      codes_ref[:, pl.ds(start + offset, half)] = codes.astype(codes_ref.dtype)
+      codes_ref[:, pl.ds(start + offset, half)] = codes.astype(jnp.int8)
     scales_ref[:, pl.ds(g, 1)] = scale
     if down_ref is None:
       return low_acc
@@ -143,12 +141,10 @@ def _quantize_int4_kernel(x_ref, smooth_ref, down_ref, codes_ref, scales_ref, lo
     low_ref[...] = low
 
 
-def quantize_activations_int4(x, smooth, lowrank_down, *, group_size, signed, blocks, interpret,
-                              code_dtype=jnp.int8):
-  """x [M, K] -> (codes [M, K] in group-halves order, float32 scales [M, K/group], float32 x @ down or None).
+def quantize_activations_int4(x, smooth, lowrank_down, *, group_size, signed, blocks, interpret):
+  """x [M, K] -> (int8 codes [M, K] in group-halves order, float32 scales [M, K/group], float32 x @ down or None).
 
   M must be a multiple of `blocks.quantize_block_m`; `smooth` is [1, K] or None; `lowrank_down` [K, r] or None.
-  `code_dtype`: int8, or float8_e4m3fn for the Mosaic GPU GEMM.
   """
   m, k = x.shape
   block_m = blocks.quantize_block_m
@@ -156,7 +152,7 @@ def quantize_activations_int4(x, smooth, lowrank_down, *, group_size, signed, bl
   whole = lambda i: (0, 0)
   in_specs = [pl.BlockSpec((block_m, k), rows)]
   operands = [x]
-  out_shape = [jax.ShapeDtypeStruct((m, k), code_dtype), jax.ShapeDtypeStruct((m, k // group_size), jnp.float32)]
+  out_shape = [jax.ShapeDtypeStruct((m, k), jnp.int8), jax.ShapeDtypeStruct((m, k // group_size), jnp.float32)]
   out_specs = [pl.BlockSpec((block_m, k), rows), pl.BlockSpec((block_m, k // group_size), rows)]
   if smooth is not None:
     in_specs.append(pl.BlockSpec(smooth.shape, whole))

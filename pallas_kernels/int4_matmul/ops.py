@@ -7,7 +7,6 @@ These are inference ops: quantization has no useful gradient, so none is defined
 """
 
 import dataclasses
-import math
 
 import jax
 import jax.numpy as jnp
@@ -129,15 +128,14 @@ class _GpuBackend:
 
 
 def codes_as(codes, code_dtype):
-  """int8 codes in [-8, 15] as `code_dtype` (int8 or float8_e4m3fn, where every such code is exact); codes already
-  of `code_dtype` pass through.
+  """int8 codes in [-8, 15] as `code_dtype` (int8 or float8_e4m3fn, where every such code is exact).
 
   The e4m3 bits are cut out of the codes' float32 bits: e4m3 keeps the sign, the exponent rebased from 127 to 7 and
   the top three mantissa bits, which hold all of a 4-bit integer. On an H100 the quantize and widen fusions took 30
   and 29 us with int8 codes, 54 and 91 with XLA's own conversion, 45 and 237 with integer ops around clz, and 30.3
   and 28.7 with this (experiments/bench/int4_matmul_notes.md).
   """
-  if codes.dtype == code_dtype:
+  if code_dtype == jnp.int8:
     return codes
   bits = jax.lax.bitcast_convert_type(codes.astype(jnp.float32), jnp.uint32)
   exponent_and_mantissa = (bits >> 20) & 0x7FF
@@ -186,30 +184,14 @@ class _MosaicGpuBackend:
     if not self.supports(w_packed.shape[1]):
       return self._triton.w4a4(x, w_packed, w_scales, down, up, smooth, bias, group_size=group_size, signed=signed,
                                blocks=blocks)
+    codes, a_scales = reference.quantize_activations(x, smooth, group_size, signed=signed)
+    low = None
     if down is not None:
       down, up = _pad_rank(down.astype(jnp.bfloat16), up.astype(jnp.bfloat16), kernel_mosaic_gpu.RANK_MULTIPLE)
+      low = jnp.dot(x.astype(jnp.bfloat16), down, preferred_element_type=jnp.float32).astype(jnp.bfloat16)
     w_codes = reference.unpack_int4(w_packed, axis=0).T
-    if blocks.fused_quantize:
-      codes, a_scales, low = self._quantize_in_pallas(x, smooth, down, group_size, signed, blocks)
-      # The kernel writes each group's even-K codes, then its odd-K ones; the weights follow the same order, which
-      # leaves every group's sum unchanged.
-      w_codes = _in_group_halves(w_codes, group_size)
-    else:
-      codes, a_scales = reference.quantize_activations(x, smooth, group_size, signed=signed)
-      low = None if down is None else jnp.dot(x.astype(jnp.bfloat16), down, preferred_element_type=jnp.float32)
-    low = None if low is None else low.astype(jnp.bfloat16)
-    out = self._launch(codes, a_scales, w_codes, w_scales, low, up, bias, group_size=group_size,
-                       out_dtype=x.dtype, blocks=blocks, interpret=self.interpret)
-    return out[:x.shape[0]]
-
-  def _quantize_in_pallas(self, x, smooth, down, group_size, signed, blocks):
-    """Q(x / smooth) and x @ down in one pass over x (the Triton-lowered kernel of `kernel_gpu`), codes already in
-    the GEMM's 8-bit form; rows padded to the GEMM's tile."""
-    rows = _round_up(x.shape[0], math.lcm(kernel_mosaic_gpu.TILE_M, blocks.quantize_block_m))
-    down = None if down is None else down.astype(x.dtype)
-    return kernel_gpu.quantize_activations_int4(
-        _pad_rows(x, rows), _row(smooth), down, group_size=group_size, signed=signed, blocks=blocks,
-        interpret=self.interpret, code_dtype=jnp.dtype(blocks.code_dtype))
+    return self._launch(codes, a_scales, w_codes, w_scales, low, up, bias, group_size=group_size,
+                        out_dtype=x.dtype, blocks=blocks, interpret=self.interpret)
 
   def w4a16(self, x, w_packed, w_scales, bias, *, group_size, blocks):
     return self._triton.w4a16(x, w_packed, w_scales, bias, group_size=group_size, blocks=blocks)
@@ -223,12 +205,6 @@ class _MosaicGpuBackend:
     return self._launch(codes, a_scales[:, None], w_codes.T, w_scales.reshape(1, -1), None, None, bias,
                         group_size=k, out_dtype=x.dtype, blocks=dataclasses.replace(blocks, code_dtype="int8"),
                         interpret=self.interpret)
-
-
-def _in_group_halves(a, group_size):
-  """[rows, K] -> [rows, K] with each group's even-K elements first, then its odd-K ones (`kernel_gpu`'s order)."""
-  rows, k = a.shape
-  return a.reshape(rows, k // group_size, group_size // 2, 2).swapaxes(2, 3).reshape(rows, k)
 
 
 def _grouped_halves(a, group_size):
