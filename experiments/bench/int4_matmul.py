@@ -308,6 +308,7 @@ def main():
                       help="which M of the full plan (a device call may not fit both)")
   parser.add_argument("--m", type=int, nargs="*", help="only these M of the plan")
   parser.add_argument("--ops", nargs="*", help="only these ops of the plan (xla_bf16 is always kept)")
+  parser.add_argument("--kn", nargs="*", help="only these K x N of the plan, written KxN (3072x12288)")
   parser.add_argument("--sweep", action="store_true", help="also time a few tilings")
   parser.add_argument("--breakdown", action="store_true", help="also time each Mosaic stage alone at one shape")
   parser.add_argument("--out", default=os.path.join(os.path.dirname(os.path.abspath(__file__)), "int4_matmul.json"))
@@ -338,6 +339,8 @@ def main():
       plan += [(m, k, n, small_ops) for m in SMALL_M for k, n in KN]
   if args.m:
     plan = [entry for entry in plan if entry[0] in args.m]
+  if args.kn:
+    plan = [entry for entry in plan if f"{entry[1]}x{entry[2]}" in args.kn]
   if args.ops:
     plan = [(m, k, n, [op for op in ops if op[0] in args.ops or op[0] == "xla_bf16"]) for m, k, n, ops in plan]
   started = time.time()
