@@ -153,7 +153,7 @@ class _MosaicGpuBackend:
   the bias. The low-rank branch runs in bf16 (SVDQuant's 16-bit branch), also for float32 inputs. W8A8 weights
   ([K, N] int8) are transposed to K-major in XLA per call. W4A16 and shapes the kernel does not take (N not a
   multiple of 128) go to the Triton-lowered kernels. The tuned ring depth is lowered where it would overflow shared
-  memory (a large rank). Measured on an H100 (experiments/bench/README.md): W4A4 + rank 32 at 0.5-0.75x XLA bf16,
+  memory (a large rank). Measured on an H100 (experiments/bench/README.md): W4A4 + rank 32 at 0.57-0.81x XLA bf16,
   W8A8 at 0.8-1.1x, both ahead of the Triton kernels.
   """
 
