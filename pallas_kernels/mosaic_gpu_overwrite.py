@@ -9,8 +9,9 @@ and ptxas drops them: the GEMM at 4096 x 3072 x 12288 went from 611 to 531 us (e
 How: Mosaic GPU emits scale-d = 1 unconditionally and has no switch for it, so this module extends its lowering.
 `wgmma_overwriting` is `plgpu.wgmma` inside a `jax.named_scope` whose name reaches the Mosaic GPU dialect op as its
 location; a wrapper around the dialect's wgmma lowering rule sees that name and, for the op's first wgmma
-instruction only, passes scale-d = 0 and undefined accumulator inputs (the later instructions of the op accumulate).
-Every other wgmma lowers exactly as before. The wrapper is installed once, on first use, at trace time.
+instruction only, passes scale-d = 0 and undefined accumulator inputs (the later instructions of the op accumulate),
+through a thread-local flag read by a pass-through stand-in for the `llvm` module that Mosaic's wgmma.py emits
+with. Every other wgmma lowers exactly as before. Both are installed once, on first use, at trace time.
 
 Contract: use it only on a fresh accumulator (a `plgpu.ACC` from `pl.run_scoped` that nothing has written yet), where
 overwriting and accumulating into zeros agree. That keeps every path exact that does not see the marker: the Mosaic
@@ -20,6 +21,7 @@ on the CPU and checks which wgmma instructions get scale-d = 0, so a JAX upgrade
 """
 
 import importlib
+import threading
 import warnings
 
 import jax
@@ -28,6 +30,7 @@ from jax.experimental.pallas import mosaic_gpu as plgpu
 SCOPE = "jaxgen_wgmma_overwrites"
 _WGMMA_PTX = "wgmma.mma_async"
 _installed = None  # None: not tried yet; then whether the lowering rule is wrapped
+_pending = threading.local()  # .overwrite: the next wgmma instruction lowered on this thread overwrites
 
 
 def wgmma_overwriting(acc_ref, a, b):
@@ -37,19 +40,20 @@ def wgmma_overwriting(acc_ref, a, b):
     plgpu.wgmma(acc_ref, a, b)
 
 
-class _FirstWgmmaOverwrites:
-  """Stands in for the `llvm` dialect module while one wgmma op lowers: the first wgmma inline-asm call it sees gets
-  scale-d = 0 and undefined accumulator inputs; every other call passes through unchanged."""
+class _LlvmWithOverwrite:
+  """The `llvm` dialect module as Mosaic's wgmma.py sees it. Everything passes through, except the first wgmma
+  inline-asm call after `_pending.overwrite` is set (on this thread): it gets scale-d = 0 and undefined accumulator
+  inputs. A thread-local flag, not a swapped module, so that a kernel lowering on another thread is never touched."""
 
   def __init__(self, llvm, ir):
-    self._llvm, self._ir, self._done = llvm, ir, False
+    self._llvm, self._ir = llvm, ir
 
   def __getattr__(self, name):
     return getattr(self._llvm, name)
 
   def inline_asm(self, result, operands, asm, constraints, **kwargs):
-    if not self._done and _WGMMA_PTX in asm:
-      self._done = True
+    if getattr(_pending, "overwrite", False) and _WGMMA_PTX in asm:
+      _pending.overwrite = False
       fields = constraints.split(",")
       outputs = sum(field.startswith("=") for field in fields)
       # Operands: the accumulator registers (tied to the outputs), A, the B descriptor, then the immediates, of
@@ -73,7 +77,8 @@ def install() -> bool:
     op_name = dialect_lowering.mgpu.WGMMAOp.OPERATION_NAME
     plain_rule = dialect_lowering._lowerings[op_name]  # pylint: disable=protected-access
     llvm = wgmma_module.llvm
-    llvm.mlir_undef, llvm.ConstantOp, llvm.inline_asm  # pylint: disable=pointless-statement
+    for name in ("mlir_undef", "ConstantOp", "inline_asm"):
+      getattr(llvm, name)
   except (ImportError, AttributeError, KeyError) as error:
     warnings.warn(f"wgmma_overwriting falls back to zeroed accumulators: this JAX's Mosaic GPU internals differ "
                   f"({error!r})", stacklevel=3)
@@ -83,12 +88,13 @@ def install() -> bool:
   def rule(ctx, op):
     if SCOPE not in str(op.location):
       return plain_rule(ctx, op)
-    wgmma_module.llvm = _FirstWgmmaOverwrites(llvm, ir)
+    _pending.overwrite = True
     try:
       return plain_rule(ctx, op)
     finally:
-      wgmma_module.llvm = llvm
+      _pending.overwrite = False
 
+  wgmma_module.llvm = _LlvmWithOverwrite(llvm, ir)
   dialect_lowering._lowerings[op_name] = rule  # pylint: disable=protected-access
   _installed = True
   return True
