@@ -1,13 +1,16 @@
 """`wgmma_overwriting` lowers to a wgmma whose first instruction has scale-d = 0, and leaves every other wgmma alone.
 
-Checked on the CPU: the kernels are lowered for CUDA (no GPU needed), the Mosaic GPU module is read back from the
-custom call, and each wgmma inline-asm instruction is listed with its scale-d operand and where its accumulator inputs
-come from. That the overwrite gives the right numbers is checked by the kernels' own tests on an H100.
+Checked on the CPU: the kernels are lowered for CUDA (no GPU needed) while a recorder stands between Mosaic's
+wgmma.py and the `llvm` dialect, listing each wgmma inline-asm instruction as it is emitted, with its scale-d operand
+and where its accumulator inputs come from. That the overwrite gives the right numbers is checked by the kernels'
+own tests on an H100.
 """
+
+import importlib
 
 import jax
 import jax.numpy as jnp
-from jax._src.interpreters import mlir as jax_mlir
+import pytest
 from jax._src.lib.mlir import ir
 from jax.experimental import pallas as pl
 from jax.experimental.pallas import mosaic_gpu as plgpu
@@ -19,41 +22,48 @@ from pallas_kernels.int4_matmul import kernel_mosaic_gpu
 OVERWRITES, ACCUMULATES = "overwrites", "accumulates"
 
 
-def _ops(operation):
-  yield operation
-  for region in operation.regions:
-    for block in region.blocks:
-      for child in block.operations:
-        yield from _ops(child.operation)
+class _Recorder:
+  """Passes every `llvm` dialect call through, noting each wgmma instruction: (OVERWRITES or ACCUMULATES, whether
+  every accumulator input is undefined)."""
 
+  def __init__(self, llvm):
+    self._llvm, self.instructions = llvm, []
 
-def _wgmma_instructions(fn, *avals):
-  """[(OVERWRITES or ACCUMULATES, whether every accumulator input is undefined)] per wgmma in program order."""
-  stablehlo = jax.jit(fn).trace(*avals).lower(lowering_platforms=("cuda",)).compiler_ir("stablehlo")
-  [call] = [op for op in _ops(stablehlo.operation) if op.name == "stablehlo.custom_call"]
-  module_bytes = ir.StringAttr(ir.DictAttr(call.attributes["mhlo.backend_config"])["module"]).value_bytes
-  context = jax_mlir.make_ir_context()
-  context.allow_unregistered_dialects = True  # the module is serialized in Mosaic GPU's stable dialect
-  instructions = []
-  with context:
-    for op in _ops(ir.Module.parse(module_bytes).operation):
-      if not op.name.endswith("llvm.inline_asm") or "wgmma.mma_async" not in str(op.attributes["asm_string"]):
-        continue
-      constraints = ir.StringAttr(op.attributes["constraints"]).value.split(",")
-      operands = list(op.operands)
-      scale_d = operands[len(operands) - constraints.count("n")].owner
-      outputs = sum(c.startswith("=") for c in constraints)
-      undefined = all(v.owner.name.endswith("llvm.mlir.undef") for v in operands[:outputs])
+  def __getattr__(self, name):
+    return getattr(self._llvm, name)
+
+  def inline_asm(self, result, operands, asm, constraints, **kwargs):
+    if "wgmma.mma_async" in asm:
+      fields = constraints.split(",")
+      scale_d = operands[len(operands) - fields.count("n")].owner
+      outputs = sum(field.startswith("=") for field in fields)
+      undefined = all(v.owner.name == "llvm.mlir.undef" for v in operands[:outputs])
       kind = OVERWRITES if ir.IntegerAttr(scale_d.attributes["value"]).value == 0 else ACCUMULATES
-      instructions.append((kind, undefined))
-  return instructions
+      self.instructions.append((kind, undefined))
+    return self._llvm.inline_asm(result, operands, asm, constraints, **kwargs)
+
+
+@pytest.fixture
+def wgmma_instructions(monkeypatch):
+  """fn, *avals -> the wgmma instructions of fn's Mosaic GPU kernel lowered for CUDA, in program order."""
+  assert mosaic_gpu_overwrite.install()
+  stand_in = importlib.import_module("jax.experimental.mosaic.gpu.wgmma").llvm
+
+  def lower(fn, *avals):
+    recorder = _Recorder(stand_in._llvm)  # pylint: disable=protected-access
+    monkeypatch.setattr(stand_in, "_llvm", recorder)
+    jax.jit(fn).trace(*avals).lower(lowering_platforms=("cuda",))
+    monkeypatch.undo()
+    return recorder.instructions
+
+  return lower
 
 
 def test_installs_on_this_jax():
   assert mosaic_gpu_overwrite.install()
 
 
-def test_only_the_first_instruction_of_a_marked_wgmma_overwrites():
+def test_only_the_first_instruction_of_a_marked_wgmma_overwrites(wgmma_instructions):
   # bf16 64 x 64 x 64 with a 128-byte swizzle: 4 instructions (k = 16 each) per wgmma.
   def body(a_ref, b_ref, out_ref, a_smem, b_smem, out_smem, loaded):
     plgpu.copy_gmem_to_smem(a_ref, a_smem, loaded)
@@ -75,11 +85,11 @@ def test_only_the_first_instruction_of_a_marked_wgmma_overwrites():
                          scratch=[tile, tile, plgpu.SMEM((64, 64), jnp.float32), plgpu.Barrier(num_arrivals=2)],
                          grid=(1,), grid_names=("x",), num_threads=1)
   operand = jax.ShapeDtypeStruct((64, 64), jnp.bfloat16)
-  assert _wgmma_instructions(kernel, operand, operand) == (
+  assert wgmma_instructions(kernel, operand, operand) == (
       [(OVERWRITES, True)] + [(ACCUMULATES, False)] * 3 + [(ACCUMULATES, False)] * 4)
 
 
-def test_int4_gemm_overwrites_once_per_group_and_in_the_low_rank_epilogue():
+def test_int4_gemm_overwrites_once_per_group_and_in_the_low_rank_epilogue(wgmma_instructions):
   # e4m3, group 64: one 64-deep step per group, two instructions (k = 32) per step; the low-rank product (bf16,
   # rank 64) comes last, four instructions.
   m, k, n, rank = 128, 512, 128, 64
@@ -89,7 +99,7 @@ def test_int4_gemm_overwrites_once_per_group_and_in_the_low_rank_epilogue():
     return kernel_mosaic_gpu.grouped_gemm(a, b, a_scales, b_scales, low, up, None, group_size=64,
                                           out_dtype=bf16, tile_n=128, stages=4)
 
-  instructions = _wgmma_instructions(
+  instructions = wgmma_instructions(
       gemm, jax.ShapeDtypeStruct((m, k), f8), jax.ShapeDtypeStruct((n, k), f8),
       jax.ShapeDtypeStruct((k // 64, m), f32), jax.ShapeDtypeStruct((k // 64, n), f32),
       jax.ShapeDtypeStruct((m, rank), bf16), jax.ShapeDtypeStruct((rank, n), bf16))
