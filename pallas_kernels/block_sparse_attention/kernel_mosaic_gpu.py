@@ -25,9 +25,9 @@ from jax.experimental import pallas as pl
 from jax.experimental.pallas import mosaic_gpu as plgpu
 
 from pallas_kernels import mosaic_gpu_compat as compat
-from pallas_kernels.mosaic_gpu_overwrite import wgmma_overwriting
 from pallas_kernels.block_sparse_attention import mask_info as mask_info_lib
 from pallas_kernels.block_sparse_attention import tuning
+from pallas_kernels.mosaic_gpu_overwrite import wgmma_overwriting
 
 _LOG2E = math.log2(math.e)
 _ROWS = 64  # rows per compute warpgroup, the wgmma M tile
