@@ -30,6 +30,7 @@ import jax.numpy as jnp
 from pallas_kernels import int4_matmul as im
 from pallas_kernels.int4_matmul import kernel_mosaic_gpu
 from pallas_kernels.int4_matmul import ops as int4_ops
+from pallas_kernels.int4_matmul import quantize_mosaic_gpu
 from pallas_kernels.int4_matmul import reference
 from pallas_kernels.int4_matmul import tuning
 
@@ -104,6 +105,11 @@ def mosaic_w4a4_lowrank(d, code_dtype=None, **changes):
   return im.w4a4_matmul(d["x"], d["w_packed"], d["w_scales"], lowrank_down=d["down"], lowrank_up=d["up"],
                         bias=d["bias"], implementation="mosaic_gpu",
                         block_sizes=_mosaic_blocks("w4a4", d["x"].shape[0], code_dtype, **changes))
+
+
+def mosaic_w4a4_lowrank_fused_quantize(d):
+  """Activation quantization and the down-projection in one Mosaic GPU kernel (one read of x)."""
+  return mosaic_w4a4_lowrank(d, fused_quantize=True)
 
 
 def mosaic_w4a4_lowrank_unfused(d, code_dtype=None):
@@ -257,8 +263,8 @@ def breakdown(key, results, m=4096, k=3072, n=12288):
     d["codes"], d["a_scales_t"] = codes, scales.T
     d["w_codes"] = reference.unpack_int4(d["w_packed"], axis=0).T
     d["codes_fp8"], d["w_codes_fp8"] = (int4_ops.codes_as(c, fp8) for c in (d["codes"], d["w_codes"]))
-    down, d["up_padded"] = int4_ops._pad_rank(d["down"], d["up"], kernel_mosaic_gpu.RANK_MULTIPLE)
-    d["low"] = jnp.dot(d["x"], down, preferred_element_type=jnp.float32).astype(jnp.bfloat16)
+    d["down_padded"], d["up_padded"] = int4_ops._pad_rank(d["down"], d["up"], kernel_mosaic_gpu.RANK_MULTIPLE)
+    d["low"] = jnp.dot(d["x"], d["down_padded"], preferred_element_type=jnp.float32).astype(jnp.bfloat16)
 
   def gemm(d, code_dtype="float8_e4m3fn", lowrank=False, tile_n=128, stages=8):
     suffix = "_fp8" if code_dtype == "float8_e4m3fn" else ""
@@ -280,6 +286,8 @@ def breakdown(key, results, m=4096, k=3072, n=12288):
       "xla_quantize_activations_e4m3": lambda d: int4_ops.codes_as(reference.quantize_codes(d["x"], GROUP)[0], fp8),
       "xla_unpack_weights_e4m3": lambda d: int4_ops.codes_as(reference.unpack_int4(d["w_packed"], axis=0).T, fp8),
       "xla_down_projection": lambda d: jnp.dot(d["x"], d["down"], preferred_element_type=jnp.float32),
+      "mosaic_quantize_down_e4m3": lambda d: quantize_mosaic_gpu.quantize_activations(
+          d["x"], None, d["down_padded"], code_dtype=fp8),
       "gemm_int8": functools.partial(gemm, code_dtype="int8"),
       "gemm_fp8": gemm,
       "gemm_fp8_lowrank": functools.partial(gemm, lowrank=True),
@@ -319,6 +327,7 @@ def main():
   large_ops = [("xla_bf16", xla_bf16), ("xla_w4a16", xla_w4a16), ("triton_w4a16", triton_w4a16),
                ("mosaic_w4a4", mosaic_w4a4), ("mosaic_w4a4_int8", functools.partial(mosaic_w4a4, code_dtype="int8")),
                ("mosaic_w4a4_lowrank", mosaic_w4a4_lowrank),
+               ("mosaic_w4a4_lowrank_fused_quantize", mosaic_w4a4_lowrank_fused_quantize),
                ("mosaic_w4a4_lowrank_unfused", mosaic_w4a4_lowrank_unfused), ("mosaic_w8a8", mosaic_w8a8)]
   small_ops = [("xla_bf16", xla_bf16), ("xla_w4a16", xla_w4a16), ("triton_w4a16", triton_w4a16),
                ("mosaic_w4a4_lowrank", mosaic_w4a4_lowrank), ("mosaic_w8a8", mosaic_w8a8)]

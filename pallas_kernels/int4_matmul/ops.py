@@ -15,6 +15,7 @@ from pallas_kernels import mosaic_gpu_compat as compat
 from pallas_kernels.int4_matmul import kernel_gpu
 from pallas_kernels.int4_matmul import kernel_mosaic_gpu
 from pallas_kernels.int4_matmul import kernel_tpu
+from pallas_kernels.int4_matmul import quantize_mosaic_gpu
 from pallas_kernels.int4_matmul import reference
 from pallas_kernels.int4_matmul import tuning
 
@@ -128,14 +129,15 @@ class _GpuBackend:
 
 
 def codes_as(codes, code_dtype):
-  """int8 codes in [-8, 15] as `code_dtype` (int8 or float8_e4m3fn, where every such code is exact).
+  """int8 codes in [-8, 15] as `code_dtype` (int8 or float8_e4m3fn, where every such code is exact); codes already
+  of `code_dtype` pass through.
 
   The e4m3 bits are cut out of the codes' float32 bits: e4m3 keeps the sign, the exponent rebased from 127 to 7 and
   the top three mantissa bits, which hold all of a 4-bit integer. On an H100 the quantize and widen fusions took 30
   and 29 us with int8 codes, 54 and 91 with XLA's own conversion, 45 and 237 with integer ops around clz, and 30.3
   and 28.7 with this (experiments/bench/int4_matmul_notes.md).
   """
-  if code_dtype == jnp.int8:
+  if codes.dtype == code_dtype:
     return codes
   bits = jax.lax.bitcast_convert_type(codes.astype(jnp.float32), jnp.uint32)
   exponent_and_mantissa = (bits >> 20) & 0x7FF
@@ -153,7 +155,8 @@ class _MosaicGpuBackend:
   the bias. The low-rank branch runs in bf16 (SVDQuant's 16-bit branch), also for float32 inputs. W8A8 weights
   ([K, N] int8) are transposed to K-major in XLA per call. W4A16 and shapes the kernel does not take (N not a
   multiple of 128) go to the Triton-lowered kernels. The tuned ring depth is lowered where it would overflow shared
-  memory (a large rank). Measured on an H100 (experiments/bench/README.md): W4A4 + rank 32 at 0.57-0.81x XLA bf16,
+  memory (a large rank). With `fused_quantize` (bf16 x, group 64) one Mosaic GPU kernel (`quantize_mosaic_gpu.py`)
+  quantizes x and computes the down-projection instead of the two XLA fusions. Measured on an H100 (experiments/bench/README.md): W4A4 + rank 32 at 0.57-0.81x XLA bf16,
   W8A8 at 0.8-1.1x, both ahead of the Triton kernels.
   """
 
@@ -184,14 +187,25 @@ class _MosaicGpuBackend:
     if not self.supports(w_packed.shape[1]):
       return self._triton.w4a4(x, w_packed, w_scales, down, up, smooth, bias, group_size=group_size, signed=signed,
                                blocks=blocks)
-    codes, a_scales = reference.quantize_activations(x, smooth, group_size, signed=signed)
-    low = None
     if down is not None:
       down, up = _pad_rank(down.astype(jnp.bfloat16), up.astype(jnp.bfloat16), kernel_mosaic_gpu.RANK_MULTIPLE)
-      low = jnp.dot(x.astype(jnp.bfloat16), down, preferred_element_type=jnp.float32).astype(jnp.bfloat16)
     w_codes = reference.unpack_int4(w_packed, axis=0).T
-    return self._launch(codes, a_scales, w_codes, w_scales, low, up, bias, group_size=group_size,
-                        out_dtype=x.dtype, blocks=blocks, interpret=self.interpret)
+    rank = 0 if down is None else down.shape[1]
+    if (blocks.fused_quantize and x.dtype == jnp.bfloat16 and group_size == quantize_mosaic_gpu.GROUP_SIZE
+        and quantize_mosaic_gpu.fits(rank)):
+      rows = _round_up(x.shape[0], quantize_mosaic_gpu.TILE_M)
+      codes, a_scales_t, low = quantize_mosaic_gpu.quantize_activations(
+          _pad_rows(x, rows), None if smooth is None else smooth.reshape(1, -1).astype(jnp.float32), down,
+          code_dtype=blocks.code_dtype, signed=signed, stages=quantize_mosaic_gpu.deepest_ring(4, rank),
+          interpret=self.interpret)
+      a_scales = a_scales_t.T
+    else:
+      codes, a_scales = reference.quantize_activations(x, smooth, group_size, signed=signed)
+      low = None if down is None else jnp.dot(x.astype(jnp.bfloat16), down, preferred_element_type=jnp.float32)
+    low = None if low is None else low.astype(jnp.bfloat16)
+    out = self._launch(codes, a_scales, w_codes, w_scales, low, up, bias, group_size=group_size,
+                       out_dtype=x.dtype, blocks=blocks, interpret=self.interpret)
+    return out[:x.shape[0]]
 
   def w4a16(self, x, w_packed, w_scales, bias, *, group_size, blocks):
     return self._triton.w4a16(x, w_packed, w_scales, bias, group_size=group_size, blocks=blocks)

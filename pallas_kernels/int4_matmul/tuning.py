@@ -23,6 +23,9 @@ class BlockSizes:
   num_warps, num_stages: Triton launch width and software-pipelining depth; for Mosaic GPU, num_stages is the
     depth of the shared-memory ring of K steps.
   code_dtype: the 8-bit form of 4-bit codes on the Mosaic GPU tensor cores, "int8" or "float8_e4m3fn".
+  fused_quantize: Mosaic GPU W4A4 (bf16 x, group 64): quantize the activations and compute the low-rank
+    down-projection in one kernel (`quantize_mosaic_gpu.py`, one read of x) instead of two XLA fusions. Off until
+    measured on an H100 (`experiments/bench/int4_matmul.py`, op mosaic_w4a4_lowrank_fused_quantize).
   quantize_block_m, quantize_block_k: token rows per program and contraction per loop iteration of the
     activation-quantization kernel (memory-bound: wide steps keep loads in flight).
   """
@@ -36,6 +39,7 @@ class BlockSizes:
   quantize_block_m: int = 16
   quantize_block_k: int = 256
   code_dtype: str = "int8"
+  fused_quantize: bool = False
 
 
 DEFAULT = BlockSizes()

@@ -19,6 +19,7 @@ from pallas_kernels import mosaic_gpu_compat as compat
 from pallas_kernels.int4_matmul import kernel_gpu
 from pallas_kernels.int4_matmul import kernel_mosaic_gpu
 from pallas_kernels.int4_matmul import ops
+from pallas_kernels.int4_matmul import quantize_mosaic_gpu
 from pallas_kernels.int4_matmul import reference
 from pallas_kernels.int4_matmul import tuning
 
@@ -228,6 +229,21 @@ class _MosaicGpuShapes:
         block_sizes=dataclasses.replace(tuning.MOSAIC_DEFAULT, code_dtype=code_dtype))
     np.testing.assert_allclose(run("float8_e4m3fn"), run("int8"), rtol=1e-6, atol=1e-5)
 
+  def test_w4a4_with_the_fused_quantize_kernel(self):
+    # bf16 activations (the fused kernel's input), smoothing, the rank-20 branch padded to 64, both code forms.
+    x = self.x.astype(jnp.bfloat16)
+    kwargs = dict(lowrank_down=self.down, lowrank_up=self.up, smooth=self.smooth, bias=self.bias)
+    want = reference.w4a4_matmul(x, self.w_packed, self.w_scales, **kwargs).astype(jnp.float32)
+    for code_dtype in ("int8", "float8_e4m3fn"):
+      blocks = dataclasses.replace(tuning.MOSAIC_DEFAULT, code_dtype=code_dtype, fused_quantize=True)
+      got = im.w4a4_matmul(x, self.w_packed, self.w_scales, implementation=self.IMPLEMENTATION, block_sizes=blocks,
+                           **kwargs)
+      self.assertEqual((got.shape, got.dtype), (x.shape[:1] + (self.N,), jnp.bfloat16))
+      self.assertLess(_relative_error(got, want), 1e-2, code_dtype)  # bf16 output and low-rank operands
+      plain = im.w4a4_matmul(x, self.w_packed, self.w_scales, implementation=self.IMPLEMENTATION,
+                             block_sizes=dataclasses.replace(blocks, fused_quantize=False), **kwargs)
+      self.assertLess(_relative_error(got, plain), 5e-3, code_dtype)
+
   def test_n_not_a_multiple_of_128_goes_to_the_triton_kernels(self):
     w_packed, w_scales = im.quantize_int4(_random(16, (self.K, 192), outliers=False), axis=0)
     got = im.w4a4_matmul(self.x, w_packed, w_scales, implementation=self.IMPLEMENTATION)
@@ -243,6 +259,62 @@ class MosaicGpuInterpretTest(_OnCpu, _MosaicGpuShapes, MatmulTestBase):
                      "compiled Mosaic GPU kernels need a Hopper GPU; MosaicGpuInterpretTest covers CPU")
 class MosaicGpuCompiledTest(_MosaicGpuShapes, MatmulTestBase):
   IMPLEMENTATION = "mosaic_gpu"
+
+
+@unittest.skipUnless(_MOSAIC_INTERPRETER, _NO_MOSAIC_INTERPRETER)
+class MosaicGpuQuantizeTest(_OnCpu, unittest.TestCase):
+  """`quantize_mosaic_gpu.quantize_activations` (interpreted) against the spec bit for bit, and lowered for CUDA."""
+
+  def _inputs(self, k=256, rank=64, seed=30):
+    x = _random(seed, (128, k)).astype(jnp.bfloat16)
+    x = x.at[0, :8].set(jnp.asarray([7.0, 2.5, -2.5, 3.5, -0.5, 0.5, 1.5, -1.5], jnp.bfloat16))  # ties at .5
+    x = x.at[1, :64].set(0.0)  # a zero group: scale 0, codes 0
+    smooth = jnp.asarray(np.random.default_rng(seed).uniform(0.5, 4.0, (1, k)), jnp.float32)
+    down = (_random(seed + 1, (k, rank), outliers=False) / 16).astype(jnp.bfloat16)
+    return x, smooth, down
+
+  def test_codes_and_scales_are_the_spec_bit_for_bit_and_low_is_x_at_down(self):
+    x, smooth, down = self._inputs()
+    for code_dtype, signed, with_smooth in ((jnp.int8, True, True), (jnp.float8_e4m3fn, True, False),
+                                           (jnp.float8_e4m3fn, False, True)):
+      s = smooth if with_smooth else None
+      source = jnp.abs(x) if not signed else x
+      codes, scales, low = quantize_mosaic_gpu.quantize_activations(source, s, down, code_dtype=code_dtype,
+                                                                    signed=signed, stages=2, interpret=True)
+      want_codes, want_scales = reference.quantize_activations(source, None if s is None else s[0], 64, signed)
+      self.assertEqual(codes.dtype, jnp.dtype(code_dtype))
+      np.testing.assert_array_equal(codes.astype(jnp.float32), want_codes.astype(jnp.float32))
+      np.testing.assert_array_equal(scales, want_scales.T)
+      self.assertLess(_relative_error(low, reference._dot(source, down)), 5e-3)  # bf16 output
+
+  def test_without_the_low_rank_branch(self):
+    x, smooth, _ = self._inputs(k=128)
+    codes, scales, low = quantize_mosaic_gpu.quantize_activations(x, smooth, None, code_dtype=jnp.int8,
+                                                                  stages=2, interpret=True)
+    want_codes, want_scales = reference.quantize_activations(x, smooth[0], 64)
+    self.assertIsNone(low)
+    np.testing.assert_array_equal(codes, want_codes)
+    np.testing.assert_array_equal(scales, want_scales.T)
+
+  def test_lowers_for_cuda(self):
+    # The whole Mosaic GPU lowering runs on the CPU; only ptxas needs the GPU.
+    x, smooth, down = self._inputs(k=512)
+    for code_dtype in (jnp.int8, jnp.float8_e4m3fn):
+      fn = lambda x, s, d, c=code_dtype: quantize_mosaic_gpu.quantize_activations(x, s, d, code_dtype=c)
+      jax.jit(fn).trace(x, smooth, down).lower(lowering_platforms=("cuda",))
+
+  def test_ring_depth_fits_shared_memory_and_bad_inputs_are_named(self):
+    self.assertEqual(quantize_mosaic_gpu.deepest_ring(4, 64), 4)
+    self.assertEqual(quantize_mosaic_gpu.deepest_ring(8, 256), 3)  # 3 x 48.25 KB of ring + 81 KB of outputs
+    self.assertFalse(quantize_mosaic_gpu.fits(512))  # the output tile of x @ down alone takes 128 KB
+    x, smooth, down = self._inputs()
+    with self.assertRaisesRegex(ValueError, r"bf16 x.*float32 \(128, 256\)"):
+      quantize_mosaic_gpu.quantize_activations(x.astype(jnp.float32), smooth, down, code_dtype=jnp.int8)
+    with self.assertRaisesRegex(ValueError, r"down must be.*\(256, 20\)"):
+      quantize_mosaic_gpu.quantize_activations(x, smooth, down[:, :20], code_dtype=jnp.int8)
+    with self.assertRaisesRegex(ValueError, "shared memory"):
+      quantize_mosaic_gpu.quantize_activations(x, smooth, jnp.zeros((256, 1024), jnp.bfloat16), code_dtype=jnp.int8,
+                                               stages=8)
 
 
 @unittest.skipUnless(_MOSAIC_INTERPRETER, _NO_MOSAIC_INTERPRETER)
