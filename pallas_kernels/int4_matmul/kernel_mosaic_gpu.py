@@ -62,10 +62,38 @@ def _shared_arrays(stages, tile_n, rank, bias, code_dtype, out_dtype):
   return arrays
 
 
+def array_bytes(arrays) -> int:
+  """The bytes of a list of (shape, dtype, swizzle) shared-memory arrays."""
+  return sum(math.prod(shape) * jnp.dtype(dtype).itemsize for shape, dtype, _ in arrays)
+
+
+def smem_scratch(arrays):
+  """plgpu.SMEM scratch for a list of (shape, dtype, swizzle or None), swizzled ones tiled for wgmma and TMA."""
+  return [plgpu.SMEM(shape, dtype, transforms=compat.smem_tiles(dtype, swizzle) if swizzle else ())
+          for shape, dtype, swizzle in arrays]
+
+
+def stream_ring(fetch, steps: int, stages: int, free):
+  """The memory warpgroup's loop: `fetch(j, slot)` starts the copies of K step j into ring slot j % stages, each
+  slot refilled once the compute warpgroups have arrived on its `free` barrier."""
+  for first in range(min(stages, steps)):
+    fetch(first, first)
+
+  @pl.loop(min(stages, steps), steps)
+  def _(j):
+    slot = lax.rem(j, stages)
+    plgpu.barrier_wait(free.at[slot])
+    fetch(j, slot)
+
+  # Observe the last release of every slot too, so that no barrier ends the kernel with a phase nobody saw
+  # (the Mosaic GPU interpreter of JAX 0.11 rejects that; the hardware would not mind).
+  for j in range(max(steps - stages, 0), steps):
+    plgpu.barrier_wait(free.at[j % stages])
+
+
 def shared_memory_bytes(stages: int, tile_n: int, rank: int = 0, bias: bool = False, out_dtype=jnp.bfloat16) -> int:
   """The bytes of the kernel's shared-memory arrays (8-bit codes either way; barriers not counted)."""
-  return sum(math.prod(shape) * jnp.dtype(dtype).itemsize
-             for shape, dtype, _ in _shared_arrays(stages, tile_n, rank, bias, jnp.int8, out_dtype))
+  return array_bytes(_shared_arrays(stages, tile_n, rank, bias, jnp.int8, out_dtype))
 
 
 def deepest_ring(stages: int, tile_n: int, rank: int = 0, bias: bool = False, out_dtype=jnp.bfloat16) -> int:
@@ -204,22 +232,9 @@ def grouped_gemm(a, b, a_scales, b_scales, low, up, bias, *, group_size: int, ou
         plgpu.copy_gmem_to_smem(a_scales_ref.at[pl.ds(g, 1), cta_rows], a_scales_smem.at[slot], ready.at[slot])
         plgpu.copy_gmem_to_smem(b_scales_ref.at[pl.ds(g, 1), cols], b_scales_smem.at[slot], ready.at[slot])
 
-      for first in range(min(stages, steps)):
-        fetch(first, first)
+      stream_ring(fetch, steps, stages, free)
 
-      @pl.loop(min(stages, steps), steps)
-      def _(j):
-        slot = lax.rem(j, stages)
-        plgpu.barrier_wait(free.at[slot])
-        fetch(j, slot)
-
-      # Observe the last release of every slot too, so that no barrier ends the kernel with a phase nobody saw
-      # (the Mosaic GPU interpreter of JAX 0.11 rejects that; the hardware would not mind).
-      for j in range(max(steps - stages, 0), steps):
-        plgpu.barrier_wait(free.at[j % stages])
-
-  scratch = [plgpu.SMEM(shape, dtype, transforms=compat.smem_tiles(dtype, swizzle) if swizzle else ())
-             for shape, dtype, swizzle in _shared_arrays(stages, tile_n, rank, bias is not None, a.dtype, out_dtype)]
+  scratch = smem_scratch(_shared_arrays(stages, tile_n, rank, bias is not None, a.dtype, out_dtype))
   scratch += [
       plgpu.Barrier(num_arrivals=4, num_barriers=stages),
       plgpu.Barrier(num_arrivals=_COMPUTE_WGS, num_barriers=stages),

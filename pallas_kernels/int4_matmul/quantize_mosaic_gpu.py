@@ -16,8 +16,6 @@ exact for 4-bit values), the form the grouped GEMM takes. Group size 64 only (on
 M a multiple of 128 (`ops.py` pads), K of 64, the rank of 64.
 """
 
-import math
-
 import jax
 import jax.numpy as jnp
 from jax import lax
@@ -51,8 +49,8 @@ def _shared_arrays(stages, rank, smooth, code_dtype):
 
 
 def shared_memory_bytes(stages: int, rank: int, smooth: bool = True) -> int:
-  return sum(math.prod(shape) * jnp.dtype(dtype).itemsize
-             for shape, dtype, _ in _shared_arrays(stages, rank, smooth, jnp.int8))
+  """The bytes of the kernel's shared-memory arrays (8-bit codes either way; barriers not counted)."""
+  return kernel_mosaic_gpu.array_bytes(_shared_arrays(stages, rank, smooth, jnp.int8))
 
 
 def fits(rank: int, smooth: bool = True) -> bool:
@@ -167,20 +165,9 @@ def quantize_activations(x, smooth, down, *, code_dtype, signed: bool = True, st
         if rank:
           plgpu.copy_gmem_to_smem(down_ref.at[depth], down_smem.at[slot], ready.at[slot])
 
-      for first in range(min(stages, steps)):
-        fetch(first, first)
+      kernel_mosaic_gpu.stream_ring(fetch, steps, stages, free)
 
-      @pl.loop(min(stages, steps), steps)
-      def _(j):
-        slot = lax.rem(j, stages)
-        plgpu.barrier_wait(free.at[slot])
-        fetch(j, slot)
-
-      for j in range(max(steps - stages, 0), steps):
-        plgpu.barrier_wait(free.at[j % stages])
-
-  scratch = [plgpu.SMEM(shape, dtype, transforms=compat.smem_tiles(dtype, swizzle) if swizzle else ())
-             for shape, dtype, swizzle in _shared_arrays(stages, rank, smooth is not None, code_dtype)]
+  scratch = kernel_mosaic_gpu.smem_scratch(_shared_arrays(stages, rank, smooth is not None, code_dtype))
   copies = 1 + (smooth is not None) + bool(rank)
   scratch += [plgpu.Barrier(num_arrivals=copies, num_barriers=stages),
               plgpu.Barrier(num_arrivals=_COMPUTE_WGS, num_barriers=stages)]
