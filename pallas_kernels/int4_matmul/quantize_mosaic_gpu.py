@@ -14,6 +14,9 @@ memory on the CUDA cores while it runs (row max over the group, divide, round ha
 codes and the scale row by TMA from one of two output buffers. Codes are written as int8 or e4m3 (through float16,
 exact for 4-bit values), the form the grouped GEMM takes. Group size 64 only (one group per K step); x bf16;
 M a multiple of 128 (`ops.py` pads), K of 64, the rank of 64.
+
+Status: checked in the Mosaic GPU interpreter (bit-exact to the spec) and by lowering for CUDA on the CPU, but not
+yet run or timed on a GPU, so `ops.py` uses it only with `BlockSizes.fused_quantize` (int4_matmul_notes.md).
 """
 
 import jax
