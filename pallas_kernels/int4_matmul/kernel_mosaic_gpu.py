@@ -74,8 +74,10 @@ def smem_scratch(arrays):
 
 
 def stream_ring(fetch, steps: int, stages: int, free):
-  """The memory warpgroup's loop: `fetch(j, slot)` starts the copies of K step j into ring slot j % stages, each
-  slot refilled once the compute warpgroups have arrived on its `free` barrier."""
+  """The memory warpgroup's whole job: `fetch(j, slot)` starts the copies of K step j into ring slot j % stages,
+  each slot refilled once the compute warpgroups have arrived on its `free` barrier. Issuing copies needs few
+  registers, so it gives most of its share to the compute warpgroups."""
+  plgpu.set_max_registers(40, action="decrease")
   for first in range(min(stages, steps)):
     fetch(first, first)
 
@@ -221,8 +223,6 @@ def grouped_gemm(a, b, a_scales, b_scales, low, up, bias, *, group_size: int, ou
 
     @pl.when(wg == _MEMORY_WG)
     def _memory():
-      plgpu.set_max_registers(40, action="decrease")
-
       def fetch(j, slot):
         depth = pl.ds(j * STEP_K, STEP_K)
         g = j // steps_per_group

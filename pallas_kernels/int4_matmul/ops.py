@@ -156,8 +156,9 @@ class _MosaicGpuBackend:
   ([K, N] int8) are transposed to K-major in XLA per call. W4A16 and shapes the kernel does not take (N not a
   multiple of 128) go to the Triton-lowered kernels. The tuned ring depth is lowered where it would overflow shared
   memory (a large rank). With `fused_quantize` (bf16 x, group 64) one Mosaic GPU kernel (`quantize_mosaic_gpu.py`)
-  quantizes x and computes the down-projection instead of the two XLA fusions. Measured on an H100 (experiments/bench/README.md): W4A4 + rank 32 at 0.57-0.81x XLA bf16,
-  W8A8 at 0.8-1.1x, both ahead of the Triton kernels.
+  quantizes x and computes the down-projection instead of the two XLA fusions. Measured on an H100
+  (experiments/bench/README.md): W4A4 + rank 32 at 0.57-0.81x XLA bf16, W8A8 at 0.8-1.1x, both ahead of the Triton
+  kernels.
   """
 
   interpret: bool
@@ -170,15 +171,17 @@ class _MosaicGpuBackend:
     return IMPLEMENTATIONS["pallas_gpu_interpret" if self.interpret else "pallas_gpu"]
 
   @staticmethod
-  def _launch(codes, a_scales, b_codes, b_scales, low, up, bias, *, group_size, out_dtype, blocks, interpret):
-    m, n = codes.shape[0], b_codes.shape[0]
+  def _launch(m, codes, a_scales_t, b_codes, b_scales, low, up, bias, *, group_size, out_dtype, blocks, interpret):
+    """The grouped GEMM's first m rows; codes, a_scales_t ([K / group, rows]) and low may already be row-padded."""
+    n = b_codes.shape[0]
     rows = _round_up(m, kernel_mosaic_gpu.TILE_M)
     tile_n = next(t for t in (blocks.block_n, 256, 128) if t % kernel_mosaic_gpu.TILE_N_MULTIPLE == 0 and n % t == 0)
     code_dtype = jnp.dtype(blocks.code_dtype)
     stages = kernel_mosaic_gpu.deepest_ring(blocks.num_stages, tile_n, 0 if up is None else up.shape[0],
                                             bias is not None, out_dtype)
     out = kernel_mosaic_gpu.grouped_gemm(
-        codes_as(_pad_rows(codes, rows), code_dtype), codes_as(b_codes, code_dtype), _pad_rows(a_scales, rows).T,
+        codes_as(_pad_rows(codes, rows), code_dtype), codes_as(b_codes, code_dtype),
+        jnp.pad(a_scales_t, ((0, 0), (0, rows - a_scales_t.shape[1]))),
         b_scales.astype(jnp.float32), None if low is None else _pad_rows(low, rows), up, bias,
         group_size=group_size, out_dtype=out_dtype, tile_n=tile_n, stages=stages, interpret=interpret)
     return out[:m]
@@ -198,14 +201,13 @@ class _MosaicGpuBackend:
           _pad_rows(x, rows), None if smooth is None else smooth.reshape(1, -1).astype(jnp.float32), down,
           code_dtype=blocks.code_dtype, signed=signed, stages=quantize_mosaic_gpu.deepest_ring(4, rank),
           interpret=self.interpret)
-      a_scales = a_scales_t.T
     else:
       codes, a_scales = reference.quantize_activations(x, smooth, group_size, signed=signed)
+      a_scales_t = a_scales.T
       low = None if down is None else jnp.dot(x.astype(jnp.bfloat16), down, preferred_element_type=jnp.float32)
     low = None if low is None else low.astype(jnp.bfloat16)
-    out = self._launch(codes, a_scales, w_codes, w_scales, low, up, bias, group_size=group_size,
-                       out_dtype=x.dtype, blocks=blocks, interpret=self.interpret)
-    return out[:x.shape[0]]
+    return self._launch(x.shape[0], codes, a_scales_t, w_codes, w_scales, low, up, bias, group_size=group_size,
+                        out_dtype=x.dtype, blocks=blocks, interpret=self.interpret)
 
   def w4a16(self, x, w_packed, w_scales, bias, *, group_size, blocks):
     return self._triton.w4a16(x, w_packed, w_scales, bias, group_size=group_size, blocks=blocks)
@@ -216,7 +218,7 @@ class _MosaicGpuBackend:
     codes, a_scales = reference.quantize_int8_rows(x)
     k = x.shape[1]
     # One group spanning K: the int32 sum over all of K, then the per-token and per-channel scales.
-    return self._launch(codes, a_scales[:, None], w_codes.T, w_scales.reshape(1, -1), None, None, bias,
+    return self._launch(x.shape[0], codes, a_scales[None, :], w_codes.T, w_scales.reshape(1, -1), None, None, bias,
                         group_size=k, out_dtype=x.dtype, blocks=dataclasses.replace(blocks, code_dtype="int8"),
                         interpret=self.interpret)
 

@@ -158,8 +158,6 @@ def quantize_activations(x, smooth, down, *, code_dtype, signed: bool = True, st
 
     @pl.when(wg == _MEMORY_WG)
     def _memory():
-      plgpu.set_max_registers(40, action="decrease")
-
       def fetch(j, slot):
         depth = pl.ds(j * STEP_K, STEP_K)
         plgpu.copy_gmem_to_smem(x_ref.at[pl.ds(mi * TILE_M, TILE_M), depth], x_smem.at[slot], ready.at[slot])
