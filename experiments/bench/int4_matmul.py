@@ -107,9 +107,14 @@ def mosaic_w4a4_lowrank(d, code_dtype=None, **changes):
                         block_sizes=_mosaic_blocks("w4a4", d["x"].shape[0], code_dtype, **changes))
 
 
-def mosaic_w4a4_lowrank_fused_quantize(d):
-  """Activation quantization and the down-projection in one Mosaic GPU kernel (one read of x)."""
-  return mosaic_w4a4_lowrank(d, fused_quantize=True)
+def mosaic_w4a4_xla_quantize(d):
+  """Activation quantization in XLA instead of the Mosaic GPU kernel (the path before session 6)."""
+  return mosaic_w4a4(d, fused_quantize=False)
+
+
+def mosaic_w4a4_lowrank_xla_quantize(d):
+  """Activation quantization and the down-projection as two XLA fusions instead of one Mosaic GPU kernel."""
+  return mosaic_w4a4_lowrank(d, fused_quantize=False)
 
 
 def mosaic_w4a4_lowrank_unfused(d, code_dtype=None):
@@ -279,6 +284,12 @@ def breakdown(key, results, m=4096, k=3072, n=12288):
         d["codes"], d["w_codes"], d["a_scales_t"][:1], d["w_scales"][:1], None, None, d["bias"], group_size=k,
         out_dtype=jnp.bfloat16, tile_n=128, stages=stages)
 
+  def fused_quantize(d, down):
+    """As ops.py runs it: K split to fill the GPU, the partial down-projections added up."""
+    codes, scales, low = quantize_mosaic_gpu.quantize_activations(
+        d["x"], None, down, code_dtype=fp8, k_splits=quantize_mosaic_gpu.filling_splits(m, k))
+    return codes, scales, None if low is None else low.sum(0).astype(jnp.bfloat16)
+
   stages = {
       "xla_bf16": xla_bf16,
       "xla_quantize_activations": lambda d: reference.quantize_codes(d["x"], GROUP),
@@ -286,8 +297,10 @@ def breakdown(key, results, m=4096, k=3072, n=12288):
       "xla_quantize_activations_e4m3": lambda d: int4_ops.codes_as(reference.quantize_codes(d["x"], GROUP)[0], fp8),
       "xla_unpack_weights_e4m3": lambda d: int4_ops.codes_as(reference.unpack_int4(d["w_packed"], axis=0).T, fp8),
       "xla_down_projection": lambda d: jnp.dot(d["x"], d["down"], preferred_element_type=jnp.float32),
-      "mosaic_quantize_down_e4m3": lambda d: quantize_mosaic_gpu.quantize_activations(
+      "mosaic_quantize_down_e4m3_unsplit": lambda d: quantize_mosaic_gpu.quantize_activations(
           d["x"], None, d["down_padded"], code_dtype=fp8),
+      "mosaic_quantize_down_e4m3": lambda d: fused_quantize(d, d["down_padded"]),
+      "mosaic_quantize_e4m3": lambda d: fused_quantize(d, None),
       "gemm_int8": functools.partial(gemm, code_dtype="int8"),
       "gemm_fp8": gemm,
       "gemm_fp8_lowrank": functools.partial(gemm, lowrank=True),
@@ -327,7 +340,8 @@ def main():
   large_ops = [("xla_bf16", xla_bf16), ("xla_w4a16", xla_w4a16), ("triton_w4a16", triton_w4a16),
                ("mosaic_w4a4", mosaic_w4a4), ("mosaic_w4a4_int8", functools.partial(mosaic_w4a4, code_dtype="int8")),
                ("mosaic_w4a4_lowrank", mosaic_w4a4_lowrank),
-               ("mosaic_w4a4_lowrank_fused_quantize", mosaic_w4a4_lowrank_fused_quantize),
+               ("mosaic_w4a4_xla_quantize", mosaic_w4a4_xla_quantize),
+               ("mosaic_w4a4_lowrank_xla_quantize", mosaic_w4a4_lowrank_xla_quantize),
                ("mosaic_w4a4_lowrank_unfused", mosaic_w4a4_lowrank_unfused), ("mosaic_w8a8", mosaic_w8a8)]
   small_ops = [("xla_bf16", xla_bf16), ("xla_w4a16", xla_w4a16), ("triton_w4a16", triton_w4a16),
                ("mosaic_w4a4_lowrank", mosaic_w4a4_lowrank), ("mosaic_w8a8", mosaic_w8a8)]

@@ -103,7 +103,7 @@ def _quantize_groups_per_step(blocks, group_size, k):
 # ---------------------------------------------------------------------------------------------------------------
 
 
-def _quantize_int4_kernel(x_ref, smooth_ref, down_ref, codes_ref, scales_ref, low_ref, *, group_size, signed,
+def _quantize_int4_kernel(x_ref, inv_smooth_ref, down_ref, codes_ref, scales_ref, low_ref, *, group_size, signed,
                           groups_per_step):
   half = group_size // 2
   num_groups = x_ref.shape[1] // group_size
@@ -111,8 +111,8 @@ def _quantize_int4_kernel(x_ref, smooth_ref, down_ref, codes_ref, scales_ref, lo
 
   def load_smoothed(start):
     values = x_ref[:, pl.ds(start, half, stride=2)].astype(jnp.float32)
-    if smooth_ref is not None:
-      values = values / smooth_ref[:, pl.ds(start, half, stride=2)].astype(jnp.float32)
+    if inv_smooth_ref is not None:
+      values = values * inv_smooth_ref[:, pl.ds(start, half, stride=2)]
     return values
 
   def step(g, low_acc):
@@ -141,10 +141,11 @@ def _quantize_int4_kernel(x_ref, smooth_ref, down_ref, codes_ref, scales_ref, lo
     low_ref[...] = low
 
 
-def quantize_activations_int4(x, smooth, lowrank_down, *, group_size, signed, blocks, interpret):
+def quantize_activations_int4(x, inv_smooth, lowrank_down, *, group_size, signed, blocks, interpret):
   """x [M, K] -> (int8 codes [M, K] in group-halves order, float32 scales [M, K/group], float32 x @ down or None).
 
-  M must be a multiple of `blocks.quantize_block_m`; `smooth` is [1, K] or None; `lowrank_down` [K, r] or None.
+  M must be a multiple of `blocks.quantize_block_m`; `inv_smooth` (`reference.smoothing_reciprocal`) is float32
+  [1, K] or None; `lowrank_down` [K, r] or None.
   """
   m, k = x.shape
   block_m = blocks.quantize_block_m
@@ -154,9 +155,9 @@ def quantize_activations_int4(x, smooth, lowrank_down, *, group_size, signed, bl
   operands = [x]
   out_shape = [jax.ShapeDtypeStruct((m, k), jnp.int8), jax.ShapeDtypeStruct((m, k // group_size), jnp.float32)]
   out_specs = [pl.BlockSpec((block_m, k), rows), pl.BlockSpec((block_m, k // group_size), rows)]
-  if smooth is not None:
-    in_specs.append(pl.BlockSpec(smooth.shape, whole))
-    operands.append(smooth)
+  if inv_smooth is not None:
+    in_specs.append(pl.BlockSpec(inv_smooth.shape, whole))
+    operands.append(inv_smooth)
   if lowrank_down is not None:
     in_specs.append(pl.BlockSpec(lowrank_down.shape, whole))
     operands.append(lowrank_down)
@@ -166,11 +167,11 @@ def quantize_activations_int4(x, smooth, lowrank_down, *, group_size, signed, bl
   def kernel(*refs):
     refs = list(refs)
     x_ref = refs.pop(0)
-    smooth_ref = refs.pop(0) if smooth is not None else None
+    inv_smooth_ref = refs.pop(0) if inv_smooth is not None else None
     down_ref = refs.pop(0) if lowrank_down is not None else None
     codes_ref, scales_ref = refs.pop(0), refs.pop(0)
     low_ref = refs.pop(0) if lowrank_down is not None else None
-    _quantize_int4_kernel(x_ref, smooth_ref, down_ref, codes_ref, scales_ref, low_ref, group_size=group_size,
+    _quantize_int4_kernel(x_ref, inv_smooth_ref, down_ref, codes_ref, scales_ref, low_ref, group_size=group_size,
                           signed=signed, groups_per_step=_quantize_groups_per_step(blocks, group_size, k))
 
   outs = pl.pallas_call(

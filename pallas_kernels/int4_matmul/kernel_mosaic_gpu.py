@@ -47,6 +47,7 @@ RANK_MULTIPLE = 64  # the low-rank product's K: one 128-byte swizzle row of bf16
 _MEMORY_WG = _COMPUTE_WGS
 CODE_DTYPES = (jnp.dtype(jnp.int8), jnp.dtype(jnp.float8_e4m3fn))
 SHARED_MEMORY_BYTES = 227 * 1024  # per thread block on Hopper (sm_90); barriers and alignment take a little more
+MULTIPROCESSORS = 132  # an H100 SXM's SMs: one wave of CTAs that each need most of an SM's shared memory
 
 
 def _shared_arrays(stages, tile_n, rank, bias, code_dtype, out_dtype):

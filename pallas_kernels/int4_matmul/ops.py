@@ -105,7 +105,7 @@ class _GpuBackend:
     if down is not None:
       down, up = _pad_rank(down.astype(x.dtype), up.astype(x.dtype))
     codes, a_scales, low = kernel_gpu.quantize_activations_int4(
-        x_padded, _row(smooth), down, group_size=group_size, signed=signed, blocks=blocks,
+        x_padded, _row(reference.smoothing_reciprocal(smooth)), down, group_size=group_size, signed=signed, blocks=blocks,
         interpret=self.interpret)
     out = kernel_gpu.w4a4_gemm(codes, a_scales, w_packed, w_scales, low, up, _row(bias), out_dtype=x.dtype,
                                group_size=group_size, blocks=blocks, interpret=self.interpret)
@@ -155,10 +155,10 @@ class _MosaicGpuBackend:
   the bias. The low-rank branch runs in bf16 (SVDQuant's 16-bit branch), also for float32 inputs. W8A8 weights
   ([K, N] int8) are transposed to K-major in XLA per call. W4A16 and shapes the kernel does not take (N not a
   multiple of 128) go to the Triton-lowered kernels. The tuned ring depth is lowered where it would overflow shared
-  memory (a large rank). With `fused_quantize` (bf16 x, group 64) one Mosaic GPU kernel (`quantize_mosaic_gpu.py`)
-  quantizes x and computes the down-projection instead of the two XLA fusions. Measured on an H100
-  (experiments/bench/README.md): W4A4 + rank 32 at 0.57-0.81x XLA bf16, W8A8 at 0.8-1.1x, both ahead of the Triton
-  kernels.
+  memory (a large rank). With `fused_quantize` (bf16 x, group 64; the H100 default at large M) one Mosaic GPU kernel
+  (`quantize_mosaic_gpu.py`) quantizes x and computes the down-projection instead of the two XLA fusions. Measured on
+  an H100 (experiments/bench/README.md): W4A4 + rank 32 at 0.66-0.86x XLA bf16, W8A8 at 0.8-1.1x, both ahead of the
+  Triton kernels.
   """
 
   interpret: bool
@@ -197,10 +197,12 @@ class _MosaicGpuBackend:
     if (blocks.fused_quantize and x.dtype == jnp.bfloat16 and group_size == quantize_mosaic_gpu.GROUP_SIZE
         and quantize_mosaic_gpu.fits(rank)):
       rows = _round_up(x.shape[0], quantize_mosaic_gpu.TILE_M)
-      codes, a_scales_t, low = quantize_mosaic_gpu.quantize_activations(
-          _pad_rows(x, rows), None if smooth is None else smooth.reshape(1, -1).astype(jnp.float32), down,
+      codes, a_scales_t, low_partials = quantize_mosaic_gpu.quantize_activations(
+          _pad_rows(x, rows), _row(reference.smoothing_reciprocal(smooth)), down,
           code_dtype=blocks.code_dtype, signed=signed, stages=quantize_mosaic_gpu.deepest_ring(4, rank),
+          k_splits=quantize_mosaic_gpu.filling_splits(rows, x.shape[1]),
           interpret=self.interpret)
+      low = None if down is None else low_partials.sum(0)
     else:
       codes, a_scales = reference.quantize_activations(x, smooth, group_size, signed=signed)
       a_scales_t = a_scales.T

@@ -1,22 +1,23 @@
 """Mosaic GPU activation quantization for W4A4 with the low-rank down-projection fused: one read of x.
 
-    codes, scales = Q(x / smooth) per token and 64-wide group (`reference.quantize_activations`, bit for bit)
-    low = x @ down                                                  (bf16 operands, float32 sum, bf16 out)
+    codes, scales = Q(x * inv_smooth) per token and 64-wide group (`reference.quantize_activations`, bit for bit)
+    low[s] = x[:, K range s] @ down[K range s]              (bf16 operands, float32 partial sums per K range)
 
 Why: the Mosaic GPU W4A4 path otherwise runs two XLA fusions that both read x (on an H100 at 4096 x 3072:
-quantization 30 us, down-projection 13.6 us), and the second is what keeps the low-rank overhead above 10 % at
-3072 x 3072 (experiments/bench/README.md). Nunchaku fuses them the same way.
+quantization 30 us, down-projection 13.5 us); this kernel does both in 19.9 us including the sum of the partials,
+which took W4A4 + rank 32 at 4096 x 3072 x 3072 from 193.6 to 165.8 us and the low-rank overhead from 10.5 to 4 %
+(experiments/bench/README.md). Nunchaku fuses them the same way.
 
-Structure (`kernel_mosaic_gpu.py`'s pattern): a CTA owns 128 rows; a memory warpgroup streams 64-deep K steps of x,
-of `smooth` and of `down` by TMA into a ring of `stages` slots; each of two compute warpgroups, for its 64 rows and
+Structure (`kernel_mosaic_gpu.py`'s pattern): a CTA owns 128 rows and one of `k_splits` equal K ranges. The split
+is what makes it fast: 32 row tiles at M = 4096 leave 100 of an H100's 132 multiprocessors idle (46.4 us unsplit),
+and the quantization arithmetic, not memory, bounds each CTA. A memory warpgroup streams 64-deep K steps of x, of
+`inv_smooth` and of `down` by TMA into a ring of `stages` slots; each of two compute warpgroups, for its 64 rows and
 per step, starts the wgmma x_step @ down_step into the low-rank accumulator, quantizes the same x tile from shared
 memory on the CUDA cores while it runs (row max over the group, divide, round half to even, clip), and stores the
-codes and the scale row by TMA from one of two output buffers. Codes are written as int8 or e4m3 (through float16,
-exact for 4-bit values), the form the grouped GEMM takes. Group size 64 only (one group per K step); x bf16;
-M a multiple of 128 (`ops.py` pads), K of 64, the rank of 64.
-
-Status: checked in the Mosaic GPU interpreter (bit-exact to the spec) and by lowering for CUDA on the CPU, but not
-yet run or timed on a GPU, so `ops.py` uses it only with `BlockSizes.fused_quantize` (int4_matmul_notes.md).
+codes and the scale row by TMA from one of two output buffers. Each K range writes its float32 partial x @ down,
+which `ops.py` adds up in XLA. Codes are written as int8 or e4m3 (through float16, exact for 4-bit values), the form
+the grouped GEMM takes. Group size 64 only (one group per K step); x bf16; M a multiple of 128 (`ops.py` pads), K of
+64, the rank of 64.
 """
 
 import jax
@@ -38,7 +39,8 @@ _OUT_BUFFERS = 2
 
 
 def _shared_arrays(stages, rank, smooth, code_dtype):
-  """(shape, dtype, swizzle or None) of every shared-memory array, in the kernel's scratch order."""
+  """(shape, dtype, swizzle or None) of every shared-memory array, in the kernel's scratch order; `smooth`: whether
+  the smoothing reciprocals are streamed."""
   arrays = [((stages, TILE_M, STEP_K), jnp.bfloat16, 128)]
   if smooth:
     arrays.append(((stages, 1, STEP_K), jnp.float32, None))
@@ -47,7 +49,7 @@ def _shared_arrays(stages, rank, smooth, code_dtype):
   arrays += [((_COMPUTE_WGS, _OUT_BUFFERS, _ROWS, STEP_K), code_dtype, 64),
              ((_COMPUTE_WGS, _OUT_BUFFERS, 1, _ROWS), jnp.float32, None)]
   if rank:
-    arrays.append(((_COMPUTE_WGS, _ROWS, rank), jnp.bfloat16, 128))
+    arrays.append(((_COMPUTE_WGS, _ROWS, rank), jnp.float32, 128))
   return arrays
 
 
@@ -68,10 +70,18 @@ def deepest_ring(stages: int, rank: int, smooth: bool = True) -> int:
   return stages
 
 
-def quantize_activations(x, smooth, down, *, code_dtype, signed: bool = True, stages: int = 4,
+def filling_splits(m: int, k: int) -> int:
+  """The most K ranges (a divisor of the K steps) that keep the grid within one wave of CTAs (one per SM)."""
+  tiles, steps = m // TILE_M, k // STEP_K
+  return max((s for s in range(1, steps + 1) if steps % s == 0 and tiles * s <= kernel_mosaic_gpu.MULTIPROCESSORS),
+             default=1)
+
+
+def quantize_activations(x, inv_smooth, down, *, code_dtype, signed: bool = True, stages: int = 4, k_splits: int = 1,
                          interpret: bool = False):
-  """x [M, K] bf16, smooth [1, K] float32 or None, down [K, r] bf16 or None ->
-  (codes [M, K] int8 or e4m3, float32 scales [K / 64, M], bf16 x @ down [M, r] or None)."""
+  """x [M, K] bf16, inv_smooth [1, K] float32 (`reference.smoothing_reciprocal`) or None, down [K, r] bf16 or None ->
+  (codes [M, K] int8 or e4m3, float32 scales [K / 64, M], float32 partial sums of x @ down per K range
+  [k_splits, M, r] or None)."""
   m, k = x.shape
   steps = k // STEP_K
   rank = 0 if down is None else down.shape[1]
@@ -85,7 +95,10 @@ def quantize_activations(x, smooth, down, *, code_dtype, signed: bool = True, st
                            or rank % kernel_mosaic_gpu.RANK_MULTIPLE):
     raise ValueError(f"down must be bf16 [K={k}, r] with r a multiple of {kernel_mosaic_gpu.RANK_MULTIPLE}, got "
                      f"{down.dtype} {down.shape}")
-  needed = shared_memory_bytes(stages, rank, smooth is not None)
+  if k_splits < 1 or steps % k_splits:
+    raise ValueError(f"k_splits must divide the {steps} K steps of 64, got {k_splits}")
+  steps_per_split = steps // k_splits
+  needed = shared_memory_bytes(stages, rank, inv_smooth is not None)
   if needed > kernel_mosaic_gpu.SHARED_MEMORY_BYTES:
     raise ValueError(f"{stages} stages with rank {rank} need {needed} bytes of shared memory, more than "
                      f"{kernel_mosaic_gpu.SHARED_MEMORY_BYTES}: use deepest_ring()")
@@ -93,17 +106,18 @@ def quantize_activations(x, smooth, down, *, code_dtype, signed: bool = True, st
 
   def body(x_ref, *refs):
     refs = list(refs)
-    smooth_ref = refs.pop(0) if smooth is not None else None
+    inv_smooth_ref = refs.pop(0) if inv_smooth is not None else None
     down_ref = refs.pop(0) if rank else None
     codes_ref, scales_ref = refs.pop(0), refs.pop(0)
     low_ref = refs.pop(0) if rank else None
     x_smem = refs.pop(0)
-    smooth_smem = refs.pop(0) if smooth is not None else None
+    inv_smooth_smem = refs.pop(0) if inv_smooth is not None else None
     down_smem = refs.pop(0) if rank else None
     codes_smem, scales_smem = refs.pop(0), refs.pop(0)
     low_smem = refs.pop(0) if rank else None
     ready, free = refs
-    mi, wg = lax.axis_index("m"), lax.axis_index("wg")
+    mi, ki, wg = lax.axis_index("m"), lax.axis_index("k"), lax.axis_index("wg")
+    first_step = ki * steps_per_split
     wg_rows = pl.ds(wg * _ROWS, _ROWS)
     row0 = mi * TILE_M + wg * _ROWS
 
@@ -111,10 +125,11 @@ def quantize_activations(x, smooth, down, *, code_dtype, signed: bool = True, st
     def _compute():
       def quantize(j, slot):
         buf = lax.rem(j, _OUT_BUFFERS)
+        step_k = first_step + j
         values = compat.load(x_smem.at[slot, wg_rows], plgpu.Layout.WGMMA).astype(jnp.float32)
-        if smooth is not None:
-          values = values / lax.broadcast_in_dim(
-              compat.load(smooth_smem.at[slot, 0], compat.col_layout()), values.shape, [1])
+        if inv_smooth is not None:
+          values = values * lax.broadcast_in_dim(
+              compat.load(inv_smooth_smem.at[slot, 0], compat.col_layout()), values.shape, [1])
         peak = jnp.max(jnp.abs(values) if signed else values, axis=1)
         scale = jnp.maximum(peak, 0.0) * jnp.float32(1 / levels)
         divisor = jnp.where(scale == 0.0, 1.0, scale)
@@ -127,8 +142,8 @@ def quantize_activations(x, smooth, down, *, code_dtype, signed: bool = True, st
           codes_smem.at[wg, buf][...] = codes.astype(jnp.float16).astype(code_dtype)
         scales_smem.at[wg, buf, 0][...] = scale
         plgpu.commit_smem()
-        plgpu.copy_smem_to_gmem(codes_smem.at[wg, buf], codes_ref.at[pl.ds(row0, _ROWS), pl.ds(j * STEP_K, STEP_K)])
-        plgpu.copy_smem_to_gmem(scales_smem.at[wg, buf], scales_ref.at[pl.ds(j, 1), pl.ds(row0, _ROWS)])
+        plgpu.copy_smem_to_gmem(codes_smem.at[wg, buf], codes_ref.at[pl.ds(row0, _ROWS), pl.ds(step_k * STEP_K, STEP_K)])
+        plgpu.copy_smem_to_gmem(scales_smem.at[wg, buf], scales_ref.at[pl.ds(step_k, 1), pl.ds(row0, _ROWS)])
 
       def step(j, acc_ref):
         slot = lax.rem(j, stages)
@@ -142,16 +157,15 @@ def quantize_activations(x, smooth, down, *, code_dtype, signed: bool = True, st
 
       if rank:
         def scope(acc_ref):
-          @pl.loop(0, steps)
+          @pl.loop(0, steps_per_split)
           def _(j):
             step(j, acc_ref)
           return acc_ref[...]
-        low = pl.run_scoped(scope, plgpu.ACC((_ROWS, rank), jnp.float32))
-        low_smem.at[wg][...] = low.astype(jnp.bfloat16)
+        low_smem.at[wg][...] = pl.run_scoped(scope, plgpu.ACC((_ROWS, rank), jnp.float32))
         plgpu.commit_smem()
-        plgpu.copy_smem_to_gmem(low_smem.at[wg], low_ref.at[pl.ds(row0, _ROWS)])
+        plgpu.copy_smem_to_gmem(low_smem.at[wg], low_ref.at[ki, pl.ds(row0, _ROWS)])
       else:
-        @pl.loop(0, steps)
+        @pl.loop(0, steps_per_split)
         def _(j):
           step(j, None)
       plgpu.wait_smem_to_gmem(0)
@@ -159,23 +173,24 @@ def quantize_activations(x, smooth, down, *, code_dtype, signed: bool = True, st
     @pl.when(wg == _MEMORY_WG)
     def _memory():
       def fetch(j, slot):
-        depth = pl.ds(j * STEP_K, STEP_K)
+        depth = pl.ds((first_step + j) * STEP_K, STEP_K)
         plgpu.copy_gmem_to_smem(x_ref.at[pl.ds(mi * TILE_M, TILE_M), depth], x_smem.at[slot], ready.at[slot])
-        if smooth is not None:
-          plgpu.copy_gmem_to_smem(smooth_ref.at[:, depth], smooth_smem.at[slot], ready.at[slot])
+        if inv_smooth is not None:
+          plgpu.copy_gmem_to_smem(inv_smooth_ref.at[:, depth], inv_smooth_smem.at[slot], ready.at[slot])
         if rank:
           plgpu.copy_gmem_to_smem(down_ref.at[depth], down_smem.at[slot], ready.at[slot])
 
-      kernel_mosaic_gpu.stream_ring(fetch, steps, stages, free)
+      kernel_mosaic_gpu.stream_ring(fetch, steps_per_split, stages, free)
 
-  scratch = kernel_mosaic_gpu.smem_scratch(_shared_arrays(stages, rank, smooth is not None, code_dtype))
-  copies = 1 + (smooth is not None) + bool(rank)
+  scratch = kernel_mosaic_gpu.smem_scratch(_shared_arrays(stages, rank, inv_smooth is not None, code_dtype))
+  copies = 1 + (inv_smooth is not None) + bool(rank)
   scratch += [plgpu.Barrier(num_arrivals=copies, num_barriers=stages),
               plgpu.Barrier(num_arrivals=_COMPUTE_WGS, num_barriers=stages)]
   outs = [jax.ShapeDtypeStruct((m, k), code_dtype), jax.ShapeDtypeStruct((steps, m), jnp.float32)]
   if rank:
-    outs.append(jax.ShapeDtypeStruct((m, rank), jnp.bfloat16))
-  operands = [x] + ([smooth] if smooth is not None else []) + ([down] if rank else [])
-  codes, scales, *low = compat.launch(body, out=outs, scratch=scratch, grid=(m // TILE_M,), grid_names=("m",),
-                                      num_threads=_COMPUTE_WGS + 1, interpret=interpret)(*operands)
+    outs.append(jax.ShapeDtypeStruct((k_splits, m, rank), jnp.float32))
+  operands = [x] + ([inv_smooth] if inv_smooth is not None else []) + ([down] if rank else [])
+  codes, scales, *low = compat.launch(body, out=outs, scratch=scratch, grid=(m // TILE_M, k_splits),
+                                      grid_names=("m", "k"), num_threads=_COMPUTE_WGS + 1,
+                                      interpret=interpret)(*operands)
   return codes, scales, (low[0] if rank else None)

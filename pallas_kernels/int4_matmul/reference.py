@@ -11,7 +11,11 @@ Quantization. Symmetric per group of `group_size` consecutive elements along the
 The division by 7 is computed as a float32 multiplication by fl(1/7): XLA rewrites a division by a constant into
 exactly that (found by the bit-exact test), so spelling it out makes every backend, numpy included, agree bit for bit.
 The unsigned variant (for non-negative inputs such as shifted post-GELU activations) uses `max(x) / 15` and
-codes in [0, 15].
+codes in [0, 15]. Activations are smoothed first, x / smooth, computed as x * fl(1 / smooth) (SVDQuant's
+X diag(lambda)^-1) for the same reason: XLA turns a division by a broadcast vector into that multiplication in some
+programs and not in others, and float32 division is not correctly rounded on every device (XLA's 1 / smooth on an
+H100 differed from numpy's in the last bit for 32 of 256 channels). The kernels take the reciprocal as data, so
+every path multiplies by the same float32 numbers, and the kernels multiply rather than divide per element.
 """
 
 import jax
@@ -81,11 +85,16 @@ def quantize_codes(x, group_size=DEFAULT_GROUP_SIZE, axis=-1, signed=True):
   return codes, jnp.moveaxis(scales, -1, axis)
 
 
+def smoothing_reciprocal(smooth):
+  """fl(1 / smooth) in float32, or None: what the activations are multiplied by to be smoothed."""
+  return None if smooth is None else 1.0 / jnp.asarray(smooth, jnp.float32)
+
+
 def quantize_activations(x, smooth=None, group_size=DEFAULT_GROUP_SIZE, signed=True):
   """Q(x / smooth): per-token, per-group codes (int8) and float32 scales of [M, K] activations, smoothed first."""
   smoothed = x.astype(jnp.float32)
   if smooth is not None:
-    smoothed = smoothed / smooth.astype(jnp.float32)
+    smoothed = smoothed * smoothing_reciprocal(smooth)
   return quantize_codes(smoothed, group_size, axis=-1, signed=signed)
 
 
