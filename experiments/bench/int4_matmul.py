@@ -91,6 +91,12 @@ def triton_w4a16(d, blocks=None):
                          implementation="pallas_gpu")
 
 
+def mosaic_w4a16(d):
+  """The Mosaic GPU W4A16 kernel (`w4a16_mosaic_gpu.py`), M <= 64."""
+  return im.w4a16_matmul(d["x"], d["w_packed"], d["w_scales"], bias=d["bias"], implementation="mosaic_gpu",
+                         block_sizes=_mosaic_blocks("w4a16", d["x"].shape[0], mosaic_w4a16=True))
+
+
 def triton_w4a4_lowrank(d, blocks=None):
   return im.w4a4_matmul(d["x"], d["w_packed"], d["w_scales"], lowrank_down=d["down"], lowrank_up=d["up"],
                         bias=d["bias"], block_sizes=blocks, implementation="pallas_gpu")
@@ -344,6 +350,7 @@ def main():
                ("mosaic_w4a4_lowrank_xla_quantize", mosaic_w4a4_lowrank_xla_quantize),
                ("mosaic_w4a4_lowrank_unfused", mosaic_w4a4_lowrank_unfused), ("mosaic_w8a8", mosaic_w8a8)]
   small_ops = [("xla_bf16", xla_bf16), ("xla_w4a16", xla_w4a16), ("triton_w4a16", triton_w4a16),
+               ("mosaic_w4a16", mosaic_w4a16),
                ("mosaic_w4a4_lowrank", mosaic_w4a4_lowrank), ("mosaic_w8a8", mosaic_w8a8)]
   triton_w4a4 = [("triton_w4a4_lowrank", triton_w4a4_lowrank)]  # the pre-Mosaic path, in --quick only
   # Quantized outputs differ from the reference only by float32 summation order and bf16 operand rounding.

@@ -18,6 +18,7 @@ from pallas_kernels.int4_matmul import kernel_tpu
 from pallas_kernels.int4_matmul import quantize_mosaic_gpu
 from pallas_kernels.int4_matmul import reference
 from pallas_kernels.int4_matmul import tuning
+from pallas_kernels.int4_matmul import w4a16_mosaic_gpu
 
 _FLOAT_DTYPES = (jnp.bfloat16, jnp.float16, jnp.float32)
 _GPU_MIN_ROWS = 16  # smallest M of a Triton dot
@@ -212,7 +213,14 @@ class _MosaicGpuBackend:
                         out_dtype=x.dtype, blocks=blocks, interpret=self.interpret)
 
   def w4a16(self, x, w_packed, w_scales, bias, *, group_size, blocks):
-    return self._triton.w4a16(x, w_packed, w_scales, bias, group_size=group_size, blocks=blocks)
+    (m, k), n = x.shape, w_packed.shape[1]
+    if not (blocks.mosaic_w4a16 and x.dtype == jnp.bfloat16 and w4a16_mosaic_gpu.supports(m, k, n, group_size)):
+      return self._triton.w4a16(x, w_packed, w_scales, bias, group_size=group_size, blocks=blocks)
+    partials = w4a16_mosaic_gpu.w4a16_partials(
+        w4a16_mosaic_gpu.interleaved_x(x), w_packed, w_scales, out_rows=_round_up(m, 8),
+        k_splits=w4a16_mosaic_gpu.filling_splits(n, k), interpret=self.interpret)
+    out = partials.sum(0)[:m]
+    return (out if bias is None else out + bias.astype(jnp.float32)).astype(x.dtype)
 
   def w8a8(self, x, w_codes, w_scales, bias, *, blocks):
     if not self.supports(w_codes.shape[1]):

@@ -25,6 +25,8 @@ class BlockSizes:
   code_dtype: the 8-bit form of 4-bit codes on the Mosaic GPU tensor cores, "int8" or "float8_e4m3fn".
   fused_quantize: Mosaic GPU W4A4 (bf16 x, group 64): quantize the activations and compute the low-rank
     down-projection in one kernel (`quantize_mosaic_gpu.py`, one read of x) instead of two XLA fusions.
+  mosaic_w4a16: Mosaic GPU backend, bf16 x, M <= 64, group 64: W4A16 in `w4a16_mosaic_gpu.py` instead of the Triton
+    kernel. Off until measured on an H100 (`experiments/bench/int4_matmul.py --shapes small`, op mosaic_w4a16).
   quantize_block_m, quantize_block_k: token rows per program and contraction per loop iteration of the
     activation-quantization kernel (memory-bound: wide steps keep loads in flight).
   """
@@ -39,6 +41,7 @@ class BlockSizes:
   quantize_block_k: int = 256
   code_dtype: str = "int8"
   fused_quantize: bool = False
+  mosaic_w4a16: bool = False
 
 
 DEFAULT = BlockSizes()

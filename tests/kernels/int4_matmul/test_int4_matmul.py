@@ -22,6 +22,7 @@ from pallas_kernels.int4_matmul import ops
 from pallas_kernels.int4_matmul import quantize_mosaic_gpu
 from pallas_kernels.int4_matmul import reference
 from pallas_kernels.int4_matmul import tuning
+from pallas_kernels.int4_matmul import w4a16_mosaic_gpu
 
 
 def _random(seed, shape, outliers=True):
@@ -244,6 +245,17 @@ class _MosaicGpuShapes:
                              block_sizes=dataclasses.replace(blocks, fused_quantize=False), **kwargs)
       self.assertLess(_relative_error(got, plain), 5e-3, code_dtype)
 
+  def test_w4a16_with_the_mosaic_kernel(self):
+    # bf16 activations, 1 and 40 tokens (x padded to the 64-row wgmma tile), K split in two, bias added after.
+    blocks = dataclasses.replace(tuning.MOSAIC_DEFAULT, mosaic_w4a16=True)
+    for m in (1, self.M):
+      x = self.x[:m].astype(jnp.bfloat16)
+      got = im.w4a16_matmul(x, self.w_packed, self.w_scales, bias=self.bias, implementation=self.IMPLEMENTATION,
+                            block_sizes=blocks)
+      self.assertEqual((got.shape, got.dtype), ((m, self.N), jnp.bfloat16))
+      want = reference.w4a16_matmul(x, self.w_packed, self.w_scales, bias=self.bias)
+      self.assertLess(_relative_error(got, want), 1e-2, m)  # weights and output rounded to bf16
+
   def test_n_not_a_multiple_of_128_goes_to_the_triton_kernels(self):
     w_packed, w_scales = im.quantize_int4(_random(16, (self.K, 192), outliers=False), axis=0)
     got = im.w4a4_matmul(self.x, w_packed, w_scales, implementation=self.IMPLEMENTATION)
@@ -337,6 +349,44 @@ class MosaicGpuQuantizeTest(unittest.TestCase):
     with self.assertRaisesRegex(ValueError, "shared memory"):
       quantize_mosaic_gpu.quantize_activations(x, smooth, jnp.zeros((256, 1024), jnp.bfloat16), code_dtype=jnp.int8,
                                                stages=8)
+
+
+class MosaicGpuW4A16Test(unittest.TestCase):
+  """`w4a16_mosaic_gpu`: the x reordering, the lowering for CUDA, and its input checks."""
+
+  def _operands(self, m=5, k=256, n=128):
+    x = _random(40, (m, k)).astype(jnp.bfloat16)
+    w_packed, w_scales = im.quantize_int4(_random(41, (k, n), outliers=False), axis=0)
+    return x, w_packed, w_scales
+
+  def test_interleaved_x_puts_even_then_odd_k_of_each_128_block_and_pads_rows(self):
+    x = jnp.stack([jnp.arange(256.0), -jnp.arange(256.0)])  # integers below 256: exact in bf16
+    got = np.asarray(w4a16_mosaic_gpu.interleaved_x(x), np.float32)
+    self.assertEqual(got.shape, (64, 256))
+    np.testing.assert_array_equal(got[0, :128], np.r_[0:128:2, 1:128:2])
+    np.testing.assert_array_equal(got[1, 128:], -np.r_[128:256:2, 129:256:2])
+    self.assertFalse(got[2:].any())
+
+  def test_lowers_for_cuda(self):
+    x, w_packed, w_scales = self._operands()
+    fn = lambda x, w, s: w4a16_mosaic_gpu.w4a16_partials(w4a16_mosaic_gpu.interleaved_x(x), w, s, out_rows=8,
+                                                          k_splits=2)
+    jax.jit(fn).trace(x, w_packed, w_scales).lower(lowering_platforms=("cuda",))
+
+  def test_fills_the_gpu_and_bad_inputs_are_named(self):
+    self.assertEqual(w4a16_mosaic_gpu.filling_splits(3072, 3072), 4)  # 24 column tiles x 4 of 24 K steps
+    self.assertEqual(w4a16_mosaic_gpu.filling_splits(12288, 3072), 1)  # 96 tiles already
+    self.assertFalse(w4a16_mosaic_gpu.supports(65, 256, 128, 64))
+    x, w_packed, w_scales = self._operands()
+    xi = w4a16_mosaic_gpu.interleaved_x(x)
+    with self.assertRaisesRegex(ValueError, r"x must be bf16 \[64, K\].*\(5, 256\)"):
+      w4a16_mosaic_gpu.w4a16_partials(x, w_packed, w_scales, out_rows=8, k_splits=1)
+    with self.assertRaisesRegex(ValueError, r"w_packed must be uint8.*\(128, 64\)"):
+      w4a16_mosaic_gpu.w4a16_partials(xi, w_packed[:, :64], w_scales, out_rows=8, k_splits=1)
+    with self.assertRaisesRegex(ValueError, "k_splits must divide the 2 K steps of 128, got 3"):
+      w4a16_mosaic_gpu.w4a16_partials(xi, w_packed, w_scales, out_rows=8, k_splits=3)
+    with self.assertRaisesRegex(ValueError, "out_rows must be a multiple of 8"):
+      w4a16_mosaic_gpu.w4a16_partials(xi, w_packed, w_scales, out_rows=5, k_splits=1)
 
 
 @unittest.skipUnless(compat.is_hopper(), "compiled Mosaic GPU kernels need a Hopper GPU")
