@@ -113,6 +113,11 @@ def mosaic_w4a4_lowrank(d, code_dtype=None, **changes):
                         block_sizes=_mosaic_blocks("w4a4", d["x"].shape[0], code_dtype, **changes))
 
 
+def mosaic_w4a4_lowrank_persistent(d):
+  """The GEMM with one persistent CTA per SM walking the output tiles."""
+  return mosaic_w4a4_lowrank(d, persistent=True)
+
+
 def mosaic_w4a4_xla_quantize(d):
   """Activation quantization in XLA instead of the Mosaic GPU kernel (the path before session 6)."""
   return mosaic_w4a4(d, fused_quantize=False)
@@ -348,6 +353,7 @@ def main():
                ("mosaic_w4a4_lowrank", mosaic_w4a4_lowrank),
                ("mosaic_w4a4_xla_quantize", mosaic_w4a4_xla_quantize),
                ("mosaic_w4a4_lowrank_xla_quantize", mosaic_w4a4_lowrank_xla_quantize),
+               ("mosaic_w4a4_lowrank_persistent", mosaic_w4a4_lowrank_persistent),
                ("mosaic_w4a4_lowrank_unfused", mosaic_w4a4_lowrank_unfused), ("mosaic_w8a8", mosaic_w8a8)]
   small_ops = [("xla_bf16", xla_bf16), ("xla_w4a16", xla_w4a16), ("triton_w4a16", triton_w4a16),
                ("mosaic_w4a16", mosaic_w4a16),

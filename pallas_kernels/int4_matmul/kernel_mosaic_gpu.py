@@ -74,15 +74,17 @@ def smem_scratch(arrays):
           for shape, dtype, swizzle in arrays]
 
 
-def stream_ring(fetch, steps: int, stages: int, free):
+def stream_ring(fetch, steps, stages: int, free, min_steps: int | None = None):
   """The memory warpgroup's whole job: `fetch(j, slot)` starts the copies of K step j into ring slot j % stages,
   each slot refilled once the compute warpgroups have arrived on its `free` barrier. Issuing copies needs few
-  registers, so it gives most of its share to the compute warpgroups."""
+  registers, so it gives most of its share to the compute warpgroups. `steps` may be traced (a persistent CTA's
+  tile count times the steps per tile) if `min_steps`, a static lower bound, is given."""
   plgpu.set_max_registers(40, action="decrease")
-  for first in range(min(stages, steps)):
+  primed = min(stages, steps if min_steps is None else min_steps)
+  for first in range(primed):
     fetch(first, first)
 
-  @pl.loop(min(stages, steps), steps)
+  @pl.loop(primed, steps)
   def _(j):
     slot = lax.rem(j, stages)
     plgpu.barrier_wait(free.at[slot])
@@ -90,8 +92,13 @@ def stream_ring(fetch, steps: int, stages: int, free):
 
   # Observe the last release of every slot too, so that no barrier ends the kernel with a phase nobody saw
   # (the Mosaic GPU interpreter of JAX 0.11 rejects that; the hardware would not mind).
-  for j in range(max(steps - stages, 0), steps):
-    plgpu.barrier_wait(free.at[j % stages])
+  if isinstance(steps, int):
+    for j in range(max(steps - stages, 0), steps):
+      plgpu.barrier_wait(free.at[j % stages])
+  else:
+    @pl.loop(jnp.maximum(steps - stages, 0), steps)
+    def _(j):
+      plgpu.barrier_wait(free.at[lax.rem(j, stages)])
 
 
 def shared_memory_bytes(stages: int, tile_n: int, rank: int = 0, bias: bool = False, out_dtype=jnp.bfloat16) -> int:
@@ -107,8 +114,13 @@ def deepest_ring(stages: int, tile_n: int, rank: int = 0, bias: bool = False, ou
 
 
 def grouped_gemm(a, b, a_scales, b_scales, low, up, bias, *, group_size: int, out_dtype, tile_n: int, stages: int,
-                 interpret: bool = False):
-  """See the module docstring. a_scales [K/group, M] and b_scales [K/group, N] float32; low/up/bias may be None."""
+                 ctas: int | None = None, interpret: bool = False):
+  """See the module docstring. a_scales [K/group, M] and b_scales [K/group, N] float32; low/up/bias may be None.
+
+  ctas: None launches one CTA per output tile. A number launches that many persistent CTAs (at most one per tile):
+  CTA c computes tiles c, c + ctas, ... (row-major over the M x N tiles) with one ring running on across its tiles,
+  so the next tile's first K steps load during this tile's epilogue, whose output store is not waited for.
+  """
   m, k = a.shape
   n = b.shape[0]
   if a.dtype != b.dtype or a.dtype not in CODE_DTYPES:
@@ -120,6 +132,10 @@ def grouped_gemm(a, b, a_scales, b_scales, low, up, bias, *, group_size: int, ou
     raise ValueError(f"grouped_gemm needs at least 2 stages, got {stages}")
   if low is not None and low.shape[1] % RANK_MULTIPLE:
     raise ValueError(f"the low-rank rank must be a multiple of {RANK_MULTIPLE}, got low {low.shape}")
+  n_tiles = n // tile_n
+  tiles = (m // TILE_M) * n_tiles
+  if ctas is not None and not 0 < ctas <= tiles:
+    raise ValueError(f"ctas must be between 1 and the {tiles} output tiles, got {ctas}")
   rank = 0 if low is None else low.shape[1]
   needed = shared_memory_bytes(stages, tile_n, rank, bias is not None, out_dtype)
   if needed > SHARED_MEMORY_BYTES:
@@ -140,92 +156,121 @@ def grouped_gemm(a, b, a_scales, b_scales, low, up, bias, *, group_size: int, ou
     optional = refs[6:]
     low_smem, up_smem = (optional.pop(0), optional.pop(0)) if lowrank else (None, None)
     bias_smem = optional.pop(0) if bias is not None else None
-    mi, ni, wg = lax.axis_index("m"), lax.axis_index("n"), lax.axis_index("wg")
-    cta_rows, cols = pl.ds(mi * TILE_M, TILE_M), pl.ds(ni * tile_n, tile_n)
+    wg = lax.axis_index("wg")
     wg_rows = pl.ds(wg * _ROWS, _ROWS)
     shape = (_ROWS, tile_n)
+    if ctas is None:
+      tile_count = 1
+      tile_coords = lambda i: (lax.axis_index("m"), lax.axis_index("n"))
+    else:
+      cta = lax.axis_index("cta")
+      tile_count = (tiles - cta + ctas - 1) // ctas
 
-    def load_epilogue_operands():
-      """Starts the copies of this warpgroup's low-rank rows, up-projection and bias; they land during the K loop."""
-      row0 = mi * TILE_M + wg * _ROWS
-      if lowrank:
-        plgpu.copy_gmem_to_smem(low_ref.at[pl.ds(row0, _ROWS)], low_smem.at[wg], epilogue_ready.at[3 * wg])
-        plgpu.copy_gmem_to_smem(up_ref.at[:, cols], up_smem.at[wg], epilogue_ready.at[3 * wg + 1])
-      if bias is not None:
-        plgpu.copy_gmem_to_smem(bias_ref.at[:, cols], bias_smem.at[wg], epilogue_ready.at[3 * wg + 2])
-
-    def with_epilogue(acc):
-      """acc + low @ up + bias for this warpgroup's rows: one bf16 wgmma and a broadcast add after the K loop."""
-      if lowrank:
-        plgpu.barrier_wait(epilogue_ready.at[3 * wg])
-        plgpu.barrier_wait(epilogue_ready.at[3 * wg + 1])
-        acc = acc + compat.matmul(low_smem.at[wg], up_smem.at[wg], shape)
-      if bias is not None:
-        plgpu.barrier_wait(epilogue_ready.at[3 * wg + 2])
-        acc = acc + lax.broadcast_in_dim(compat.load(bias_smem.at[wg, 0], compat.col_layout()), shape, [1])
-      return acc
+      def tile_coords(i):
+        tile = cta + i * ctas
+        return tile // n_tiles, lax.rem(tile, n_tiles)
 
     @pl.when(wg < _COMPUTE_WGS)
     def _compute():
       plgpu.set_max_registers(232, action="increase")
 
-      def issue(j):
-        slot = lax.rem(j, stages)
-        plgpu.barrier_wait(ready.at[slot])
-        return slot
+      def run_tile(i, first_step):
+        """Output tile i of this CTA, whose K steps are the ring's first_step, first_step + 1, ..."""
+        mi, ni = tile_coords(i)
+        cols = pl.ds(ni * tile_n, tile_n)
+        ring_slot = lambda j: lax.rem(first_step + j, stages)
 
-      def run_group(g, overlap):
-        """Starts group g's wgmmas, runs `overlap()` on the CUDA cores while they run, then reads the partial sum."""
-        def scope(part_ref):
-          first = g * steps_per_group
-          slot = issue(first)
-          wgmma_overwriting(part_ref, a_smem.at[slot, wg_rows], compat.transposed(b_smem.at[slot]))
-          result = overlap()
+        def load_epilogue_operands():
+          """Starts the copies of this warpgroup's low-rank rows, up-projection and bias; they land during the K
+          loop."""
+          row0 = mi * TILE_M + wg * _ROWS
+          if lowrank:
+            plgpu.copy_gmem_to_smem(low_ref.at[pl.ds(row0, _ROWS)], low_smem.at[wg], epilogue_ready.at[3 * wg])
+            plgpu.copy_gmem_to_smem(up_ref.at[:, cols], up_smem.at[wg], epilogue_ready.at[3 * wg + 1])
+          if bias is not None:
+            plgpu.copy_gmem_to_smem(bias_ref.at[:, cols], bias_smem.at[wg], epilogue_ready.at[3 * wg + 2])
 
-          @pl.loop(1, steps_per_group)
-          def _(s):
-            slot = issue(first + s)
-            plgpu.wgmma(part_ref, a_smem.at[slot, wg_rows], compat.transposed(b_smem.at[slot]))
-            plgpu.wgmma_wait(1)  # the previous step's wgmma is done with its slot
-            plgpu.barrier_arrive(free.at[lax.rem(first + s - 1, stages)])
+        def with_epilogue(acc):
+          """acc + low @ up + bias for this warpgroup's rows: one bf16 wgmma and a broadcast add after the K loop."""
+          if lowrank:
+            plgpu.barrier_wait(epilogue_ready.at[3 * wg])
+            plgpu.barrier_wait(epilogue_ready.at[3 * wg + 1])
+            acc = acc + compat.matmul(low_smem.at[wg], up_smem.at[wg], shape)
+          if bias is not None:
+            plgpu.barrier_wait(epilogue_ready.at[3 * wg + 2])
+            acc = acc + lax.broadcast_in_dim(compat.load(bias_smem.at[wg, 0], compat.col_layout()), shape, [1])
+          return acc
 
-          return result, part_ref[...]
-        return pl.run_scoped(scope, plgpu.ACC(shape, part_dtype))
+        def issue(j):
+          slot = ring_slot(j)
+          plgpu.barrier_wait(ready.at[slot])
+          return slot
 
-      def rescaled(acc, part, g):
-        """acc + group g's partial sum times its scales, read from the slot of g's last step, which is then free."""
-        slot = lax.rem((g + 1) * steps_per_group - 1, stages)
-        a_scale = compat.load(a_scales_smem.at[slot, 0, wg_rows], compat.row_layout())
-        b_scale = compat.load(b_scales_smem.at[slot, 0], compat.col_layout())
-        plgpu.barrier_arrive(free.at[slot])
-        scaled = part.astype(jnp.float32) * lax.broadcast_in_dim(a_scale, shape, [0])
-        return acc + scaled * lax.broadcast_in_dim(b_scale, shape, [1])
+        def run_group(g, overlap):
+          """Starts group g's wgmmas, runs `overlap()` on the CUDA cores while they run, then reads the partial sum."""
+          def scope(part_ref):
+            first = g * steps_per_group
+            slot = issue(first)
+            wgmma_overwriting(part_ref, a_smem.at[slot, wg_rows], compat.transposed(b_smem.at[slot]))
+            result = overlap()
 
-      def later_group(g, carry):
-        acc, previous_part = carry
-        return run_group(g, lambda: rescaled(acc, previous_part, g - 1))
+            @pl.loop(1, steps_per_group)
+            def _(s):
+              slot = issue(first + s)
+              plgpu.wgmma(part_ref, a_smem.at[slot, wg_rows], compat.transposed(b_smem.at[slot]))
+              plgpu.wgmma_wait(1)  # the previous step's wgmma is done with its slot
+              plgpu.barrier_arrive(free.at[ring_slot(first + s - 1)])
 
-      # Two groups per loop iteration: the partial sum handed from one group to the next then alternates between
-      # two register sets instead of being copied back into the loop-carried one (64 moves per thread and group;
-      # dropping them took an H100 from 802 to 671 us at 4096 x 3072 x 12288). An odd group out runs before the loop.
-      load_epilogue_operands()
-      carry = (compat.zeros(shape), run_group(0, lambda: None)[1])
-      if groups % 2 == 0:
-        carry = later_group(1, carry)
-      first_pair = 2 - groups % 2
-      acc, last_part = lax.fori_loop(
-          0, (groups - first_pair) // 2,
-          lambda i, carry: later_group(first_pair + 2 * i + 1, later_group(first_pair + 2 * i, carry)), carry)
-      acc = with_epilogue(rescaled(acc, last_part, groups - 1))
-      out_smem.at[wg][...] = acc.astype(out_dtype)
-      plgpu.commit_smem()
-      plgpu.copy_smem_to_gmem(out_smem.at[wg], out_ref.at[pl.ds(mi * TILE_M + wg * _ROWS, _ROWS), cols])
+            return result, part_ref[...]
+          return pl.run_scoped(scope, plgpu.ACC(shape, part_dtype))
+
+        def rescaled(acc, part, g):
+          """acc + group g's partial sum times its scales, read from the slot of g's last step, which is then free."""
+          slot = ring_slot((g + 1) * steps_per_group - 1)
+          a_scale = compat.load(a_scales_smem.at[slot, 0, wg_rows], compat.row_layout())
+          b_scale = compat.load(b_scales_smem.at[slot, 0], compat.col_layout())
+          plgpu.barrier_arrive(free.at[slot])
+          scaled = part.astype(jnp.float32) * lax.broadcast_in_dim(a_scale, shape, [0])
+          return acc + scaled * lax.broadcast_in_dim(b_scale, shape, [1])
+
+        def later_group(g, carry):
+          acc, previous_part = carry
+          return run_group(g, lambda: rescaled(acc, previous_part, g - 1))
+
+        # Two groups per loop iteration: the partial sum handed from one group to the next then alternates between
+        # two register sets instead of being copied back into the loop-carried one (64 moves per thread and group;
+        # dropping them took an H100 from 802 to 671 us at 4096 x 3072 x 12288). An odd group out runs before the
+        # loop.
+        load_epilogue_operands()
+        carry = (compat.zeros(shape), run_group(0, lambda: None)[1])
+        if groups % 2 == 0:
+          carry = later_group(1, carry)
+        first_pair = 2 - groups % 2
+        acc, last_part = lax.fori_loop(
+            0, (groups - first_pair) // 2,
+            lambda p, carry: later_group(first_pair + 2 * p + 1, later_group(first_pair + 2 * p, carry)), carry)
+        acc = with_epilogue(rescaled(acc, last_part, groups - 1))
+        if ctas is not None:
+          plgpu.wait_smem_to_gmem(0, wait_read_only=True)  # the previous tile's store has read out_smem
+        out_smem.at[wg][...] = acc.astype(out_dtype)
+        plgpu.commit_smem()
+        plgpu.copy_smem_to_gmem(out_smem.at[wg], out_ref.at[pl.ds(mi * TILE_M + wg * _ROWS, _ROWS), cols])
+
+      if ctas is None:
+        run_tile(0, 0)
+      else:
+        @pl.loop(0, tile_count)
+        def _(i):
+          run_tile(i, i * steps)
       plgpu.wait_smem_to_gmem(0)
 
     @pl.when(wg == _MEMORY_WG)
     def _memory():
-      def fetch(j, slot):
-        depth = pl.ds(j * STEP_K, STEP_K)
+      def fetch(q, slot):
+        """Ring step q: K step q % steps of this CTA's tile q // steps."""
+        i, j = (0, q) if ctas is None else (q // steps, lax.rem(q, steps))
+        mi, ni = tile_coords(i)
+        cta_rows, cols, depth = pl.ds(mi * TILE_M, TILE_M), pl.ds(ni * tile_n, tile_n), pl.ds(j * STEP_K, STEP_K)
         g = j // steps_per_group
         # Four copies, one barrier: each copy arrives on it once (with its byte count), hence num_arrivals=4.
         plgpu.copy_gmem_to_smem(a_ref.at[cta_rows, depth], a_smem.at[slot], ready.at[slot])
@@ -233,7 +278,7 @@ def grouped_gemm(a, b, a_scales, b_scales, low, up, bias, *, group_size: int, ou
         plgpu.copy_gmem_to_smem(a_scales_ref.at[pl.ds(g, 1), cta_rows], a_scales_smem.at[slot], ready.at[slot])
         plgpu.copy_gmem_to_smem(b_scales_ref.at[pl.ds(g, 1), cols], b_scales_smem.at[slot], ready.at[slot])
 
-      stream_ring(fetch, steps, stages, free)
+      stream_ring(fetch, tile_count * steps, stages, free, min_steps=steps)
 
   scratch = smem_scratch(_shared_arrays(stages, tile_n, rank, bias is not None, a.dtype, out_dtype))
   scratch += [
@@ -246,6 +291,6 @@ def grouped_gemm(a, b, a_scales, b_scales, low, up, bias, *, group_size: int, ou
     operands += [low, up]
   if bias is not None:
     operands.append(bias.reshape(1, n).astype(jnp.float32))
-  return compat.launch(body, out=jax.ShapeDtypeStruct((m, n), out_dtype), scratch=scratch,
-                       grid=(m // TILE_M, n // tile_n), grid_names=("m", "n"), num_threads=_COMPUTE_WGS + 1,
-                       interpret=interpret)(*operands)
+  grid, grid_names = ((m // TILE_M, n_tiles), ("m", "n")) if ctas is None else ((ctas,), ("cta",))
+  return compat.launch(body, out=jax.ShapeDtypeStruct((m, n), out_dtype), scratch=scratch, grid=grid,
+                       grid_names=grid_names, num_threads=_COMPUTE_WGS + 1, interpret=interpret)(*operands)

@@ -180,11 +180,13 @@ class _MosaicGpuBackend:
     code_dtype = jnp.dtype(blocks.code_dtype)
     stages = kernel_mosaic_gpu.deepest_ring(blocks.num_stages, tile_n, 0 if up is None else up.shape[0],
                                             bias is not None, out_dtype)
+    tiles = rows // kernel_mosaic_gpu.TILE_M * (n // tile_n)
     out = kernel_mosaic_gpu.grouped_gemm(
         codes_as(_pad_rows(codes, rows), code_dtype), codes_as(b_codes, code_dtype),
         jnp.pad(a_scales_t, ((0, 0), (0, rows - a_scales_t.shape[1]))),
         b_scales.astype(jnp.float32), None if low is None else _pad_rows(low, rows), up, bias,
-        group_size=group_size, out_dtype=out_dtype, tile_n=tile_n, stages=stages, interpret=interpret)
+        group_size=group_size, out_dtype=out_dtype, tile_n=tile_n, stages=stages,
+        ctas=min(tiles, kernel_mosaic_gpu.MULTIPROCESSORS) if blocks.persistent else None, interpret=interpret)
     return out[:m]
 
   def w4a4(self, x, w_packed, w_scales, down, up, smooth, bias, *, group_size, signed, blocks):

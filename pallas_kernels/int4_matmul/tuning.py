@@ -25,6 +25,8 @@ class BlockSizes:
   code_dtype: the 8-bit form of 4-bit codes on the Mosaic GPU tensor cores, "int8" or "float8_e4m3fn".
   fused_quantize: Mosaic GPU W4A4 (bf16 x, group 64): quantize the activations and compute the low-rank
     down-projection in one kernel (`quantize_mosaic_gpu.py`, one read of x) instead of two XLA fusions.
+  persistent: Mosaic GPU W4A4 / W8A8 GEMM with one persistent CTA per SM walking the output tiles (the next tile's
+    K steps load during this tile's epilogue) instead of one CTA per tile. Off until measured on an H100.
   mosaic_w4a16: Mosaic GPU backend, bf16 x, M <= 64, group 64: W4A16 in `w4a16_mosaic_gpu.py` instead of the Triton
     kernel. Off until measured on an H100 (`experiments/bench/int4_matmul.py --shapes small`, op mosaic_w4a16).
   quantize_block_m, quantize_block_k: token rows per program and contraction per loop iteration of the
@@ -41,6 +43,7 @@ class BlockSizes:
   quantize_block_k: int = 256
   code_dtype: str = "int8"
   fused_quantize: bool = False
+  persistent: bool = False
   mosaic_w4a16: bool = False
 
 

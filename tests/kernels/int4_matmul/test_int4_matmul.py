@@ -272,6 +272,19 @@ class MosaicGpuInterpretTest(_OnCpu, _MosaicGpuShapes, MatmulTestBase):
 class MosaicGpuCompiledTest(_MosaicGpuShapes, MatmulTestBase):
   IMPLEMENTATION = "mosaic_gpu"
 
+  def test_persistent_ctas_give_the_per_tile_result(self):
+    # 12 x 12 output tiles of 128 x 128 on 132 SMs: twelve CTAs compute two tiles each.
+    x = _random(20, (1536, 256)).astype(jnp.bfloat16)
+    w_packed, w_scales = im.quantize_int4(_random(21, (256, 1536), outliers=False), axis=0)
+    kwargs = dict(lowrank_down=_random(22, (256, 32)) / 16, lowrank_up=_random(23, (32, 1536)) / 4,
+                  bias=_random(24, (1536,)), implementation=self.IMPLEMENTATION)
+    blocks = tuning.block_sizes("w4a4", 1536, jax.devices()[0].device_kind, "mosaic_gpu")
+    per_tile = im.w4a4_matmul(x, w_packed, w_scales, block_sizes=dataclasses.replace(blocks, persistent=False),
+                              **kwargs)
+    persistent = im.w4a4_matmul(x, w_packed, w_scales, block_sizes=dataclasses.replace(blocks, persistent=True),
+                                **kwargs)
+    np.testing.assert_array_equal(persistent, per_tile)
+
 
 class _MosaicGpuQuantizeChecks:
   """`quantize_mosaic_gpu.quantize_activations` against the spec bit for bit."""
@@ -441,6 +454,27 @@ class MosaicGpuKernelTest(unittest.TestCase):
     want = (self._expected(a, b, a_scales, b_scales, 192) + np.asarray(bias)
             + np.asarray(low, np.float64) @ np.asarray(up, np.float64))
     self.assertLess(_relative_error(got, want), 1e-6)
+
+  def test_a_persistent_cta_walks_several_tiles_with_one_ring(self):
+    # One CTA, 2 x 2 output tiles of 128 x 128: the ring (3 slots, 5 steps a tile) runs on across tiles, and each
+    # tile reloads its own low-rank rows, up-projection columns and bias.
+    rng = np.random.default_rng(8)
+    a = rng.integers(-8, 8, (256, 320)).astype(np.int8)
+    b = rng.integers(-8, 8, (256, 320)).astype(np.int8)
+    a_scales = rng.uniform(0.01, 2.0, (5, 256)).astype(np.float32)
+    b_scales = rng.uniform(0.01, 2.0, (5, 256)).astype(np.float32)
+    low = jnp.asarray(rng.standard_normal((256, 64)), jnp.bfloat16)
+    up = jnp.asarray(rng.standard_normal((64, 256)), jnp.bfloat16)
+    bias = jnp.asarray(rng.standard_normal(256), jnp.float32)
+    want = (self._expected(a, b, a_scales, b_scales, 64) + np.asarray(bias)
+            + np.asarray(low, np.float64) @ np.asarray(up, np.float64))
+    got = kernel_mosaic_gpu.grouped_gemm(
+        jnp.asarray(a).astype(jnp.float8_e4m3fn), jnp.asarray(b).astype(jnp.float8_e4m3fn), a_scales, b_scales, low,
+        up, bias, group_size=64, out_dtype=jnp.float32, tile_n=128, stages=3, ctas=1, interpret=True)
+    self.assertLess(_relative_error(got, want), 1e-6)
+    with self.assertRaisesRegex(ValueError, "ctas must be between 1 and the 4 output tiles, got 5"):
+      kernel_mosaic_gpu.grouped_gemm(jnp.asarray(a), jnp.asarray(b), a_scales, b_scales, None, None, None,
+                                     group_size=64, out_dtype=jnp.float32, tile_n=128, stages=3, ctas=5)
 
   def test_ring_depth_fits_shared_memory(self):
     # 8 steps of 128 x 64 codes for a and b plus their scale rows: 8 * (2 * 8192 + 1024) bytes; two 64 x 128 bf16
