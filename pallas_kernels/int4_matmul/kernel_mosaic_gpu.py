@@ -63,6 +63,11 @@ def _shared_arrays(stages, tile_n, rank, bias, code_dtype, out_dtype):
   return arrays
 
 
+def one_wave_splits(tiles: int, steps: int) -> int:
+  """The most K ranges (a divisor of `steps`) that keep `tiles` x ranges CTAs within one wave, one CTA per SM."""
+  return max((s for s in range(1, steps + 1) if steps % s == 0 and tiles * s <= MULTIPROCESSORS), default=1)
+
+
 def array_bytes(arrays) -> int:
   """The bytes of a list of (shape, dtype, swizzle) shared-memory arrays."""
   return sum(math.prod(shape) * jnp.dtype(dtype).itemsize for shape, dtype, _ in arrays)

@@ -71,10 +71,8 @@ def deepest_ring(stages: int, rank: int, smooth: bool = True) -> int:
 
 
 def filling_splits(m: int, k: int) -> int:
-  """The most K ranges (a divisor of the K steps) that keep the grid within one wave of CTAs (one per SM)."""
-  tiles, steps = m // TILE_M, k // STEP_K
-  return max((s for s in range(1, steps + 1) if steps % s == 0 and tiles * s <= kernel_mosaic_gpu.MULTIPROCESSORS),
-             default=1)
+  """The K ranges that fill an H100 with [m, k] activations (`kernel_mosaic_gpu.one_wave_splits`)."""
+  return kernel_mosaic_gpu.one_wave_splits(m // TILE_M, k // STEP_K)
 
 
 def quantize_activations(x, inv_smooth, down, *, code_dtype, signed: bool = True, stages: int = 4, k_splits: int = 1,

@@ -56,17 +56,17 @@ def _shared_arrays(stages):
 
 
 def shared_memory_bytes(stages: int) -> int:
+  """The bytes of the kernel's shared-memory arrays (barriers not counted): 4 stages take 196 KB."""
   return kernel_mosaic_gpu.array_bytes(_shared_arrays(stages))
 
 
 def filling_splits(n: int, k: int) -> int:
-  """The most K ranges (a divisor of the K steps) that keep the grid within one wave of CTAs (one per SM)."""
-  tiles, steps = n // TILE_N, k // STEP_K
-  return max((s for s in range(1, steps + 1) if steps % s == 0 and tiles * s <= kernel_mosaic_gpu.MULTIPROCESSORS),
-             default=1)
+  """The K ranges that fill an H100 with [k, n] weights (`kernel_mosaic_gpu.one_wave_splits`)."""
+  return kernel_mosaic_gpu.one_wave_splits(n // TILE_N, k // STEP_K)
 
 
 def supports(m: int, k: int, n: int, group_size: int) -> bool:
+  """Whether the kernel takes an [m, k] x [k, n] product with this group size (see the module docstring)."""
   return m <= MAX_M and k % STEP_K == 0 and n % TILE_N == 0 and group_size == GROUP_SIZE
 
 
