@@ -106,8 +106,8 @@ class _GpuBackend:
     if down is not None:
       down, up = _pad_rank(down.astype(x.dtype), up.astype(x.dtype))
     codes, a_scales, low = kernel_gpu.quantize_activations_int4(
-        x_padded, _row(reference.smoothing_reciprocal(smooth)), down, group_size=group_size, signed=signed, blocks=blocks,
-        interpret=self.interpret)
+        x_padded, _row(reference.smoothing_reciprocal(smooth)), down, group_size=group_size, signed=signed,
+        blocks=blocks, interpret=self.interpret)
     out = kernel_gpu.w4a4_gemm(codes, a_scales, w_packed, w_scales, low, up, _row(bias), out_dtype=x.dtype,
                                group_size=group_size, blocks=blocks, interpret=self.interpret)
     return _combine_splits(out, m, x.dtype)

@@ -140,7 +140,8 @@ def quantize_activations(x, inv_smooth, down, *, code_dtype, signed: bool = True
           codes_smem.at[wg, buf][...] = codes.astype(jnp.float16).astype(code_dtype)
         scales_smem.at[wg, buf, 0][...] = scale
         plgpu.commit_smem()
-        plgpu.copy_smem_to_gmem(codes_smem.at[wg, buf], codes_ref.at[pl.ds(row0, _ROWS), pl.ds(step_k * STEP_K, STEP_K)])
+        plgpu.copy_smem_to_gmem(codes_smem.at[wg, buf],
+                                codes_ref.at[pl.ds(row0, _ROWS), pl.ds(step_k * STEP_K, STEP_K)])
         plgpu.copy_smem_to_gmem(scales_smem.at[wg, buf], scales_ref.at[pl.ds(step_k, 1), pl.ds(row0, _ROWS)])
 
       def step(j, acc_ref):

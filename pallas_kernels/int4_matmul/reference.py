@@ -86,7 +86,8 @@ def quantize_codes(x, group_size=DEFAULT_GROUP_SIZE, axis=-1, signed=True):
 
 
 def smoothing_reciprocal(smooth):
-  """fl(1 / smooth) in float32, or None: what the activations are multiplied by to be smoothed."""
+  """1 / smooth in float32 as this device divides (not correctly rounded on every GPU), or None: what the
+  activations are multiplied by to be smoothed."""
   return None if smooth is None else 1.0 / jnp.asarray(smooth, jnp.float32)
 
 

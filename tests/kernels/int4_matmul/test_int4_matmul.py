@@ -304,8 +304,8 @@ class _MosaicGpuQuantizeChecks:
       s = smooth if with_smooth else None
       source = jnp.abs(x) if not signed else x
       codes, scales, low = quantize_mosaic_gpu.quantize_activations(
-          source, reference.smoothing_reciprocal(s), down, code_dtype=code_dtype, signed=signed, stages=2, k_splits=k_splits,
-          interpret=self.INTERPRET)
+          source, reference.smoothing_reciprocal(s), down, code_dtype=code_dtype, signed=signed, stages=2,
+          k_splits=k_splits, interpret=self.INTERPRET)
       want_codes, want_scales = reference.quantize_activations(source, None if s is None else s[0], 64, signed)
       self.assertEqual(codes.dtype, jnp.dtype(code_dtype))
       np.testing.assert_array_equal(codes.astype(jnp.float32), want_codes.astype(jnp.float32))
@@ -327,7 +327,8 @@ class _MosaicGpuQuantizeChecks:
 
 @unittest.skipUnless(_MOSAIC_INTERPRETER and jax.default_backend() == "cpu",
                      "interpreted on a CPU-only host: on an H100 host the interpreted codes differed from the CPU "
-                     "reference at 3 of 32768 near-tie elements (GPU division); MosaicGpuQuantizeCompiledTest runs there")
+                     "reference at 3 of 32768 near-tie elements (GPU division); MosaicGpuQuantizeCompiledTest runs "
+                     "there")
 class MosaicGpuQuantizeInterpretTest(_OnCpu, _MosaicGpuQuantizeChecks, unittest.TestCase):
   INTERPRET = True
 
