@@ -286,19 +286,21 @@ class MosaicGpuCompiledTest(_MosaicGpuShapes, MatmulTestBase):
     np.testing.assert_array_equal(persistent, per_tile)
 
 
+def _quantize_inputs(k=256, rank=64, seed=30):
+  """bf16 activations [128, k] with ties at .5 and a zero group, a smoothing row [1, k], a bf16 down-projection."""
+  x = _random(seed, (128, k)).astype(jnp.bfloat16)
+  x = x.at[0, :8].set(jnp.asarray([7.0, 2.5, -2.5, 3.5, -0.5, 0.5, 1.5, -1.5], jnp.bfloat16))  # ties at .5
+  x = x.at[1, :64].set(0.0)  # a zero group: scale 0, codes 0
+  smooth = jnp.asarray(np.random.default_rng(seed).uniform(0.5, 4.0, (1, k)), jnp.float32)
+  down = (_random(seed + 1, (k, rank), outliers=False) / 16).astype(jnp.bfloat16)
+  return x, smooth, down
+
+
 class _MosaicGpuQuantizeChecks:
   """`quantize_mosaic_gpu.quantize_activations` against the spec bit for bit."""
 
-  def _inputs(self, k=256, rank=64, seed=30):
-    x = _random(seed, (128, k)).astype(jnp.bfloat16)
-    x = x.at[0, :8].set(jnp.asarray([7.0, 2.5, -2.5, 3.5, -0.5, 0.5, 1.5, -1.5], jnp.bfloat16))  # ties at .5
-    x = x.at[1, :64].set(0.0)  # a zero group: scale 0, codes 0
-    smooth = jnp.asarray(np.random.default_rng(seed).uniform(0.5, 4.0, (1, k)), jnp.float32)
-    down = (_random(seed + 1, (k, rank), outliers=False) / 16).astype(jnp.bfloat16)
-    return x, smooth, down
-
   def test_codes_and_scales_are_the_spec_bit_for_bit_and_low_is_x_at_down(self):
-    x, smooth, down = self._inputs()
+    x, smooth, down = _quantize_inputs()
     for code_dtype, signed, with_smooth, k_splits in ((jnp.int8, True, True, 1), (jnp.float8_e4m3fn, True, False, 2),
                                                       (jnp.float8_e4m3fn, False, True, 4)):
       s = smooth if with_smooth else None
@@ -314,7 +316,7 @@ class _MosaicGpuQuantizeChecks:
       self.assertLess(_relative_error(low.sum(0), reference._dot(source, down)), 1e-5)  # float32 partial sums
 
   def test_without_the_low_rank_branch(self):
-    x, smooth, _ = self._inputs(k=128)
+    x, smooth, _ = _quantize_inputs(k=128)
     codes, scales, low = quantize_mosaic_gpu.quantize_activations(x, reference.smoothing_reciprocal(smooth), None,
                                                                   code_dtype=jnp.int8, stages=2,
                                                                   interpret=self.INTERPRET)
@@ -322,7 +324,6 @@ class _MosaicGpuQuantizeChecks:
     self.assertIsNone(low)
     np.testing.assert_array_equal(codes, want_codes)
     np.testing.assert_array_equal(scales, want_scales.T)
-
 
 
 @unittest.skipUnless(_MOSAIC_INTERPRETER and jax.default_backend() == "cpu",
@@ -336,11 +337,9 @@ class MosaicGpuQuantizeInterpretTest(_OnCpu, _MosaicGpuQuantizeChecks, unittest.
 class MosaicGpuQuantizeTest(unittest.TestCase):
   """The kernel lowered for CUDA, and its input checks."""
 
-  _inputs = _MosaicGpuQuantizeChecks._inputs
-
   def test_lowers_for_cuda(self):
     # The whole Mosaic GPU lowering runs on the CPU; only ptxas needs the GPU.
-    x, smooth, down = self._inputs(k=512)
+    x, smooth, down = _quantize_inputs(k=512)
     for code_dtype in (jnp.int8, jnp.float8_e4m3fn):
       fn = lambda x, s, d, c=code_dtype: quantize_mosaic_gpu.quantize_activations(x, s, d, code_dtype=c)
       jax.jit(fn).trace(x, smooth, down).lower(lowering_platforms=("cuda",))
@@ -353,7 +352,7 @@ class MosaicGpuQuantizeTest(unittest.TestCase):
     self.assertEqual(quantize_mosaic_gpu.filling_splits(4608, 3072), 3)  # 36 x 3 (48 steps: 4 would be 144)
     self.assertEqual(quantize_mosaic_gpu.filling_splits(128, 3072), 48)  # one step per CTA
     self.assertEqual(quantize_mosaic_gpu.filling_splits(32768, 3072), 1)
-    x, smooth, down = self._inputs()
+    x, smooth, down = _quantize_inputs()
     with self.assertRaisesRegex(ValueError, r"bf16 x.*float32 \(128, 256\)"):
       quantize_mosaic_gpu.quantize_activations(x.astype(jnp.float32), smooth, down, code_dtype=jnp.int8)
     with self.assertRaisesRegex(ValueError, r"down must be.*\(256, 20\)"):
