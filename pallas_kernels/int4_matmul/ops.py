@@ -151,14 +151,15 @@ def codes_as(codes, code_dtype):
 class _MosaicGpuBackend:
   """Hopper: the Mosaic GPU grouped 8-bit GEMM (`kernel_mosaic_gpu.py`) on int8 or e4m3 tensor cores.
 
-  XLA quantizes the activations, computes the low-rank down-projection and widens the packed int4 weights to 8-bit
-  K-major codes, each a single memory-bound fusion; the kernel fuses the per-group rescale, the up-projection and
-  the bias. The low-rank branch runs in bf16 (SVDQuant's 16-bit branch), also for float32 inputs. W8A8 weights
-  ([K, N] int8) are transposed to K-major in XLA per call. W4A16 and shapes the kernel does not take (N not a
-  multiple of 128) go to the Triton-lowered kernels. The tuned ring depth is lowered where it would overflow shared
-  memory (a large rank). With `fused_quantize` (bf16 x, group 64; the H100 default at large M) one Mosaic GPU kernel
-  (`quantize_mosaic_gpu.py`) quantizes x and computes the down-projection instead of the two XLA fusions. Measured on
-  an H100 (experiments/bench/README.md): W4A4 + rank 32 at 0.66-0.86x XLA bf16, W8A8 at 0.8-1.1x, both ahead of the
+  XLA widens the packed int4 weights to 8-bit K-major codes in one memory-bound fusion. The activations are
+  quantized, and the low-rank down-projection computed, by one Mosaic GPU kernel (`quantize_mosaic_gpu.py`) with
+  `fused_quantize` (bf16 x, group 64; the H100 default at large M), else by two XLA fusions. The GEMM fuses the
+  per-group rescale, the up-projection and the bias; with `persistent` it runs one CTA per SM over its tiles. The
+  low-rank branch runs in bf16 (SVDQuant's 16-bit branch), also for float32 inputs. W8A8 weights ([K, N] int8) are
+  transposed to K-major in XLA per call. W4A16 goes to the Triton-lowered kernel, or with `mosaic_w4a16` (bf16 x,
+  M <= 64) to `w4a16_mosaic_gpu.py`; shapes the GEMM does not take (N not a multiple of 128) go to the Triton-lowered
+  kernels too. The tuned ring depth is lowered where it would overflow shared memory (a large rank). Measured on an
+  H100 (experiments/bench/README.md): W4A4 + rank 32 at 0.66-0.86x XLA bf16, W8A8 at 0.8-1.1x, both ahead of the
   Triton kernels.
   """
 
