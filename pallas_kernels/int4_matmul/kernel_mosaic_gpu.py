@@ -111,11 +111,16 @@ def shared_memory_bytes(stages: int, tile_n: int, rank: int = 0, bias: bool = Fa
   return array_bytes(_shared_arrays(stages, tile_n, rank, bias, jnp.int8, out_dtype))
 
 
-def deepest_ring(stages: int, tile_n: int, rank: int = 0, bias: bool = False, out_dtype=jnp.bfloat16) -> int:
-  """`stages`, or fewer (at least 2) where that many K steps would not fit in an H100's shared memory."""
-  while stages > 2 and shared_memory_bytes(stages, tile_n, rank, bias, out_dtype) > SHARED_MEMORY_BYTES:
+def deepest_fitting(stages: int, bytes_at) -> int:
+  """`stages`, or fewer (at least 2) where `bytes_at(stages)` of shared memory would not fit in an H100's."""
+  while stages > 2 and bytes_at(stages) > SHARED_MEMORY_BYTES:
     stages -= 1
   return stages
+
+
+def deepest_ring(stages: int, tile_n: int, rank: int = 0, bias: bool = False, out_dtype=jnp.bfloat16) -> int:
+  """`stages`, or fewer (at least 2) where that many K steps would not fit in an H100's shared memory."""
+  return deepest_fitting(stages, lambda s: shared_memory_bytes(s, tile_n, rank, bias, out_dtype))
 
 
 def grouped_gemm(a, b, a_scales, b_scales, low, up, bias, *, group_size: int, out_dtype, tile_n: int, stages: int,

@@ -65,9 +65,7 @@ def fits(rank: int, smooth: bool = True) -> bool:
 
 def deepest_ring(stages: int, rank: int, smooth: bool = True) -> int:
   """`stages`, or fewer (at least 2) where that many K steps would not fit in an H100's shared memory."""
-  while stages > 2 and shared_memory_bytes(stages, rank, smooth) > kernel_mosaic_gpu.SHARED_MEMORY_BYTES:
-    stages -= 1
-  return stages
+  return kernel_mosaic_gpu.deepest_fitting(stages, lambda s: shared_memory_bytes(s, rank, smooth))
 
 
 def filling_splits(m: int, k: int) -> int:
