@@ -92,7 +92,12 @@ def stream_ring(fetch, steps, stages: int, free, min_steps: int | None = None):
   @pl.loop(primed, steps)
   def _(j):
     slot = lax.rem(j, stages)
-    plgpu.barrier_wait(free.at[slot])
+    if primed < stages:  # a traced step count may still reach slots never used: their first fill waits for nobody
+      @pl.when(j >= stages)
+      def _():
+        plgpu.barrier_wait(free.at[slot])
+    else:
+      plgpu.barrier_wait(free.at[slot])
     fetch(j, slot)
 
   # Observe the last release of every slot too, so that no barrier ends the kernel with a phase nobody saw
