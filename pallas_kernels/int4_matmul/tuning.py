@@ -55,7 +55,7 @@ _H100 = {
     ("w4a4", "small"): BlockSizes(block_m=16, block_n=64, block_k=128, k_splits=4, num_warps=4, num_stages=4),
     ("w4a16", "large"): BlockSizes(block_m=128, block_n=128, block_k=64, num_warps=8, num_stages=4),
     # At M = 64 one 64-row tile widens each weight once (16-row tiles widened it four times): 74.3 -> 54.1 us at
-    # 3072 x 12288 and 76.1 -> 48.7 us at 12288 x 3072 (.probe sweep, session 7; notes).
+    # 3072 x 12288 and 76.1 -> 48.7 us at 12288 x 3072 (int4_matmul.json, "session7").
     ("w4a16", "small"): BlockSizes(block_m=64, block_n=128, block_k=128, k_splits=8, num_warps=4, num_stages=4),
     # --sweep at M = 16 (experiments/bench/int4_matmul.json): 16 K splits of 128 x 128 tiles took 3072 x 12288 from
     # 25.4 to 24.7 us and 12288 x 3072 from 46.7 to 22.8 us (bf16: 30 us each). At M = 64 it was mixed against the
