@@ -253,26 +253,42 @@ def bench_shape(m, k, n, ops, reps, key, results, tolerance):
   return row
 
 
-def sweep_blocks(key, results):
-  """W4A16 tilings of the Triton kernel at two small-M shapes (W4A16's goal is at M <= 64)."""
-  configs = [tuning.BlockSizes(block_m=16, block_n=bn, block_k=bk, k_splits=s, num_warps=w, num_stages=4)
-             for bn, bk, s, w in ((64, 128, 4, 4), (64, 128, 8, 4), (128, 128, 8, 4), (64, 256, 8, 4),
-                                  (128, 256, 12, 8), (32, 128, 8, 4), (256, 128, 12, 8), (64, 128, 16, 4),
-                                  (128, 128, 16, 4), (64, 64, 16, 4))]
-  for m, k, n in ((16, 3072, 12288), (16, 12288, 3072)):
-    calls = call_sets(key, m, k, n)
-    base = 1e6 * kernel_or_wall(*time_op(xla_bf16, calls, 10))
-    results.append(dict(m=m, k=k, n=n, op="xla_bf16", time_us=base))
-    print(f"  sweep M={m} K={k} N={n} xla_bf16: {base:8.1f} us", flush=True)
-    for blocks in configs:
-      try:
-        t = 1e6 * kernel_or_wall(*time_op(functools.partial(triton_w4a16, blocks=blocks), calls, 10))
-      except Exception as e:  # a tiling the compiler rejects (shared memory, registers) is a result too
-        t = float("nan")
-        print(f"  {blocks}: {type(e).__name__}: {str(e)[:200]}")
-      results.append(dict(m=m, k=k, n=n, op="triton_w4a16", blocks=blocks.__dict__, time_us=t))
-      print(f"  sweep M={m} K={k} N={n} triton_w4a16 bn={blocks.block_n} bk={blocks.block_k} "
-            f"splits={blocks.k_splits} warps={blocks.num_warps}: {t:8.1f} us ({base / t:.2f}x bf16)", flush=True)
+def _sweep_configs():
+  """W4A16 tilings to sweep, by name: the 16-row dot at M = 16 (W4A16's goal is at M <= 64) and the CUDA-core GEMV
+  at M = 1, where the dot's decode tiling is the baseline. K splits are reduced to a divisor of the group count."""
+  dot = [tuning.BlockSizes(block_m=16, block_n=bn, block_k=bk, k_splits=s, num_warps=w, num_stages=4)
+         for bn, bk, s, w in ((64, 128, 4, 4), (64, 128, 8, 4), (128, 128, 8, 4), (64, 256, 8, 4), (128, 256, 12, 8),
+                              (32, 128, 8, 4), (256, 128, 12, 8), (64, 128, 16, 4), (128, 128, 16, 4),
+                              (64, 64, 16, 4))]
+  gemv = [tuning.BlockSizes(block_m=16, block_n=128, block_k=128, k_splits=16, num_warps=4, num_stages=4)]
+  gemv += [tuning.BlockSizes(block_n=bn, block_k=bk, k_splits=s, num_warps=w, num_stages=4, gemv=True)
+           for bn, bk, s, w in ((128, 256, 16, 4), (256, 128, 16, 4), (128, 128, 32, 4), (256, 128, 32, 4),
+                                (128, 256, 32, 4), (64, 128, 16, 2), (128, 128, 24, 4))]
+  return {"dot": ([(16, 3072, 12288), (16, 12288, 3072)], dot), "gemv": ([(1, k, n) for k, n in KN], gemv)}
+
+
+def sweep_blocks(key, results, only=(), save=lambda: None):
+  """W4A16 tilings of the Triton kernels (`_sweep_configs`, only the named sweeps if given); `save()` after each
+  shape."""
+  for name, (shapes, configs) in _sweep_configs().items():
+    if only and name not in only:
+      continue
+    for m, k, n in shapes:
+      calls = call_sets(key, m, k, n)
+      base = 1e6 * kernel_or_wall(*time_op(xla_bf16, calls, 10))
+      results.append(dict(m=m, k=k, n=n, op="xla_bf16", time_us=base))
+      print(f"  sweep M={m} K={k} N={n} xla_bf16: {base:8.1f} us", flush=True)
+      for blocks in configs:
+        try:
+          t = 1e6 * kernel_or_wall(*time_op(functools.partial(triton_w4a16, blocks=blocks), calls, 10))
+        except Exception as e:  # a tiling the compiler rejects (shared memory, registers) is a result too
+          t = float("nan")
+          print(f"  {blocks}: {type(e).__name__}: {str(e)[:200]}")
+        results.append(dict(m=m, k=k, n=n, op="triton_w4a16", blocks=blocks.__dict__, time_us=t))
+        print(f"  sweep M={m} K={k} N={n} triton_w4a16 {'gemv' if blocks.gemv else 'dot'} bn={blocks.block_n} "
+              f"bk={blocks.block_k} splits={blocks.k_splits} warps={blocks.num_warps}: {t:8.1f} us "
+              f"({base / t:.2f}x bf16)", flush=True)
+      save()
 
 
 def breakdown(key, results, only=(), save=lambda: None, m=4096, k=3072, n=12288):
@@ -350,7 +366,8 @@ def main():
   parser.add_argument("--m", type=int, nargs="*", help="only these M of the plan")
   parser.add_argument("--ops", nargs="*", help="only these ops of the plan (xla_bf16 is always kept)")
   parser.add_argument("--kn", nargs="*", help="only these K x N of the plan, written KxN (3072x12288)")
-  parser.add_argument("--sweep", action="store_true", help="also time a few tilings")
+  parser.add_argument("--sweep", nargs="*", choices=("dot", "gemv"),
+                      help="also time a few W4A16 tilings (only the named sweeps, if any)")
   parser.add_argument("--breakdown", nargs="*", metavar="STAGE",
                       help="also time each Mosaic stage alone at one shape (only the named stages, if any)")
   parser.add_argument("--out", default=os.path.join(os.path.dirname(os.path.abspath(__file__)), "int4_matmul.json"))
@@ -405,8 +422,8 @@ def main():
   for m, k, n, ops in plan:
     bench_shape(m, k, n, ops, 2 if args.quick else 15, jax.random.fold_in(key, m * 7 + k + n), rows, tolerance)
     save()
-  if args.sweep:
-    sweep_blocks(key, sweep)
+  if args.sweep is not None:
+    sweep_blocks(key, sweep, only=args.sweep, save=save)
   print(f"wrote {args.out} ({save()['seconds']} s)")
 
 

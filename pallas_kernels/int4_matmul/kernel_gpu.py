@@ -19,6 +19,9 @@ int8 tensor cores (W4A4, W8A8) or dequantized to bf16 (W4A16). Design points, ea
   reads the same x tile), the up-projection a dot in the GEMM epilogue.
 * `k_splits` > 1 gives several programs one output tile, each a slice of the groups, and returns float32 partial
   sums; for small M this is what fills the GPU's 132 multiprocessors.
+* W4A16 for a few tokens (decode) has a GEMV form with no dot at all: a tensor-core dot needs 16 rows, so one token
+  would be 1/16 of its work and the loop's layout conversions would bound it. Instead each weight is one multiply-add
+  per token on the CUDA cores, its code assembled as float32 bits (no int -> float conversion).
 
 Every kernel takes operands already padded to its tiles; `ops.py` validates, pads and dispatches.
 """
@@ -35,6 +38,11 @@ from jax.experimental.pallas import triton as plgpu_triton
 # small integer is that float plus the integer.
 _MAGIC = 12582912.0
 _MAGIC_BITS = 0x4B400000
+# 2**23 as float32 bits, xor 8: `nibble ^ _CODE_BITS` is the float32 2**23 + (code + 8) for the signed 4-bit code in
+# the nibble (xor 8 maps two's complement -8..7 to 0..15); subtracting _CODE_OFFSET leaves the code, exactly.
+_CODE_BITS = 0x4B000008
+_CODE_OFFSET = 8388616.0
+GEMV_MAX_M = 8  # the W4A16 GEMV keeps one accumulator row per token in registers
 
 
 def _round_half_to_even_int32(v):
@@ -282,6 +290,39 @@ def _w4a16_kernel(x_ref, w_ref, w_scales_ref, bias_ref, out_ref, *, group_size, 
   _epilogue(acc, None, None, bias_ref, out_ref)
 
 
+def _nibbles_as_float32(packed):
+  """Packed uint8 -> (low-nibble codes, high-nibble codes) as float32, built from their bits (`_CODE_BITS`)."""
+  as_int32 = packed.astype(jnp.int32)
+  low = jax.lax.bitcast_convert_type((as_int32 & 15) ^ _CODE_BITS, jnp.float32) - _CODE_OFFSET
+  high = jax.lax.bitcast_convert_type((as_int32 >> 4) ^ _CODE_BITS, jnp.float32) - _CODE_OFFSET
+  return low, high
+
+
+def _w4a16_gemv_kernel(x_ref, w_ref, w_scales_ref, bias_ref, out_ref, *, group_size, k_splits, groups_per_step):
+  """Per group: codes [g/2, block_n] times the group's x as a column, summed down the column, times the scale row.
+  x_ref is `gemv_activations` [K, rows]; each token keeps its own [1, block_n] accumulator."""
+  half = group_size // 2
+  first, count = _group_range(w_scales_ref.shape[0], k_splits)
+
+  def step(g, accs):
+    low, high = _nibbles_as_float32(w_ref[pl.ds(g * half, half), :])
+    scale = w_scales_ref[pl.ds(g, 1), :]
+    updated = []
+    for row, acc in enumerate(accs):
+      x_even = x_ref[pl.ds(g * group_size, half), pl.ds(row, 1)]
+      x_odd = x_ref[pl.ds(g * group_size + half, half), pl.ds(row, 1)]
+      updated.append(acc + scale * jnp.sum(low * x_even + high * x_odd, axis=0, keepdims=True))
+    return tuple(updated)
+
+  rows, cols = out_ref.shape[1:]
+  accs = _loop_over_groups(first, count, groups_per_step, step, (jnp.zeros((1, cols), jnp.float32),) * rows)
+  if bias_ref is not None:
+    first_split = (pl.program_id(2) == 0).astype(jnp.float32)
+    accs = [acc + first_split * bias_ref[...].astype(jnp.float32) for acc in accs]
+  for row, acc in enumerate(accs):
+    out_ref[0, pl.ds(row, 1), :] = acc
+
+
 def _w8a8_kernel(codes_ref, a_scales_ref, w_ref, w_scales_ref, bias_ref, out_ref, *, step_k, k_splits, transposed):
   first, count = _group_range(w_ref.shape[0] // step_k, k_splits)
 
@@ -355,6 +396,30 @@ def w4a16_gemm(x, w_packed, w_scales, bias, *, group_size, blocks, interpret):
   body = functools.partial(_w4a16_kernel, group_size=group_size, k_splits=blocks.k_splits,
                            groups_per_step=groups_per_step)
   return _gemm_call(body, [x, w_packed, w_scales, bias], specs, m, n, x.dtype, blocks, interpret, "w4a16_gemm")
+
+
+def gemv_activations(x, group_size, rows):
+  """x [M, K] -> float32 [K, rows] for `w4a16_gemv`: tokens zero-padded to `rows` (a power of two, Triton's block
+  rule) and made columns, each group's even k before its odd k (the order of a packed byte's low, high nibbles)."""
+  m, k = x.shape
+  if not m <= rows <= GEMV_MAX_M or rows & (rows - 1):
+    raise ValueError(f"the W4A16 GEMV takes up to {GEMV_MAX_M} tokens, padded to a power of two: got M={m}, "
+                     f"rows={rows}")
+  halves = x.astype(jnp.float32).reshape(m, k // group_size, group_size // 2, 2).transpose(0, 1, 3, 2)
+  return jnp.pad(halves.reshape(m, k), ((0, rows - m), (0, 0))).T
+
+
+def w4a16_gemv(x_columns, w_packed, w_scales, bias, *, group_size, blocks, interpret):
+  """`gemv_activations(x)` [K, rows] times packed int4 weights, multiply-adds on the CUDA cores (decode-sized M) ->
+  float32 [k_splits, rows, N]."""
+  (k, rows), n = x_columns.shape, w_packed.shape[1]
+  blocks = dataclasses.replace(blocks, block_m=rows)
+  specs = [pl.BlockSpec((k, rows), lambda i, j, s: (0, 0)), _col_block(blocks, k // 2),
+           _col_block(blocks, k // group_size), None if bias is None else _col_block(blocks, 1)]
+  body = functools.partial(_w4a16_gemv_kernel, group_size=group_size, k_splits=blocks.k_splits,
+                           groups_per_step=_groups_per_step(blocks, group_size, k // group_size // blocks.k_splits))
+  return _gemm_call(body, [x_columns, w_packed, w_scales, bias], specs, rows, n, jnp.float32, blocks, interpret,
+                    "w4a16_gemv")
 
 
 def w8a8_gemm(codes, a_scales, w_codes, w_scales, bias, *, out_dtype, blocks, interpret, transposed=True):

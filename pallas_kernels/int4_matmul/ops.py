@@ -115,6 +115,10 @@ class _GpuBackend:
   def w4a16(self, x, w_packed, w_scales, bias, *, group_size, blocks):
     (m, k), n = x.shape, w_packed.shape[1]
     blocks = self._fit(blocks, m, n, k // group_size)
+    if blocks.gemv and m <= kernel_gpu.GEMV_MAX_M:
+      out = kernel_gpu.w4a16_gemv(kernel_gpu.gemv_activations(x, group_size, _next_power_of_2(m)), w_packed,
+                                  w_scales, _row(bias), group_size=group_size, blocks=blocks, interpret=self.interpret)
+      return _combine_splits(out, m, x.dtype)
     out = kernel_gpu.w4a16_gemm(_pad_rows(x, _round_up(m, blocks.block_m)), w_packed, w_scales, _row(bias),
                                 group_size=group_size, blocks=blocks, interpret=self.interpret)
     return _combine_splits(out, m, x.dtype)

@@ -1,13 +1,14 @@
 """Block sizes for the int4 matmul kernels, tuned per device kind, with safe defaults.
 
 `block_sizes(op, m, device_kind, backend)` looks up the table below by device kind (as
-`jax.devices()[0].device_kind` spells it), backend, operation and the size class of M: "decode" (M <= 16) and
-"small" (M <= 64) are memory-bound, "large" compute-bound; a decode entry falls back to the small one. Anything not
-in the table gets the defaults, which are correct everywhere and merely slower.
+`jax.devices()[0].device_kind` spells it), backend, operation and the size class of M: "gemv" (M = 1), "decode"
+(M <= 16) and "small" (M <= 64) are memory-bound, "large" compute-bound; a missing gemv entry falls back to decode,
+and decode to small. Anything not in the table gets the defaults, which are correct everywhere and merely slower.
 """
 
 import dataclasses
 
+GEMV_M = 1
 DECODE_M = 16
 SMALL_M = 64
 
@@ -27,6 +28,8 @@ class BlockSizes:
     down-projection in one kernel (`quantize_mosaic_gpu.py`, one read of x) instead of two XLA fusions.
   persistent: Mosaic GPU W4A4 / W8A8 GEMM with one persistent CTA per SM walking the output tiles (the next tile's
     K steps load during this tile's epilogue) instead of one CTA per tile. Off until measured on an H100.
+  gemv: GPU W4A16 with M <= kernel_gpu.GEMV_MAX_M: multiply-adds on the CUDA cores instead of a 16-row tensor-core
+    dot (`kernel_gpu.w4a16_gemv`; block_m is unused).
   mosaic_w4a16: Mosaic GPU backend, bf16 x, M <= 64, group 64: W4A16 in `w4a16_mosaic_gpu.py` instead of the Triton
     kernel. Off until measured on an H100 (`experiments/bench/int4_matmul.py --shapes small`, op mosaic_w4a16).
   quantize_block_m, quantize_block_k: token rows per program and contraction per loop iteration of the
@@ -44,6 +47,7 @@ class BlockSizes:
   code_dtype: str = "int8"
   fused_quantize: bool = False
   persistent: bool = False
+  gemv: bool = False
   mosaic_w4a16: bool = False
 
 
@@ -61,6 +65,10 @@ _H100 = {
     # 25.4 to 24.7 us and 12288 x 3072 from 46.7 to 22.8 us (bf16: 30 us each). At M = 64 it was mixed against the
     # 4-split tiling (89 vs 74 us at 3072 x 12288, 69 vs 76 at 12288 x 3072), hence the separate decode class.
     ("w4a16", "decode"): BlockSizes(block_m=16, block_n=128, block_k=128, k_splits=16, num_warps=4, num_stages=4),
+    # One token: the CUDA-core GEMV (int4_matmul.json "session7", gemv probe) took 19.9 / 24.2 / 9.8 us where the
+    # 16-row dot took 24.1 / 23.8 / 10.5 (3072 x 12288, 12288 x 3072, 3072 x 3072; bf16 32.9 / 29.3 / 17.9). From
+    # two tokens on the dot wins (M = 2: 31.4 vs 24.3 us), since the GEMV's work grows with every token.
+    ("w4a16", "gemv"): BlockSizes(block_n=128, block_k=256, k_splits=16, num_warps=4, num_stages=4, gemv=True),
     ("w8a8", "large"): BlockSizes(block_m=128, block_n=128, block_k=128, num_warps=8, num_stages=4,
                                   quantize_block_k=512),
     ("w8a8", "small"): BlockSizes(block_m=16, block_n=64, block_k=128, k_splits=4, num_warps=4, num_stages=4),
@@ -95,7 +103,8 @@ def block_sizes(op: str, m: int, device_kind: str | None, backend: str = "pallas
   """Tuned block sizes for `op` ("w4a4", "w4a16", "w8a8") at M = m with `backend` on `device_kind`, else defaults."""
   default = MOSAIC_DEFAULT if backend == "mosaic_gpu" and op != "w4a16" else DEFAULT
   table = TUNED.get((device_kind, backend), {})
-  size = "decode" if m <= DECODE_M else "small" if m <= SMALL_M else "large"
-  if size == "decode" and (op, size) not in table:
-    size = "small"
+  size = "gemv" if m <= GEMV_M else "decode" if m <= DECODE_M else "small" if m <= SMALL_M else "large"
+  for smaller, larger in (("gemv", "decode"), ("decode", "small")):
+    if size == smaller and (op, size) not in table:
+      size = larger
   return table.get((op, size), default)

@@ -544,6 +544,35 @@ class GpuKernelPiecesTest(_OnCpu, unittest.TestCase):
         self.assertLess(_relative_error(got4, want4), 1e-5)
         self.assertLess(_relative_error(got16, want16), 1e-5)
 
+  def test_nibbles_assembled_as_float32_are_the_codes(self):
+    every_byte = jnp.arange(256, dtype=jnp.int32).astype(jnp.uint8).reshape(1, 256)
+    low, high = kernel_gpu._nibbles_as_float32(every_byte)
+    codes = np.asarray(reference.unpack_int4(every_byte, axis=-1)).reshape(256, 2)
+    np.testing.assert_array_equal(np.asarray(low)[0], codes[:, 0])
+    np.testing.assert_array_equal(np.asarray(high)[0], codes[:, 1])
+
+  def test_w4a16_gemv_for_decode_sized_m(self):
+    # 1, 3 (padded to 4) and 8 tokens, K split in two, two groups per loop step, bias on the first split only.
+    w_packed, w_scales = im.quantize_int4(_random(26, (256, 128), outliers=False), axis=0)
+    bias = _random(27, (128,), outliers=False)
+    blocks = tuning.BlockSizes(block_n=64, block_k=128, k_splits=2, gemv=True)
+    for m, dtype, tolerance in ((1, jnp.float32, 1e-6), (3, jnp.float32, 1e-6), (8, jnp.bfloat16, 1e-2)):
+      with self.subTest(m=m):
+        x = _random(28, (m, 256)).astype(dtype)
+        got = im.w4a16_matmul(x, w_packed, w_scales, bias=bias, implementation="pallas_gpu_interpret",
+                              block_sizes=blocks)
+        self.assertEqual((got.shape, got.dtype), ((m, 128), dtype))
+        self.assertLess(_relative_error(got, reference.w4a16_matmul(x, w_packed, w_scales, bias=bias)), tolerance)
+    with self.assertRaisesRegex(ValueError, "up to 8 tokens.*M=9, rows=16"):
+      kernel_gpu.gemv_activations(jnp.zeros((9, 256)), 64, 16)
+
+  def test_one_token_picks_the_gemv_and_missing_classes_fall_back(self):
+    h100 = "NVIDIA H100 80GB HBM3"
+    self.assertTrue(tuning.block_sizes("w4a16", 1, h100).gemv)
+    self.assertEqual(tuning.block_sizes("w4a16", 2, h100), tuning._H100[("w4a16", "decode")])
+    self.assertEqual(tuning.block_sizes("w4a4", 1, h100), tuning._H100[("w4a4", "small")])  # no gemv, no decode
+    self.assertEqual(tuning.block_sizes("w4a16", 1, "a GPU not in the table"), tuning.DEFAULT)
+
   def test_untransposed_product_and_plain_int_conversion_agree(self):
     codes, scales, _ = kernel_gpu.quantize_activations_int4(
         _random(24, (16, 128)), None, None, group_size=64, signed=True, blocks=tuning.DEFAULT, interpret=True)
