@@ -65,10 +65,11 @@ _H100 = {
     # 25.4 to 24.7 us and 12288 x 3072 from 46.7 to 22.8 us (bf16: 30 us each). At M = 64 it was mixed against the
     # 4-split tiling (89 vs 74 us at 3072 x 12288, 69 vs 76 at 12288 x 3072), hence the separate decode class.
     ("w4a16", "decode"): BlockSizes(block_m=16, block_n=128, block_k=128, k_splits=16, num_warps=4, num_stages=4),
-    # One token: the CUDA-core GEMV (int4_matmul.json "session7", gemv probe) took 19.9 / 24.2 / 9.8 us where the
-    # 16-row dot took 24.1 / 23.8 / 10.5 (3072 x 12288, 12288 x 3072, 3072 x 3072; bf16 32.9 / 29.3 / 17.9). From
-    # two tokens on the dot wins (M = 2: 31.4 vs 24.3 us), since the GEMV's work grows with every token.
-    ("w4a16", "gemv"): BlockSizes(block_n=128, block_k=256, k_splits=16, num_warps=4, num_stages=4, gemv=True),
+    # One token: the CUDA-core GEMV (`--sweep gemv`, int4_matmul.json "session7") took 18.0 / 21.3 / 10.3 / 21.5 us
+    # where the 16-row dot took 24.2 / 23.9 / 10.6 / 29.4 (3072 x 12288, 12288 x 3072, 3072 x 3072, 3072 x 15360;
+    # bf16 32.7 / 29.2 / 18.0 / 40.0). From two tokens on the dot wins (M = 2: 31.4 vs 24.3 us at 3072 x 12288),
+    # since the GEMV's work grows with every token.
+    ("w4a16", "gemv"): BlockSizes(block_n=256, block_k=128, k_splits=32, num_warps=4, num_stages=4, gemv=True),
     ("w8a8", "large"): BlockSizes(block_m=128, block_n=128, block_k=128, num_warps=8, num_stages=4,
                                   quantize_block_k=512),
     ("w8a8", "small"): BlockSizes(block_m=16, block_n=64, block_k=128, k_splits=4, num_warps=4, num_stages=4),
