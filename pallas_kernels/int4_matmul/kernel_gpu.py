@@ -21,7 +21,8 @@ int8 tensor cores (W4A4, W8A8) or dequantized to bf16 (W4A16). Design points, ea
   sums; for small M this is what fills the GPU's 132 multiprocessors.
 * W4A16 for a few tokens (decode) has a GEMV form with no dot at all: a tensor-core dot needs 16 rows, so one token
   would be 1/16 of its work and the loop's layout conversions would bound it. Instead each weight is one multiply-add
-  per token on the CUDA cores, its code assembled as float32 bits (no int -> float conversion).
+  per token on the CUDA cores, its code assembled as float32 bits (no int -> float conversion). Its work grows with
+  every token, so the H100 table uses it for one token only (`tuning.py`).
 
 Every kernel takes operands already padded to its tiles; `ops.py` validates, pads and dispatches.
 """

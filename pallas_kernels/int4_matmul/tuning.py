@@ -27,11 +27,12 @@ class BlockSizes:
   fused_quantize: Mosaic GPU W4A4 (bf16 x, group 64): quantize the activations and compute the low-rank
     down-projection in one kernel (`quantize_mosaic_gpu.py`, one read of x) instead of two XLA fusions.
   persistent: Mosaic GPU W4A4 / W8A8 GEMM with one persistent CTA per SM walking the output tiles (the next tile's
-    K steps load during this tile's epilogue) instead of one CTA per tile. Off until measured on an H100.
+    K steps load during this tile's epilogue) instead of one CTA per tile. Off: on an H100 it was 1.5-4 % slower at
+    three of four M = 4096 shapes (experiments/bench/README.md).
   gemv: GPU W4A16 with M <= kernel_gpu.GEMV_MAX_M: multiply-adds on the CUDA cores instead of a 16-row tensor-core
     dot (`kernel_gpu.w4a16_gemv`; block_m is unused).
   mosaic_w4a16: Mosaic GPU backend, bf16 x, M <= 64, group 64: W4A16 in `w4a16_mosaic_gpu.py` instead of the Triton
-    kernel. Off until measured on an H100 (`experiments/bench/int4_matmul.py --shapes small`, op mosaic_w4a16).
+    kernel. Off: on an H100 it was slower than the Triton kernels at every shape timed (bench op mosaic_w4a16).
   quantize_block_m, quantize_block_k: token rows per program and contraction per loop iteration of the
     activation-quantization kernel (memory-bound: wide steps keep loads in flight).
   """
