@@ -263,7 +263,8 @@ def _sweep_configs():
   gemv = [tuning.BlockSizes(block_m=16, block_n=128, block_k=128, k_splits=16, num_warps=4, num_stages=4)]
   gemv += [tuning.BlockSizes(block_n=bn, block_k=bk, k_splits=s, num_warps=w, num_stages=4, gemv=True)
            for bn, bk, s, w in ((128, 256, 16, 4), (256, 128, 16, 4), (128, 128, 32, 4), (256, 128, 32, 4),
-                                (128, 256, 32, 4), (64, 128, 16, 2), (128, 128, 24, 4))]
+                                (128, 256, 32, 4), (64, 128, 16, 2), (128, 128, 24, 4), (256, 128, 64, 4),
+                                (256, 128, 96, 4), (128, 128, 96, 4))]
   return {"dot": ([(16, 3072, 12288), (16, 12288, 3072)], dot), "gemv": ([(1, k, n) for k, n in KN], gemv)}
 
 
