@@ -572,6 +572,8 @@ class GpuKernelPiecesTest(_OnCpu, unittest.TestCase):
     self.assertEqual(tuning.block_sizes("w4a16", 2, h100), tuning._H100[("w4a16", "decode")])
     self.assertEqual(tuning.block_sizes("w4a4", 1, h100), tuning._H100[("w4a4", "small")])  # no gemv, no decode
     self.assertEqual(tuning.block_sizes("w4a16", 1, "a GPU not in the table"), tuning.DEFAULT)
+    self.assertEqual(tuning.block_sizes("w4a4", 4096, "NVIDIA H200", "mosaic_gpu"),
+                     tuning._H100_MOSAIC[("w4a4", "large")])  # the same chip
 
   def test_untransposed_product_and_plain_int_conversion_agree(self):
     codes, scales, _ = kernel_gpu.quantize_activations_int4(
