@@ -2,7 +2,8 @@
 
 Kernel tests follow jax's tests/pallas/gpu_ops_test.py: a base class names the implementation, subclasses run the
 GPU (Triton-lowered and Mosaic GPU) and TPU (Mosaic) kernel bodies in interpret mode on CPU. Shapes stay small
-(M <= 128, K, N <= 256) so the whole file runs in well under a minute on two cores.
+(M <= 128, K, N <= 256) so the whole file runs in well under a minute on two cores. The Mosaic GPU kernels called
+directly are in test_mosaic_gpu_kernels.py.
 """
 
 import dataclasses
@@ -12,31 +13,13 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from jax.experimental.pallas import mosaic_gpu as plgpu
 
 from pallas_kernels import int4_matmul as im
 from pallas_kernels import mosaic_gpu_compat as compat
 from pallas_kernels.int4_matmul import kernel_gpu
-from pallas_kernels.int4_matmul import kernel_mosaic_gpu
-from pallas_kernels.int4_matmul import ops
-from pallas_kernels.int4_matmul import quantize_mosaic_gpu
 from pallas_kernels.int4_matmul import reference
 from pallas_kernels.int4_matmul import tuning
-from pallas_kernels.int4_matmul import w4a16_mosaic_gpu
-
-
-def _random(seed, shape, outliers=True):
-  """Normal data with a few large channels (the activation outliers SVDQuant deals with)."""
-  rng = np.random.default_rng(seed)
-  x = rng.standard_normal(shape).astype(np.float32)
-  if outliers:
-    x[..., rng.choice(shape[-1], max(1, shape[-1] // 32), replace=False)] *= 25.0
-  return jnp.asarray(x)
-
-
-def _relative_error(a, b):
-  a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
-  return np.linalg.norm(a - b) / np.linalg.norm(b)
+from support.int4 import MOSAIC_INTERPRETER, NO_MOSAIC_INTERPRETER, OnCpu, random_data, relative_error
 
 
 class SpecTest(unittest.TestCase):
@@ -69,7 +52,7 @@ class SpecTest(unittest.TestCase):
     self.assertFalse(codes[0, 5:].any())
 
   def test_quantize_equals_spec_bit_for_bit(self):
-    x = _random(1, (8, 256))
+    x = random_data(1, (8, 256))
     packed, scales = im.quantize_int4(x, group_size=64, axis=-1)
     groups = np.asarray(x, np.float32).reshape(8, 4, 64)
     want_scales = np.max(np.abs(groups), axis=-1) * np.float32(1 / 7)
@@ -78,21 +61,21 @@ class SpecTest(unittest.TestCase):
     np.testing.assert_array_equal(im.unpack_int4(packed), want_codes)
 
   def test_quantize_along_axis_zero_for_weights(self):
-    w = _random(2, (128, 32))
+    w = random_data(2, (128, 32))
     packed, scales = im.quantize_int4(w, axis=0)
     self.assertEqual((packed.shape, scales.shape), ((64, 32), (2, 32)))
     np.testing.assert_array_equal(im.unpack_int4(packed, axis=0).T,
                                   im.unpack_int4(im.quantize_int4(w.T)[0]))
 
   def test_unsigned_quantize(self):
-    x = jnp.abs(_random(3, (4, 128)))
+    x = jnp.abs(random_data(3, (4, 128)))
     packed, scales = im.quantize_uint4(x)
     codes = np.asarray(im.unpack_int4(packed, signed=False))
     self.assertEqual((codes.min(), codes.max()), (0, 15))
     np.testing.assert_array_equal(scales, np.asarray(x).reshape(4, 2, 64).max(-1) * np.float32(1 / 15))
 
   def test_dequantize_error_is_at_most_half_a_step(self):
-    x = _random(4, (16, 128))
+    x = random_data(4, (16, 128))
     packed, scales = im.quantize_int4(x)
     error = np.abs(np.asarray(im.dequantize_int4(packed, scales)) - np.asarray(x))
     self.assertTrue(np.all(error <= np.repeat(np.asarray(scales), 64, axis=1) / 2 + 1e-6))
@@ -114,33 +97,33 @@ class MatmulTestBase(unittest.TestCase):
 
   def setUp(self):
     super().setUp()
-    self.x = _random(10, (self.M, self.K))
-    w = _random(11, (self.K, self.N), outliers=False)
+    self.x = random_data(10, (self.M, self.K))
+    w = random_data(11, (self.K, self.N), outliers=False)
     self.w_packed, self.w_scales = im.quantize_int4(w, axis=0)
     self.w8, self.w8_scales = im.quantize_int8_weight(w)
-    self.down = _random(12, (self.K, self.RANK), outliers=False) / 16
-    self.up = _random(13, (self.RANK, self.N), outliers=False) / 4
+    self.down = random_data(12, (self.K, self.RANK), outliers=False) / 16
+    self.up = random_data(13, (self.RANK, self.N), outliers=False) / 4
     self.smooth = jnp.asarray(np.random.default_rng(14).uniform(0.5, 4.0, self.K), jnp.float32)
-    self.bias = _random(15, (self.N,), outliers=False)
+    self.bias = random_data(15, (self.N,), outliers=False)
 
   def assert_close(self, got, want):
     self.assertEqual(got.shape, want.shape)
     self.assertEqual(got.dtype, want.dtype)
-    self.assertLess(_relative_error(got, want), self.TOLERANCE)
+    self.assertLess(relative_error(got, want), self.TOLERANCE)
 
   def test_w4a4_with_lowrank_smooth_bias(self):
     kwargs = dict(lowrank_down=self.down, lowrank_up=self.up, smooth=self.smooth, bias=self.bias)
     got = im.w4a4_matmul(self.x, self.w_packed, self.w_scales, implementation=self.IMPLEMENTATION, **kwargs)
     want = reference.w4a4_matmul(self.x, self.w_packed, self.w_scales, **kwargs)
     self.assertEqual((got.shape, got.dtype), (want.shape, want.dtype))
-    self.assertLess(_relative_error(got, want), self.LOWRANK_TOLERANCE)
+    self.assertLess(relative_error(got, want), self.LOWRANK_TOLERANCE)
 
   def test_w4a4_fused_lowrank_equals_unfused(self):
     fused = im.w4a4_matmul(self.x, self.w_packed, self.w_scales, lowrank_down=self.down, lowrank_up=self.up,
                            implementation=self.IMPLEMENTATION)
     plain = im.w4a4_matmul(self.x, self.w_packed, self.w_scales, implementation=self.IMPLEMENTATION)
     low = reference._dot(reference._dot(self.x, self.down), self.up)
-    self.assertLess(_relative_error(fused, plain + low), self.LOWRANK_TOLERANCE)
+    self.assertLess(relative_error(fused, plain + low), self.LOWRANK_TOLERANCE)
 
   def test_w4a4_unsigned_activations(self):
     x = jnp.abs(self.x)
@@ -154,7 +137,7 @@ class MatmulTestBase(unittest.TestCase):
     got = im.w4a4_matmul(x, self.w_packed, self.w_scales, bias=self.bias, implementation=self.IMPLEMENTATION)
     want = reference.w4a4_matmul(x, self.w_packed, self.w_scales, bias=self.bias)
     self.assertEqual(got.dtype, jnp.bfloat16)
-    self.assertLess(_relative_error(got, want), 1e-2)
+    self.assertLess(relative_error(got, want), 1e-2)
 
   def test_w4a16(self):
     got = im.w4a16_matmul(self.x, self.w_packed, self.w_scales, bias=self.bias, implementation=self.IMPLEMENTATION)
@@ -164,7 +147,7 @@ class MatmulTestBase(unittest.TestCase):
   def test_w4a16_single_token_bf16(self):
     x = self.x[:1].astype(jnp.bfloat16)
     got = im.w4a16_matmul(x, self.w_packed, self.w_scales, implementation=self.IMPLEMENTATION)
-    self.assertLess(_relative_error(got, reference.w4a16_matmul(x, self.w_packed, self.w_scales)), 1e-2)
+    self.assertLess(relative_error(got, reference.w4a16_matmul(x, self.w_packed, self.w_scales)), 1e-2)
 
   def test_w8a8(self):
     got = im.w8a8_matmul(self.x, self.w8, self.w8_scales, bias=self.bias, implementation=self.IMPLEMENTATION)
@@ -173,7 +156,7 @@ class MatmulTestBase(unittest.TestCase):
   def test_quantization_error_is_small_against_float(self):
     got = im.w4a4_matmul(self.x, self.w_packed, self.w_scales, implementation=self.IMPLEMENTATION)
     exact = self.x @ reference.dequantize_int4(self.w_packed, self.w_scales, axis=0)
-    self.assertLess(_relative_error(got, exact), 0.2)  # 4-bit activations with outliers, no smoothing
+    self.assertLess(relative_error(got, exact), 0.2)  # 4-bit activations with outliers, no smoothing
 
   def test_bad_shapes_and_dtypes_raise_naming_them(self):
     impl = self.IMPLEMENTATION
@@ -192,29 +175,12 @@ class MatmulTestBase(unittest.TestCase):
       im.w4a4_matmul(self.x, self.w_packed, self.w_scales, group_size=48, implementation=impl)
 
 
-class _OnCpu:
-  """Runs a test's arrays and interpreted kernels on the CPU device, also in a process whose default is a GPU.
-
-  The Triton kernels' bodies interpreted with GPU arrays give wrong activation codes (XLA's GPU compilation of the
-  interpreted body rewrites the int32 -> int8 narrowing of the rounded codes; experiments/bench/int4_matmul_notes.md).
-  Interpret mode is a CPU debugging tool, so these tests check it there; the compiled kernels have their own tests.
-  """
-
-  def setUp(self):
-    self.enterContext(jax.default_device(jax.devices("cpu")[0]))
-    super().setUp()
-
-
-class GpuInterpretTest(_OnCpu, MatmulTestBase):
+class GpuInterpretTest(OnCpu, MatmulTestBase):
   IMPLEMENTATION = "pallas_gpu_interpret"
 
 
 class TpuInterpretTest(MatmulTestBase):
   IMPLEMENTATION = "pallas_tpu_interpret"
-
-
-_MOSAIC_INTERPRETER = hasattr(plgpu, "InterpretGPUParams")
-_NO_MOSAIC_INTERPRETER = "this JAX has no Mosaic GPU interpreter (plgpu.InterpretGPUParams, JAX >= 0.12)"
 
 
 class _MosaicGpuShapes:
@@ -240,10 +206,10 @@ class _MosaicGpuShapes:
       got = im.w4a4_matmul(x, self.w_packed, self.w_scales, implementation=self.IMPLEMENTATION, block_sizes=blocks,
                            **kwargs)
       self.assertEqual((got.shape, got.dtype), (x.shape[:1] + (self.N,), jnp.bfloat16))
-      self.assertLess(_relative_error(got, want), 1e-2, code_dtype)  # bf16 output and low-rank operands
+      self.assertLess(relative_error(got, want), 1e-2, code_dtype)  # bf16 output and low-rank operands
       plain = im.w4a4_matmul(x, self.w_packed, self.w_scales, implementation=self.IMPLEMENTATION,
                              block_sizes=dataclasses.replace(blocks, fused_quantize=False), **kwargs)
-      self.assertLess(_relative_error(got, plain), 5e-3, code_dtype)
+      self.assertLess(relative_error(got, plain), 5e-3, code_dtype)
 
   def test_w4a16_with_the_mosaic_kernel(self):
     # bf16 activations, 1 and 40 tokens (x padded to the 64-row wgmma tile), K split in two, bias added after.
@@ -254,16 +220,16 @@ class _MosaicGpuShapes:
                             block_sizes=blocks)
       self.assertEqual((got.shape, got.dtype), ((m, self.N), jnp.bfloat16))
       want = reference.w4a16_matmul(x, self.w_packed, self.w_scales, bias=self.bias)
-      self.assertLess(_relative_error(got, want), 1e-2, m)  # weights and output rounded to bf16
+      self.assertLess(relative_error(got, want), 1e-2, m)  # weights and output rounded to bf16
 
   def test_n_not_a_multiple_of_128_goes_to_the_triton_kernels(self):
-    w_packed, w_scales = im.quantize_int4(_random(16, (self.K, 192), outliers=False), axis=0)
+    w_packed, w_scales = im.quantize_int4(random_data(16, (self.K, 192), outliers=False), axis=0)
     got = im.w4a4_matmul(self.x, w_packed, w_scales, implementation=self.IMPLEMENTATION)
-    self.assertLess(_relative_error(got, reference.w4a4_matmul(self.x, w_packed, w_scales)), 1e-5)
+    self.assertLess(relative_error(got, reference.w4a4_matmul(self.x, w_packed, w_scales)), 1e-5)
 
 
-@unittest.skipUnless(_MOSAIC_INTERPRETER, _NO_MOSAIC_INTERPRETER)
-class MosaicGpuInterpretTest(_OnCpu, _MosaicGpuShapes, MatmulTestBase):
+@unittest.skipUnless(MOSAIC_INTERPRETER, NO_MOSAIC_INTERPRETER)
+class MosaicGpuInterpretTest(OnCpu, _MosaicGpuShapes, MatmulTestBase):
   IMPLEMENTATION = "mosaic_gpu_interpret"
 
 
@@ -274,10 +240,10 @@ class MosaicGpuCompiledTest(_MosaicGpuShapes, MatmulTestBase):
 
   def test_persistent_ctas_give_the_per_tile_result(self):
     # 12 x 12 output tiles of 128 x 128 on 132 SMs: twelve CTAs compute two tiles each.
-    x = _random(20, (1536, 256)).astype(jnp.bfloat16)
-    w_packed, w_scales = im.quantize_int4(_random(21, (256, 1536), outliers=False), axis=0)
-    kwargs = dict(lowrank_down=_random(22, (256, 32)) / 16, lowrank_up=_random(23, (32, 1536)) / 4,
-                  bias=_random(24, (1536,)), implementation=self.IMPLEMENTATION)
+    x = random_data(20, (1536, 256)).astype(jnp.bfloat16)
+    w_packed, w_scales = im.quantize_int4(random_data(21, (256, 1536), outliers=False), axis=0)
+    kwargs = dict(lowrank_down=random_data(22, (256, 32)) / 16, lowrank_up=random_data(23, (32, 1536)) / 4,
+                  bias=random_data(24, (1536,)), implementation=self.IMPLEMENTATION)
     blocks = tuning.block_sizes("w4a4", 1536, jax.devices()[0].device_kind, "mosaic_gpu")
     per_tile = im.w4a4_matmul(x, w_packed, w_scales, block_sizes=dataclasses.replace(blocks, persistent=False),
                               **kwargs)
@@ -286,241 +252,16 @@ class MosaicGpuCompiledTest(_MosaicGpuShapes, MatmulTestBase):
     np.testing.assert_array_equal(persistent, per_tile)
 
 
-def _quantize_inputs(k=256, rank=64, seed=30):
-  """bf16 activations [128, k] with ties at .5 and a zero group, a smoothing row [1, k], a bf16 down-projection."""
-  x = _random(seed, (128, k)).astype(jnp.bfloat16)
-  x = x.at[0, :8].set(jnp.asarray([7.0, 2.5, -2.5, 3.5, -0.5, 0.5, 1.5, -1.5], jnp.bfloat16))  # ties at .5
-  x = x.at[1, :64].set(0.0)  # a zero group: scale 0, codes 0
-  smooth = jnp.asarray(np.random.default_rng(seed).uniform(0.5, 4.0, (1, k)), jnp.float32)
-  down = (_random(seed + 1, (k, rank), outliers=False) / 16).astype(jnp.bfloat16)
-  return x, smooth, down
-
-
-class _MosaicGpuQuantizeChecks:
-  """`quantize_mosaic_gpu.quantize_activations` against the spec bit for bit."""
-
-  def test_codes_and_scales_are_the_spec_bit_for_bit_and_low_is_x_at_down(self):
-    x, smooth, down = _quantize_inputs()
-    for code_dtype, signed, with_smooth, k_splits in ((jnp.int8, True, True, 1), (jnp.float8_e4m3fn, True, False, 2),
-                                                      (jnp.float8_e4m3fn, False, True, 4)):
-      s = smooth if with_smooth else None
-      source = jnp.abs(x) if not signed else x
-      codes, scales, low = quantize_mosaic_gpu.quantize_activations(
-          source, reference.smoothing_reciprocal(s), down, code_dtype=code_dtype, signed=signed, stages=2,
-          k_splits=k_splits, interpret=self.INTERPRET)
-      want_codes, want_scales = reference.quantize_activations(source, None if s is None else s[0], 64, signed)
-      self.assertEqual(codes.dtype, jnp.dtype(code_dtype))
-      np.testing.assert_array_equal(codes.astype(jnp.float32), want_codes.astype(jnp.float32))
-      np.testing.assert_array_equal(scales, want_scales.T)
-      self.assertEqual(low.shape, (k_splits, 128, down.shape[1]))
-      self.assertLess(_relative_error(low.sum(0), reference._dot(source, down)), 1e-5)  # float32 partial sums
-
-  def test_without_the_low_rank_branch(self):
-    x, smooth, _ = _quantize_inputs(k=128)
-    codes, scales, low = quantize_mosaic_gpu.quantize_activations(x, reference.smoothing_reciprocal(smooth), None,
-                                                                  code_dtype=jnp.int8, stages=2,
-                                                                  interpret=self.INTERPRET)
-    want_codes, want_scales = reference.quantize_activations(x, smooth[0], 64)
-    self.assertIsNone(low)
-    np.testing.assert_array_equal(codes, want_codes)
-    np.testing.assert_array_equal(scales, want_scales.T)
-
-
-@unittest.skipUnless(_MOSAIC_INTERPRETER and jax.default_backend() == "cpu",
-                     "interpreted on a CPU-only host: on an H100 host the interpreted codes differed from the CPU "
-                     "reference at 3 of 32768 near-tie elements (GPU division); MosaicGpuQuantizeCompiledTest runs "
-                     "there")
-class MosaicGpuQuantizeInterpretTest(_OnCpu, _MosaicGpuQuantizeChecks, unittest.TestCase):
-  INTERPRET = True
-
-
-class MosaicGpuQuantizeTest(unittest.TestCase):
-  """The kernel lowered for CUDA, and its input checks."""
-
-  def test_lowers_for_cuda(self):
-    # The whole Mosaic GPU lowering runs on the CPU; only ptxas needs the GPU.
-    x, smooth, down = _quantize_inputs(k=512)
-    for code_dtype in (jnp.int8, jnp.float8_e4m3fn):
-      fn = lambda x, s, d, c=code_dtype: quantize_mosaic_gpu.quantize_activations(x, s, d, code_dtype=c)
-      jax.jit(fn).trace(x, smooth, down).lower(lowering_platforms=("cuda",))
-
-  def test_ring_depth_fits_shared_memory_and_bad_inputs_are_named(self):
-    self.assertEqual(quantize_mosaic_gpu.deepest_ring(4, 64), 4)
-    self.assertEqual(quantize_mosaic_gpu.deepest_ring(8, 128), 4)  # 4 x 32.25 KB of ring + 81 KB of outputs
-    self.assertFalse(quantize_mosaic_gpu.fits(256))  # the float32 tiles of x @ down alone take 128 KB
-    self.assertEqual(quantize_mosaic_gpu.filling_splits(4096, 3072), 4)  # 32 row tiles x 4 <= 132 SMs
-    self.assertEqual(quantize_mosaic_gpu.filling_splits(4608, 3072), 3)  # 36 x 3 (48 steps: 4 would be 144)
-    self.assertEqual(quantize_mosaic_gpu.filling_splits(128, 3072), 48)  # one step per CTA
-    self.assertEqual(quantize_mosaic_gpu.filling_splits(32768, 3072), 1)
-    x, smooth, down = _quantize_inputs()
-    with self.assertRaisesRegex(ValueError, r"bf16 x.*float32 \(128, 256\)"):
-      quantize_mosaic_gpu.quantize_activations(x.astype(jnp.float32), smooth, down, code_dtype=jnp.int8)
-    with self.assertRaisesRegex(ValueError, r"down must be.*\(256, 20\)"):
-      quantize_mosaic_gpu.quantize_activations(x, smooth, down[:, :20], code_dtype=jnp.int8)
-    with self.assertRaisesRegex(ValueError, "k_splits must divide the 4 K steps of 64, got 3"):
-      quantize_mosaic_gpu.quantize_activations(x, smooth, down, code_dtype=jnp.int8, k_splits=3)
-    with self.assertRaisesRegex(ValueError, "shared memory"):
-      quantize_mosaic_gpu.quantize_activations(x, smooth, jnp.zeros((256, 1024), jnp.bfloat16), code_dtype=jnp.int8,
-                                               stages=8)
-
-
-class MosaicGpuW4A16Test(unittest.TestCase):
-  """`w4a16_mosaic_gpu`: the x reordering, the lowering for CUDA, and its input checks."""
-
-  def _operands(self, m=5, k=256, n=128):
-    x = _random(40, (m, k)).astype(jnp.bfloat16)
-    w_packed, w_scales = im.quantize_int4(_random(41, (k, n), outliers=False), axis=0)
-    return x, w_packed, w_scales
-
-  def test_interleaved_x_puts_even_then_odd_k_of_each_128_block_and_pads_rows(self):
-    x = jnp.stack([jnp.arange(256.0), -jnp.arange(256.0)])  # integers below 256: exact in bf16
-    got = np.asarray(w4a16_mosaic_gpu.interleaved_x(x), np.float32)
-    self.assertEqual(got.shape, (64, 256))
-    np.testing.assert_array_equal(got[0, :128], np.r_[0:128:2, 1:128:2])
-    np.testing.assert_array_equal(got[1, 128:], -np.r_[128:256:2, 129:256:2])
-    self.assertFalse(got[2:].any())
-
-  def test_lowers_for_cuda(self):
-    x, w_packed, w_scales = self._operands()
-    fn = lambda x, w, s: w4a16_mosaic_gpu.w4a16_partials(w4a16_mosaic_gpu.interleaved_x(x), w, s, out_rows=8,
-                                                          k_splits=2)
-    jax.jit(fn).trace(x, w_packed, w_scales).lower(lowering_platforms=("cuda",))
-
-  def test_fills_the_gpu_and_bad_inputs_are_named(self):
-    self.assertEqual(w4a16_mosaic_gpu.filling_splits(3072, 3072), 4)  # 24 column tiles x 4 of 24 K steps
-    self.assertEqual(w4a16_mosaic_gpu.filling_splits(12288, 3072), 1)  # 96 tiles already
-    self.assertFalse(w4a16_mosaic_gpu.supports(65, 256, 128, 64))
-    x, w_packed, w_scales = self._operands()
-    xi = w4a16_mosaic_gpu.interleaved_x(x)
-    with self.assertRaisesRegex(ValueError, r"x must be bf16 \[64, K\].*\(5, 256\)"):
-      w4a16_mosaic_gpu.w4a16_partials(x, w_packed, w_scales, out_rows=8, k_splits=1)
-    with self.assertRaisesRegex(ValueError, r"w_packed must be uint8.*\(128, 64\)"):
-      w4a16_mosaic_gpu.w4a16_partials(xi, w_packed[:, :64], w_scales, out_rows=8, k_splits=1)
-    with self.assertRaisesRegex(ValueError, "k_splits must divide the 2 K steps of 128, got 3"):
-      w4a16_mosaic_gpu.w4a16_partials(xi, w_packed, w_scales, out_rows=8, k_splits=3)
-    with self.assertRaisesRegex(ValueError, "out_rows must be a multiple of 8"):
-      w4a16_mosaic_gpu.w4a16_partials(xi, w_packed, w_scales, out_rows=5, k_splits=1)
-
-
-@unittest.skipUnless(compat.is_hopper(), "compiled Mosaic GPU kernels need a Hopper GPU")
-class MosaicGpuQuantizeCompiledTest(_MosaicGpuQuantizeChecks, unittest.TestCase):
-  """The kernel compiled: the GPU's division and rounding give the spec's codes too."""
-
-  INTERPRET = False
-
-
-@unittest.skipUnless(_MOSAIC_INTERPRETER, _NO_MOSAIC_INTERPRETER)
-class MosaicGpuKernelTest(unittest.TestCase):
-  """`kernel_mosaic_gpu.grouped_gemm` against a per-group einsum, for both 8-bit forms of the codes."""
-
-  def _operands(self, k, group_size, signed_codes=True):
-    rng = np.random.default_rng(k + group_size)
-    a = rng.integers(-8, 8 if signed_codes else 16, (128, k)).astype(np.int8)
-    b = rng.integers(-8, 8, (128, k)).astype(np.int8)
-    a_scales = rng.uniform(0.01, 2.0, (k // group_size, 128)).astype(np.float32)
-    b_scales = rng.uniform(0.01, 2.0, (k // group_size, 128)).astype(np.float32)
-    return a, b, a_scales, b_scales
-
-  @staticmethod
-  def _expected(a, b, a_scales, b_scales, group_size):
-    m, k = a.shape
-    groups = k // group_size
-    per_group = np.einsum("mgk,ngk->gmn", a.reshape(m, groups, group_size).astype(np.float64),
-                          b.reshape(b.shape[0], groups, group_size).astype(np.float64))
-    return np.einsum("gmn,gm,gn->mn", per_group, a_scales, b_scales)
-
-  def test_int8_and_e4m3_codes_give_the_per_group_sum(self):
-    # The group loop runs in pairs: 4 groups (one before the loop, one pair), 5 (two pairs), 2 (no pair).
-    for k, group_size, signed, dtypes in ((256, 64, True, (jnp.int8, jnp.float8_e4m3fn)),
-                                          (320, 64, False, (jnp.float8_e4m3fn,)),
-                                          (256, 128, False, (jnp.int8, jnp.float8_e4m3fn))):
-      a, b, a_scales, b_scales = self._operands(k, group_size, signed)
-      want = self._expected(a, b, a_scales, b_scales, group_size)
-      for dtype in dtypes:
-        with self.subTest(k=k, group_size=group_size, dtype=jnp.dtype(dtype).name):
-          got = kernel_mosaic_gpu.grouped_gemm(
-              jnp.asarray(a).astype(dtype), jnp.asarray(b).astype(dtype), a_scales, b_scales, None, None, None,
-              group_size=group_size, out_dtype=jnp.float32, tile_n=128, stages=2, interpret=True)
-          self.assertLess(_relative_error(got, want), 1e-6)
-
-  def test_low_rank_and_bias_start_the_sum_and_one_group_spans_k(self):
-    a, b, a_scales, b_scales = self._operands(192, 192)
-    rng = np.random.default_rng(7)
-    low = jnp.asarray(rng.standard_normal((128, 64)), jnp.bfloat16)
-    up = jnp.asarray(rng.standard_normal((64, 128)), jnp.bfloat16)
-    bias = jnp.asarray(rng.standard_normal(128), jnp.float32)
-    got = kernel_mosaic_gpu.grouped_gemm(jnp.asarray(a), jnp.asarray(b), a_scales, b_scales, low, up, bias,
-                                         group_size=192, out_dtype=jnp.float32, tile_n=128, stages=2, interpret=True)
-    want = (self._expected(a, b, a_scales, b_scales, 192) + np.asarray(bias)
-            + np.asarray(low, np.float64) @ np.asarray(up, np.float64))
-    self.assertLess(_relative_error(got, want), 1e-6)
-
-  def test_a_persistent_cta_walks_several_tiles_with_one_ring(self):
-    # One CTA, 2 x 2 output tiles of 128 x 128: the ring (3 slots, 2 steps a tile) runs on across tiles, and each
-    # tile reloads its own low-rank rows, up-projection columns and bias. Fewer steps a tile than slots: the first
-    # tile leaves a slot unused, whose first fill must not wait for a release (that hung an H100).
-    rng = np.random.default_rng(8)
-    a = rng.integers(-8, 8, (256, 128)).astype(np.int8)
-    b = rng.integers(-8, 8, (256, 128)).astype(np.int8)
-    a_scales = rng.uniform(0.01, 2.0, (2, 256)).astype(np.float32)
-    b_scales = rng.uniform(0.01, 2.0, (2, 256)).astype(np.float32)
-    low = jnp.asarray(rng.standard_normal((256, 64)), jnp.bfloat16)
-    up = jnp.asarray(rng.standard_normal((64, 256)), jnp.bfloat16)
-    bias = jnp.asarray(rng.standard_normal(256), jnp.float32)
-    want = (self._expected(a, b, a_scales, b_scales, 64) + np.asarray(bias)
-            + np.asarray(low, np.float64) @ np.asarray(up, np.float64))
-    got = kernel_mosaic_gpu.grouped_gemm(
-        jnp.asarray(a).astype(jnp.float8_e4m3fn), jnp.asarray(b).astype(jnp.float8_e4m3fn), a_scales, b_scales, low,
-        up, bias, group_size=64, out_dtype=jnp.float32, tile_n=128, stages=3, ctas=1, interpret=True)
-    self.assertLess(_relative_error(got, want), 1e-6)
-    with self.assertRaisesRegex(ValueError, "ctas must be between 1 and the 4 output tiles, got 5"):
-      kernel_mosaic_gpu.grouped_gemm(jnp.asarray(a), jnp.asarray(b), a_scales, b_scales, None, None, None,
-                                     group_size=64, out_dtype=jnp.float32, tile_n=128, stages=3, ctas=5)
-
-  def test_ring_depth_fits_shared_memory(self):
-    # 8 steps of 128 x 64 codes for a and b plus their scale rows: 8 * (2 * 8192 + 1024) bytes; two 64 x 128 bf16
-    # output tiles; per warpgroup low [64, 64] and up [64, 128] in bf16 and a float32 bias row.
-    self.assertEqual(kernel_mosaic_gpu.shared_memory_bytes(8, 128, 64, True),
-                     8 * (2 * 8192 + 1024) + 2 * 64 * 128 * 2 + 2 * (64 * 64 * 2 + 64 * 128 * 2 + 128 * 4))
-    self.assertEqual(kernel_mosaic_gpu.deepest_ring(8, 128, 64, True), 8)  # 222208 bytes fit
-    self.assertEqual(kernel_mosaic_gpu.deepest_ring(8, 128, 128, True), 5)  # rank 128 takes three slots
-    a, b, a_scales, b_scales = (jnp.asarray(v) for v in self._operands(128, 64))
-    low, up = jnp.zeros((128, 128), jnp.bfloat16), jnp.zeros((128, 128), jnp.bfloat16)
-    with self.assertRaisesRegex(ValueError, r"8 stages with tile_n=128, rank 128 .* more than 232448"):
-      kernel_mosaic_gpu.grouped_gemm(a, b, a_scales, b_scales, low, up, None, group_size=64, out_dtype=jnp.bfloat16,
-                                     tile_n=128, stages=8, interpret=True)
-
-  def test_codes_assembled_as_e4m3_equal_the_conversion(self):
-    codes = jnp.arange(-8, 16, dtype=jnp.int8)
-    got = ops.codes_as(codes, jnp.dtype(jnp.float8_e4m3fn))
-    np.testing.assert_array_equal(jax.lax.bitcast_convert_type(got, jnp.uint8),
-                                  jax.lax.bitcast_convert_type(codes.astype(jnp.float8_e4m3fn), jnp.uint8))
-
-  def test_bad_operands_raise_naming_them(self):
-    a, b, a_scales, b_scales = (jnp.asarray(v) for v in self._operands(128, 64))
-    run = lambda *args, **kw: kernel_mosaic_gpu.grouped_gemm(
-        *args, group_size=kw.pop("group_size", 64), out_dtype=jnp.float32, tile_n=kw.pop("tile_n", 128),
-        stages=kw.pop("stages", 2), interpret=True)
-    with self.assertRaisesRegex(ValueError, "int8 and float8_e4m3fn"):
-      run(a, b.astype(jnp.float8_e4m3fn), a_scales, b_scales, None, None, None)
-    with self.assertRaisesRegex(ValueError, r"tile_n=96.*\(128, 128\)"):
-      run(a, b, a_scales, b_scales, None, None, None, tile_n=96)
-    with self.assertRaisesRegex(ValueError, "at least 2 stages"):
-      run(a, b, a_scales, b_scales, None, None, None, stages=1)
-    with self.assertRaisesRegex(ValueError, r"multiple of 64.*\(128, 32\)"):
-      run(a, b, a_scales, b_scales, jnp.zeros((128, 32), jnp.bfloat16), jnp.zeros((32, 128), jnp.bfloat16), None)
-
-
-class GpuKernelPiecesTest(_OnCpu, unittest.TestCase):
+class GpuKernelPiecesTest(OnCpu, unittest.TestCase):
   """The GPU kernels called directly: exact quantization, K splits, tilings the public defaults do not reach."""
 
   def test_quantize_kernel_bit_exact_and_fused_down_projection(self):
-    x = _random(20, (32, 256))
+    x = random_data(20, (32, 256))
     # a group with scale exactly 1 and ties at .5 on both halves: rounding must be half to even
     ties = np.zeros(64, np.float32)
     ties[:8] = [7.0, 2.5, -2.5, 3.5, -0.5, 0.5, 1.5, -1.5]
     x = x.at[0, :64].set(ties)
-    down = _random(21, (256, 16), outliers=False)
+    down = random_data(21, (256, 16), outliers=False)
     blocks = tuning.BlockSizes(quantize_block_m=16, quantize_block_k=128)
     codes, scales, low = kernel_gpu.quantize_activations_int4(x, None, down, group_size=64, signed=True,
                                                               blocks=blocks, interpret=True)
@@ -529,11 +270,11 @@ class GpuKernelPiecesTest(_OnCpu, unittest.TestCase):
     halves = np.asarray(want_codes).reshape(32, 4, 32, 2).transpose(0, 1, 3, 2).reshape(32, 256)
     np.testing.assert_array_equal(codes, halves)
     np.testing.assert_array_equal(scales, want_scales)
-    self.assertLess(_relative_error(low, reference._dot(x, down)), 1e-5)
+    self.assertLess(relative_error(low, reference._dot(x, down)), 1e-5)
 
   def test_k_splits_and_tilings(self):
-    x = _random(22, (64, 256))
-    w_packed, w_scales = im.quantize_int4(_random(23, (256, 128), outliers=False), axis=0)
+    x = random_data(22, (64, 256))
+    w_packed, w_scales = im.quantize_int4(random_data(23, (256, 128), outliers=False), axis=0)
     want4 = reference.w4a4_matmul(x, w_packed, w_scales)
     want16 = reference.w4a16_matmul(x, w_packed, w_scales)
     for blocks in (tuning.BlockSizes(block_m=16, block_n=64, block_k=128, k_splits=2),
@@ -541,8 +282,8 @@ class GpuKernelPiecesTest(_OnCpu, unittest.TestCase):
       with self.subTest(blocks=blocks):
         got4 = im.w4a4_matmul(x, w_packed, w_scales, implementation="pallas_gpu_interpret", block_sizes=blocks)
         got16 = im.w4a16_matmul(x, w_packed, w_scales, implementation="pallas_gpu_interpret", block_sizes=blocks)
-        self.assertLess(_relative_error(got4, want4), 1e-5)
-        self.assertLess(_relative_error(got16, want16), 1e-5)
+        self.assertLess(relative_error(got4, want4), 1e-5)
+        self.assertLess(relative_error(got16, want16), 1e-5)
 
   def test_nibbles_assembled_as_float32_are_the_codes(self):
     every_byte = jnp.arange(256, dtype=jnp.int32).astype(jnp.uint8).reshape(1, 256)
@@ -553,16 +294,16 @@ class GpuKernelPiecesTest(_OnCpu, unittest.TestCase):
 
   def test_w4a16_gemv_for_decode_sized_m(self):
     # 1, 3 (padded to 4) and 8 tokens, K split in two, two groups per loop step, bias on the first split only.
-    w_packed, w_scales = im.quantize_int4(_random(26, (256, 128), outliers=False), axis=0)
-    bias = _random(27, (128,), outliers=False)
+    w_packed, w_scales = im.quantize_int4(random_data(26, (256, 128), outliers=False), axis=0)
+    bias = random_data(27, (128,), outliers=False)
     blocks = tuning.BlockSizes(block_n=64, block_k=128, k_splits=2, gemv=True)
     for m, dtype, tolerance in ((1, jnp.float32, 1e-6), (3, jnp.float32, 1e-6), (8, jnp.bfloat16, 1e-2)):
       with self.subTest(m=m):
-        x = _random(28, (m, 256)).astype(dtype)
+        x = random_data(28, (m, 256)).astype(dtype)
         got = im.w4a16_matmul(x, w_packed, w_scales, bias=bias, implementation="pallas_gpu_interpret",
                               block_sizes=blocks)
         self.assertEqual((got.shape, got.dtype), ((m, 128), dtype))
-        self.assertLess(_relative_error(got, reference.w4a16_matmul(x, w_packed, w_scales, bias=bias)), tolerance)
+        self.assertLess(relative_error(got, reference.w4a16_matmul(x, w_packed, w_scales, bias=bias)), tolerance)
     with self.assertRaisesRegex(ValueError, "up to 8 tokens.*M=9, rows=16"):
       kernel_gpu.gemv_activations(jnp.zeros((9, 256)), 64, 16)
 
@@ -577,8 +318,8 @@ class GpuKernelPiecesTest(_OnCpu, unittest.TestCase):
 
   def test_untransposed_product_and_plain_int_conversion_agree(self):
     codes, scales, _ = kernel_gpu.quantize_activations_int4(
-        _random(24, (16, 128)), None, None, group_size=64, signed=True, blocks=tuning.DEFAULT, interpret=True)
-    w_packed, w_scales = im.quantize_int4(_random(25, (128, 64), outliers=False), axis=0)
+        random_data(24, (16, 128)), None, None, group_size=64, signed=True, blocks=tuning.DEFAULT, interpret=True)
+    w_packed, w_scales = im.quantize_int4(random_data(25, (128, 64), outliers=False), axis=0)
     run = lambda **kw: kernel_gpu.w4a4_gemm(codes, scales, w_packed, w_scales, None, None, None,
                                             out_dtype=jnp.float32, group_size=64,
                                             blocks=tuning.BlockSizes(block_m=16), interpret=True, **kw)
@@ -596,7 +337,7 @@ def test_unknown_implementation_is_named():
 def test_default_implementation_on_cpu_is_reference():
   if jax.default_backend() != "cpu":
     pytest.skip("checks the CPU default")
-  x = _random(30, (4, 64))
-  w_packed, w_scales = im.quantize_int4(_random(31, (64, 64)), axis=0)
+  x = random_data(30, (4, 64))
+  w_packed, w_scales = im.quantize_int4(random_data(31, (64, 64)), axis=0)
   np.testing.assert_array_equal(im.w4a16_matmul(x, w_packed, w_scales),
                                 reference.w4a16_matmul(x, w_packed, w_scales))
