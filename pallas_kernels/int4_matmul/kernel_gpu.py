@@ -232,14 +232,18 @@ def quantize_activations_int8(x, *, blocks, interpret):
 # ---------------------------------------------------------------------------------------------------------------
 
 
+def _on_first_split(extra):
+  """`extra` in the program of the first K split, zeros in the others: a term each output tile adds once."""
+  return (pl.program_id(2) == 0).astype(jnp.float32) * extra
+
+
 def _epilogue(acc, low_ref, up_ref, bias_ref, out_ref):
   extra = jnp.zeros_like(acc)
   if low_ref is not None:
     extra += jnp.dot(low_ref[...].astype(up_ref.dtype), up_ref[...], preferred_element_type=jnp.float32)
   if bias_ref is not None:
     extra += bias_ref[...].astype(jnp.float32)
-  first_split = (pl.program_id(2) == 0).astype(jnp.float32)
-  out_ref[0] = (acc + first_split * extra).astype(out_ref.dtype)
+  out_ref[0] = (acc + _on_first_split(extra)).astype(out_ref.dtype)
 
 
 def _dot_transposed(w_tile, a_tile, out_type):
@@ -318,8 +322,7 @@ def _w4a16_gemv_kernel(x_ref, w_ref, w_scales_ref, bias_ref, out_ref, *, group_s
   rows, cols = out_ref.shape[1:]
   accs = _loop_over_groups(first, count, groups_per_step, step, (jnp.zeros((1, cols), jnp.float32),) * rows)
   if bias_ref is not None:
-    first_split = (pl.program_id(2) == 0).astype(jnp.float32)
-    accs = [acc + first_split * bias_ref[...].astype(jnp.float32) for acc in accs]
+    accs = [acc + _on_first_split(bias_ref[...].astype(jnp.float32)) for acc in accs]
   for row, acc in enumerate(accs):
     out_ref[0, pl.ds(row, 1), :] = acc
 
