@@ -47,6 +47,7 @@ class Algorithm:
     dist_align: str | None = None
     ema_p: float = 0.999
     estimator = None  # a TransitionEstimator for algorithms that model label noise (InstanT)
+    uses_unlabeled = True  # False: the trainer forwards only labeled data through the model (and its BatchNorm)
 
     def __post_init__(self):
         if self.dist_align is not None and self.dist_align not in DIST_ALIGN_TARGETS:
@@ -60,11 +61,16 @@ class Algorithm:
     def pseudo_label(self, state: State, probs_ulb: jax.Array, probs_lb: jax.Array, *, index: jax.Array,
                      step: jax.Array, transition: jax.Array | None = None) -> tuple[PseudoLabels, State]:
         """Weak-view probabilities (no gradient) -> pseudo-labels and the updated state."""
-        probs_ulb, probs_lb = jax.lax.stop_gradient(probs_ulb), jax.lax.stop_gradient(probs_lb)
+        raw_ulb, probs_lb = jax.lax.stop_gradient(probs_ulb), jax.lax.stop_gradient(probs_lb)
+        probs_ulb = raw_ulb
         if self.dist_align:
-            probs_ulb, state = self._align(state, probs_ulb, probs_lb)
+            probs_ulb, state = self._align(state, raw_ulb, probs_lb)
         weights, thresholds, state = self._weights(state, probs_ulb, index=index, step=step, transition=transition)
-        return PseudoLabels(jnp.argmax(probs_ulb, axis=-1), weights, thresholds), state
+        return PseudoLabels(self._hard_labels(raw_ulb, probs_ulb), weights, thresholds), state
+
+    def _hard_labels(self, raw_probs: jax.Array, aligned_probs: jax.Array) -> jax.Array:
+        """The pseudo-labels: argmax of the aligned probabilities (USB's FlexMatch/FreeMatch, the InstanT release)."""
+        return jnp.argmax(aligned_probs, axis=-1)
 
     def unlabeled_loss(self, logits_strong: jax.Array, pseudo: PseudoLabels, *, state: State, step: jax.Array,
                        transition: jax.Array | None = None) -> jax.Array:
@@ -91,9 +97,12 @@ class Algorithm:
 
 @dataclasses.dataclass(frozen=True)
 class Supervised(Algorithm):
-    """Labeled data only: every unlabeled row is rejected and the unlabeled loss is zero (the baseline)."""
+    """Labeled data only: every unlabeled row is rejected and the unlabeled loss is zero (the baseline). As in USB's
+    fully supervised baseline, only labeled images pass through the model in training mode (BatchNorm statistics
+    come from labeled batches alone); the trainer judges the unlabeled weak view in inference mode for its metrics."""
 
     lambda_u: float = 0.0
+    uses_unlabeled = False
 
     def _weights(self, state, probs, *, index, step, transition):
         zeros = jnp.zeros(probs.shape[0])
@@ -118,7 +127,9 @@ class FlexMatch(Algorithm):
     β_c, the class's learning status, is the number of unlabeled examples whose latest confident (≥ p_cutoff)
     prediction is c, divided by the largest such count — including the count of never-confident examples when
     `thresh_warmup` (so thresholds start near 0 and rise as the model commits). As in USB, the mask uses β from
-    before this batch's update; then confident rows record their prediction and β is recomputed.
+    before this batch's update; then confident rows record their prediction and β is recomputed. Only confident rows
+    write to the per-example memory (USB: `selected_label[idx_ulb[select == 1]] = ...`), so a non-confident copy of a
+    pool index later in the same batch cannot overwrite a confident copy's record.
     """
 
     p_cutoff: float = 0.95
@@ -135,7 +146,8 @@ class FlexMatch(Algorithm):
         weights = (max_probs >= thresholds).astype(jnp.float32)
         selected = state["selected_label"]
         confident = max_probs >= self.p_cutoff
-        selected = selected.at[index].set(jnp.where(confident, predictions, selected[index]).astype(jnp.int32))
+        written = jnp.where(confident, index, selected.shape[0])  # out of range: dropped, the old record stays
+        selected = selected.at[written].set(predictions.astype(jnp.int32), mode="drop")
         return weights, thresholds, {**state, "selected_label": selected,
                                      "classwise_acc": self._learning_status(selected, state["classwise_acc"])}
 
@@ -152,10 +164,11 @@ class FlexMatch(Algorithm):
 class FreeMatch(Algorithm):
     """Self-adaptive thresholds (Wang et al., 2023): global τ_t = EMA of mean confidence, local = EMA of the mean
     class probabilities p̃; accept when `max p ≥ τ_t · p̃[ŷ] / max p̃`. Statistics update before masking (USB).
-    Adds the self-adaptive fairness loss with weight `ent_loss_ratio`. USB's two options, off by default as in USB:
+    Adds the self-adaptive fairness loss with weight `ent_loss_ratio` (0.001, what every FreeMatch config USB ships
+    runs; its argparse default is 0.01). USB's two options, off by default as in USB:
     `use_quantile` tracks the batch's 0.8-quantile of confidence instead of its mean, `clip_thresh` caps τ_t at 0.95."""
 
-    ent_loss_ratio: float = 0.01
+    ent_loss_ratio: float = 0.001
     use_quantile: bool = False
     clip_thresh: bool = False
 
@@ -187,7 +200,8 @@ class FreeMatch(Algorithm):
 class SoftMatch(Algorithm):
     """Truncated-Gaussian weights (Chen et al., 2023): `w = exp(−min(max p − μ_t, 0)² / (2 σ_t² / n_sigma²))`, μ_t and
     σ_t² EMAs of the batch's mean and unbiased variance of max p (updated before weighting), with uniform
-    distribution alignment. The reported threshold is μ_t, where the weight starts to fall below 1.
+    distribution alignment. The reported threshold is μ_t, where the weight starts to fall below 1. As in USB,
+    alignment serves the weights only: the hard pseudo-labels are the argmax of the raw weak-view probabilities.
 
     `per_class` (USB's option, off by default as there) keeps μ_t and σ_t² per predicted class; as in USB, a class
     predicted for fewer than two rows of the batch contributes (0, 1) to its EMAs."""
@@ -199,6 +213,9 @@ class SoftMatch(Algorithm):
     def _init_state(self, num_classes, num_unlabeled):
         shape = (num_classes,) if self.per_class else ()
         return {"mu": jnp.full(shape, 1.0 / num_classes, jnp.float32), "var": jnp.ones(shape, jnp.float32)}
+
+    def _hard_labels(self, raw_probs, aligned_probs):
+        return jnp.argmax(raw_probs, axis=-1)
 
     def _weights(self, state, probs, *, index, step, transition):
         if probs.shape[0] < 2:

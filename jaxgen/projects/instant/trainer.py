@@ -92,13 +92,22 @@ def make_train_step(model: nn.Module, algorithm: Algorithm, augment: AugmentConf
         x_strong = augment.strong(strong_key, ulb["image"])
         num_lb, num_ulb = x_lb.shape[0], x_weak.shape[0]
 
+        def forward(params, views):
+            return model.apply({"params": params["classifier"], **state.model_state}, _to_model_input(views),
+                               train=True, rngs={"dropout": dropout_key}, mutable=list(state.model_state))
+
         def loss_fn(params):
-            # One forward over [labeled; weak; strong], as USB's use_cat: BatchNorm sees all three views.
-            inputs = _to_model_input(jnp.concatenate([x_lb, x_weak, x_strong]))
-            logits, new_model_state = model.apply({"params": params["classifier"], **state.model_state}, inputs,
-                                                  train=True, rngs={"dropout": dropout_key},
-                                                  mutable=list(state.model_state))
-            logits_lb, logits_weak, logits_strong = jnp.split(logits, [num_lb, num_lb + num_ulb])
+            if algorithm.uses_unlabeled:
+                # One forward over [labeled; weak; strong], as USB's use_cat: BatchNorm sees all three views.
+                logits, new_model_state = forward(params, jnp.concatenate([x_lb, x_weak, x_strong]))
+                logits_lb, logits_weak, logits_strong = jnp.split(logits, [num_lb, num_lb + num_ulb])
+            else:
+                # Labeled data alone trains (USB's fully supervised baseline); the weak view is only judged, in
+                # inference mode, for the pseudo-label metrics.
+                logits_lb, new_model_state = forward(params, x_lb)
+                logits_weak = jax.lax.stop_gradient(model.apply(
+                    {"params": params["classifier"], **state.model_state}, _to_model_input(x_weak), train=False))
+                logits_strong = logits_weak
             sup_loss = cross_entropy(logits_lb, lb["label"])
             probs_lb, probs_weak = jax.nn.softmax(logits_lb), jax.nn.softmax(logits_weak)
             transition = None if estimator is None else estimator(params["transition"], x_weak)

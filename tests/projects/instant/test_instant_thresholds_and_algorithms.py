@@ -128,6 +128,19 @@ def test_flexmatch_curriculum(thresh_warmup, class0_threshold):
     np.testing.assert_array_equal(out.weights, [1, 1 if 0.9 >= class0_threshold else 0])
 
 
+def test_flexmatch_repeated_index_keeps_the_confident_copys_record():
+    """A pool index twice in one batch, confident first and not later: only the confident row writes (USB's
+    `selected_label[idx_ulb[select == 1]]`); the later copy must not write the old -1 back."""
+    alg = algorithms.make("flexmatch", p_cutoff=0.95)
+    _, state = pseudo(alg, alg.init_state(2, 4), [[0.97, 0.03], [0.2, 0.8], [0.6, 0.4]], index=[1, 0, 1])
+    np.testing.assert_array_equal(state["selected_label"], [-1, 0, -1, -1])
+    # Counts: class 0 -> 1, unused -> 3, so β = (1/3, 0) as in USB.
+    np.testing.assert_allclose(state["classwise_acc"], [1 / 3, 0.0], rtol=1e-6)
+    # An earlier record is overwritten only by a confident prediction, never by a non-confident one.
+    _, state = pseudo(alg, state, [[0.1, 0.9], [0.02, 0.98]], index=[1, 2])
+    np.testing.assert_array_equal(state["selected_label"], [-1, 0, 1, -1])
+
+
 def test_freematch_self_adaptive_thresholds():
     alg = algorithms.make("freematch", ema_p=0.5)
     state = alg.init_state(2, 8)
@@ -161,6 +174,22 @@ def test_softmatch_truncated_gaussian_weights():
     # batch mean .7, unbiased var .08 -> μ = .6, σ² = .54; row 2: exp(-(.1)² / (2·.54/4)).
     assert float(state["mu"]) == pytest.approx(0.6) and float(state["var"]) == pytest.approx(0.54)
     np.testing.assert_allclose(out.weights, [1.0, math.exp(-0.01 / 0.27)], rtol=1e-5)
+
+
+def test_softmatch_labels_come_from_raw_probabilities_weights_from_aligned():
+    """USB's SoftMatch aligns the distribution for its weights only; hard labels are argmax of the raw weak view."""
+    alg = algorithms.make("softmatch", ema_p=0.5, dist_align="uniform")
+    no_align = algorithms.make("softmatch", ema_p=0.5, dist_align=None)
+    # Imbalanced batch: alignment divides by p_model = batch mean (.64, .36) and flips row 1 to class 1.
+    probs = [[0.9, 0.1], [0.55, 0.45], [0.47, 0.53]]
+    out, state = pseudo(alg, alg.init_state(2, 8), probs)
+    np.testing.assert_array_equal(out.labels, [0, 0, 1])  # raw argmax, not the aligned (0, 1, 1)
+    aligned = np.asarray(probs) / np.mean(probs, axis=0)
+    aligned /= aligned.sum(axis=1, keepdims=True)
+    assert np.argmax(aligned[1]) == 1
+    weighted_on_aligned, _ = pseudo(no_align, no_align.init_state(2, 8), aligned)
+    np.testing.assert_allclose(out.weights, weighted_on_aligned.weights, rtol=1e-5)
+    np.testing.assert_allclose(state["mu"], 0.5 / 2 + 0.5 * np.mean(aligned.max(axis=1)), rtol=1e-5)
 
 
 def test_softmatch_per_class_statistics():

@@ -102,3 +102,37 @@ def test_pseudo_label_metrics_hand_computed():
     assert float(got["threshold_mean"]) == pytest.approx(0.5) and float(got["threshold_max"]) == pytest.approx(0.8)
     nothing = trainer.pseudo_label_metrics(jnp.array([0]), jnp.array([0.0]), jnp.array([0.9]), jnp.array([0]))
     assert np.isnan(float(nothing["pl_accuracy"]))
+
+
+def test_supervised_step_trains_on_labeled_data_alone():
+    """USB's fully supervised baseline forwards labeled images only: BatchNorm statistics, parameters and the loss
+    do not depend on the unlabeled batch (the SSL algorithms' single forward over all three views does)."""
+    import jax
+    import optax
+
+    from jaxgen.projects.instant.augment import AugmentConfig
+    from jaxgen.projects.instant.model import WideResNet
+
+    model = WideResNet(num_classes=3, depth=4, widen=1)
+    images = jax.random.uniform(jax.random.key(0), (4, 8, 8, 1))
+    variables = model.init(jax.random.key(1), images * 2 - 1, train=False)
+    tx = optax.sgd(0.1)
+    params = {"classifier": variables["params"]}
+
+    def leaves_after_step(algorithm, unlabeled_sets):
+        state = trainer.SSLState(step=jnp.zeros((), jnp.int32), params=params, opt_state=tx.init(params),
+                                 ema_params=params, model_state={"batch_stats": variables["batch_stats"]},
+                                 algorithm_state=algorithm.init_state(3, 8))
+        step = jax.jit(trainer.make_train_step(model, algorithm, AugmentConfig(), tx, lambda s: 0.1, 0.9,
+                                               jax.random.key(2)))
+        for unlabeled in unlabeled_sets:
+            batch = {"labeled": {"image": images[:2], "label": jnp.array([0, 1])},
+                     "unlabeled": {"image": unlabeled, "index": jnp.arange(4), "label": jnp.zeros(4, jnp.int32)}}
+            new_state, _ = step(state, batch)
+            yield jax.tree.leaves((new_state.params, new_state.model_state))
+
+    other = jax.random.uniform(jax.random.key(3), (4, 8, 8, 1))
+    for name, independent in (("supervised", True), ("fixmatch", False)):
+        leaves_a, leaves_b = leaves_after_step(algorithms.make(name), (images, other))
+        same = all(np.array_equal(a, b) for a, b in zip(leaves_a, leaves_b))
+        assert same is independent, name
