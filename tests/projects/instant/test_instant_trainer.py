@@ -58,6 +58,14 @@ def test_instant_variant_tiers_bind_the_instance_estimator(tier, fit):
     assert isinstance(algorithm.estimator.module, estimators.InstanceTransition) and algorithm.estimator.fit == fit
 
 
+@pytest.mark.parametrize("tier", ["instant", "instant_instance", "instant_labeled"])
+def test_algorithm_tiers_keep_the_experiments_warm_up(tier):
+    """A tier appended after an experiment must not reset the experiment's macros (it once set WARM_UP_STEPS to
+    10,240, so the variants never left warm-up in a 5,000-step run)."""
+    config.parse([str(REPO / "configs/instant/fashion_mnist_4.gin"), str(REPO / f"configs/instant/algorithms/{tier}.gin")])
+    assert config.configured(algorithms.InstanT)().warm_up_steps == 500
+
+
 # tests/smoke runs every *_smoke config; here two of them (the seed paper and its closest baseline) get the
 # SSL-specific checks, which keeps the suite's compile time down.
 DETAILED = [p for p in SMOKE if p.stem in ("instant_smoke", "flexmatch_smoke")]
