@@ -24,9 +24,21 @@ def final_error(records: Sequence[Mapping[str, Any]]) -> float:
 
 
 def mean_std(values: Sequence[float]) -> tuple[float, float]:
-    """Mean and population standard deviation (numpy's default, as USB's tables report over seeds)."""
+    """Mean and sample standard deviation (ddof=1, the project's convention for "±" over seeds; 0 for one value)."""
     values = np.asarray(values, np.float64)
-    return float(values.mean()), float(values.std())
+    return float(values.mean()), float(values.std(ddof=1)) if len(values) > 1 else 0.0
+
+
+def threshold_spread(thresholds: np.ndarray, predicted: np.ndarray) -> dict[str, float]:
+    """How instance-dependent the thresholds are: `threshold_within_class_std` is the mean, over predicted classes
+    with ≥ 2 images, of the standard deviation of τ(x) among that class's images (0 for any class-level rule);
+    `threshold_between_class_std` the standard deviation of the per-class mean thresholds."""
+    classes = [c for c in np.unique(predicted) if np.sum(predicted == c) > 1]
+    if not classes:
+        return {"threshold_within_class_std": float("nan"), "threshold_between_class_std": float("nan")}
+    within = [float(np.std(thresholds[predicted == c])) for c in classes]
+    means = [float(np.mean(thresholds[predicted == c])) for c in classes]
+    return {"threshold_within_class_std": float(np.mean(within)), "threshold_between_class_std": float(np.std(means))}
 
 
 def quality_at_mask_rate(records: Sequence[Mapping[str, Any]], bins: np.ndarray, *,

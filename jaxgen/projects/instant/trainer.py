@@ -192,15 +192,17 @@ class SSLEvaluators:
         return results
 
     def pseudo_labels(self, state: SSLState, context: EvalContext) -> dict:
-        thresholds, weights, correct, confidence = [], [], [], []
+        thresholds, weights, correct, confidence, predicted = [], [], [], [], []
         for batch in context.batches():
             labels, w, t, c = self._judge(state, batch)
             valid = np.asarray(batch["valid"])
             thresholds.append(np.asarray(t)[valid])
             weights.append(np.asarray(w)[valid])
             confidence.append(np.asarray(c)[valid])
+            predicted.append(np.asarray(labels)[valid])
             correct.append((np.asarray(labels) == np.asarray(batch["label"]))[valid])
-        thresholds, weights, correct, confidence = map(np.concatenate, (thresholds, weights, correct, confidence))
+        thresholds, weights, correct, confidence, predicted = map(
+            np.concatenate, (thresholds, weights, correct, confidence, predicted))
         accepted = float(weights.sum())
         if context.is_main_process:
             plots.threshold_histogram(thresholds, correct, context.outdir / "thresholds.png")
@@ -209,6 +211,7 @@ class SSLEvaluators:
             "mask_rate": float(weights.mean()),
             "pl_accuracy": float((weights * correct).sum() / accepted) if accepted else float("nan"),
             "threshold_mean": float(thresholds.mean()), "threshold_std": float(thresholds.std()),
+            **analysis.threshold_spread(thresholds, predicted),
         }
         selection = analysis.selection_accuracy(confidence, thresholds, correct, SELECTION_RATES)
         for rate, (by_threshold, by_confidence) in selection.items():

@@ -19,8 +19,18 @@ def test_final_error_takes_the_last_evaluation():
         analysis.final_error([{"step": 1, "loss": 2.0}])
 
 
-def test_mean_std_is_the_population_std():
-    assert analysis.mean_std([1.0, 3.0]) == (2.0, 1.0)
+def test_mean_std_is_the_sample_std():
+    assert analysis.mean_std([1.0, 3.0]) == (2.0, math.sqrt(2.0))
+    assert analysis.mean_std([4.0]) == (4.0, 0.0)
+
+
+def test_threshold_spread_within_and_between_predicted_classes():
+    thresholds = np.array([0.5, 0.7, 0.9, 0.9, 0.3])
+    predicted = np.array([0, 0, 1, 1, 2])  # class 2 has one image: left out
+    spread = analysis.threshold_spread(thresholds, predicted)
+    assert spread["threshold_within_class_std"] == pytest.approx((0.1 + 0.0) / 2)
+    assert spread["threshold_between_class_std"] == pytest.approx(0.15)  # class means 0.6 and 0.9
+    assert math.isnan(analysis.threshold_spread(np.array([0.5]), np.array([0]))["threshold_within_class_std"])
 
 
 def test_quality_at_mask_rate_bins_by_quantity_and_skips_empty_batches():
