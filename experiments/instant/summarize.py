@@ -1,6 +1,9 @@
 """Tables and pictures of an InstanT sweep (`jaxgen sweep` over configs/instant/*.gin × algorithm tiers × seeds).
 
-    PYTHONPATH=. python3 experiments/instant/summarize.py --root runs/instant --out experiments/instant
+    PYTHONPATH=. python3 experiments/instant/summarize.py --root runs/instant/grid --long-root runs/instant/long \
+        --out experiments/instant
+
+(`experiments/instant/sweeps.sh runs/instant` runs both sweeps.)
 
 Writes `results.json` (every run's final error; pseudo-label quantity and quality at the end of training and binned
 by mask rate; the selection test of the final evaluation), `pl_quality.png` (each algorithm's trajectory:
@@ -22,7 +25,11 @@ from jaxgen.projects.instant import analysis, plots, trainer
 
 # Workdir tier names (`base` is the config's own algorithm, InstanT) in table order.
 ALGORITHMS = {"supervised": "supervised", "fixmatch": "FixMatch", "flexmatch": "FlexMatch",
-              "freematch": "FreeMatch", "softmatch": "SoftMatch", "base": "InstanT"}
+              "freematch": "FreeMatch", "softmatch": "SoftMatch", "base": "InstanT",
+              "instant_instance": "InstanT T̂(x)", "instant_labeled": "InstanT T̂(x) labeled"}
+# The long schedule's threshold spread (per-eval evaluator metrics), compared between these tiers.
+SPREAD_KEYS = ("threshold_mean", "threshold_within_class_std", "threshold_between_class_std", "mask_rate",
+               "pl_accuracy")
 MASK_BINS = np.linspace(0.0, 1.0, 11)
 SMOOTHING = 20  # training records: 20 records of 10 steps = a 200-step running mean
 
@@ -109,6 +116,26 @@ def selection_table(runs) -> tuple[str, dict]:
     return "\n".join(lines), dict(numbers)
 
 
+def spread_table(runs) -> tuple[str, dict]:
+    """Per evaluation step, mean over seeds: how the pseudo-label evaluator judged the test images — mean threshold,
+    spread of τ(x) within and between predicted classes, quantity and quality — for InstanT against FreeMatch."""
+    prefix = "eval/pseudo_labels/"
+    lines = ["| setting | algorithm | step | " + " | ".join(SPREAD_KEYS) + " |", "|---" * (len(SPREAD_KEYS) + 3) + "|"]
+    numbers: dict[str, dict] = defaultdict(dict)
+    for setting, by_tier in sorted(runs.items()):
+        for tier in ("base", "freematch", "softmatch"):
+            evals = [[r for r in run if prefix + SPREAD_KEYS[1] in r] for run in by_tier.get(tier, [])]
+            steps = sorted(set.intersection(*[{r["step"] for r in e} for e in evals])) if evals else []
+            for step in steps:
+                values = {k: float(np.nanmean([next(r[prefix + k] for r in e if r["step"] == step) for e in evals]))
+                          for k in SPREAD_KEYS}
+                numbers[setting].setdefault(tier, {})[str(step)] = values
+                if step in (steps[0], steps[len(steps) // 2], steps[-1]):
+                    lines.append(f"| {setting} | {ALGORITHMS[tier]} | {step} | "
+                                 + " | ".join(f"{values[k]:.3f}" for k in SPREAD_KEYS) + " |")
+    return "\n".join(lines), dict(numbers)
+
+
 def _last_eval(records) -> dict:
     evals = [r for r in records if analysis.ERROR_KEY in r]
     return evals[-1] if evals else {}
@@ -152,6 +179,7 @@ def curve_pictures(runs, out: Path) -> list[Path]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--root", required=True, help="the sweep's root folder")
+    parser.add_argument("--long-root", help="the long-schedule sweep's root folder (tables and pictures *_long)")
     parser.add_argument("--out", required=True, help="where results.json and the pictures go")
     parser.add_argument("--late-from", type=int, default=4500,
                         help="end-of-training quantity and quality: training records after this step")
@@ -169,7 +197,7 @@ def main() -> None:
                                                   "pseudo_labels": quality, "selection": selection}, indent=1))
     quality_picture(quality, out / "pl_quality.png")
     curve_pictures(runs, out)
-    print("Error rate % (EMA model, final evaluation; mean ± std over seeds, seed count in brackets)\n")
+    print("Error rate % (EMA model, final evaluation; mean ± sample std over seeds, seed count in brackets)\n")
     print(errors_md)
     print(f"\nPseudo-labels at the end of training: mask rate (quantity) / accuracy of the accepted ones (quality), "
           f"training batches after step {args.late_from}, mean over seeds\n")
@@ -179,7 +207,29 @@ def main() -> None:
               "confidence minus the algorithm's threshold / ranked by confidence alone (FixMatch's rule), mean over "
               "seeds\n")
         print(selection_md)
+    if args.long_root:
+        summarize_long(Path(args.long_root), out)
     print(f"\nwrote {out / 'results.json'}, {out / 'pl_quality.png'}, {out}/pl_curves_*.png")
+
+
+def summarize_long(root: Path, out: Path) -> None:
+    """The long schedule: its error table, quantity/quality at the end, the threshold spread over training, and
+    pl_curves_<setting>.png; written to results_long.json."""
+    runs = load(root)
+    if not runs:
+        raise SystemExit(f"no finished runs under {root}")
+    last_step = max(r["step"] for by_tier in runs.values() for seeds in by_tier.values() for run in seeds for r in run)
+    errors_md, errors = error_table(runs)
+    quality_md, quality = quantity_quality_table(runs, int(0.9 * last_step))
+    spread_md, spread = spread_table(runs)
+    (out / "results_long.json").write_text(json.dumps({"error_percent": errors, "pseudo_labels": quality,
+                                                       "threshold_spread": spread,
+                                                       "late_from_step": int(0.9 * last_step)}, indent=1))
+    curve_pictures(runs, out)
+    print(f"\nLong schedule ({last_step} steps): error rate %, mean ± sample std over seeds\n\n{errors_md}")
+    print(f"\nLong schedule: mask rate / accepted-label accuracy after step {int(0.9 * last_step)}\n\n{quality_md}")
+    print(f"\nLong schedule: thresholds as the evaluator judges the test split (first, middle and last "
+          f"evaluation; mean over seeds)\n\n{spread_md}")
 
 
 if __name__ == "__main__":
