@@ -8,8 +8,9 @@ from jaxgen.data import sources
 
 
 def list_text(data_dir: str | None = None) -> str:
+    """Every registered dataset (the built-in ones and those the packages under `jaxgen.projects` register)."""
     lines = [f"Data folder: {sources.data_dir(data_dir)}", "Offline datasets (need no internet):"]
-    for name, module in sources.OFFLINE_BUILDERS.items():
+    for name, module in sources.registered_datasets().items():
         b = sources.builder(name, data_dir, prepare_offline=False)
         configs = [c.name for c in (b.BUILDER_CONFIGS or [])]
         variants = f" (configs: {', '.join(f'{name}/{c}' for c in configs)})" if configs else ""
