@@ -173,7 +173,8 @@ def to_global(local_batch: Mapping[str, np.ndarray], mesh: Mesh, global_batch_si
         x = np.asarray(x)
         if x.ndim == 0 or x.shape[0] % local:
             raise ValueError(f"A batch leaf of shape {x.shape} cannot split over the {local} batch shards of this "
-                             f"process's devices (mesh {dict(mesh.shape)}): its leading axis must be a multiple of {local}")
+                             f"process's devices (mesh {dict(mesh.shape)}): its leading axis must be a multiple of "
+                             f"{local}")
         global_size = x.shape[0] // local * total
         if global_batch_size is not None and global_size != global_batch_size:
             raise ValueError(f"A batch leaf of shape {x.shape} makes a global leading size {global_size} on mesh "

@@ -18,7 +18,8 @@ from support.toy_project import tasks as toy_tasks
 
 
 def records(workdir):
-    return [{k: v for k, v in r.items() if k != "steps_per_sec"} for r in metrics_lib.read_records(workdir) if "loss" in r]
+    return [{k: v for k, v in r.items() if k != "steps_per_sec"}
+            for r in metrics_lib.read_records(workdir) if "loss" in r]
 
 
 def run(task, loader, workdir, train_steps):
