@@ -19,6 +19,18 @@ Pad to size buckets (e.g. powers of two), so jit compiles once per bucket, not o
 every process must pick the same padded shape for a step: derive it from the dataset (its largest example) or from
 something every process knows, never from its local examples alone. In `eval_batches` each example carries a boolean
 `"valid"` (False for the padding examples of the last batch) that `collate` must pass on into the batch.
+
+Why not grain (decided 2026-12-07, grain 0.2.18; wheels exist for Python 3.11 and 3.12, and it installs and runs
+beside jax 0.12 on 3.12). grain keeps the resume guarantee too (`MapDataset[step]` is a pure function of the step,
+and `mp_prefetch` iterators restore exactly from `get_state()`), but it was slower here:
+`experiments/bench/loader_throughput.py` (512 CIFAR-sized examples per step = InstanT's 64 + 448, augmented per
+example on the host: crop, flip, Cutout; 2 CPU cores under load from other jobs) measured this Loader at 28-40
+steps/s, grain's `MapDataset` at 12-14 and `mp_prefetch` with 2 worker processes at 14-15; the Loader without a
+host transform (InstanT's path: it augments on the device) reads 1,300 steps/s, so the loader is not what held
+InstanT near 100 steps/s. A thread pool over per-example numpy work did not help (24-35 steps/s: the GIL); writing
+the augmentation over the whole batch did (47-56 steps/s). So: keep host transforms batched (or on the device), and
+revisit grain where per-example Python work is unavoidable and the host has many cores (rerun the benchmark with
+`--workers 16` on a 16-core GPU host). Numbers: `experiments/bench/loader_throughput.json`.
 """
 
 from __future__ import annotations
