@@ -4,6 +4,11 @@ graphs) — each resuming bit for bit."""
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
+from pathlib import Path
+
 import jax
 import numpy as np
 import pytest
@@ -17,6 +22,10 @@ from support.toy_project import data as toy_data
 from support.toy_project import tasks as toy_tasks
 
 
+REPO = Path(__file__).resolve().parents[2]
+OPTIMIZER = OptimizerConfig(learning_rate=3e-2, schedule="constant")
+
+
 def records(workdir):
     return [{k: v for k, v in r.items() if k != "steps_per_sec"}
             for r in metrics_lib.read_records(workdir) if "loss" in r]
@@ -25,7 +34,7 @@ def records(workdir):
 def run(task, loader, workdir, train_steps):
     return train.run(task=task, workdir=workdir, train_data=loader, train_steps=train_steps, log_every=1,
                      checkpoint_every=3, eval_every=0, progress=False, async_checkpointing=False,
-                     optimizer=OptimizerConfig(learning_rate=3e-2, schedule="constant"))
+                     optimizer=OPTIMIZER)
 
 
 def straight_and_resumed(tmp_path, make_task, make_loader, steps=6):
@@ -70,3 +79,30 @@ def test_packed_graphs_from_a_project_dataset_train_and_resume_bit_for_bit(tmp_p
     straight_and_resumed(tmp_path, toy_tasks.GraphTask, make_loader)
     shapes = {make_loader().batch(step)["graph"].nodes.shape for step in range(24)}
     assert 1 <= len(shapes) <= 3, shapes  # padded to power-of-two buckets: a few compilations, not one per step
+
+
+TWO_DEVICE_GRAPHS = """
+import sys
+from support.toy_project import data, tasks
+from jaxgen import train
+from jaxgen.core.mesh import MeshConfig
+from jaxgen.core.optim import OptimizerConfig
+from jaxgen.data import Loader
+train.run(task=tasks.GraphTask(), workdir=sys.argv[1], train_steps=4, log_every=1, checkpoint_every=4, eval_every=0,
+          train_data=Loader("toy_graphs", 8, seed=2, collate=data.GraphCollate(2)), mesh=MeshConfig(data=2),
+          optimizer=OptimizerConfig(learning_rate=3e-2, schedule="constant"), progress=False, async_checkpointing=False)
+"""
+
+
+def test_packed_graphs_shard_one_graph_batch_per_device(tmp_path):
+    """Two devices each hold one of the two packed graph batches and train like one device holding both."""
+    run(toy_tasks.GraphTask(), Loader("toy_graphs", 8, seed=2, collate=toy_data.GraphCollate(2)), tmp_path / "one", 4)
+    environment = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=2", "JAX_PLATFORMS": "cpu",
+                   "PYTHONPATH": os.pathsep.join([str(REPO / "tests"), str(REPO), os.environ.get("PYTHONPATH", "")])}
+    done = subprocess.run([sys.executable, "-c", TWO_DEVICE_GRAPHS, str(tmp_path / "two")], cwd=REPO, env=environment,
+                          capture_output=True, text=True, timeout=280)
+    assert done.returncode == 0, done.stderr[-3000:]
+    one, two = records(tmp_path / "one"), records(tmp_path / "two")
+    assert [r["step"] for r in two] == [1, 2, 3, 4]
+    for key in ("loss", "grad_norm", "accuracy"):
+        np.testing.assert_allclose([r[key] for r in two], [r[key] for r in one], rtol=2e-5, atol=1e-6, err_msg=key)
