@@ -86,13 +86,19 @@ def register_dataset(name: str, builder_module: str) -> None:
 
 
 def _import_projects() -> None:
-    """Imports every package under `jaxgen.projects`, whose `__init__.py` registers that paper's datasets."""
+    """Imports every package under `jaxgen.projects`, whose `__init__.py` registers that paper's datasets. A project
+    that fails to import (a missing optional dependency) is named in a warning; the others' datasets stay usable."""
+    import logging
     import pkgutil
 
     projects = importlib.import_module(_PROJECTS_PACKAGE)
     for info in pkgutil.iter_modules(projects.__path__, prefix=f"{_PROJECTS_PACKAGE}."):
         if info.ispkg:
-            importlib.import_module(info.name)
+            try:
+                importlib.import_module(info.name)
+            except ImportError as e:
+                logging.warning("Project package %s does not import (%s): datasets it registers are not available",
+                                info.name, e)
 
 
 def registered_datasets() -> dict[str, str]:

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from jaxgen.data import Loader, register_dataset, registered_datasets, source, sources
-from jaxgen.data.inspect import list_text
+from jaxgen.data.inspect import describe, list_text
 from support.toy_project import data as toy_data
 
 
@@ -20,6 +20,7 @@ def test_a_project_registers_datasets_that_data_list_shows():
     text = list_text()
     assert "toy_graphs: " in text and "support.toy_project.data" in text
     assert len(source("toy_sequences", "train")) == toy_data.NUM_EXAMPLES["train"]
+    assert "tokens: shapes (4,) .. (20,) (varying) dtype int32" in describe("toy_sequences", "train", count=48)
 
 
 def test_registered_datasets_imports_the_project_packages_to_find_their_registrations(monkeypatch):
@@ -28,6 +29,19 @@ def test_registered_datasets_imports_the_project_packages_to_find_their_registra
         monkeypatch.delitem(sys.modules, module)
     monkeypatch.setattr(sources, "_PROJECTS_PACKAGE", "support")  # stands in for jaxgen.projects
     assert "toy_graphs" in registered_datasets()
+
+
+def test_a_project_that_does_not_import_is_named_and_the_others_still_register(tmp_path, monkeypatch, caplog):
+    root = tmp_path / "fake_projects"
+    good = "from jaxgen.data import register_dataset\nregister_dataset('good_set', 'good.data')\n"
+    for package, body in (("", ""), ("broken", "import a_module_that_is_not_installed\n"), ("good", good)):
+        (root / package).mkdir(parents=True, exist_ok=True)
+        (root / package / "__init__.py").write_text(body)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.setattr(sources, "_REGISTRY", dict(sources._REGISTRY))
+    monkeypatch.setattr(sources, "_PROJECTS_PACKAGE", "fake_projects")
+    assert registered_datasets()["good_set"] == "good.data"
+    assert "fake_projects.broken does not import (No module named 'a_module_that_is_not_installed')" in caplog.text
 
 
 def test_registering_a_name_twice_with_another_module_is_refused():
