@@ -32,7 +32,7 @@ from jaxgen.core import workdir as workdir_lib
 from jaxgen.core.evaluation import run_evaluators
 from jaxgen.core.monitor import NonFiniteLossError, StepMonitor, run_steps  # noqa: F401  (NonFiniteLossError: public here)
 from jaxgen.core.optim import OptimizerConfig, TrainState
-from jaxgen.core.task import Task
+from jaxgen.core.task import Task, split_loss_output
 from jaxgen.data.loader import Loader, prefetch
 
 MODES = ("train", "eval")
@@ -53,7 +53,7 @@ class RunResult:
 
 
 def _global_batch(loader: Loader, step: int, rows: np.ndarray, mesh) -> dict[str, jax.Array]:
-    return sharding_lib.to_global(loader.batch(step, rows), mesh, loader.batch_size)
+    return sharding_lib.to_global(loader.batch(step, rows), mesh)
 
 
 def _state_shardings(task: Task, optimizer, init_rng, example_batch, mesh, logical_axis_rules):
@@ -222,12 +222,14 @@ def run(
         step_rng = rng_lib.step_key(train_stream, state.step)
 
         def loss_fn(params):
-            return task.loss({"params": params, **state.extra_variables}, batch, step_rng)
+            loss, task_metrics, updated = split_loss_output(
+                task.loss({"params": params, **state.extra_variables}, batch, step_rng), state.extra_variables)
+            return loss, (task_metrics, updated)
 
-        (loss, task_metrics), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
+        (loss, (task_metrics, updated)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
         updates, opt_state = tx.update(grads, state.opt_state, state.params)
         new_state = state.replace(step=state.step + 1, params=optax.apply_updates(state.params, updates),
-                                  opt_state=opt_state)
+                                  opt_state=opt_state, extra_variables={**state.extra_variables, **updated})
         step_metrics = {**task_metrics, "loss": loss, "grad_norm": optax.tree.norm(grads),
                         "learning_rate": schedule(state.step)}
         return new_state, step_metrics
@@ -242,7 +244,7 @@ def run(
 
     # -------------------------------------------------------------------------------------------------------- the loop
     batches = prefetch(train_data.iterate(start_step, rows),
-                       convert=lambda b: sharding_lib.to_global(b, mesh, train_data.batch_size))
+                       convert=lambda b: sharding_lib.to_global(b, mesh))
     bar = tqdm(total=train_steps, initial=start_step, disable=not (progress and is_main), unit="step",
                dynamic_ncols=True, desc=f"train {workdir.name}")
     monitor = StepMonitor(writer, checkpointer, log_every=log_every, last_step=train_steps,

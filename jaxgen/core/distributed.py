@@ -45,8 +45,3 @@ def initialize(config: DistributedConfig) -> None:
             num_processes=config.num_processes,
             process_id=config.process_id,
         )
-
-
-def is_main_process() -> bool:
-    """Process 0 writes config, metrics and pictures; every process takes part in checkpoints and collectives."""
-    return jax.process_index() == 0

@@ -42,7 +42,7 @@ def run_evaluators(
             raise ValueError("This task's evaluators read eval batches, but the run has no eval_data")
         rows = sharding_lib.process_rows(eval_data.batch_size, mesh)
         for batch in eval_data.eval_batches(rows):
-            yield sharding_lib.to_global(batch, mesh, eval_data.batch_size)
+            yield sharding_lib.to_global(batch, mesh)
 
     context = EvalContext(step=step, rng=rng_lib.step_key(eval_stream, step), outdir=outdir, batches=batches,
                           is_main_process=is_main)

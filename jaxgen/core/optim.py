@@ -1,7 +1,16 @@
-"""Optimizers, learning-rate schedules, frozen-parameter masks and the train state they update.
+"""Optimizers, learning-rate schedules, parameter groups and the train state they update.
 
 Names resolve through registries (`OPTIMIZERS`, `SCHEDULES`), so a config says `name="adamw"`,
 `schedule="warmup_cosine"` and a paper adds its own entry instead of an `if` branch.
+
+Papers with several objectives or optimizers (a GAN discriminator beside an autoencoder, architecture weights beside
+network weights) build on three pieces here, so their forked trainers stay short:
+- `param_groups`: named groups of parameters chosen by path regexes, each with its own optax transform (`frozen` in
+  `OptimizerConfig` is the special case of a group whose transform is `set_to_zero`);
+- `pick_by_group`: one gradient tree assembled from several (each group's gradient from its own loss);
+- `Alternation`: groups that take turns, step by step (`("weights", "weights", "architecture")`); its transform updates
+  a group only on its turn and leaves that group's optimizer state untouched otherwise, and `turn(step)` tells the
+  train step whose turn it is (to pick that group's loss and batch).
 """
 
 from __future__ import annotations
@@ -9,8 +18,8 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import re
-from collections.abc import Callable, Sequence
-from typing import Any
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any, NamedTuple
 
 import flax
 import jax
@@ -94,22 +103,100 @@ class OptimizerConfig:
         if self.clip_grad_norm is not None:
             transform = optax.chain(optax.clip_by_global_norm(self.clip_grad_norm), transform)
         if self.frozen:
-            patterns = [re.compile(p) for p in self.frozen]
-            transform = optax.multi_transform(
-                {"train": transform, "frozen": optax.set_to_zero()},
-                lambda params: frozen_labels(params, patterns),
-            )
+            transform = param_groups({"train": transform, "frozen": optax.set_to_zero()},
+                                     {"frozen": self.frozen}, default="train")
         return transform
 
 
-def frozen_labels(params, patterns: Sequence[re.Pattern]):
-    """'frozen' for parameters whose path matches any pattern, 'train' otherwise."""
+GroupPatterns = Mapping[str, Sequence[str]]
+
+
+def group_labels(params, patterns: GroupPatterns, default: str | None = None):
+    """A tree like `params` holding each parameter's group: the first group (in order) with a regex that matches the
+    "/"-joined path (`re.search`), else `default`. A parameter no group claims is an error when `default` is None."""
+    compiled = [(name, [re.compile(p) for p in regexes]) for name, regexes in patterns.items()]
+    unclaimed = []
 
     def label(path, _):
         name = path_to_str(path)
-        return "frozen" if any(p.search(name) for p in patterns) else "train"
+        group = next((group for group, regexes in compiled if any(r.search(name) for r in regexes)), default)
+        if group is None:
+            unclaimed.append(name)
+        return group
 
-    return jax.tree_util.tree_map_with_path(label, params)
+    labels = jax.tree_util.tree_map_with_path(label, params)
+    if unclaimed:
+        raise ValueError(f"Parameters {unclaimed} match no group of {dict(patterns)} and there is no default group")
+    return labels
+
+
+def param_groups(transforms: Mapping[str, optax.GradientTransformation], patterns: GroupPatterns,
+                 default: str | None = None) -> optax.GradientTransformation:
+    """One optax transform per named group of parameters (`optax.multi_transform` over `group_labels`)."""
+    missing = sorted((set(patterns) | ({default} - {None})) - set(transforms))
+    if missing:
+        raise ValueError(f"Groups {missing} have no transform; transforms are given for {sorted(transforms)}")
+    return optax.multi_transform(dict(transforms), lambda params: group_labels(params, patterns, default))
+
+
+def pick_by_group(labels, trees: Mapping[str, Any]):
+    """Each leaf from the tree of its group: `pick_by_group(labels, {"generator": g_grads, "discriminator": d_grads})`
+    gives the generator's parameters their gradient of the generator loss and the discriminator's theirs."""
+    return jax.tree.map(lambda label, *leaves: leaves[list(trees).index(label)], labels, *trees.values())
+
+
+class _TurnState(NamedTuple):
+    count: jax.Array
+    inner: Any
+
+
+def _on_turns(inner: optax.GradientTransformation, turns: Sequence[bool]) -> optax.GradientTransformation:
+    """`inner` on the steps where `turns[count % len(turns)]`; zero updates and an unchanged state on the others."""
+    table = jnp.asarray(turns)
+
+    def init(params):
+        return _TurnState(jnp.zeros((), jnp.int32), inner.init(params))
+
+    def update(updates, state, params=None):
+        def skip():
+            return jax.tree.map(jnp.zeros_like, updates), state.inner
+
+        new_updates, new_inner = jax.lax.cond(table[state.count % len(turns)],
+                                              lambda: inner.update(updates, state.inner, params), skip)
+        return new_updates, _TurnState(state.count + 1, new_inner)
+
+    return optax.GradientTransformation(init, update)
+
+
+@dataclasses.dataclass(frozen=True)
+class Alternation:
+    """Parameter groups that take turns: step `s` belongs to group `schedule[s % len(schedule)]`.
+
+    `transform` counts its own updates, so it agrees with `turn(state.step)` when the train step calls it once per
+    step from step 0 (its count is checkpointed with the optimizer state, so resumes agree too).
+    """
+
+    schedule: Sequence[str]
+
+    def __post_init__(self):
+        if not self.schedule:
+            raise ValueError("An Alternation needs a non-empty schedule of group names")
+
+    @property
+    def groups(self) -> tuple[str, ...]:
+        return tuple(dict.fromkeys(self.schedule))
+
+    def turn(self, step: jax.Array) -> jax.Array:
+        """Index into `groups` of the group whose turn `step` is (for `jax.lax.switch` over per-group losses)."""
+        order = jnp.asarray([self.groups.index(name) for name in self.schedule])
+        return order[step % len(self.schedule)]
+
+    def transform(self, transforms: Mapping[str, optax.GradientTransformation], patterns: GroupPatterns,
+                  default: str | None = None) -> optax.GradientTransformation:
+        """`param_groups` whose groups in the schedule move only on their turns (groups outside it: every step)."""
+        turned = {name: _on_turns(tx, [turn == name for turn in self.schedule]) if name in self.schedule else tx
+                  for name, tx in transforms.items()}
+        return param_groups(turned, patterns, default)
 
 
 @flax.struct.dataclass

@@ -151,13 +151,35 @@ def process_rows(global_batch_size: int, mesh: Mesh) -> np.ndarray:
     return np.concatenate([np.arange(start, stop) for start, stop in starts])
 
 
-def to_global(local_batch: Mapping[str, np.ndarray], mesh: Mesh, global_batch_size: int):
-    """Assembles each process's rows (see `process_rows`) into global arrays sharded over the batch axes."""
+def _local_batch_shards(mesh: Mesh) -> int:
+    """How many distinct batch shards this process's devices hold (devices that differ only on other axes share one)."""
+    dims = [mesh.axis_names.index(a) for a in BATCH_AXES if a in mesh.axis_names]
+    me = jax.process_index()
+    return len({tuple(position[d] for d in dims)
+                for position, device in np.ndenumerate(mesh.devices) if device.process_index == me})
+
+
+def to_global(local_batch: Mapping[str, np.ndarray], mesh: Mesh, global_batch_size: int | None = None):
+    """Assembles each process's rows (see `process_rows`) into global arrays sharded over the batch axes.
+
+    The global leading size is this process's leading size scaled by (batch shards) / (this process's batch shards):
+    the examples of the global batch for ordinary batches, one entry per device for batches packed per device
+    (graphs, see `jaxgen.data.loader`). `global_batch_size`, when given, must agree.
+    """
     sharding = batch_sharding(mesh)
+    total, local = _axis_size(mesh, BATCH_AXES), _local_batch_shards(mesh)
 
     def assemble(x):
         x = np.asarray(x)
-        return jax.make_array_from_process_local_data(sharding, x, (global_batch_size, *x.shape[1:]))
+        if x.ndim == 0 or x.shape[0] % local:
+            raise ValueError(f"A batch leaf of shape {x.shape} cannot split over the {local} batch shards of this "
+                             f"process's devices (mesh {dict(mesh.shape)}): its leading axis must be a multiple of "
+                             f"{local}")
+        global_size = x.shape[0] // local * total
+        if global_batch_size is not None and global_size != global_batch_size:
+            raise ValueError(f"A batch leaf of shape {x.shape} makes a global leading size {global_size} on mesh "
+                             f"{dict(mesh.shape)}; expected {global_batch_size}")
+        return jax.make_array_from_process_local_data(sharding, x, (global_size, *x.shape[1:]))
 
     return jax.tree.map(assemble, dict(local_batch))
 

@@ -17,6 +17,7 @@ import jax
 PyTree = Any
 Batch = Mapping[str, jax.Array]
 Metrics = Mapping[str, jax.Array]
+LossOutput = tuple[jax.Array, Metrics] | tuple[jax.Array, Metrics, Mapping[str, PyTree]]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -43,7 +44,11 @@ class Task(Protocol):
     """A paper's model and objective.
 
     `variables` is a Flax variables dict: `{"params": ..., <other collections>: ...}`. The trainer differentiates
-    `loss` with respect to `variables["params"]` only; other collections ride along unchanged.
+    `loss` with respect to `variables["params"]` only. `loss` returns `(loss, metrics)`, or `(loss, metrics, updated)`
+    when the step changes non-param collections (BatchNorm `batch_stats`, EMA buffers): `updated` maps some of the
+    collections that `init` created to their new values, typically the second output of
+    `model.apply(variables, x, mutable=["batch_stats"])`. The trainer carries them in `TrainState.extra_variables`
+    (checkpointed with the rest); collections not named in `updated` stay as they were.
 
     `partition_rules` are `(regex, logical_axes)` pairs matched against "/"-joined parameter paths; the first match
     gives the logical axis names of that parameter (e.g. `(r"mlp/.*kernel", ("embed", "mlp"))`). Parameters that
@@ -54,6 +59,24 @@ class Task(Protocol):
 
     def init(self, rng: jax.Array, batch: Batch) -> PyTree: ...
 
-    def loss(self, variables: PyTree, batch: Batch, rng: jax.Array) -> tuple[jax.Array, Metrics]: ...
+    def loss(self, variables: PyTree, batch: Batch, rng: jax.Array) -> LossOutput: ...
 
     def evaluators(self) -> Mapping[str, Evaluator]: ...
+
+
+def split_loss_output(output: LossOutput, collections: Mapping[str, PyTree]) -> tuple[jax.Array, Metrics, dict]:
+    """`(loss, metrics, updated collections)` from what `Task.loss` returned (`updated` is {} for a 2-tuple).
+
+    `collections` are the non-param collections the state holds: `updated` may replace some of them, never add one
+    (the trainer laid out the state's shardings from `init`, so a new collection would have nowhere to live).
+    """
+    if not isinstance(output, tuple) or len(output) not in (2, 3):
+        raise ValueError("Task.loss must return (loss, metrics) or (loss, metrics, updated_collections); got "
+                         f"{type(output).__name__} of length {len(output) if isinstance(output, tuple) else '-'}")
+    loss, metrics, *rest = output
+    updated = dict(rest[0]) if rest else {}
+    unknown = sorted(set(updated) - set(collections))
+    if unknown:
+        raise ValueError(f"Task.loss returned collections {unknown} that Task.init did not create; init created "
+                         f"{sorted(collections)} besides 'params'")
+    return loss, metrics, updated

@@ -8,8 +8,9 @@ from jaxgen.data import sources
 
 
 def list_text(data_dir: str | None = None) -> str:
+    """Every registered dataset (the built-in ones and those the packages under `jaxgen.projects` register)."""
     lines = [f"Data folder: {sources.data_dir(data_dir)}", "Offline datasets (need no internet):"]
-    for name, module in sources.OFFLINE_BUILDERS.items():
+    for name, module in sources.registered_datasets().items():
         b = sources.builder(name, data_dir, prepare_offline=False)
         configs = [c.name for c in (b.BUILDER_CONFIGS or [])]
         variants = f" (configs: {', '.join(f'{name}/{c}' for c in configs)})" if configs else ""
@@ -20,20 +21,30 @@ def list_text(data_dir: str | None = None) -> str:
 
 
 def describe(name: str, split: str, data_dir: str | None = None, picture: str | None = None, count: int = 32) -> str:
+    """Splits, features (shape, dtype, range over the first `count` examples; a shape range for examples of different
+    sizes), label counts and optionally a picture grid."""
     b = sources.builder(name, data_dir)
     src = sources.source(name, split, data_dir)
-    batch = sources.read_batch(src, np.arange(min(count, len(src))))
+    examples = [src[i] for i in range(min(count, len(src)))]
     lines = [f"{name} ({b.info.version}) in {b.data_dir}",
              "  splits: " + ", ".join(f"{s}={b.info.splits[s].num_examples}" for s in b.info.splits),
              f"  features of {split!r}:"]
-    for key, value in batch.items():
-        lines.append(f"    {key}: shape {value.shape[1:]} dtype {value.dtype}, min {value.min()} max {value.max()}")
-    if "label" in batch:
-        labels = sources.read_batch(src, np.arange(len(src)))["label"]
+    for key in examples[0]:
+        values = [np.asarray(e[key]) for e in examples]
+        shapes = sorted({v.shape for v in values})
+        shape = f"shape {shapes[0]}" if len(shapes) == 1 else f"shapes {shapes[0]} .. {shapes[-1]} (varying)"
+        nonempty = [v for v in values if v.size]
+        low = min(v.min() for v in nonempty) if nonempty else None
+        high = max(v.max() for v in nonempty) if nonempty else None
+        lines.append(f"    {key}: {shape} dtype {values[0].dtype}, min {low} max {high}")
+    if "label" in examples[0]:
+        labels = (src.arrays["label"] if isinstance(src, sources.ArraySource)
+                  else np.asarray([src[i]["label"] for i in range(len(src))]))
         values, counts = np.unique(labels, return_counts=True)
         lines.append("  label counts: " + ", ".join(f"{v}:{c}" for v, c in zip(values, counts)))
-    if picture and "image" in batch:
-        save_grid(batch["image"], batch.get("label"), picture)
+    if picture and "image" in examples[0]:
+        images = np.stack([e["image"] for e in examples])
+        save_grid(images, np.asarray([e["label"] for e in examples]) if "label" in examples[0] else None, picture)
         lines.append(f"  picture: {picture}")
     return "\n".join(lines)
 

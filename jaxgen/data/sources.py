@@ -1,7 +1,11 @@
 """Named datasets behind one interface: a random-access source of numpy examples, read through TFDS.
 
-- Offline names (`OFFLINE_BUILDERS`) are TFDS builders in `jaxgen.data.builders`, prepared on first use from data
-  that ships inside Python packages or is generated from a seed. No internet needed.
+- Registered names (`register_dataset`) are TFDS builders defined in a module of ours, prepared on first use from data
+  that ships inside Python packages or is generated from a seed. No internet needed. The built-in ones live in
+  `jaxgen.data.builders`; a paper registers its own from its package's `__init__.py`
+  (`register_dataset("ml100k", "jaxgen.projects.automlp.data")`), so a new dataset never edits this file.
+  `registered_datasets()` imports every package under `jaxgen.projects` first, so `jaxgen data list` and a name
+  looked up before its project was imported see every registration.
 - Any other name is passed to TFDS as is (`"cifar10"`, `"imagenet2012:5.1.0"`), which works where the internet
   (or a copied, prepared folder) exists. A missing one fails with a message saying how to obtain it.
 
@@ -20,13 +24,8 @@ from typing import Any, Protocol
 
 import numpy as np
 
-OFFLINE_BUILDERS: dict[str, str] = {
-    "digits": "jaxgen.data.builders.digits",
-    "mnist5k": "jaxgen.data.builders.mnist5k",
-    "shapes": "jaxgen.data.builders.shapes",
-    "moving_objects": "jaxgen.data.builders.moving_objects",
-    "fashion_mnist_offline": "jaxgen.data.builders.fashion_mnist",
-}
+_REGISTRY: dict[str, str] = {}
+_PROJECTS_PACKAGE = "jaxgen.projects"
 
 IN_MEMORY_LIMIT_BYTES = 1 << 30
 
@@ -69,6 +68,56 @@ def read_batch(source: Source, indices: Sequence[int] | np.ndarray) -> dict[str,
     return {k: np.stack([np.asarray(e[k]) for e in examples]) for k in examples[0]}
 
 
+def _base_name(name: str) -> str:
+    return name.split(":")[0].split("/")[0]
+
+
+def register_dataset(name: str, builder_module: str) -> None:
+    """Makes `name` an offline dataset whose TFDS builder is defined in `builder_module` (imported on first use, so
+    registering costs nothing). The builder class must register with TFDS under `name` (class `Ml100k` -> "ml100k").
+    Registering one name twice with the same module is harmless; with another module it is an error."""
+    if not name or _base_name(name) != name:
+        raise ValueError(f"A dataset name is a plain TFDS name without config or version; got {name!r}")
+    existing = _REGISTRY.get(name)
+    if existing is not None and existing != builder_module:
+        raise ValueError(f"Dataset {name!r} is already registered with builder module {existing!r}; refusing to "
+                         f"re-register it with {builder_module!r}")
+    _REGISTRY[name] = builder_module
+
+
+def _import_projects() -> None:
+    """Imports every package under `jaxgen.projects`, whose `__init__.py` registers that paper's datasets. A project
+    that fails to import (a missing optional dependency) is named in a warning; the others' datasets stay usable."""
+    import logging
+    import pkgutil
+
+    projects = importlib.import_module(_PROJECTS_PACKAGE)
+    for info in pkgutil.iter_modules(projects.__path__, prefix=f"{_PROJECTS_PACKAGE}."):
+        if info.ispkg:
+            try:
+                importlib.import_module(info.name)
+            except ImportError as e:
+                logging.warning("Project package %s does not import (%s): datasets it registers are not available",
+                                info.name, e)
+
+
+def registered_datasets() -> dict[str, str]:
+    """{name: builder module} of every registered dataset, the projects' included."""
+    _import_projects()
+    return dict(sorted(_REGISTRY.items()))
+
+
+def _registered_module(base: str) -> str | None:
+    if base not in _REGISTRY:
+        _import_projects()
+    return _REGISTRY.get(base)
+
+
+for _name, _module in (("digits", "digits"), ("mnist5k", "mnist5k"), ("shapes", "shapes"),
+                       ("moving_objects", "moving_objects"), ("fashion_mnist_offline", "fashion_mnist")):
+    register_dataset(_name, f"jaxgen.data.builders.{_module}")
+
+
 def data_dir(override: str | os.PathLike | None = None) -> Path:
     """`override` > $JAXGEN_DATA_DIR > $TFDS_DATA_DIR > ~/tensorflow_datasets."""
     for candidate in (override, os.environ.get("JAXGEN_DATA_DIR"), os.environ.get("TFDS_DATA_DIR")):
@@ -77,18 +126,15 @@ def data_dir(override: str | os.PathLike | None = None) -> Path:
     return Path("~/tensorflow_datasets").expanduser()
 
 
-def _base_name(name: str) -> str:
-    return name.split(":")[0].split("/")[0]
-
-
 def builder(name: str, data_dir_override: str | None = None, *, prepare_offline: bool = True):
     """The TFDS builder for `name`; offline builders are prepared here if needed."""
     import tensorflow_datasets as tfds
 
     root = data_dir(data_dir_override)
     base = _base_name(name)
-    if base in OFFLINE_BUILDERS:
-        importlib.import_module(OFFLINE_BUILDERS[base])
+    module = _registered_module(base)
+    if module is not None:
+        importlib.import_module(module)
         b = tfds.builder(name, data_dir=str(root), file_format="array_record")
         if prepare_offline and not b.is_prepared():
             _prepare_once_per_filesystem(b, root)
@@ -97,16 +143,16 @@ def builder(name: str, data_dir_override: str | None = None, *, prepare_offline:
     try:
         b = tfds.builder(name, data_dir=str(root))
     except Exception as e:  # tfds raises DatasetNotFoundError / DatasetVariantBlockedError / config errors
-        known = list(OFFLINE_BUILDERS) + list(tfds.list_builders(with_community_datasets=False))
+        known = list(_REGISTRY) + list(tfds.list_builders(with_community_datasets=False))
         close = difflib.get_close_matches(base, known, n=3)
         hint = f" Did you mean {', '.join(map(repr, close))}?" if close else ""
-        raise DatasetMissingError(f"Unknown dataset {name!r}: {e}.{hint} Offline datasets: {sorted(OFFLINE_BUILDERS)}") from e
+        raise DatasetMissingError(f"Unknown dataset {name!r}: {e}.{hint} Offline datasets: {sorted(_REGISTRY)}") from e
     if not b.is_prepared():
         raise DatasetMissingError(
             f"TFDS dataset {name!r} is not prepared in {root}. It needs the internet once: run "
             f"`jaxgen data prepare {name} --data-dir {root}` on a machine that has it (or copy a prepared "
             f"{b.name}/ folder from one into {root}); set $JAXGEN_DATA_DIR to use another folder. Offline datasets "
-            f"that need nothing: {sorted(OFFLINE_BUILDERS)}."
+            f"that need nothing: {sorted(_REGISTRY)}."
         )
     return b
 
@@ -151,6 +197,8 @@ def source(name: str, split: str, data_dir_override: str | None = None) -> Sourc
     data_source = b.as_data_source(split=split)
     if len(data_source) == 0:
         raise DatasetMissingError(f"Split {split!r} of dataset {name!r} is empty")
+    if _has_ragged_features(b.info.features):
+        return data_source  # examples of different shapes do not stack; a Loader with a `collate` reads them
     first = data_source[0]
     example_bytes = sum(np.asarray(v).nbytes for v in first.values())
     if example_bytes * len(data_source) <= IN_MEMORY_LIMIT_BYTES:
@@ -158,12 +206,18 @@ def source(name: str, split: str, data_dir_override: str | None = None) -> Sourc
     return data_source
 
 
+def _has_ragged_features(features) -> bool:
+    """Whether any feature has an unknown dimension (variable-length sequences, graphs)."""
+    import tensorflow_datasets as tfds
+
+    return any(None in shape for shape in tfds.core.utils.flatten_nest_dict(features.shape).values())
+
+
 def prepare(name: str, data_dir_override: str | None = None):
     """Prepares any dataset: offline builders locally, others through TFDS's download (needs the internet)."""
     import tensorflow_datasets as tfds
 
-    base = _base_name(name)
-    if base in OFFLINE_BUILDERS:
+    if _registered_module(_base_name(name)) is not None:
         return builder(name, data_dir_override)
     b = tfds.builder(name, data_dir=str(data_dir(data_dir_override)), file_format="array_record")
     b.download_and_prepare()

@@ -1,1 +1,2 @@
-"""Evaluation metrics shared across papers (classification now; PSNR/SSIM and ranking metrics join with their papers)."""
+"""Evaluation metrics shared across papers: `classification` (masked cross-entropy, confusion), `image` (PSNR, SSIM),
+`ranking` (HR@k, NDCG@k, MRR)."""

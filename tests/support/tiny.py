@@ -60,3 +60,35 @@ class RegressionTask:
             total += float(jnp.sum(jnp.where(batch["valid"][:, None], error**2, 0.0)))
             count += int(valid.sum())
         return {"mse": total / count, "examples": count}
+
+
+class TinyBatchNormMLP(nn.Module):
+    width: int = 16
+
+    @nn.compact
+    def __call__(self, x, train: bool):
+        h = nn.Dense(self.width)(x)
+        h = nn.BatchNorm(use_running_average=not train, momentum=0.8)(h)
+        return nn.Dense(1)(nn.tanh(h))
+
+
+class BatchNormRegressionTask(RegressionTask):
+    """RegressionTask through BatchNorm: `loss` returns the updated `batch_stats` as its third output."""
+
+    def __init__(self, width: int = 16, target_noise: float = 0.01):
+        super().__init__(width, target_noise)
+        self.model = TinyBatchNormMLP(width)
+
+    def init(self, rng, batch):
+        return self.model.init(rng, batch["x"], train=False)
+
+    def loss(self, variables, batch, rng):
+        import jax
+
+        noise = self.target_noise * jax.random.normal(rng, batch["y"].shape)
+        prediction, updated = self.model.apply(variables, batch["x"], train=True, mutable=["batch_stats"])
+        error = prediction - (batch["y"] + noise)
+        return jnp.mean(error**2), {"mae": jnp.mean(jnp.abs(error))}, updated
+
+    def evaluators(self):
+        return {}

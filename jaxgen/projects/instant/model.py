@@ -1,6 +1,6 @@
-"""Classifiers for the SSL suite: the quickstart's small CNN (CPU-sized runs) and WRN-28-2 (the SSL benchmarks'
-backbone, 1.5M parameters, laid out like USB's `wrn_28_2`: pre-activation blocks, leaky ReLU 0.1, BatchNorm momentum
-0.001; unlike USB, a channel-changing block's first conv also sees the activated input).
+"""Classifiers for the SSL suite: the shared small CNN of `jaxgen.nn.classifiers` (CPU-sized runs) and WRN-28-2 (the
+SSL benchmarks' backbone, 1.5M parameters, laid out like USB's `wrn_28_2`: pre-activation blocks, leaky ReLU 0.1,
+BatchNorm momentum 0.001; unlike USB, a channel-changing block's first conv also sees the activated input).
 
 Both map float images [B, H, W, C] in [-1, 1] to logits and take `train=` (BatchNorm batch statistics and dropout).
 """
@@ -11,7 +11,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from jaxgen.projects.quickstart.model import CNNClassifier
+from jaxgen.nn.classifiers import CNNClassifier
 
 __all__ = ["CNNClassifier", "WideResNet"]
 

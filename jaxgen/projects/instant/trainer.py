@@ -30,6 +30,7 @@ from jaxgen.core import metrics as metrics_lib
 from jaxgen.core import rng as rng_lib
 from jaxgen.core import sharding as sharding_lib
 from jaxgen.core import workdir as workdir_lib
+from jaxgen.core.classifier_task import ClassifierTask
 from jaxgen.core.evaluation import run_evaluators
 from jaxgen.core.monitor import StepMonitor, run_steps
 from jaxgen.core.optim import OptimizerConfig
@@ -40,7 +41,6 @@ from jaxgen.projects.instant import analysis, plots
 from jaxgen.projects.instant.algorithms import Algorithm
 from jaxgen.projects.instant.augment import AugmentConfig, to_unit
 from jaxgen.projects.instant.data import SSLData
-from jaxgen.projects.quickstart.task import ClassifierTask
 from jaxgen.train import MODES, RunResult
 
 # USB's SSL recipe: SGD with Nesterov-free momentum 0.9, lr 0.03, weight decay 5e-4, cosine decay.
@@ -161,7 +161,7 @@ SELECTION_RATES = (0.2, 0.4, 0.6, 0.8)
 
 
 class SSLEvaluators:
-    """`classification` (accuracy, error, confusion and prediction pictures of the EMA model, via the quickstart
+    """`classification` (accuracy, error, confusion and prediction pictures of the EMA model, via the shared
     ClassifierTask) and `pseudo_labels` (thresholds, mask rate and accuracy of accepted labels over the test split
     under the current algorithm state — the state itself is not changed — plus the threshold histogram and the
     training curves of pseudo-label quantity and quality). `pseudo_labels` also ranks the test images two ways at each

@@ -3,8 +3,8 @@
 `svg_attention` is the entry point; `jaxgen.nn.attention` exposes it as the "svg" backend. Modules: `layout` (token
 positions, frame-major <-> token-major), `masks` (block masks from indices, density), `profiling` (online head
 classification), `gating` (dense steps/layers), `attention` (the op and the backend). To run it on: `model` (a
-CogVideoX/Hunyuan-style video DiT), `task` (flow-matching training, dense vs SVG sampling and comparison), `quality`
-(PSNR/SSIM), `media` (GIFs, frame strips, head maps).
+CogVideoX/Hunyuan-style video DiT), `task` (flow-matching training, dense vs SVG sampling and comparison; PSNR/SSIM from
+`jaxgen.metrics.image`), `media` (GIFs, frame strips, head maps).
 """
 
 from jaxgen.projects.svg.attention import svg_attention, svg_backend

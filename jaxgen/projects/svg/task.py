@@ -18,7 +18,8 @@ import numpy as np
 
 from jaxgen import diffusion
 from jaxgen.core.task import EvalContext
-from jaxgen.projects.svg import media, quality
+from jaxgen.metrics import image as image_metrics
+from jaxgen.projects.svg import media
 from jaxgen.projects.svg.model import VideoDiT
 
 
@@ -118,9 +119,9 @@ class VideoFlowTask:
             key = f"d{density:g}"
             videos[f"svg {key}"] = media.to_uint8(sparse)
             sparse01 = jnp.clip((sparse + 1) / 2, 0, 1)
-            results[f"psnr_{key}"] = float(jnp.mean(quality.psnr(sparse01, dense01)))
+            results[f"psnr_{key}"] = float(jnp.mean(image_metrics.psnr(sparse01, dense01)))
             frames = [v.reshape(-1, *v.shape[2:]) for v in (sparse01, dense01)]  # SSIM per frame
-            results[f"ssim_{key}"] = float(jnp.mean(quality.ssim(*frames)))
+            results[f"ssim_{key}"] = float(jnp.mean(image_metrics.ssim(*frames)))
             temporal = np.asarray(aux["head_is_temporal"], np.float32).mean(axis=(0, 2))  # [layers, heads]
             head_maps[key] = temporal
             results[f"computed_density_{key}"] = float(np.mean(aux["density"]))

@@ -1,8 +1,8 @@
-"""PSNR and SSIM of a video against a reference (SVG's quality measure: sparse video vs the dense video).
+"""PSNR and SSIM of images or videos against a reference (SVG: sparse vs dense video; DC-AE: reconstructions).
 
-Here until a second paper needs them (then `jaxgen/metrics/`). Both take float videos `[..., height, width,
-channels]` in `[0, data_range]` and return one value per leading index (per video when given `[batch, frames, h, w,
-c]`): PSNR over all pixels of a video, SSIM averaged over frames, channels and positions.
+Both take float arrays `[..., height, width, channels]` in `[0, data_range]` and return one value per leading index
+(per image for `[batch, h, w, c]`, per video for `[batch, frames, h, w, c]`): PSNR over all pixels of that index, SSIM
+averaged over frames, channels and positions.
 """
 
 from __future__ import annotations

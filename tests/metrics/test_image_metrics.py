@@ -6,7 +6,7 @@ import jax
 import numpy as np
 import pytest
 
-from jaxgen.projects.svg import quality
+from jaxgen.metrics import image as image_metrics
 
 
 def test_psnr_hand_values():
@@ -14,8 +14,8 @@ def test_psnr_hand_values():
     b = a.copy()
     b[0] += 0.1  # mse 0.01 -> 20 dB
     b[1] += 1.0 / 255.0  # mse (1/255)^2 -> 48.13 dB
-    np.testing.assert_allclose(quality.psnr(b, a), [20.0, 20 * np.log10(255.0)], rtol=1e-5)
-    np.testing.assert_allclose(quality.psnr(b * 255, a * 255, data_range=255.0), [20.0, 20 * np.log10(255.0)],
+    np.testing.assert_allclose(image_metrics.psnr(b, a), [20.0, 20 * np.log10(255.0)], rtol=1e-5)
+    np.testing.assert_allclose(image_metrics.psnr(b * 255, a * 255, data_range=255.0), [20.0, 20 * np.log10(255.0)],
                                rtol=1e-5)
 
 
@@ -40,14 +40,14 @@ def _ssim_numpy(a, b, window=11, sigma=1.5):
 def test_ssim_matches_the_direct_formula_and_is_one_for_identical_frames():
     a = np.asarray(jax.random.uniform(jax.random.key(0), (2, 14, 13, 3)))
     b = np.clip(a + 0.1 * np.asarray(jax.random.normal(jax.random.key(1), a.shape)), 0, 1)
-    got = quality.ssim(a, b)
+    got = image_metrics.ssim(a, b)
     np.testing.assert_allclose(got, [_ssim_numpy(a[i], b[i]) for i in range(2)], rtol=1e-4)
-    np.testing.assert_allclose(quality.ssim(a, a), [1.0, 1.0], rtol=1e-5)
+    np.testing.assert_allclose(image_metrics.ssim(a, a), [1.0, 1.0], rtol=1e-5)
     assert float(got.max()) < 0.99
 
 
 def test_shape_errors_name_the_shapes():
     with pytest.raises(ValueError, match=r"\(1, 8, 8, 3\).*\(1, 8, 9, 3\)"):
-        quality.psnr(np.zeros((1, 8, 8, 3)), np.zeros((1, 8, 9, 3)))
+        image_metrics.psnr(np.zeros((1, 8, 8, 3)), np.zeros((1, 8, 9, 3)))
     with pytest.raises(ValueError, match="window 11 exceeds"):
-        quality.ssim(np.zeros((1, 8, 8, 3)), np.zeros((1, 8, 8, 3)))
+        image_metrics.ssim(np.zeros((1, 8, 8, 3)), np.zeros((1, 8, 8, 3)))
