@@ -1,7 +1,9 @@
 """Metric records: one JSON object per line in `metrics.jsonl`, mirrored to TensorBoard, plotted on demand.
 
 Training records carry `step` and `loss` (plus the task's metrics, `learning_rate`, `steps_per_sec`); evaluation
-records carry `step` and keys prefixed `eval/<evaluator>/`. Only process 0 writes.
+records carry `step` and keys prefixed `eval/<evaluator>/`. A re-evaluation of a saved checkpoint (`jaxgen eval`)
+is marked `"source": "eval"` and replaces an earlier re-evaluation of that step, so a record written during training
+is never duplicated or overwritten. Only process 0 writes.
 """
 
 from __future__ import annotations
@@ -45,24 +47,40 @@ def read_records(workdir: str | Path) -> list[dict]:
 def truncate_after(workdir: str | Path, step: int) -> None:
     """Moves records past `step` (from a run that died before its next checkpoint, or that was rewound with
     `--restore-step`) to `metrics.superseded.jsonl`; the resumed run writes them again."""
-    path = Path(workdir) / METRICS_FILE
-    if not path.exists():
-        return
     records = read_records(workdir)
-    kept = [r for r in records if r.get("step", 0) <= step]
     dropped = [r for r in records if r.get("step", 0) > step]
     if dropped:
         with (Path(workdir) / "metrics.superseded.jsonl").open("a") as f:
             f.write("".join(json.dumps(r) + "\n" for r in dropped))
+    _rewrite(workdir, [r for r in records if r.get("step", 0) <= step])
+
+
+def drop_records(workdir: str | Path, *, step: int, source: str) -> None:
+    """Removes the records of `step` marked `source` (a re-evaluation about to be replaced)."""
+    records = read_records(workdir)
+    _rewrite(workdir, [r for r in records if not (r.get("step") == step and r.get("source") == source)])
+
+
+def _rewrite(workdir: str | Path, records: list[dict]) -> None:
+    """metrics.jsonl holding exactly `records`; left untouched when it already does (an unfinished last line, cut
+    short by a crash, counts as a difference)."""
+    path = Path(workdir) / METRICS_FILE
+    text = "".join(json.dumps(r) + "\n" for r in records)
+    if not path.exists() or path.read_text() == text:
+        return
     tmp = path.with_suffix(".tmp")
-    tmp.write_text("".join(json.dumps(r) + "\n" for r in kept))
+    tmp.write_text(text)
     tmp.replace(path)
 
 
 class MetricWriter:
-    def __init__(self, workdir: str | Path, *, enabled: bool = True, tensorboard: bool = True):
+    """Appends records to metrics.jsonl (and TensorBoard); `source` marks every record (`"source": "eval"`)."""
+
+    def __init__(self, workdir: str | Path, *, enabled: bool = True, tensorboard: bool = True,
+                 source: str | None = None):
         self.workdir = Path(workdir)
         self.enabled = enabled
+        self.source = source
         self._file = None
         self._tb = None
         if not enabled:
@@ -80,6 +98,8 @@ class MetricWriter:
         if not self.enabled:
             return
         record = {"step": int(step), **{k: to_python(v) for k, v in values.items()}}
+        if self.source is not None:
+            record["source"] = self.source
         self._file.write(json.dumps(record) + "\n")
         self._file.flush()
         if self._tb is not None:

@@ -1,16 +1,32 @@
-"""The run's folder: `config.gin`, `run_info.json`, `metrics.jsonl`, `tensorboard/`, `checkpoints/`, `eval/<step>/`."""
+"""The run's folder: `config.gin`, `run_info.json`, `metrics.jsonl`, `tensorboard/`, `checkpoints/`, `eval/<step>/`.
+
+A workdir is the record of how its checkpoints came to be, so nothing here overwrites history:
+- `config.gin` is the config in effect. A config that changes in a workdir that already holds a run is refused unless
+  asked for (`jaxgen run --allow-config-change`); then the old one is kept as `config.<n>.gin` and the change, with the
+  step it took effect, is appended to `config_history.jsonl`.
+- `run_info.json` describes the latest start that trained; each earlier start's is appended to
+  `run_info.history.jsonl`.
+- One run at a time: `.jaxgen.lock` is held (fcntl) by the process that writes the workdir, and names it.
+"""
 
 from __future__ import annotations
 
 import datetime
+import difflib
+import fcntl
 import importlib.metadata
 import json
+import os
 import platform
 import subprocess
 import sys
 from pathlib import Path
 
-import jax
+CONFIG_FILE = "config.gin"
+CONFIG_HISTORY_FILE = "config_history.jsonl"
+RUN_INFO_FILE = "run_info.json"
+RUN_INFO_HISTORY_FILE = "run_info.history.jsonl"
+LOCK_FILE = ".jaxgen.lock"
 
 PACKAGES = ("jax", "jaxlib", "flax", "optax", "orbax-checkpoint", "numpy", "gin-config", "tensorflow-datasets", "jraph")
 
@@ -36,10 +52,21 @@ def versions() -> dict[str, str | None]:
     return found
 
 
+class WorkdirError(RuntimeError):
+    """The workdir cannot be used as asked (a file, in use by another run, a run of another config); the message says
+    what to do instead."""
+
+
+def _now() -> str:
+    return datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
+
+
 def run_info(mesh_summary: dict, extra: dict | None = None) -> dict:
+    import jax  # here, so that the command line reaches its checks without importing jax
+
     devices = jax.devices()
     return {
-        "started": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "started": _now(),
         "argv": sys.argv,
         "python": platform.python_version(),
         "host": platform.node(),
@@ -56,3 +83,94 @@ def write_json(path: Path, value: dict) -> None:
     tmp = path.with_suffix(path.suffix + ".tmp")
     tmp.write_text(json.dumps(value, indent=2, sort_keys=True, default=str) + "\n")
     tmp.replace(path)
+
+
+def _append_json_line(path: Path, value: dict) -> None:
+    with path.open("a") as f:
+        f.write(json.dumps(value, sort_keys=True, default=str) + "\n")
+
+
+def record_start(workdir: Path, info: dict) -> None:
+    """Writes this start's `run_info.json`; the previous start's is appended to `run_info.history.jsonl` first."""
+    path = Path(workdir) / RUN_INFO_FILE
+    if path.exists():
+        _append_json_line(path.with_name(RUN_INFO_HISTORY_FILE), json.loads(path.read_text()))
+    write_json(path, info)
+
+
+def checkpoint_steps(workdir: Path) -> list[int]:
+    """Steps of the finalised checkpoints (orbax names a step's folder by its number only once it is complete)."""
+    folder = Path(workdir) / "checkpoints"
+    return sorted(int(p.name) for p in folder.iterdir() if p.name.isdigit()) if folder.is_dir() else []
+
+
+def holds_results(workdir: Path) -> bool:
+    """Whether a run got as far as a checkpoint or a metrics record in `workdir` (a start that failed before either,
+    on a bad setting or missing data say, leaves nothing worth keeping)."""
+    metrics = Path(workdir) / "metrics.jsonl"
+    return bool(checkpoint_steps(workdir)) or (metrics.exists() and metrics.stat().st_size > 0)
+
+
+def config_change(workdir: Path, text: str) -> list[str]:
+    """How `text` differs from the workdir's `config.gin`, one entry per changed line (`'SEED = 0' -> 'SEED = 1'`);
+    empty when it is the same or there is none."""
+    path = Path(workdir) / CONFIG_FILE
+    if not path.exists():
+        return []
+    old, new = path.read_text().splitlines(), text.splitlines()
+    changes = []
+    for tag, i1, i2, j1, j2 in difflib.SequenceMatcher(None, old, new, autojunk=False).get_opcodes():
+        if tag == "replace" and i2 - i1 == j2 - j1:
+            changes += [f"{a!r} -> {b!r}" for a, b in zip(old[i1:i2], new[j1:j2])]
+        elif tag != "equal":
+            changes += [f"removed {a!r}" for a in old[i1:i2]] + [f"added {b!r}" for b in new[j1:j2]]
+    return changes
+
+
+def write_config(workdir: Path, text: str, *, step: int) -> None:
+    """Makes `text` the workdir's `config.gin`. A different one already there is kept as `config.<n>.gin` and the change
+    recorded in `config_history.jsonl` with `step`, the checkpoint the new config continues from."""
+    workdir = Path(workdir)
+    path = workdir / CONFIG_FILE
+    if path.exists():
+        if path.read_text() == text:
+            return
+        n = 1
+        while (workdir / f"config.{n}.gin").exists():
+            n += 1
+        path.rename(workdir / f"config.{n}.gin")
+        _append_json_line(workdir / CONFIG_HISTORY_FILE, {"time": _now(), "from_step": step, "previous": f"config.{n}.gin",
+                                                          "argv": sys.argv})
+    path.write_text(text)
+
+
+class Lock:
+    """An exclusive lock on a workdir for one process: held while the run writes it, released at exit (also by a crash
+    or kill -9: the kernel drops fcntl locks of a dead process). The lock file names the holder for whoever is
+    refused; it is never deleted, since deleting a lock file races with the next process that opens it."""
+
+    def __init__(self, workdir: Path):
+        self.path = Path(workdir) / LOCK_FILE
+        self._file = None
+
+    def acquire(self) -> None:
+        file = self.path.open("a+")
+        try:
+            fcntl.flock(file, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            file.seek(0)
+            holder = file.read().strip() or "another process"
+            file.close()
+            raise WorkdirError(f"{self.path.parent} is in use by {holder}; wait for that run to end (or stop it), or "
+                               "use another --workdir.") from None
+        file.seek(0)
+        file.truncate()
+        file.write(f"process {os.getpid()} on host {platform.node()} (started {_now()}: {' '.join(sys.argv)})\n")
+        file.flush()
+        self._file = file
+
+    def release(self) -> None:
+        if self._file is not None:
+            fcntl.flock(self._file, fcntl.LOCK_UN)
+            self._file.close()
+            self._file = None
