@@ -187,7 +187,7 @@ def requirements(backends: Sequence[str] = ()) -> None:
     if backends and backend not in backends:
         devices = jax.devices()
         raise ConfigError(
-            f"This experiment needs a {' or '.join(b.upper() for b in backends)} backend "
+            f"This experiment runs only on {' or '.join(b.upper() for b in backends)} "
             f"(config.requirements.backends = {list(backends)}); this machine runs JAX on {backend.upper()} "
             f"({len(devices)} {devices[0].device_kind} device{'s' if len(devices) > 1 else ''}). Run it where that "
             "backend is, or pick a tier made for this machine (`jaxgen list`)."

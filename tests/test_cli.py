@@ -116,7 +116,7 @@ def test_bad_input_gives_a_short_message_and_leaves_no_workdir(tmp_path, capsys,
     assert cli.main(["run", recipe, "--workdir", str(workdir), "--no-progress", *extra]) == 2
     err = capsys.readouterr().err
     expected = {"file": "is a file", "negative": "train_steps must be positive; got -5",
-                "not a number": "'abc' is not a value", "backend": "needs a"}[case]
+                "not a number": "'abc' is not a value", "backend": "runs only on"}[case]
     assert expected in err and len(err.strip().splitlines()) <= 2 and "In call to configurable" not in err
     assert workdir.is_file() if case == "file" else not workdir.exists()
 
