@@ -55,32 +55,6 @@ def _summary(result) -> str:
     return "\n".join(lines)
 
 
-def _claim_workdir(workdir: Path, config_text: str, args) -> workdir_lib.Lock:
-    """Process 0's checks before anything is written: the path can be a folder, no other run holds it, and its config
-    is this one unless a change is asked for (`--allow-config-change`). Then the lock is held and config.gin written."""
-    if workdir.exists() and not workdir.is_dir():
-        raise workdir_lib.WorkdirError(f"--workdir {workdir} is a file, not a folder; give a folder's path.")
-    workdir.mkdir(parents=True, exist_ok=True)
-    lock = workdir_lib.Lock(workdir)
-    lock.acquire()
-    try:
-        steps = workdir_lib.checkpoint_steps(workdir)
-        changes = workdir_lib.config_change(workdir, config_text)
-        if changes and not args.allow_config_change:
-            shown = "; ".join(changes[:4]) + (f"; … ({len(changes) - 4} more)" if len(changes) > 4 else "")
-            trained = f"trained up to step {steps[-1]}" if steps else "no checkpoint yet"
-            raise workdir_lib.WorkdirError(
-                f"{workdir} holds a run of another config ({trained}); this command changes: {shown}. Nothing was "
-                "changed. Use a new --workdir, or add --allow-config-change to continue this run with the new "
-                "config (the old one is kept as config.<n>.gin, the change logged in config_history.jsonl).")
-        start = args.restore_step if args.restore_step is not None else (steps[-1] if steps else 0)
-        workdir_lib.write_config(workdir, config_text, step=start)
-    except BaseException:
-        lock.release()
-        raise
-    return lock
-
-
 def _all_processes_agree(ok: bool) -> bool:
     """Process 0's verdict on starting, sent to every process (one process: itself)."""
     import jax
@@ -107,7 +81,8 @@ def cmd_run(args, bindings) -> int:
     lock, refusal = None, None
     if is_main:
         try:
-            lock = _claim_workdir(workdir, config.config_text(), args)
+            lock = workdir_lib.claim(workdir, config.config_text(), allow_config_change=args.allow_config_change,
+                                     restore_step=args.restore_step)
         except workdir_lib.WorkdirError as e:
             refusal = e
     if not _all_processes_agree(refusal is None):

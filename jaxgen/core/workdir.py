@@ -139,8 +139,8 @@ def write_config(workdir: Path, text: str, *, step: int) -> None:
         while (workdir / f"config.{n}.gin").exists():
             n += 1
         path.rename(workdir / f"config.{n}.gin")
-        _append_json_line(workdir / CONFIG_HISTORY_FILE, {"time": _now(), "from_step": step, "previous": f"config.{n}.gin",
-                                                          "argv": sys.argv})
+        _append_json_line(workdir / CONFIG_HISTORY_FILE,
+                          {"time": _now(), "from_step": step, "previous": f"config.{n}.gin", "argv": sys.argv})
     path.write_text(text)
 
 
@@ -174,3 +174,36 @@ class Lock:
             fcntl.flock(self._file, fcntl.LOCK_UN)
             self._file.close()
             self._file = None
+
+
+def claim(workdir: Path, config_text: str, *, allow_config_change: bool = False,
+          restore_step: int | None = None) -> Lock:
+    """The checks before a run writes anything (process 0 only): the path can be a folder, no other run holds it, and
+    the run in it, if it got as far as a checkpoint or a record, has this config unless a change is asked for. Then
+    the returned lock is held and config.gin written (a change taking effect at `restore_step`, else the latest
+    checkpoint)."""
+    workdir = Path(workdir)
+    if workdir.exists() and not workdir.is_dir():
+        raise WorkdirError(f"--workdir {workdir} is a file, not a folder; give a folder's path.")
+    try:
+        workdir.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise WorkdirError(f"--workdir {workdir} cannot be created: {e.strerror} ({e.filename})") from e
+    lock = Lock(workdir)
+    lock.acquire()
+    try:
+        steps = checkpoint_steps(workdir)
+        changes = config_change(workdir, config_text)
+        if changes and holds_results(workdir) and not allow_config_change:
+            shown = "; ".join(changes[:3]) + (f"; and {len(changes) - 3} more" if len(changes) > 3 else "")
+            trained = f"trained up to step {steps[-1]}" if steps else "with records but no checkpoint yet"
+            raise WorkdirError(
+                f"{workdir} holds a run of another config ({trained}); this command changes {shown}. Nothing was "
+                "changed. Use a new --workdir, or add --allow-config-change to continue this run with the new "
+                "config (the old one is kept as config.<n>.gin, the change logged in config_history.jsonl).")
+        start = restore_step if restore_step is not None else (steps[-1] if steps else 0)
+        write_config(workdir, config_text, step=start)
+    except BaseException:
+        lock.release()
+        raise
+    return lock
