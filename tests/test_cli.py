@@ -4,8 +4,9 @@ moves checkpoints, a config change is refused or kept as history) and the one-li
 from __future__ import annotations
 
 import json
-import os
 import platform
+import subprocess
+import sys
 
 import pytest
 
@@ -121,20 +122,25 @@ def test_bad_input_gives_a_short_message_and_leaves_no_workdir(tmp_path, capsys,
     assert workdir.is_file() if case == "file" else not workdir.exists()
 
 
-def test_a_workdir_in_use_is_refused_naming_its_holder(tmp_path, capsys):
+def test_a_workdir_in_use_by_another_process_is_refused_naming_it(tmp_path, capsys):
+    """The first run holds the lock (here a bare process holding it, to keep the test fast); the second is refused."""
     from jaxgen.core import workdir as workdir_lib
 
     workdir = tmp_path / "run"
-    workdir.mkdir()
-    holder = workdir_lib.Lock(workdir)
-    holder.acquire()
+    holder = subprocess.Popen(
+        [sys.executable, "-c", "import sys, time; from jaxgen.core import workdir as w; "
+         "lock = w.claim(sys.argv[1], 'A = 1\\n'); print('held', flush=True); time.sleep(120)", str(workdir)],
+        stdout=subprocess.PIPE, text=True)
     try:
+        assert holder.stdout.readline().strip() == "held"
         assert cli.main(["run", "configs/quickstart_smoke.gin", "--workdir", str(workdir), "--no-progress"]) == 2
     finally:
-        holder.release()
+        holder.kill()
+        holder.wait()
     err = capsys.readouterr().err
-    assert f"is in use by process {os.getpid()} on host {platform.node()}" in err
-    assert sorted(p.name for p in workdir.iterdir()) == [workdir_lib.LOCK_FILE]
+    assert f"is in use by process {holder.pid} on host {platform.node()}" in err
+    assert sorted(p.name for p in workdir.iterdir()) == [workdir_lib.LOCK_FILE, "config.gin"]
+    assert (workdir / "config.gin").read_text() == "A = 1\n"
 
 
 def test_data_prepare_without_the_internet_fails_fast_saying_what_to_fetch(tmp_path, capsys, monkeypatch):
