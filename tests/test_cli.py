@@ -151,6 +151,9 @@ def test_data_prepare_without_the_internet_fails_fast_saying_what_to_fetch(tmp_p
     assert cli.main(["data", "prepare", "cifar10", "--data-dir", str(tmp_path)]) == 2
     err = capsys.readouterr().err
     assert "cifar-10-binary.tar.gz" in err and f"{tmp_path}/downloads/manual/" in err
+    assert cli.main(["data", "prepare", "imagenet2012", "--data-dir", str(tmp_path)]) == 2  # a by-hand download
+    err = capsys.readouterr().err
+    assert "ILSVRC2012_img_train.tar" in err and f"{tmp_path}/downloads/manual/" in err
     assert cli.main(["data", "prepare", "cifar1o", "--data-dir", str(tmp_path)]) == 2
     err = capsys.readouterr().err
     assert "Did you mean 'cifar10'" in err and "abstract_reasoning" not in err and len(err) < 500

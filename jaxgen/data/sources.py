@@ -130,7 +130,8 @@ def _unreachable_downloads(b, manual: Path) -> list[str]:
     import socket
     from urllib.parse import urlsplit
 
-    missing = [url for url, info in (b.url_infos or {}).items() if not (manual / info.filename).exists()]
+    missing = [url for url, info in (b.url_infos or {}).items()
+               if not (info.filename and (manual / info.filename).exists())]
     unreachable_hosts = set()
     for host, port in {(urlsplit(u).hostname, urlsplit(u).port or 443) for u in missing}:
         try:
@@ -198,6 +199,10 @@ def prepare(name: str, data_dir_override: str | None = None):
     if b.is_prepared():
         return b
     manual = root / "downloads" / "manual"
+    instructions = getattr(b, "MANUAL_DOWNLOAD_INSTRUCTIONS", None)
+    if instructions and not (manual.is_dir() and any(manual.iterdir())):
+        raise DatasetMissingError(f"{name!r} is downloaded by hand, into {manual}/: {' '.join(instructions.split())} "
+                                  f"Then rerun `jaxgen data prepare {name}`.")
     unreachable = _unreachable_downloads(b, manual)
     if unreachable:
         files = ", ".join(f"{url} ({b.url_infos[url].size})" for url in unreachable)
