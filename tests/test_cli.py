@@ -79,8 +79,10 @@ def test_a_changed_config_is_refused_and_one_that_trains_is_kept_as_history(tmp_
     assert cli.main(args + ["--gin.TRAIN_STEPS=2", "--gin.SEED=1"]) == 2
     err = capsys.readouterr().err
     assert "'SEED = 0' -> 'SEED = 1'" in err and "--allow-config-change" in err and "Traceback" not in err
+    events = sorted((workdir / "tensorboard").iterdir())
     assert cli.main(args + ["--gin.TRAIN_STEPS=2"]) == 0  # the same command again: finished, harmless
     assert {name: (workdir / name).read_bytes() for name in names} == files
+    assert sorted((workdir / "tensorboard").iterdir()) == events
     assert sorted(p.name for p in workdir.glob("config*")) == ["config.gin"]
 
     assert cli.main(args + ["--gin.TRAIN_STEPS=3", "--allow-config-change"]) == 0

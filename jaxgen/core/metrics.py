@@ -74,19 +74,24 @@ def _rewrite(workdir: str | Path, records: list[dict]) -> None:
 
 
 class MetricWriter:
-    """Appends records to metrics.jsonl (and TensorBoard); `source` marks every record (`"source": "eval"`)."""
+    """Appends records to metrics.jsonl (and TensorBoard); `source` marks every record (`"source": "eval"`).
+
+    Files are opened at the first record, so a run with nothing left to do (a finished run started again) leaves
+    its workdir exactly as it was.
+    """
 
     def __init__(self, workdir: str | Path, *, enabled: bool = True, tensorboard: bool = True,
                  source: str | None = None):
         self.workdir = Path(workdir)
         self.enabled = enabled
         self.source = source
+        self._tensorboard = tensorboard
         self._file = None
         self._tb = None
-        if not enabled:
-            return
+
+    def _open(self) -> None:
         self._file = (self.workdir / METRICS_FILE).open("a")
-        if tensorboard:
+        if self._tensorboard:
             try:
                 from tensorboardX import SummaryWriter
             except ImportError:
@@ -97,6 +102,8 @@ class MetricWriter:
     def write(self, step: int, values: Mapping[str, Any]) -> None:
         if not self.enabled:
             return
+        if self._file is None:
+            self._open()
         record = {"step": int(step), **{k: to_python(v) for k, v in values.items()}}
         if self.source is not None:
             record["source"] = self.source
