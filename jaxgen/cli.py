@@ -77,12 +77,11 @@ def cmd_run(args, bindings) -> int:
 
     workdir = Path(args.workdir)
     is_main = jax.process_index() == 0
-    created = not workdir.exists()
-    lock, refusal = None, None
+    claim, refusal = None, None
     if is_main:
         try:
-            lock = workdir_lib.claim(workdir, config.config_text(), allow_config_change=args.allow_config_change,
-                                     restore_step=args.restore_step)
+            claim = workdir_lib.claim(workdir, config.config_text(), allow_config_change=args.allow_config_change,
+                                      restore_step=args.restore_step)
         except workdir_lib.WorkdirError as e:
             refusal = e
     if not _all_processes_agree(refusal is None):
@@ -91,12 +90,12 @@ def cmd_run(args, bindings) -> int:
         run = config.configured(config.trainer)()
         result = run(workdir=workdir, restore_step=args.restore_step, progress=not args.no_progress)
     except BaseException:
-        if is_main and created and not workdir_lib.holds_results(workdir):
-            shutil.rmtree(workdir, ignore_errors=True)  # a failed first start leaves no half-made workdir
+        if claim is not None:
+            claim.abandon()
         raise
     finally:
-        if lock is not None:
-            lock.release()
+        if claim is not None:
+            claim.release()
     if is_main:
         print(_summary(result))
     return 0

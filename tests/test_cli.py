@@ -85,6 +85,9 @@ def test_a_changed_config_is_refused_and_one_that_trains_is_kept_as_history(tmp_
     assert sorted((workdir / "tensorboard").iterdir()) == events
     assert sorted(p.name for p in workdir.glob("config*")) == ["config.gin"]
 
+    assert cli.main(args + ["--gin.TRAIN_STEPS=-3", "--allow-config-change"]) == 2  # fails before training:
+    assert {name: (workdir / name).read_bytes() for name in names} == files           # the change is undone
+    assert sorted(p.name for p in workdir.glob("config*")) == ["config.gin"]
     assert cli.main(args + ["--gin.TRAIN_STEPS=3", "--allow-config-change"]) == 0
     assert "TRAIN_STEPS = 2" in (workdir / "config.1.gin").read_text()
     assert "TRAIN_STEPS = 3" in (workdir / "config.gin").read_text()

@@ -18,6 +18,7 @@ import importlib.metadata
 import json
 import os
 import platform
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -104,11 +105,16 @@ def checkpoint_steps(workdir: Path) -> list[int]:
     return sorted(int(p.name) for p in folder.iterdir() if p.name.isdigit()) if folder.is_dir() else []
 
 
+def _results(workdir: Path) -> tuple[tuple[int, ...], int]:
+    """What runs have saved in `workdir`: its checkpoint steps and the size of metrics.jsonl."""
+    metrics = Path(workdir) / "metrics.jsonl"
+    return tuple(checkpoint_steps(workdir)), metrics.stat().st_size if metrics.exists() else 0
+
+
 def holds_results(workdir: Path) -> bool:
     """Whether a run got as far as a checkpoint or a metrics record in `workdir` (a start that failed before either,
     on a bad setting or missing data say, leaves nothing worth keeping)."""
-    metrics = Path(workdir) / "metrics.jsonl"
-    return bool(checkpoint_steps(workdir)) or (metrics.exists() and metrics.stat().st_size > 0)
+    return _results(workdir) != ((), 0)
 
 
 def config_change(workdir: Path, text: str) -> list[str]:
@@ -127,21 +133,25 @@ def config_change(workdir: Path, text: str) -> list[str]:
     return changes
 
 
-def write_config(workdir: Path, text: str, *, step: int) -> None:
-    """Makes `text` the workdir's `config.gin`. A different one already there is kept as `config.<n>.gin` and the change
-    recorded in `config_history.jsonl` with `step`, the checkpoint the new config continues from."""
+def write_config(workdir: Path, text: str, *, step: int) -> str | None:
+    """Makes `text` the workdir's `config.gin`. A different one already there is kept as `config.<n>.gin` (whose name
+    is returned) and the change recorded in `config_history.jsonl` with `step`, the checkpoint the new config
+    continues from."""
     workdir = Path(workdir)
     path = workdir / CONFIG_FILE
+    archived = None
     if path.exists():
         if path.read_text() == text:
-            return
+            return None
         n = 1
         while (workdir / f"config.{n}.gin").exists():
             n += 1
-        path.rename(workdir / f"config.{n}.gin")
+        archived = f"config.{n}.gin"
+        path.rename(workdir / archived)
         _append_json_line(workdir / CONFIG_HISTORY_FILE,
-                          {"time": _now(), "from_step": step, "previous": f"config.{n}.gin", "argv": sys.argv})
+                          {"time": _now(), "from_step": step, "previous": archived, "argv": sys.argv})
     path.write_text(text)
+    return archived
 
 
 class Lock:
@@ -176,15 +186,49 @@ class Lock:
             self._file = None
 
 
+class Claim:
+    """A run's hold on its workdir, from `claim`: `release()` when the run ends; `abandon()` before, when it failed.
+
+    Abandoning undoes what the start wrote, if the run saved nothing since (no new checkpoint, no new record): a
+    workdir it created is removed, a config it changed is put back (its history line dropped), a config.gin it added
+    is removed. A failed start thus leaves no half-made workdir and no history of a config that never trained.
+    """
+
+    def __init__(self, workdir: Path, lock: Lock, *, created: bool, had_config: bool, archived: str | None):
+        self.workdir, self.lock = workdir, lock
+        self.created, self.had_config, self.archived = created, had_config, archived
+        self._results = _results(workdir)
+
+    def abandon(self) -> None:
+        if _results(self.workdir) != self._results:
+            return
+        if self.created:
+            shutil.rmtree(self.workdir, ignore_errors=True)
+        elif self.archived:
+            (self.workdir / self.archived).replace(self.workdir / CONFIG_FILE)
+            history = self.workdir / CONFIG_HISTORY_FILE
+            earlier = "".join(history.read_text().splitlines(keepends=True)[:-1])
+            if earlier:
+                history.write_text(earlier)
+            else:
+                history.unlink()
+        elif not self.had_config:
+            (self.workdir / CONFIG_FILE).unlink(missing_ok=True)
+
+    def release(self) -> None:
+        self.lock.release()
+
+
 def claim(workdir: Path, config_text: str, *, allow_config_change: bool = False,
-          restore_step: int | None = None) -> Lock:
+          restore_step: int | None = None) -> Claim:
     """The checks before a run writes anything (process 0 only): the path can be a folder, no other run holds it, and
     the run in it, if it got as far as a checkpoint or a record, has this config unless a change is asked for. Then
-    the returned lock is held and config.gin written (a change taking effect at `restore_step`, else the latest
+    the workdir is locked and config.gin written (a change taking effect at `restore_step`, else the latest
     checkpoint)."""
     workdir = Path(workdir)
     if workdir.exists() and not workdir.is_dir():
         raise WorkdirError(f"--workdir {workdir} is a file, not a folder; give a folder's path.")
+    created = not workdir.exists()
     try:
         workdir.mkdir(parents=True, exist_ok=True)
     except OSError as e:
@@ -201,9 +245,10 @@ def claim(workdir: Path, config_text: str, *, allow_config_change: bool = False,
                 f"{workdir} holds a run of another config ({trained}); this command changes {shown}. Nothing was "
                 "changed. Use a new --workdir, or add --allow-config-change to continue this run with the new "
                 "config (the old one is kept as config.<n>.gin, the change logged in config_history.jsonl).")
+        had_config = (workdir / CONFIG_FILE).exists()
         start = restore_step if restore_step is not None else (steps[-1] if steps else 0)
-        write_config(workdir, config_text, step=start)
+        archived = write_config(workdir, config_text, step=start)
     except BaseException:
         lock.release()
         raise
-    return lock
+    return Claim(workdir, lock, created=created, had_config=had_config, archived=archived)

@@ -12,8 +12,7 @@ from jaxgen.core import workdir as workdir_lib
 
 
 def claim(workdir, text, **kwargs):
-    lock = workdir_lib.claim(workdir, text, **kwargs)
-    lock.release()
+    workdir_lib.claim(workdir, text, **kwargs).release()
 
 
 def history(path):
@@ -21,12 +20,12 @@ def history(path):
 
 
 def test_one_run_at_a_time_and_the_refused_one_learns_who_holds_it(tmp_path):
-    lock = workdir_lib.claim(tmp_path / "w", "A = 1\n")
+    held = workdir_lib.claim(tmp_path / "w", "A = 1\n")
     try:
         with pytest.raises(workdir_lib.WorkdirError, match=f"in use by process {os.getpid()} on host"):
             workdir_lib.claim(tmp_path / "w", "A = 1\n")
     finally:
-        lock.release()
+        held.release()
     claim(tmp_path / "w", "A = 1\n")  # released: free again
 
 
@@ -44,6 +43,27 @@ def test_a_config_change_is_free_before_results_then_refused_unless_asked(tmp_pa
     assert (workdir / "config.2.gin").read_text() == "A = 1\nB = 3\n"
     assert [(h["from_step"], h["previous"]) for h in history(workdir / "config_history.jsonl")] == [
         (0, "config.1.gin"), (4, "config.2.gin")]
+
+
+def test_a_failed_start_that_saved_nothing_is_undone(tmp_path):
+    def failed(workdir, text, saves=False, **kwargs):
+        held = workdir_lib.claim(workdir, text, **kwargs)
+        if saves:
+            (workdir / "checkpoints" / "8").mkdir()
+        held.abandon()
+        held.release()
+
+    workdir = tmp_path / "w"
+    failed(workdir, "A = 1\n")
+    assert not workdir.exists()
+    claim(workdir, "A = 1\n")
+    (workdir / "checkpoints" / "4").mkdir(parents=True)
+    failed(workdir, "A = 2\n", allow_config_change=True)
+    assert sorted(p.name for p in workdir.iterdir()) == [workdir_lib.LOCK_FILE, "checkpoints", "config.gin"]
+    assert (workdir / "config.gin").read_text() == "A = 1\n"
+    failed(workdir, "A = 2\n", saves=True, allow_config_change=True)  # it trained: the change stays on record
+    assert (workdir / "config.gin").read_text() == "A = 2\n" and (workdir / "config.1.gin").exists()
+    assert [h["from_step"] for h in history(workdir / "config_history.jsonl")] == [4]
 
 
 def test_a_path_that_cannot_be_a_folder_is_named(tmp_path):
