@@ -205,8 +205,6 @@ def run(
             {"train_data": train_data.state(0), "train_steps": train_steps, "seed": seed, "start_step": start_step,
              "started_from": origin},
         ))
-    if is_main and mode == "eval":
-        metrics_lib.drop_records(workdir, step=start_step, source="eval")
     writer = metrics_lib.MetricWriter(workdir, enabled=is_main, source="eval" if mode == "eval" else None)
 
     def evaluate_at(state: TrainState, step: int) -> dict[str, dict]:

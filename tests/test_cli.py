@@ -46,13 +46,13 @@ def test_run_then_eval_the_workdir_reads_checkpoints_and_marks_its_records(tmp_p
     assert "TRAIN_STEPS = 6" in (workdir / "config.gin").read_text()
     trained = (workdir / "metrics.jsonl").read_text()
     before = checkpoint_files(workdir)
-    for _ in range(2):  # evaluating an older step, twice: checkpoints and "latest" stay, one marked record
-        assert cli.main(["eval", "--workdir", str(workdir), "--step", "3"]) == 0
+    for step in ("3", "6"):  # evaluating an older step, then the last: checkpoints and "latest" stay
+        assert cli.main(["eval", "--workdir", str(workdir), "--step", step]) == 0
     assert checkpoint_files(workdir) == before and not (workdir / "superseded_checkpoints").exists()
-    records = [json.loads(line) for line in (workdir / "metrics.jsonl").read_text().splitlines()]
-    assert (workdir / "metrics.jsonl").read_text().startswith(trained)
-    reevaluations = [r for r in records if r.get("source") == "eval"]
-    assert [r["step"] for r in reevaluations] == [3] and "eval/classification/accuracy" in reevaluations[0]
+    assert (workdir / "metrics.jsonl").read_text().startswith(trained)  # training's records untouched, then
+    added = [json.loads(line) for line in (workdir / "metrics.jsonl").read_text()[len(trained):].splitlines()]
+    assert [(r["step"], r["source"]) for r in added] == [(3, "eval"), (6, "eval")]  # marked re-evaluations
+    assert "eval/classification/accuracy" in added[0]
     metrics = json.loads((workdir / "eval" / "3" / "metrics.json").read_text())
     assert metrics["classification"]["examples"] == 1000
     for picture in ("predictions.png", "confusion.png"):

@@ -2,8 +2,9 @@
 
 Training records carry `step` and `loss` (plus the task's metrics, `learning_rate`, `steps_per_sec`); evaluation
 records carry `step` and keys prefixed `eval/<evaluator>/`. A re-evaluation of a saved checkpoint (`jaxgen eval`)
-is marked `"source": "eval"` and replaces an earlier re-evaluation of that step, so a record written during training
-is never duplicated or overwritten. Only process 0 writes.
+adds a record marked `"source": "eval"`: it never replaces or passes for the one written during training, and
+re-evaluations with different overrides (`jaxgen eval --gin.X=...`) are all kept, in the order they ran. Only
+process 0 writes.
 """
 
 from __future__ import annotations
@@ -53,12 +54,6 @@ def truncate_after(workdir: str | Path, step: int) -> None:
         with (Path(workdir) / "metrics.superseded.jsonl").open("a") as f:
             f.write("".join(json.dumps(r) + "\n" for r in dropped))
     _rewrite(workdir, [r for r in records if r.get("step", 0) <= step])
-
-
-def drop_records(workdir: str | Path, *, step: int, source: str) -> None:
-    """Removes the records of `step` marked `source` (a re-evaluation about to be replaced)."""
-    records = read_records(workdir)
-    _rewrite(workdir, [r for r in records if not (r.get("step") == step and r.get("source") == source)])
 
 
 def _rewrite(workdir: str | Path, records: list[dict]) -> None:

@@ -299,8 +299,6 @@ def run(
         workdir_lib.record_start(workdir, workdir_lib.run_info(
             mesh_lib.describe(mesh), {"train_data": data.state(0), "train_steps": train_steps, "seed": seed,
                                       "algorithm": type(algorithm).__name__, "start_step": start_step}))
-    if is_main and mode == "eval":
-        metrics_lib.drop_records(workdir, step=start_step, source="eval")
     writer = metrics_lib.MetricWriter(workdir, enabled=is_main, source="eval" if mode == "eval" else None)
     evaluators = SSLEvaluators(model, algorithm, data.num_classes, workdir)
 
