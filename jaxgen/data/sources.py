@@ -133,7 +133,8 @@ def _unreachable_downloads(b, manual: Path) -> list[str]:
     missing = [url for url, info in (b.url_infos or {}).items()
                if not (info.filename and (manual / info.filename).exists())]
     unreachable_hosts = set()
-    for host, port in {(urlsplit(u).hostname, urlsplit(u).port or 443) for u in missing}:
+    addresses = {(u.hostname, u.port or (443 if u.scheme == "https" else 80)) for u in map(urlsplit, missing)}
+    for host, port in addresses:
         try:
             socket.create_connection((host, port), timeout=5).close()
         except OSError:
