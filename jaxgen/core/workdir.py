@@ -7,6 +7,7 @@ A workdir is the record of how its checkpoints came to be, so nothing here overw
 - `run_info.json` describes the latest start that trained; each earlier start's is appended to
   `run_info.history.jsonl`.
 - One run at a time: `.jaxgen.lock` is held (fcntl) by the process that writes the workdir, and names it.
+- A start that fails before saving a checkpoint or a record is undone (`Claim.abandon`): no half-made workdir.
 """
 
 from __future__ import annotations
