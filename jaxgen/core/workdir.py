@@ -17,6 +17,7 @@ import difflib
 import fcntl
 import importlib.metadata
 import json
+import logging
 import os
 import platform
 import shutil
@@ -174,6 +175,11 @@ class Lock:
             file.close()
             raise WorkdirError(f"{self.path.parent} is in use by {holder}; wait for that run to end (or stop it), or "
                                "use another --workdir.") from None
+        except OSError as e:  # a file system without locks (some FUSE mounts of object stores)
+            file.close()
+            logging.warning("%s cannot be locked (%s): a second run started on this workdir would not be stopped",
+                            self.path.parent, e.strerror)
+            return
         file.seek(0)
         file.truncate()
         file.write(f"process {os.getpid()} on host {platform.node()} (started {_now()}: {' '.join(sys.argv)})\n")

@@ -79,3 +79,13 @@ def test_every_start_is_kept(tmp_path):
         workdir_lib.record_start(tmp_path, {"start_step": step})
     assert json.loads((tmp_path / "run_info.json").read_text()) == {"start_step": 8}
     assert history(tmp_path / "run_info.history.jsonl") == [{"start_step": 0}, {"start_step": 4}]
+
+
+def test_a_file_system_without_locks_runs_unlocked_with_a_warning(tmp_path, monkeypatch, caplog):
+    def unsupported(*args):
+        raise OSError(38, "Function not implemented")
+
+    monkeypatch.setattr(workdir_lib.fcntl, "flock", unsupported)
+    claim(tmp_path / "w", "A = 1\n")
+    assert "cannot be locked (Function not implemented)" in caplog.text
+    assert (tmp_path / "w" / "config.gin").read_text() == "A = 1\n"
