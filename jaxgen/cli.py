@@ -20,6 +20,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+from jaxgen.core import workdir as workdir_lib
+
 GIN_PREFIX = "--gin."
 
 
@@ -41,18 +43,6 @@ def _start_distributed(args) -> None:
     ))
 
 
-def _write_config(workdir: Path, text: str) -> None:
-    """Writes config.gin; a different config already there is kept as config.<n>.gin (nothing saved is lost)."""
-    workdir.mkdir(parents=True, exist_ok=True)
-    path = workdir / "config.gin"
-    if path.exists() and path.read_text() != text:
-        n = 1
-        while (workdir / f"config.{n}.gin").exists():
-            n += 1
-        path.rename(workdir / f"config.{n}.gin")
-    path.write_text(text)
-
-
 def _summary(result) -> str:
     lines = [f"Results in {result.workdir.resolve()}:"]
     if result.last_train_record:
@@ -65,19 +55,48 @@ def _summary(result) -> str:
     return "\n".join(lines)
 
 
+def _all_processes_agree(ok: bool) -> bool:
+    """Process 0's verdict on starting, sent to every process (one process: itself)."""
+    import jax
+
+    if jax.process_count() == 1:
+        return ok
+    import numpy as np
+    from jax.experimental import multihost_utils
+
+    return bool(multihost_utils.broadcast_one_to_all(np.int32(ok)))
+
+
 def cmd_run(args, bindings) -> int:
     from jaxgen import config
 
     _start_distributed(args)
     config.parse(args.config, bindings)
+    config.check_requirements()
     import jax
 
     workdir = Path(args.workdir)
-    if jax.process_index() == 0:
-        _write_config(workdir, config.config_text())
-    run = config.configured(config.trainer)()
-    result = run(workdir=workdir, restore_step=args.restore_step, progress=not args.no_progress)
-    if jax.process_index() == 0:
+    is_main = jax.process_index() == 0
+    claim, refusal = None, None
+    if is_main:
+        try:
+            claim = workdir_lib.claim(workdir, config.config_text(), allow_config_change=args.allow_config_change,
+                                      restore_step=args.restore_step)
+        except workdir_lib.WorkdirError as e:
+            refusal = e
+    if not _all_processes_agree(refusal is None):
+        raise refusal or workdir_lib.WorkdirError("process 0 refused to start this run; its output says why")
+    try:
+        run = config.configured(config.trainer)()
+        result = run(workdir=workdir, restore_step=args.restore_step, progress=not args.no_progress)
+    except BaseException:
+        if claim is not None:
+            claim.abandon()
+        raise
+    finally:
+        if claim is not None:
+            claim.release()
+    if is_main:
         print(_summary(result))
     return 0
 
@@ -87,10 +106,11 @@ def cmd_eval(args, bindings) -> int:
 
     _start_distributed(args)
     workdir = Path(args.workdir)
-    config_file = workdir / "config.gin"
-    if not config_file.exists():
+    config_file = workdir / workdir_lib.CONFIG_FILE
+    if not config_file.is_file():
         raise config.ConfigError(f"{config_file} does not exist: is {workdir} a jaxgen run's workdir?")
     config.parse([str(config_file)], bindings)
+    config.check_requirements()
     run = config.configured(config.trainer)()
     result = run(workdir=workdir, restore_step=args.step, mode="eval", progress=False)
     print(_summary(result))
@@ -180,6 +200,8 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--workdir", required=True)
     run.add_argument("--restore-step", type=int, help="resume from this checkpoint of the workdir instead of the latest")
     run.add_argument("--no-progress", action="store_true", help="no progress bar")
+    run.add_argument("--allow-config-change", action="store_true",
+                     help="continue a workdir's run with a changed config (kept as history, not overwritten)")
     _add_distributed_flags(run)
     run.set_defaults(handler=cmd_run)
 
@@ -234,15 +256,15 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "data" and args.action != "list" and not args.names:
         build_parser().error(f"jaxgen data {args.action} needs at least one dataset name")
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
-    from jaxgen.config import ConfigError
+    from jaxgen.config import ConfigError, user_message
     from jaxgen.core.checkpoint import CheckpointError
-    from jaxgen.data.sources import DatasetMissingError
     from jaxgen.core.monitor import NonFiniteLossError
+    from jaxgen.data.sources import DatasetMissingError
 
     try:
         return args.handler(args, bindings)
-    except (ConfigError, CheckpointError, DatasetMissingError, NonFiniteLossError) as e:
-        print(f"jaxgen {args.command}: error: {e}", file=sys.stderr)
+    except (ConfigError, CheckpointError, DatasetMissingError, NonFiniteLossError, workdir_lib.WorkdirError) as e:
+        print(f"jaxgen {args.command}: error: {user_message(e)}", file=sys.stderr)
         return 2
 
 

@@ -12,16 +12,16 @@ import inspect
 import logging
 import re
 import sys
+import tokenize
 from collections.abc import Sequence
 from pathlib import Path
 
 import gin
 
+from jaxgen.core.errors import ConfigError  # noqa: F401  (public here: what every config error raises)
+
 RECIPE_FIELDS = ("Recipe", "Command", "Hardware", "Wall time", "Expected")
-
-
-class ConfigError(ValueError):
-    """A config file or binding is wrong; raised before anything is computed."""
+_GIN_CALL_SUFFIX = re.compile(r"\n  In call to configurable '[^']*' \(.*?\)(?: in scope '[^']*')?")
 
 
 def configs_root() -> Path:
@@ -82,6 +82,10 @@ def _suggest(message: str) -> str:
     return ""
 
 
+def _value_of(binding: str) -> str:
+    return binding.partition("=")[2].strip()
+
+
 def _split_binding(binding: str) -> tuple[str, str]:
     name, sep, value = binding.partition("=")
     if not sep or not name.strip():
@@ -127,7 +131,13 @@ def parse(config_files: Sequence[str], bindings: Sequence[str] = ()) -> list[Pat
                 close = difflib.get_close_matches(name, macros, n=1)
                 hint = f" Did you mean {close[0]!r}?" if close else f" Known macros: {sorted(macros)}."
                 raise ConfigError(f"Override {binding!r} sets macro {name!r}, which no config defines.{hint}")
-        gin.parse_config_files_and_bindings(None, list(bindings), finalize_config=True)
+        for binding in bindings:
+            try:
+                gin.parse_config(binding)
+            except (SyntaxError, tokenize.TokenError) as e:  # not a literal, reference or macro
+                raise ConfigError(f"Override {binding!r}: {_value_of(binding)!r} is not a value gin reads (a number, "
+                                  "a 'quoted string', True/False/None, a [list], an @reference or a %MACRO)") from e
+        gin.finalize()
     except ConfigError:
         raise
     except (ValueError, TypeError, SyntaxError, ImportError, AttributeError, OSError) as e:
@@ -161,6 +171,38 @@ def trainer(run=None):
 
         run = train.run
     return configured(run)
+
+
+def requirements(backends: Sequence[str] = ()) -> None:
+    """What an experiment needs of the machine, declared in its recipe and checked before anything is written.
+
+    `config.requirements.backends = ['gpu']` in a recipe that only runs on a GPU (cuDNN attention, say): started on
+    a machine whose JAX backend is another, `jaxgen run` stops at once with a one-line reason, before the workdir or
+    any data is touched, instead of failing minutes later inside the first compiled step. A CPU tier that includes
+    the recipe resets it (`config.requirements.backends = []`).
+    """
+    import jax
+
+    backend = jax.default_backend()
+    if backends and backend not in backends:
+        devices = jax.devices()
+        raise ConfigError(
+            f"This experiment runs only on {' or '.join(b.upper() for b in backends)} "
+            f"(config.requirements.backends = {list(backends)}); this machine runs JAX on {backend.upper()} "
+            f"({len(devices)} {devices[0].device_kind} device{'s' if len(devices) > 1 else ''}). Run it where that "
+            "backend is, or pick a tier made for this machine (`jaxgen list`)."
+        )
+
+
+def check_requirements() -> None:
+    """Checks the parsed experiment's `requirements` (nothing when the experiment declares none)."""
+    configured(requirements)()
+
+
+def user_message(error: BaseException) -> str:
+    """The error's message without gin's `In call to configurable ...` lines: our errors already say what is wrong,
+    and gin appends one such line per configurable the error passed through."""
+    return _GIN_CALL_SUFFIX.sub("", str(error))
 
 
 def config_text() -> str:

@@ -29,6 +29,7 @@ from jaxgen.core import metrics as metrics_lib
 from jaxgen.core import rng as rng_lib
 from jaxgen.core import sharding as sharding_lib
 from jaxgen.core import workdir as workdir_lib
+from jaxgen.core.errors import ConfigError, require_positive
 from jaxgen.core.evaluation import run_evaluators
 from jaxgen.core.monitor import NonFiniteLossError, StepMonitor, run_steps  # noqa: F401  (NonFiniteLossError: public here)
 from jaxgen.core.optim import OptimizerConfig, TrainState
@@ -88,7 +89,8 @@ def _state_shardings(task: Task, optimizer, init_rng, example_batch, mesh, logic
 def _restore_or_init(
     *, checkpointer, abstract, init_fn, restore_step, resume_from, init_from, mode, train_data
 ) -> tuple[TrainState, str]:
-    restored = ckpt_lib.restore_run_state(checkpointer, abstract, restore_step)
+    restored = ckpt_lib.restore_run_state(checkpointer, abstract, restore_step,
+                                          step_flag="--step" if mode == "eval" else "--restore-step")
     if restored is not None:
         state, data_state, step = restored
         ckpt_lib.warn_if_data_changed(data_state, train_data.state(step))
@@ -156,12 +158,10 @@ def run(
     """
     if mode not in MODES:
         raise ValueError(f"mode must be one of {MODES}; got {mode!r}")
-    for name, value in (("train_steps", train_steps), ("log_every", log_every), ("checkpoint_every", checkpoint_every),
-                        ("max_steps_in_flight", max_steps_in_flight)):
-        if value <= 0:
-            raise ValueError(f"{name} must be positive; got {value}")
+    require_positive(train_steps=train_steps, log_every=log_every, checkpoint_every=checkpoint_every,
+                     max_steps_in_flight=max_steps_in_flight)
     if eval_every < 0:
-        raise ValueError(f"eval_every must be >= 0 (0: only at the end); got {eval_every}")
+        raise ConfigError(f"eval_every must be >= 0 (0: only at the end); got {eval_every}")
 
     if eval_data is None and task.evaluators():
         logging.warning("The task has evaluators %s but the run has no eval_data: evaluators that read eval batches "
@@ -174,11 +174,6 @@ def run(
         workdir.mkdir(parents=True, exist_ok=True)
     mesh = mesh_lib.make_mesh(mesh)
     rows = sharding_lib.process_rows(train_data.batch_size, mesh)
-    if is_main and mode == "train":
-        workdir_lib.write_json(workdir / "run_info.json", workdir_lib.run_info(
-            mesh_lib.describe(mesh),
-            {"train_data": train_data.state(0), "train_steps": train_steps, "seed": seed},
-        ))
 
     init_stream, train_stream, eval_stream = (rng_lib.stream(seed, s) for s in ("init", "train", "eval"))
     example_batch = _global_batch(train_data, 0, rows, mesh)
@@ -193,8 +188,9 @@ def run(
         """Parameters are created already sharded (`out_shardings`), never whole on one device."""
         return jax.jit(create_state, out_shardings=shardings)(init_stream, example_batch)
 
+    # Evaluation reads the checkpoints and never changes them (an earlier step leaves the later ones in place).
     checkpointer = ckpt_lib.Checkpointer(workdir / "checkpoints", max_to_keep=keep_checkpoints,
-                                         async_save=async_checkpointing)
+                                         async_save=async_checkpointing, read_only=mode == "eval")
     state, origin = _restore_or_init(
         checkpointer=checkpointer, abstract=abstract, init_fn=init_fn,
         restore_step=restore_step, resume_from=resume_from, init_from=init_from, mode=mode, train_data=train_data,
@@ -203,7 +199,13 @@ def run(
     logging.info("Starting at step %d from %s", start_step, origin)
     if is_main and mode == "train":
         metrics_lib.truncate_after(workdir, start_step)
-    writer = metrics_lib.MetricWriter(workdir, enabled=is_main)
+    if is_main and mode == "train" and start_step < train_steps:  # a finished run, rerun, changes nothing
+        workdir_lib.record_start(workdir, workdir_lib.run_info(
+            mesh_lib.describe(mesh),
+            {"train_data": train_data.state(0), "train_steps": train_steps, "seed": seed, "start_step": start_step,
+             "started_from": origin},
+        ))
+    writer = metrics_lib.MetricWriter(workdir, enabled=is_main, source="eval" if mode == "eval" else None)
 
     def evaluate_at(state: TrainState, step: int) -> dict[str, dict]:
         return evaluate(task, state, step=step, eval_data=eval_data, mesh=mesh, eval_stream=eval_stream,

@@ -1,8 +1,14 @@
-"""The CLI end to end: list, data, run -> eval on the same workdir, tpu command."""
+"""The CLI end to end: list, data, run -> eval on the same workdir, tpu command; what a workdir keeps (eval never
+moves checkpoints, a config change is refused or kept as history) and the one-line refusals of bad input."""
 
 from __future__ import annotations
 
 import json
+import platform
+import subprocess
+import sys
+
+import pytest
 
 from jaxgen import cli
 
@@ -27,27 +33,135 @@ def test_data_list_and_inspect(tmp_path, capsys):
     assert "jaxgen data prepare cifar100" in capsys.readouterr().err
 
 
-def test_run_then_eval_the_workdir(tmp_path, capsys):
+def checkpoint_files(workdir):
+    return {str(p.relative_to(workdir)): p.stat().st_mtime_ns for p in (workdir / "checkpoints").rglob("*")}
+
+
+def test_run_then_eval_the_workdir_reads_checkpoints_and_marks_its_records(tmp_path, capsys):
     workdir = tmp_path / "run"
-    assert cli.main(["run", "configs/quickstart_smoke.gin", "--workdir", str(workdir), "--no-progress"]) == 0
+    assert cli.main(["run", "configs/quickstart_smoke.gin", "--workdir", str(workdir), "--no-progress",
+                     "--gin.CHECKPOINT_EVERY=3"]) == 0
     out = capsys.readouterr().out
     assert f"Results in {workdir}" in out and "eval/classification: accuracy" in out
     assert "TRAIN_STEPS = 6" in (workdir / "config.gin").read_text()
-    assert cli.main(["eval", "--workdir", str(workdir), "--step", "3"]) == 0
+    trained = (workdir / "metrics.jsonl").read_text()
+    before = checkpoint_files(workdir)
+    for step in ("3", "6"):  # evaluating an older step, then the last: checkpoints and "latest" stay
+        assert cli.main(["eval", "--workdir", str(workdir), "--step", step]) == 0
+    assert checkpoint_files(workdir) == before and not (workdir / "superseded_checkpoints").exists()
+    assert (workdir / "metrics.jsonl").read_text().startswith(trained)  # training's records untouched, then
+    added = [json.loads(line) for line in (workdir / "metrics.jsonl").read_text()[len(trained):].splitlines()]
+    assert [(r["step"], r["source"]) for r in added] == [(3, "eval"), (6, "eval")]  # marked re-evaluations
+    assert "eval/classification/accuracy" in added[0]
     metrics = json.loads((workdir / "eval" / "3" / "metrics.json").read_text())
     assert metrics["classification"]["examples"] == 1000
     for picture in ("predictions.png", "confusion.png"):
         assert (workdir / "eval" / "3" / picture).stat().st_size > 1000
     assert cli.main(["eval", "--workdir", str(tmp_path / "nothing")]) == 2
 
+    capsys.readouterr()
+    victim = max((p for p in (workdir / "checkpoints" / "6" / "state").rglob("*") if p.is_file()),
+                 key=lambda p: p.stat().st_size)
+    victim.write_bytes(victim.read_bytes()[:-1])
+    assert cli.main(["eval", "--workdir", str(workdir)]) == 2
+    err = capsys.readouterr().err
+    assert "rerun with --step 3" in err and "--restore-step" not in err
 
-def test_a_changed_config_keeps_the_old_one(tmp_path):
+
+def test_a_changed_config_is_refused_and_one_that_trains_is_kept_as_history(tmp_path, capsys):
     workdir = tmp_path / "run"
-    args = ["run", "configs/quickstart_smoke.gin", "--workdir", str(workdir), "--no-progress"]
-    assert cli.main(args + ["--gin.TRAIN_STEPS=2", "--gin.EVAL_EVERY=0"]) == 0
-    assert cli.main(args + ["--gin.TRAIN_STEPS=3", "--gin.EVAL_EVERY=0"]) == 0
+    args = ["run", "configs/quickstart_smoke.gin", "--workdir", str(workdir), "--no-progress", "--gin.EVAL_EVERY=0"]
+    assert cli.main(args + ["--gin.TRAIN_STEPS=2"]) == 0
+    names = ("config.gin", "run_info.json", "metrics.jsonl")
+    files = {name: (workdir / name).read_bytes() for name in names}
+
+    capsys.readouterr()
+    assert cli.main(args + ["--gin.TRAIN_STEPS=2", "--gin.SEED=1"]) == 2
+    err = capsys.readouterr().err
+    assert "'SEED = 0' -> 'SEED = 1'" in err and "--allow-config-change" in err and "Traceback" not in err
+    events = sorted((workdir / "tensorboard").iterdir())
+    assert cli.main(args + ["--gin.TRAIN_STEPS=2"]) == 0  # the same command again: finished, harmless
+    assert {name: (workdir / name).read_bytes() for name in names} == files
+    assert sorted((workdir / "tensorboard").iterdir()) == events
+    assert sorted(p.name for p in workdir.glob("config*")) == ["config.gin"]
+
+    assert cli.main(args + ["--gin.TRAIN_STEPS=-3", "--allow-config-change"]) == 2  # fails before training:
+    assert {name: (workdir / name).read_bytes() for name in names} == files           # the change is undone
+    assert sorted(p.name for p in workdir.glob("config*")) == ["config.gin"]
+    assert cli.main(args + ["--gin.TRAIN_STEPS=3", "--allow-config-change"]) == 0
     assert "TRAIN_STEPS = 2" in (workdir / "config.1.gin").read_text()
     assert "TRAIN_STEPS = 3" in (workdir / "config.gin").read_text()
+    [change] = [json.loads(line) for line in (workdir / "config_history.jsonl").read_text().splitlines()]
+    assert change["from_step"] == 2 and change["previous"] == "config.1.gin"
+    [earlier] = [json.loads(line) for line in (workdir / "run_info.history.jsonl").read_text().splitlines()]
+    assert earlier == json.loads(files["run_info.json"]) and earlier["start_step"] == 0
+    assert json.loads((workdir / "run_info.json").read_text())["start_step"] == 2
+
+
+def other_backend_recipe(tmp_path):
+    import jax
+
+    other = "tpu" if jax.default_backend() != "tpu" else "gpu"
+    recipe = tmp_path / "elsewhere.gin"
+    recipe.write_text("from __gin__ import dynamic_registration\nfrom jaxgen import config\n"
+                      f"include 'quickstart_smoke.gin'\nconfig.requirements.backends = ['{other}']\n")
+    return str(recipe)
+
+
+@pytest.mark.parametrize("case", ["file", "negative", "not a number", "backend"])
+def test_bad_input_gives_a_short_message_and_leaves_no_workdir(tmp_path, capsys, monkeypatch, case):
+    workdir = tmp_path / "run"
+    recipe, extra = "configs/quickstart_smoke.gin", []
+    if case == "file":
+        workdir.write_text("notes")
+    elif case == "backend":
+        recipe = other_backend_recipe(tmp_path)
+        monkeypatch.setattr("jaxgen.data.loader.Loader.source", property(lambda _: pytest.fail("data was read")))
+    else:
+        extra = ["--gin.TRAIN_STEPS=" + {"negative": "-5", "not a number": "abc"}[case]]
+    assert cli.main(["run", recipe, "--workdir", str(workdir), "--no-progress", *extra]) == 2
+    err = capsys.readouterr().err
+    expected = {"file": "is a file", "negative": "train_steps must be positive; got -5",
+                "not a number": "'abc' is not a value", "backend": "runs only on"}[case]
+    assert expected in err and len(err.strip().splitlines()) <= 2 and "In call to configurable" not in err
+    assert workdir.is_file() if case == "file" else not workdir.exists()
+
+
+def test_a_workdir_in_use_by_another_process_is_refused_naming_it(tmp_path, capsys):
+    """The first run holds the lock (here a bare process holding it, to keep the test fast); the second is refused."""
+    from jaxgen.core import workdir as workdir_lib
+
+    workdir = tmp_path / "run"
+    holder = subprocess.Popen(
+        [sys.executable, "-c", "import sys, time; from jaxgen.core import workdir as w; "
+         "lock = w.claim(sys.argv[1], 'A = 1\\n'); print('held', flush=True); time.sleep(120)", str(workdir)],
+        stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        assert cli.main(["run", "configs/quickstart_smoke.gin", "--workdir", str(workdir), "--no-progress"]) == 2
+    finally:
+        holder.kill()
+        holder.wait()
+    err = capsys.readouterr().err
+    assert f"is in use by process {holder.pid} on host {platform.node()}" in err
+    assert sorted(p.name for p in workdir.iterdir()) == [workdir_lib.LOCK_FILE, "config.gin"]
+    assert (workdir / "config.gin").read_text() == "A = 1\n"
+
+
+def test_data_prepare_without_the_internet_fails_fast_saying_what_to_fetch(tmp_path, capsys, monkeypatch):
+    def offline(*args, **kwargs):
+        raise OSError("network is unreachable")
+
+    monkeypatch.setattr("socket.create_connection", offline)
+    assert cli.main(["data", "prepare", "cifar10", "--data-dir", str(tmp_path)]) == 2
+    err = capsys.readouterr().err
+    assert "cifar-10-binary.tar.gz" in err and f"{tmp_path}/downloads/manual/" in err
+    assert cli.main(["data", "prepare", "imagenet2012", "--data-dir", str(tmp_path)]) == 2  # a by-hand download
+    err = capsys.readouterr().err
+    assert "ILSVRC2012_img_train.tar" in err and f"{tmp_path}/downloads/manual/" in err
+    assert cli.main(["data", "prepare", "cifar1o", "--data-dir", str(tmp_path)]) == 2
+    err = capsys.readouterr().err
+    assert "Did you mean 'cifar10'" in err and "abstract_reasoning" not in err and len(err) < 500
 
 
 def test_tpu_prints_the_pod_command_with_multihost(capsys):

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from jaxgen import cli
-from jaxgen.config import ConfigError, parse
+from jaxgen.config import ConfigError, check_requirements, parse, user_message
 
 
 def test_quickstart_parses_with_overrides():
@@ -21,6 +21,8 @@ def test_quickstart_parses_with_overrides():
     ("train.rnu.seed=1", r"(?s)No configurable matching 'train.rnu'.*Did you mean 'train.run'"),
     ("optim.OptimizerConfig.learning_rat=0.1", r"(?s)learning_rat.*Did you mean 'optim.OptimizerConfig.learning_rate'"),
     ("TRAIN_STEPS", r"(?s)not of the form NAME=VALUE"),
+    ("TRAIN_STEPS=abc", r"Override 'TRAIN_STEPS=abc': 'abc' is not a value gin reads"),
+    ("TRAIN_STEPS=[1,", r"Override 'TRAIN_STEPS=\[1,': '\[1,' is not a value gin reads"),
 ])
 def test_misspelled_bindings_are_named_with_a_suggestion(binding, expected):
     with pytest.raises(ConfigError, match=expected):
@@ -62,3 +64,24 @@ def test_includes_resolve_against_this_parse_only():
     import gin
 
     assert gin.query_parameter("%TRAIN_STEPS") == 6
+
+
+def test_a_gpu_only_recipe_declares_it_and_its_cpu_tier_does_not():
+    import gin
+
+    parse(["configs/svg/video_dit_moving_objects.gin"])
+    assert gin.query_parameter("config.requirements.backends") == ["gpu"]
+    parse(["configs/svg/video_dit_moving_objects_tiny.gin"])
+    check_requirements()  # a CPU tier passes on any machine
+
+
+def test_a_machine_without_the_backend_is_refused_in_one_line_without_gin_call_lines(tmp_path):
+    recipe = tmp_path / "elsewhere.gin"
+    recipe.write_text("from __gin__ import dynamic_registration\nfrom jaxgen import config\n"
+                      "include 'quickstart_smoke.gin'\nconfig.requirements.backends = ['abacus']\n")
+    parse([str(recipe)])
+    with pytest.raises(ConfigError) as error:
+        check_requirements()
+    assert "In call to configurable 'requirements'" in str(error.value)  # gin's addition, which we drop
+    message = user_message(error.value)
+    assert message.startswith("This experiment runs only on ABACUS") and "\n" not in message

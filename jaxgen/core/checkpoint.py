@@ -97,6 +97,7 @@ class Checkpointer:
         read_only: bool = False,
     ):
         self.directory = epath.Path(directory)
+        self.read_only = read_only
         self._manifest_lock = threading.Lock()
         self._async = async_save and not read_only
         options = ocp.CheckpointManagerOptions(
@@ -156,6 +157,8 @@ class Checkpointer:
 
     def set_aside_after(self, step: int, destination: str | epath.Path) -> list[int]:
         """Moves checkpoints later than `step` into `destination` (kept, not deleted) so training can redo them."""
+        if self.read_only:
+            raise CheckpointError(f"{self.directory} is open read-only: its checkpoints are not moved")
         later = [s for s in self.all_steps() if s > step]
         if later and jax.process_index() == 0:
             destination = epath.Path(destination)
@@ -187,7 +190,7 @@ class Checkpointer:
         return step_dir
 
     def _write_missing_manifests(self) -> None:
-        if jax.process_index() != 0:
+        if jax.process_index() != 0 or self.read_only:
             return
         with self._manifest_lock:
             for step_dir in self.directory.iterdir():
@@ -199,18 +202,19 @@ class Checkpointer:
                     continue
 
 
-def restore_run_state(checkpointer: Checkpointer, abstract_state: Any,
-                      restore_step: int | None = None) -> tuple[Any, dict, int] | None:
+def restore_run_state(checkpointer: Checkpointer, abstract_state: Any, restore_step: int | None = None, *,
+                      step_flag: str = "--restore-step") -> tuple[Any, dict, int] | None:
     """The checkpoint a run continues from in its own folder: `restore_step`, else the latest; None when there is none.
 
-    A damaged checkpoint is refused with what to do instead (never a silent restart). Restoring an earlier step moves
-    the later checkpoints to `superseded_checkpoints/` beside the checkpoint folder: kept, while training redoes them.
+    A damaged checkpoint is refused with what to do instead (never a silent restart), naming `step_flag`, the option
+    of the running command that picks another step. Training from an earlier step moves the later checkpoints to
+    `superseded_checkpoints/` beside the checkpoint folder: kept, while training redoes them. A read-only
+    checkpointer (evaluation) moves nothing.
     """
     steps = checkpointer.all_steps()
     if restore_step is not None and restore_step not in steps:
-        raise CheckpointError(
-            f"restore_step={restore_step} is not a checkpoint in {checkpointer.directory}; available: {steps}"
-        )
+        raise CheckpointError(f"{step_flag} {restore_step}: no such checkpoint in {checkpointer.directory}; "
+                              f"available: {steps}")
     if not steps:
         return None
     step = restore_step if restore_step is not None else steps[-1]
@@ -220,11 +224,11 @@ def restore_run_state(checkpointer: Checkpointer, abstract_state: Any,
         earlier = [s for s in steps if s < step]
         raise CheckpointError(
             f"{e}\nRefusing to start from scratch over a damaged checkpoint. Nothing was deleted. "
-            + (f"To continue from an earlier one, rerun with --restore-step {earlier[-1]} "
+            + (f"To use an earlier one, rerun with {step_flag} {earlier[-1]} "
                f"(available: {earlier}), or move {checkpointer.step_dir(step)} aside." if earlier else
                f"No earlier checkpoint exists; move {checkpointer.step_dir(step)} aside to start over.")
         ) from e
-    if step < steps[-1]:
+    if step < steps[-1] and not checkpointer.read_only:
         set_aside = checkpointer.directory.parent / "superseded_checkpoints"
         moved = checkpointer.set_aside_after(step, set_aside)
         logging.warning("Restored step %d; later checkpoints %s were moved to %s", step, moved, set_aside)

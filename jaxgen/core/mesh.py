@@ -14,6 +14,8 @@ import numpy as np
 from jax.experimental import mesh_utils
 from jax.sharding import AxisType, Mesh
 
+from jaxgen.core.errors import ConfigError
+
 MESH_AXES = ("data", "fsdp", "tensor")
 
 
@@ -34,19 +36,19 @@ class MeshConfig:
         sizes = [self.data, self.fsdp, self.tensor]
         autos = [i for i, s in enumerate(sizes) if s == -1]
         if len(autos) > 1:
-            raise ValueError(f"At most one mesh axis may be -1 (auto); got {dict(zip(MESH_AXES, sizes))}")
+            raise ConfigError(f"At most one mesh axis may be -1 (auto); got {dict(zip(MESH_AXES, sizes))}")
         if any(s == 0 or s < -1 for s in sizes):
-            raise ValueError(f"Mesh axis sizes must be positive or -1; got {dict(zip(MESH_AXES, sizes))}")
+            raise ConfigError(f"Mesh axis sizes must be positive or -1; got {dict(zip(MESH_AXES, sizes))}")
         fixed = math.prod(s for s in sizes if s != -1)
         if autos:
             if num_devices % fixed:
-                raise ValueError(
+                raise ConfigError(
                     f"{num_devices} devices cannot be split into mesh {dict(zip(MESH_AXES, sizes))}: "
                     f"{num_devices} is not a multiple of {fixed}"
                 )
             sizes[autos[0]] = num_devices // fixed
         elif fixed != num_devices:
-            raise ValueError(f"Mesh {dict(zip(MESH_AXES, sizes))} needs {fixed} devices but {num_devices} are present")
+            raise ConfigError(f"Mesh {dict(zip(MESH_AXES, sizes))} needs {fixed} devices but {num_devices} are present")
         return tuple(sizes)
 
 
@@ -58,7 +60,7 @@ def make_mesh(config: MeshConfig = MeshConfig(), devices: Sequence[jax.Device] |
     devices = list(jax.devices() if devices is None else devices)
     if config.num_devices is not None:
         if not 0 < config.num_devices <= len(devices):
-            raise ValueError(f"num_devices={config.num_devices} but {len(devices)} devices are present")
+            raise ConfigError(f"num_devices={config.num_devices} but {len(devices)} devices are present")
         devices = devices[: config.num_devices]
     shape = config.axis_sizes(len(devices))
     try:

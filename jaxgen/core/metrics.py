@@ -1,7 +1,10 @@
 """Metric records: one JSON object per line in `metrics.jsonl`, mirrored to TensorBoard, plotted on demand.
 
 Training records carry `step` and `loss` (plus the task's metrics, `learning_rate`, `steps_per_sec`); evaluation
-records carry `step` and keys prefixed `eval/<evaluator>/`. Only process 0 writes.
+records carry `step` and keys prefixed `eval/<evaluator>/`. A re-evaluation of a saved checkpoint (`jaxgen eval`)
+adds a record marked `"source": "eval"`: it never replaces or passes for the one written during training, and
+re-evaluations with different overrides (`jaxgen eval --gin.X=...`) are all kept, in the order they ran. Only
+process 0 writes.
 """
 
 from __future__ import annotations
@@ -45,30 +48,45 @@ def read_records(workdir: str | Path) -> list[dict]:
 def truncate_after(workdir: str | Path, step: int) -> None:
     """Moves records past `step` (from a run that died before its next checkpoint, or that was rewound with
     `--restore-step`) to `metrics.superseded.jsonl`; the resumed run writes them again."""
-    path = Path(workdir) / METRICS_FILE
-    if not path.exists():
-        return
     records = read_records(workdir)
-    kept = [r for r in records if r.get("step", 0) <= step]
     dropped = [r for r in records if r.get("step", 0) > step]
     if dropped:
         with (Path(workdir) / "metrics.superseded.jsonl").open("a") as f:
             f.write("".join(json.dumps(r) + "\n" for r in dropped))
+    _rewrite(workdir, [r for r in records if r.get("step", 0) <= step])
+
+
+def _rewrite(workdir: str | Path, records: list[dict]) -> None:
+    """metrics.jsonl holding exactly `records`; left untouched when it already does (an unfinished last line, cut
+    short by a crash, counts as a difference)."""
+    path = Path(workdir) / METRICS_FILE
+    text = "".join(json.dumps(r) + "\n" for r in records)
+    if not path.exists() or path.read_text() == text:
+        return
     tmp = path.with_suffix(".tmp")
-    tmp.write_text("".join(json.dumps(r) + "\n" for r in kept))
+    tmp.write_text(text)
     tmp.replace(path)
 
 
 class MetricWriter:
-    def __init__(self, workdir: str | Path, *, enabled: bool = True, tensorboard: bool = True):
+    """Appends records to metrics.jsonl (and TensorBoard); `source` marks every record (`"source": "eval"`).
+
+    Files are opened at the first record, so a run with nothing left to do (a finished run started again) leaves
+    its workdir exactly as it was.
+    """
+
+    def __init__(self, workdir: str | Path, *, enabled: bool = True, tensorboard: bool = True,
+                 source: str | None = None):
         self.workdir = Path(workdir)
         self.enabled = enabled
+        self.source = source
+        self._tensorboard = tensorboard
         self._file = None
         self._tb = None
-        if not enabled:
-            return
+
+    def _open(self) -> None:
         self._file = (self.workdir / METRICS_FILE).open("a")
-        if tensorboard:
+        if self._tensorboard:
             try:
                 from tensorboardX import SummaryWriter
             except ImportError:
@@ -79,7 +97,11 @@ class MetricWriter:
     def write(self, step: int, values: Mapping[str, Any]) -> None:
         if not self.enabled:
             return
+        if self._file is None:
+            self._open()
         record = {"step": int(step), **{k: to_python(v) for k, v in values.items()}}
+        if self.source is not None:
+            record["source"] = self.source
         self._file.write(json.dumps(record) + "\n")
         self._file.flush()
         if self._tb is not None:

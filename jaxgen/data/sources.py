@@ -140,13 +140,7 @@ def builder(name: str, data_dir_override: str | None = None, *, prepare_offline:
             _prepare_once_per_filesystem(b, root)
             b = tfds.builder(name, data_dir=str(root), file_format="array_record")  # re-read what was written
         return b
-    try:
-        b = tfds.builder(name, data_dir=str(root))
-    except Exception as e:  # tfds raises DatasetNotFoundError / DatasetVariantBlockedError / config errors
-        known = list(_REGISTRY) + list(tfds.list_builders(with_community_datasets=False))
-        close = difflib.get_close_matches(base, known, n=3)
-        hint = f" Did you mean {', '.join(map(repr, close))}?" if close else ""
-        raise DatasetMissingError(f"Unknown dataset {name!r}: {e}.{hint} Offline datasets: {sorted(_REGISTRY)}") from e
+    b = _tfds_builder(name, root)
     if not b.is_prepared():
         raise DatasetMissingError(
             f"TFDS dataset {name!r} is not prepared in {root}. It needs the internet once: run "
@@ -155,6 +149,43 @@ def builder(name: str, data_dir_override: str | None = None, *, prepare_offline:
             f"that need nothing: {sorted(_REGISTRY)}."
         )
     return b
+
+
+def _tfds_builder(name: str, root: Path, **kwargs):
+    """`tfds.builder`, with a name it does not know answered by the closest known names (TFDS's own message lists
+    its whole catalog)."""
+    import tensorflow_datasets as tfds
+
+    try:
+        return tfds.builder(name, data_dir=str(root), **kwargs)
+    except tfds.core.registered.DatasetNotFoundError as e:
+        known = list(registered_datasets()) + list(tfds.list_builders(with_community_datasets=False))
+        close = difflib.get_close_matches(_base_name(name), known, n=3, cutoff=0.7)
+        hint = f" Did you mean {', '.join(map(repr, close))}?" if close else ""
+        raise DatasetMissingError(f"Unknown dataset {name!r}.{hint} Offline datasets: {sorted(registered_datasets())}; "
+                                  "any TFDS name works where the internet is (`jaxgen data list`).") from e
+    except Exception as e:  # a known name with a wrong version or config: TFDS's message says which exist
+        raise DatasetMissingError(f"Dataset {name!r}: {str(e).splitlines()[0]}") from e
+
+
+def _unreachable_downloads(b, manual: Path) -> list[str]:
+    """The URLs of `b`'s source files that are neither in `manual` (TFDS's manual-download folder) nor reachable.
+
+    Checked with one short connection per host, so a machine without the internet learns it in seconds rather than
+    after TFDS's minutes of retries. Empty when TFDS does not list the files (it then tries itself)."""
+    import socket
+    from urllib.parse import urlsplit
+
+    missing = [url for url, info in (b.url_infos or {}).items()
+               if not (info.filename and (manual / info.filename).exists())]
+    unreachable_hosts = set()
+    addresses = {(u.hostname, u.port or (443 if u.scheme == "https" else 80)) for u in map(urlsplit, missing)}
+    for host, port in addresses:
+        try:
+            socket.create_connection((host, port), timeout=5).close()
+        except OSError:
+            unreachable_hosts.add(host)
+    return [url for url in missing if urlsplit(url).hostname in unreachable_hosts]
 
 
 def _prepare_once_per_filesystem(b, root: Path) -> None:
@@ -214,11 +245,25 @@ def _has_ragged_features(features) -> bool:
 
 
 def prepare(name: str, data_dir_override: str | None = None):
-    """Prepares any dataset: offline builders locally, others through TFDS's download (needs the internet)."""
-    import tensorflow_datasets as tfds
-
+    """Prepares any dataset: offline builders locally, others through TFDS's download (needs the internet, or the
+    source files in TFDS's manual-download folder)."""
     if _registered_module(_base_name(name)) is not None:
         return builder(name, data_dir_override)
-    b = tfds.builder(name, data_dir=str(data_dir(data_dir_override)), file_format="array_record")
+    root = data_dir(data_dir_override)
+    b = _tfds_builder(name, root, file_format="array_record")
+    if b.is_prepared():
+        return b
+    manual = root / "downloads" / "manual"
+    instructions = getattr(b, "MANUAL_DOWNLOAD_INSTRUCTIONS", None)
+    if instructions and not (manual.is_dir() and any(manual.iterdir())):
+        raise DatasetMissingError(f"{name!r} is downloaded by hand, into {manual}/: {' '.join(instructions.split())} "
+                                  f"Then rerun `jaxgen data prepare {name}`.")
+    unreachable = _unreachable_downloads(b, manual)
+    if unreachable:
+        files = ", ".join(f"{url} ({b.url_infos[url].size})" for url in unreachable)
+        raise DatasetMissingError(
+            f"{name!r} is built from files on the internet, which this machine cannot reach. Download {files} where "
+            f"the internet is, put the file{'s' if len(unreachable) > 1 else ''} in {manual}/ and rerun "
+            f"`jaxgen data prepare {name}`; or copy a prepared {b.name}/ folder into {root}.")
     b.download_and_prepare()
     return b

@@ -56,3 +56,12 @@ def test_resolve_accepts_workdir_folder_or_step(tmp_path, saved):
     assert ckpt_lib.resolve(saved / "3") == (saved, 3)
     with pytest.raises(ckpt_lib.CheckpointError, match="does not exist"):
         ckpt_lib.resolve(tmp_path / "nope")
+
+
+def test_a_read_only_restore_of_an_earlier_step_moves_nothing(saved):
+    abstract = jax.eval_shape(lambda: tree())
+    reader = ckpt_lib.Checkpointer(saved, read_only=True)
+    _, _, step = ckpt_lib.restore_run_state(reader, abstract, 2, step_flag="--step")
+    assert step == 2 and reader.all_steps() == [2, 3] and not (saved.parent / "superseded_checkpoints").exists()
+    with pytest.raises(ckpt_lib.CheckpointError, match=r"--step 7: no such checkpoint.*available: \[2, 3\]"):
+        ckpt_lib.restore_run_state(reader, abstract, 7, step_flag="--step")

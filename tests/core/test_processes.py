@@ -141,7 +141,8 @@ def test_two_processes_train_checkpoint_and_resume(tmp_path):
     workdir = tmp_path / "two"
     run_two_processes(config, workdir, "--gin.TRAIN_STEPS=4", "--gin.EVAL_EVERY=0", "--gin.CHECKPOINT_EVERY=2")
     assert sorted(int(p.name) for p in (workdir / "checkpoints").iterdir() if p.name.isdigit()) == [2, 4]
-    run_two_processes(config, workdir, "--gin.TRAIN_STEPS=8", "--gin.EVAL_EVERY=0", "--gin.CHECKPOINT_EVERY=2")
+    run_two_processes(config, workdir, "--gin.TRAIN_STEPS=8", "--gin.EVAL_EVERY=0", "--gin.CHECKPOINT_EVERY=2",
+                      "--allow-config-change")  # training on to step 8 is a change of config
     assert (workdir / "checkpoints" / "8" / "jaxgen_manifest.json").exists()
     info = json.loads((workdir / "run_info.json").read_text())
     assert info["mesh"]["processes"] == 2 and info["devices"]["count"] == 2

@@ -31,6 +31,7 @@ from jaxgen.core import rng as rng_lib
 from jaxgen.core import sharding as sharding_lib
 from jaxgen.core import workdir as workdir_lib
 from jaxgen.core.classifier_task import ClassifierTask
+from jaxgen.core.errors import ConfigError, require_positive
 from jaxgen.core.evaluation import run_evaluators
 from jaxgen.core.monitor import StepMonitor, run_steps
 from jaxgen.core.optim import OptimizerConfig
@@ -253,14 +254,12 @@ def run(
     records as `jaxgen.train.run`; the state is data-parallel (replicated weights: these models are small)."""
     if mode not in MODES:
         raise ValueError(f"mode must be one of {MODES}; got {mode!r}")
-    for name, value in (("train_steps", train_steps), ("log_every", log_every), ("checkpoint_every", checkpoint_every),
-                        ("max_steps_in_flight", max_steps_in_flight)):
-        if value <= 0:
-            raise ValueError(f"{name} must be positive; got {value}")
+    require_positive(train_steps=train_steps, log_every=log_every, checkpoint_every=checkpoint_every,
+                     max_steps_in_flight=max_steps_in_flight)
     if eval_every < 0:
-        raise ValueError(f"eval_every must be >= 0 (0: only at the end); got {eval_every}")
+        raise ConfigError(f"eval_every must be >= 0 (0: only at the end); got {eval_every}")
     if not 0.0 <= ema_m < 1.0:
-        raise ValueError(f"ema_m must be in [0, 1); got {ema_m}")
+        raise ConfigError(f"ema_m must be in [0, 1); got {ema_m}")
 
     # ---------------------------------------------------------------------------------------------------------- setup
     workdir = Path(workdir).absolute()
@@ -270,10 +269,6 @@ def run(
     mesh = mesh_lib.make_mesh(mesh)
     lb_rows = sharding_lib.process_rows(data.labeled.batch_size, mesh)
     ulb_rows = sharding_lib.process_rows(data.unlabeled.batch_size, mesh)
-    if is_main and mode == "train":
-        workdir_lib.write_json(workdir / "run_info.json", workdir_lib.run_info(
-            mesh_lib.describe(mesh), {"train_data": data.state(0), "train_steps": train_steps, "seed": seed,
-                                      "algorithm": type(algorithm).__name__}))
 
     def global_batch(host_batch):
         return {"labeled": sharding_lib.to_global(host_batch["labeled"], mesh, data.labeled.batch_size),
@@ -299,8 +294,9 @@ def run(
     abstract = jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=replicated),
                             jax.eval_shape(init_state, init_stream))
     checkpointer = ckpt_lib.Checkpointer(workdir / "checkpoints", max_to_keep=keep_checkpoints,
-                                         async_save=async_checkpointing)
-    restored = ckpt_lib.restore_run_state(checkpointer, abstract, restore_step)
+                                         async_save=async_checkpointing, read_only=mode == "eval")
+    restored = ckpt_lib.restore_run_state(checkpointer, abstract, restore_step,
+                                          step_flag="--step" if mode == "eval" else "--restore-step")
     if restored is not None:
         state, saved_data, restored_at = restored
         ckpt_lib.warn_if_data_changed(saved_data, data.state(restored_at))
@@ -311,7 +307,11 @@ def run(
     start_step = int(jax.device_get(state.step))
     if is_main and mode == "train":
         metrics_lib.truncate_after(workdir, start_step)
-    writer = metrics_lib.MetricWriter(workdir, enabled=is_main)
+    if is_main and mode == "train" and start_step < train_steps:
+        workdir_lib.record_start(workdir, workdir_lib.run_info(
+            mesh_lib.describe(mesh), {"train_data": data.state(0), "train_steps": train_steps, "seed": seed,
+                                      "algorithm": type(algorithm).__name__, "start_step": start_step}))
+    writer = metrics_lib.MetricWriter(workdir, enabled=is_main, source="eval" if mode == "eval" else None)
     evaluators = SSLEvaluators(model, algorithm, data.num_classes, workdir)
 
     def evaluate(state: SSLState, step: int) -> dict[str, dict]:
