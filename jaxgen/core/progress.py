@@ -3,7 +3,8 @@
 A tqdm bar redraws itself with carriage returns; in a log file (`jaxgen run ... > log 2>&1`, `nohup` on a TPU pod,
 a scheduler's output file) that is one endless line of redraws. So the bar is drawn only when stderr is a terminal;
 otherwise each training record (every `log_every` steps, the same records as metrics.jsonl) is echoed as one plain
-line, `step 300/1500  loss 0.0794  12.3 steps/s`. `progress=False` (`--no-progress`) shows neither.
+line, `step 300/1500  loss 0.0794  12.3 steps/s`. `progress=False` (`--no-progress`) shows neither. (Plain tqdm, not
+`tqdm.auto`: a notebook is not a terminal, so it gets the lines, and no widget warning.)
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ import sys
 from collections.abc import Mapping, Sequence
 from typing import Any, TextIO
 
-from tqdm.auto import tqdm
+from tqdm import tqdm
 
 
 def is_terminal(stream: TextIO) -> bool:
