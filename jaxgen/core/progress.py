@@ -2,18 +2,23 @@
 
 A tqdm bar redraws itself with carriage returns; in a log file (`jaxgen run ... > log 2>&1`, `nohup` on a TPU pod,
 a scheduler's output file) that is one endless line of redraws. So the bar is drawn only when stderr is a terminal;
-otherwise each training record (every `log_every` steps, the same records as metrics.jsonl) is echoed as one plain
-line, `step 300/1500  loss 0.0794  12.3 steps/s`. `progress=False` (`--no-progress`) shows neither. (Plain tqdm, not
-`tqdm.auto`: a notebook is not a terminal, so it gets the lines, and no widget warning.)
+otherwise training records (written every `log_every` steps, the same records as metrics.jsonl) are echoed as plain
+lines, `step 300/1500  loss 0.0794  12.3 steps/s`: the first, the last, and at most one per
+`MIN_SECONDS_BETWEEN_LINES` between them (a fast CPU run writes a record every few milliseconds). `progress=False`
+(`--no-progress`) shows neither. Plain tqdm, not `tqdm.auto`: a notebook is not a terminal, so it gets the lines
+(and no widget warning).
 """
 
 from __future__ import annotations
 
 import sys
+import time
 from collections.abc import Mapping, Sequence
 from typing import Any, TextIO
 
 from tqdm import tqdm
+
+MIN_SECONDS_BETWEEN_LINES = 5.0
 
 
 def is_terminal(stream: TextIO) -> bool:
@@ -21,14 +26,21 @@ def is_terminal(stream: TextIO) -> bool:
 
 
 class EchoingWriter:
-    """A metrics writer that also prints each record it writes as one line (the training loop's view of progress
-    when no bar can be drawn). Everything else is the wrapped writer's."""
+    """A metrics writer that also prints records it writes as lines (the training loop's view of progress when no
+    bar can be drawn): the first, the last, and at most one per `min_seconds` between. Everything else is the
+    wrapped writer's."""
 
-    def __init__(self, writer, total: int, keys: Sequence[str], stream: TextIO):
+    def __init__(self, writer, total: int, keys: Sequence[str], stream: TextIO,
+                 min_seconds: float = MIN_SECONDS_BETWEEN_LINES):
         self._writer, self._total, self._keys, self._stream = writer, total, tuple(keys), stream
+        self._min_seconds, self._last_line = min_seconds, None
 
     def write(self, step: int, values: Mapping[str, Any]) -> None:
         self._writer.write(step, values)
+        now = time.monotonic()
+        if step != self._total and self._last_line is not None and now - self._last_line < self._min_seconds:
+            return
+        self._last_line = now
         shown = [f"{k} {values[k]:.4g}" for k in self._keys if isinstance(values.get(k), (int, float))]
         if "steps_per_sec" in values:
             shown.append(f"{values['steps_per_sec']:.1f} steps/s")
@@ -41,7 +53,7 @@ class EchoingWriter:
 def training_display(writer, *, total: int, initial: int, desc: str, enabled: bool, keys: Sequence[str] = ("loss",),
                      stream: TextIO | None = None):
     """(progress bar, writer for the step monitor): a live bar on a terminal, or a disabled bar and a writer that
-    echoes every training record as a line; with `enabled=False` (no progress wanted, or not process 0), neither."""
+    echoes training records as lines; with `enabled=False` (no progress wanted, or not process 0), neither."""
     stream = stream or sys.stderr
     terminal = enabled and is_terminal(stream)
     bar = tqdm(total=total, initial=initial, disable=not terminal, unit="step", dynamic_ncols=True, desc=desc,

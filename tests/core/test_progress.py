@@ -46,3 +46,19 @@ def test_a_terminal_gets_the_bar_and_no_lines():
     bar, monitor_writer = progress.training_display(writer, total=10, initial=0, desc="t", enabled=False,
                                                     stream=io.StringIO())
     assert bar.disable and monitor_writer is writer
+
+
+def test_plain_lines_come_at_most_once_per_interval_plus_the_first_and_the_last():
+    class Writer:
+        def __init__(self):
+            self.steps = []
+
+        def write(self, step, values):
+            self.steps.append(step)
+
+    stream, writer = io.StringIO(), Writer()
+    echo = progress.EchoingWriter(writer, total=50, keys=("loss",), stream=stream, min_seconds=3600)
+    for step in range(10, 51, 10):
+        echo.write(step, {"loss": 1.0 / step, "steps_per_sec": 100.0})
+    assert writer.steps == [10, 20, 30, 40, 50], "every record is still written"
+    assert stream.getvalue().splitlines() == ["step 10/50  loss 0.1  100.0 steps/s", "step 50/50  loss 0.02  100.0 steps/s"]
