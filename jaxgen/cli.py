@@ -2,9 +2,10 @@
 
     jaxgen run configs/quickstart.gin --workdir runs/quickstart --gin.TRAIN_STEPS=500
     jaxgen eval --workdir runs/quickstart
-    jaxgen sweep --root runs/grid --configs A.gin B.gin --tiers - fixmatch.gin --seeds 0 1 2 --parallel 4
+    jaxgen sweep --root runs/grid --configs configs/quickstart_smoke.gin --tiers - configs/quickstart/mlp.gin --seeds 1
     jaxgen list
-    jaxgen data prepare mnist5k | jaxgen data inspect digits --split test --picture digits.png
+    jaxgen data prepare mnist5k
+    jaxgen data inspect digits --split test --picture digits.png
     jaxgen bench trainer_scaling --steps 60
     jaxgen tpu configs/quickstart.gin --tpu my-pod --zone us-central2-b --workdir /gcs/bucket/run
 """

@@ -61,4 +61,5 @@ def test_plain_lines_come_at_most_once_per_interval_plus_the_first_and_the_last(
     for step in range(10, 51, 10):
         echo.write(step, {"loss": 1.0 / step, "steps_per_sec": 100.0})
     assert writer.steps == [10, 20, 30, 40, 50], "every record is still written"
-    assert stream.getvalue().splitlines() == ["step 10/50  loss 0.1  100.0 steps/s", "step 50/50  loss 0.02  100.0 steps/s"]
+    assert stream.getvalue().splitlines() == ["step 10/50  loss 0.1  100.0 steps/s",
+                                              "step 50/50  loss 0.02  100.0 steps/s"]

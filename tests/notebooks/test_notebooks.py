@@ -39,7 +39,7 @@ def test_notebook_opens_in_colab_and_installs_itself(path):
              f"{path.relative_to(REPO)}")
     assert badge in notebook.cells[0].source, f"the first cell should carry the Open-in-Colab badge {badge}"
     setup = _code_cells(notebook)[0].source
-    assert f'REPOSITORY = "{REPOSITORY}"' in setup and "pip" in setup, "the first code cell installs from the repository"
+    assert f'REPOSITORY = "{REPOSITORY}"' in setup and "pip" in setup, "the first code cell installs jaxgen"
     assert "os.environ" not in setup and "JAXGEN_REPO" not in setup, "no variable to set"
     assert not any("plt.show()" in cell.source for cell in _code_cells(notebook)), "figures go out as PNG images"
 
