@@ -2,9 +2,10 @@
 
     jaxgen run configs/quickstart.gin --workdir runs/quickstart --gin.TRAIN_STEPS=500
     jaxgen eval --workdir runs/quickstart
-    jaxgen sweep --root runs/grid --configs A.gin B.gin --tiers - fixmatch.gin --seeds 0 1 2 --parallel 4
+    jaxgen sweep --root runs/grid --configs configs/quickstart_smoke.gin --tiers - configs/quickstart/mlp.gin --seeds 1
     jaxgen list
-    jaxgen data prepare mnist5k | jaxgen data inspect digits --split test --picture digits.png
+    jaxgen data prepare mnist5k
+    jaxgen data inspect digits --split test --picture digits.png
     jaxgen bench trainer_scaling --steps 60
     jaxgen tpu configs/quickstart.gin --tpu my-pod --zone us-central2-b --workdir /gcs/bucket/run
 """
@@ -12,12 +13,14 @@
 from __future__ import annotations
 
 import argparse
+import itertools
 import logging
 import os
 import shlex
 import shutil
 import subprocess
 import sys
+import textwrap
 from pathlib import Path
 
 from jaxgen.core import workdir as workdir_lib
@@ -117,15 +120,34 @@ def cmd_eval(args, bindings) -> int:
     return 0
 
 
+def _table(rows: list[tuple[str, ...]], widths: tuple[int, ...]) -> str:
+    """Rows of text wrapped into columns of these widths, a blank line between rows; a newline in a cell starts a
+    new paragraph."""
+    lines = []
+    for row in rows:
+        cells = [[part for paragraph in text.split("\n") for part in textwrap.wrap(paragraph, width)] or [""]
+                 for text, width in zip(row, widths)]
+        for parts in itertools.zip_longest(*cells, fillvalue=""):
+            lines.append("  ".join(part.ljust(width) for part, width in zip(parts, widths)).rstrip())
+        lines.append("")
+    return "\n".join(lines).rstrip()
+
+
 def cmd_list(args, bindings) -> int:
     from jaxgen import config
 
     root = Path(args.configs_dir) if args.configs_dir else config.configs_root()
+    rows = [("experiment", "hardware", "what it is (→ the result it should reach)")]
     for path in config.all_config_files(root):
         recipe = config.read_recipe(path)
         if recipe.get("Recipe"):
-            expected = f"  → {recipe['Expected']}" if recipe.get("Expected") else ""
-            print(f"{path.relative_to(root.parent)}  {recipe['Recipe']}{expected}")
+            expected = f"\n→ {recipe['Expected']}" if recipe.get("Expected") else ""
+            rows.append((str(path.relative_to(root.parent)), recipe.get("Hardware", "not stated"),
+                         recipe["Recipe"] + expected))
+    path_width = max(len(row[0]) for row in rows)
+    hardware_width = 26
+    text_width = max(40, shutil.get_terminal_size((140, 24)).columns - path_width - hardware_width - 4)
+    print(_table(rows, (path_width, hardware_width, text_width)))
     return 0
 
 
@@ -175,19 +197,29 @@ def cmd_bench(args, bindings) -> int:
 
 
 def cmd_tpu(args, bindings) -> int:
-    overrides = " ".join(shlex.quote(GIN_PREFIX + b) for b in bindings)
-    remote = (f"cd {shlex.quote(args.repo_dir)} && jaxgen run {' '.join(map(shlex.quote, args.config))} "
-              f"--workdir {shlex.quote(args.workdir)} --multihost --no-progress {overrides}").strip()
-    command = ["gcloud", "compute", "tpus", "tpu-vm", "ssh", args.tpu, f"--zone={args.zone}", "--worker=all",
-               f"--command={remote}"]
-    if args.project:
-        command.insert(5, f"--project={args.project}")
-    print(shlex.join(command))
+    from jaxgen import config, tpu
+
+    pod = tpu.Pod(args.tpu, args.zone, args.project, args.remote_dir.removeprefix("~/"))
+    try:
+        steps = tpu.launch_commands(pod, args.config, args.workdir, bindings, configs_root=config.configs_root(),
+                                    install=args.install or f"git+{tpu.repository_url()}")
+    except (FileNotFoundError, LookupError) as e:
+        raise config.ConfigError(str(e)) from e
+    for n, (what, command) in enumerate(steps, 1):
+        print(f"# {n}. {what}:\n{command}")
+    print(f"# Then, to follow worker 0's log (Ctrl-C stops following, not the run):\n#   {tpu.follow_command(pod)}\n"
+          f"# and to stop the run (SIGTERM: a checkpoint is saved; run step 3 again to resume):\n"
+          f"#   {tpu.stop_command(pod)}")
     if not args.launch:
         return 0
     if shutil.which("gcloud") is None:
-        raise SystemExit("--launch needs the gcloud CLI on PATH; run the command above where it is installed.")
-    return subprocess.run(command).returncode
+        raise SystemExit("--launch needs the gcloud CLI on PATH; run the commands above where it is installed.")
+    for what, command in steps:
+        print(f"jaxgen tpu: {what}", file=sys.stderr)
+        returncode = subprocess.run(shlex.split(command)).returncode
+        if returncode:
+            return returncode
+    return 0
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -237,14 +269,18 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("args", nargs=argparse.REMAINDER, help="passed to the script")
     bench.set_defaults(handler=cmd_bench)
 
-    tpu = sub.add_parser("tpu", help="print (or --launch) the command that starts a run on every TPU-VM worker")
+    tpu = sub.add_parser("tpu", help="print (or --launch) the commands that install, copy the recipe and start a run "
+                         "on every TPU-VM worker")
     tpu.add_argument("config", nargs="+")
     tpu.add_argument("--tpu", required=True, help="TPU VM / pod name")
     tpu.add_argument("--zone", required=True)
     tpu.add_argument("--project")
     tpu.add_argument("--workdir", required=True, help="a folder every worker sees (an NFS or gcsfuse mount such as /gcs/bucket/run)")
-    tpu.add_argument("--repo-dir", default="~/jaxgen", help="where jaxgen is checked out on the workers")
-    tpu.add_argument("--launch", action="store_true", help="run it (needs gcloud on PATH)")
+    tpu.add_argument("--remote-dir", default="jaxgen_run",
+                     help="the run folder on each worker (recipe, run.log, run.pid); relative paths are under $HOME")
+    tpu.add_argument("--install", help="the pip requirement to install on the workers (default: git+URL of "
+                     "jaxgen's repository; git+URL@COMMIT pins a commit)")
+    tpu.add_argument("--launch", action="store_true", help="run the first three commands (needs gcloud on PATH)")
     tpu.set_defaults(handler=cmd_tpu)
     return parser
 

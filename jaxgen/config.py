@@ -210,12 +210,21 @@ def config_text() -> str:
 
 
 def read_recipe(path: Path) -> dict[str, str]:
-    """The `# Field: value` header lines of an experiment file (empty for tier files without a recipe)."""
-    recipe = {}
+    """The header of an experiment file (empty for tier files without a recipe): `# Field: value` lines, each one
+    continued by the indented `#   ...` lines under it. A qualifier after a field's name stays with its value:
+    `# Expected (one run, seed 0): ...` gives Expected = "(one run, seed 0) ..."."""
+    recipe: dict[str, str] = {}
+    field = None
     for line in path.read_text().splitlines():
         if not line.startswith("#"):
             break
-        field, sep, value = line.lstrip("# ").partition(":")
-        if sep and field in RECIPE_FIELDS:
-            recipe[field] = value.strip()
+        text = line[1:]
+        if text.startswith("  ") and field:
+            recipe[field] += " " + text.strip()
+            continue
+        name, sep, value = text.strip().partition(":")
+        base, _, qualifier = name.partition(" (")
+        field = base if sep and base in RECIPE_FIELDS else None
+        if field:
+            recipe[field] = f"({qualifier} {value.strip()}" if qualifier else value.strip()
     return recipe

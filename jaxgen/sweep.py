@@ -26,9 +26,10 @@ from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor, as_completed
 from pathlib import Path
 
-from tqdm.auto import tqdm
+from tqdm import tqdm
 
 from jaxgen.core import metrics as metrics_lib
+from jaxgen.core import progress as progress_lib
 
 STATUS_FILE = "sweep_status.json"
 NO_TIER = "-"
@@ -104,13 +105,17 @@ def run_jobs(jobs: Sequence[Job], root: str | Path, parallel: int = 1, rerun: bo
     print(f"sweep: {len(jobs)} runs under {root}, {len(jobs) - len(todo)} already finished, "
           f"{len(todo)} to run, {parallel} at a time", flush=True)
     statuses = []
-    bar = tqdm(total=len(todo), desc="sweep", unit="run", disable=not progress)
+    terminal = progress and progress_lib.is_terminal(sys.stderr)  # elsewhere a bar is a line of redraws: plain lines
+    bar = tqdm(total=len(todo), desc="sweep", unit="run", disable=not terminal)
     with ThreadPoolExecutor(max_workers=parallel) as pool:
         futures = [pool.submit(_run_one, job, root, env) for job in todo]
         for future in as_completed(futures):
             status = future.result()
             statuses.append(status)
             bar.update(1)
+            if progress and not terminal:
+                print(f"sweep: {len(statuses)}/{len(todo)} done, {status['name']} (exit {status['returncode']})",
+                      flush=True)
             if status["returncode"] != 0:
                 bar.write(f"sweep: {status['name']} failed (exit {status['returncode']}); "
                           f"see {root / status['name'] / 'log.txt'}")

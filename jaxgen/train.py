@@ -21,11 +21,11 @@ import flax.linen as nn
 import jax
 import numpy as np
 import optax
-from tqdm.auto import tqdm
 
 from jaxgen.core import checkpoint as ckpt_lib
 from jaxgen.core import mesh as mesh_lib
 from jaxgen.core import metrics as metrics_lib
+from jaxgen.core import progress as progress_lib
 from jaxgen.core import rng as rng_lib
 from jaxgen.core import sharding as sharding_lib
 from jaxgen.core import workdir as workdir_lib
@@ -198,6 +198,7 @@ def run(
     start_step = int(jax.device_get(state.step))
     logging.info("Starting at step %d from %s", start_step, origin)
     if is_main and mode == "train":
+        progress_lib.announce_start(start_step, origin)
         metrics_lib.truncate_after(workdir, start_step)
     if is_main and mode == "train" and start_step < train_steps:  # a finished run, rerun, changes nothing
         workdir_lib.record_start(workdir, workdir_lib.run_info(
@@ -247,9 +248,9 @@ def run(
     # -------------------------------------------------------------------------------------------------------- the loop
     batches = prefetch(train_data.iterate(start_step, rows),
                        convert=lambda b: sharding_lib.to_global(b, mesh))
-    bar = tqdm(total=train_steps, initial=start_step, disable=not (progress and is_main), unit="step",
-               dynamic_ncols=True, desc=f"train {workdir.name}")
-    monitor = StepMonitor(writer, checkpointer, log_every=log_every, last_step=train_steps,
+    bar, monitor_writer = progress_lib.training_display(writer, total=train_steps, initial=start_step,
+                                                        desc=f"train {workdir.name}", enabled=progress and is_main)
+    monitor = StepMonitor(monitor_writer, checkpointer, log_every=log_every, last_step=train_steps,
                           max_in_flight=max_steps_in_flight, progress_bar=bar)
     try:
         state, eval_results = run_steps(

@@ -4,21 +4,32 @@ moves checkpoints, a config change is refused or kept as history) and the one-li
 from __future__ import annotations
 
 import json
+import os
 import platform
 import subprocess
 import sys
+import time
+from pathlib import Path
 
 import pytest
 
 from jaxgen import cli
 
 
-def test_list_shows_every_experiment_with_its_recipe(capsys):
+def test_list_shows_every_experiment_with_its_whole_recipe_and_hardware(capsys, monkeypatch):
+    monkeypatch.setenv("COLUMNS", "150")
     assert cli.main(["list"]) == 0
-    lines = capsys.readouterr().out.splitlines()
-    quickstart = next(line for line in lines if line.startswith("configs/quickstart.gin "))
-    assert "MNIST-5k" in quickstart and "→" in quickstart and "accuracy" in quickstart
-    assert not any(line.startswith("configs/common/") for line in lines), "tier files are not experiments"
+    rows = capsys.readouterr().out.split("\n\n")
+    hardware, text = rows[0].index("hardware"), rows[0].index("what it is")
+    tiny = next(row for row in rows if row.startswith("configs/svg/video_dit_moving_objects_tiny.gin "))
+    assert tiny.splitlines()[0][hardware:text].strip() == "2 CPU cores"
+    words = " ".join(line[text:] for line in tiny.splitlines()).split()
+    assert "what the notebook runs, shortened" in " ".join(words), "a recipe's continuation lines are shown"
+    h100 = next(row for row in rows if row.startswith("configs/svg/video_dit_moving_objects.gin "))
+    assert "1x H100" in h100 and "→ eval/sample/psnr_d0.25 24.3 dB" in h100
+    quickstart = next(row for row in rows if row.startswith("configs/quickstart.gin "))
+    assert "MNIST-5k" in quickstart and "→ eval/classification/accuracy" in quickstart
+    assert not any(row.startswith("configs/common/") for row in rows), "tier files are not experiments"
 
 
 def test_data_list_and_inspect(tmp_path, capsys):
@@ -164,12 +175,87 @@ def test_data_prepare_without_the_internet_fails_fast_saying_what_to_fetch(tmp_p
     assert "Did you mean 'cifar10'" in err and "abstract_reasoning" not in err and len(err) < 500
 
 
-def test_tpu_prints_the_pod_command_with_multihost(capsys):
-    assert cli.main(["tpu", "configs/quickstart.gin", "--tpu", "pod", "--zone", "us-central2-b", "--workdir",
-                     "/gcs/b/run", "--gin.TRAIN_STEPS=10"]) == 0
-    command = capsys.readouterr().out.strip()
-    assert command.startswith("gcloud compute tpus tpu-vm ssh pod --zone=us-central2-b --worker=all")
-    assert "--multihost" in command and "--gin.TRAIN_STEPS=10" in command and "configs/quickstart.gin" in command
+FAKE_GCLOUD = """#!{python}
+# Records its arguments; `ssh --command C` runs C through bash in $HOME (one worker), `scp` copies into $HOME.
+import json, os, shutil, subprocess, sys
+from pathlib import Path
+
+args = sys.argv[1:]
+with open(os.environ["FAKE_LOG"], "a") as log:
+    log.write(json.dumps({{"gcloud": args}}) + "\\n")
+home = Path(os.environ["HOME"])
+if args[:4] == ["compute", "tpus", "tpu-vm", "ssh"]:
+    sys.exit(subprocess.run(["bash", "-c", args[args.index("--command") + 1]], cwd=home).returncode)
+*sources, target = [a for a in args[5:] if not a.startswith("--")]
+destination = home / target.split(":", 1)[1]
+assert destination.is_dir(), f"scp: {{destination}} does not exist"
+for source in map(Path, sources):
+    (shutil.copytree if source.is_dir() else shutil.copy)(source, destination / source.name)
+"""
+
+FAKE_PYTHON = """#!{python}
+# The workers' python3: records its arguments and folder; a `jaxgen.cli` run then waits to be stopped.
+import json, os, sys, time
+
+with open(os.environ["FAKE_LOG"], "a") as log:
+    log.write(json.dumps({{"python3": sys.argv[1:], "cwd": os.getcwd()}}) + "\\n")
+if sys.argv[1:3] == ["-m", "jaxgen.cli"]:
+    time.sleep(60)
+"""
+
+
+def _wait_for(condition, seconds=20.0):
+    deadline = time.monotonic() + seconds
+    while not condition():
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.1)
+
+
+def _alive(pid: int) -> bool:
+    stat = Path(f"/proc/{pid}/stat")
+    return stat.exists() and stat.read_text().rpartition(")")[2].split()[0] != "Z"
+
+
+def test_tpu_commands_run_as_printed_through_a_fake_gcloud(tmp_path, capsys, repo):
+    extra = tmp_path / "mine.gin"
+    extra.write_text("include 'quickstart.gin'\n")
+    assert cli.main(["tpu", "configs/quickstart.gin", str(extra), "--tpu", "pod", "--zone", "us-central2-b",
+                     "--workdir", "/gcs/b/my run", "--gin.NOTE='a b'"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    commands = [line for line in lines if not line.startswith("#")]
+    follow, stop = [line.removeprefix("#   ") for line in lines if line.startswith("#   ")]
+    assert len(commands) == 3 and all(c.startswith("gcloud compute tpus tpu-vm ") for c in commands + [follow, stop])
+    assert all("--worker=all" in c for c in commands + [stop]) and "--worker=0" in follow
+    assert "'~" not in "\n".join(lines), "a quoted tilde never expands"
+
+    bin_dir, home, log = tmp_path / "bin", tmp_path / "worker_home", tmp_path / "calls.jsonl"
+    bin_dir.mkdir()
+    home.mkdir()
+    for name, text in (("gcloud", FAKE_GCLOUD), ("python3", FAKE_PYTHON)):
+        (bin_dir / name).write_text(text.format(python=sys.executable))
+        (bin_dir / name).chmod(0o755)
+    env = {**os.environ, "PATH": f"{bin_dir}{os.pathsep}{os.environ['PATH']}", "HOME": str(home), "FAKE_LOG": str(log)}
+    for command in commands:
+        assert subprocess.run(["bash", "-c", command], cwd=repo, env=env, timeout=60).returncode == 0, command
+
+    def calls():
+        return [json.loads(line) for line in log.read_text().splitlines()]
+
+    _wait_for(lambda: any(c.get("python3", [""])[1:2] == ["jaxgen.cli"] for c in calls()))
+    run_folder = home / "jaxgen_run"
+    pip, run = [c for c in calls() if "python3" in c]
+    assert pip["python3"][:3] == ["-m", "pip", "install"] and "jax[tpu]" in pip["python3"]
+    assert any(a.startswith("git+https://") for a in pip["python3"])
+    assert run == {"python3": ["-m", "jaxgen.cli", "run", "configs/quickstart.gin", "mine.gin", "--workdir",
+                               "/gcs/b/my run", "--multihost", "--no-progress", "--gin.NOTE='a b'"],
+                   "cwd": str(run_folder)}
+    assert (run_folder / "configs" / "quickstart.gin").is_file() and (run_folder / "configs" / "common").is_dir()
+    assert (run_folder / "mine.gin").read_text() == extra.read_text() and (run_folder / "run.log").exists()
+    assert '"$HOME"/jaxgen_run/run.log' in follow
+    pid = int((run_folder / "run.pid").read_text())
+    assert _alive(pid)
+    assert subprocess.run(["bash", "-c", stop], cwd=repo, env=env, timeout=60).returncode == 0
+    _wait_for(lambda: not _alive(pid))
 
 
 def test_bench_lists_the_benchmark_scripts_and_rejects_unknown_ones(capsys):

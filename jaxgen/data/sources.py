@@ -15,9 +15,13 @@ so jaxgen never needs tf.data.
 
 from __future__ import annotations
 
+import contextlib
 import difflib
 import importlib
+import io
+import logging
 import os
+import sys
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any, Protocol
@@ -28,6 +32,17 @@ _REGISTRY: dict[str, str] = {}
 _PROJECTS_PACKAGE = "jaxgen.projects"
 
 IN_MEMORY_LIMIT_BYTES = 1 << 30
+
+
+class _HideRoutineTfdsWarnings(logging.Filter):
+    """TFDS (through absl) warns "Variant folder ... has no dataset_info.json" each time it looks at a dataset that
+    is not prepared yet, which is every first use of an offline dataset: routine here, not the user's concern."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not record.getMessage().startswith("Variant folder")
+
+
+logging.getLogger("absl").addFilter(_HideRoutineTfdsWarnings())
 
 
 class DatasetMissingError(FileNotFoundError):
@@ -215,9 +230,24 @@ def _prepare_locked(b, root: Path) -> None:
         fcntl.flock(lock, fcntl.LOCK_EX)
         try:
             if not b.is_prepared():
-                b.download_and_prepare()
+                _prepare_quietly(b, root)
         finally:
             fcntl.flock(lock, fcntl.LOCK_UN)
+
+
+def _prepare_quietly(b, root: Path) -> None:
+    """One line instead of TFDS's "Downloading and preparing dataset Unknown size (download: Unknown size, ...)",
+    its closing message and its progress bars: an offline dataset downloads nothing and takes seconds."""
+    import tensorflow_datasets as tfds
+
+    print(f"Preparing dataset {b.name} in {root} (first use only; offline, a few seconds)", file=sys.stderr,
+          flush=True)
+    tfds.display_progress_bar(False)
+    try:
+        with contextlib.redirect_stdout(io.StringIO()):
+            b.download_and_prepare()
+    finally:
+        tfds.display_progress_bar(True)
 
 
 def source(name: str, split: str, data_dir_override: str | None = None) -> Source:

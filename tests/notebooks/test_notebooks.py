@@ -1,7 +1,9 @@
-"""Executes every notebook under experiments/notebooks/ on CPU, so the papers' notebooks keep working."""
+"""The notebooks under experiments/notebooks/: each opens in Colab from its badge, sets itself up with no variable to
+set, carries the outputs of a run (a reader sees results without running it), and executes on CPU here."""
 
 from __future__ import annotations
 
+import tomllib
 from pathlib import Path
 
 import nbformat
@@ -10,18 +12,49 @@ from nbclient import NotebookClient
 
 REPO = Path(__file__).resolve().parents[2]
 NOTEBOOKS = sorted((REPO / "experiments" / "notebooks").glob("*.ipynb"))
+REPOSITORY = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["urls"]["Repository"]
+MAX_BYTES = 1_000_000
 
 
 def test_there_are_notebooks():
     assert NOTEBOOKS
 
 
+def _code_cells(notebook):
+    return [cell for cell in notebook.cells if cell.cell_type == "code"]
+
+
+def _errors(notebook):
+    return [o for cell in _code_cells(notebook) for o in cell.get("outputs", []) if o.get("output_type") == "error"]
+
+
+def _images(notebook):
+    return [o for cell in _code_cells(notebook) for o in cell.get("outputs", []) if "image/png" in o.get("data", {})]
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.name)
+def test_notebook_opens_in_colab_and_installs_itself(path):
+    notebook = nbformat.read(path, as_version=4)
+    badge = (f"https://colab.research.google.com/github/{REPOSITORY.removeprefix('https://github.com/')}/blob/main/"
+             f"{path.relative_to(REPO)}")
+    assert badge in notebook.cells[0].source, f"the first cell should carry the Open-in-Colab badge {badge}"
+    setup = _code_cells(notebook)[0].source
+    assert f'REPOSITORY = "{REPOSITORY}"' in setup and "pip" in setup, "the first code cell installs jaxgen"
+    assert "os.environ" not in setup and "JAXGEN_REPO" not in setup, "no variable to set"
+    assert not any("plt.show()" in cell.source for cell in _code_cells(notebook)), "figures go out as PNG images"
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.name)
+def test_notebook_carries_the_outputs_of_a_run(path):
+    notebook = nbformat.read(path, as_version=4)
+    assert path.stat().st_size < MAX_BYTES
+    assert all(cell.get("outputs") for cell in _code_cells(notebook)), "execute it and save the outputs"
+    assert not _errors(notebook) and _images(notebook)
+
+
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.name)
 def test_notebook_executes(path):
     notebook = nbformat.read(path, as_version=4)
     NotebookClient(notebook, timeout=280, kernel_name="python3", resources={"metadata": {"path": str(REPO)}}).execute()
-    errors = [o for cell in notebook.cells if cell.cell_type == "code" for o in cell.get("outputs", [])
-              if o.get("output_type") == "error"]
-    assert not errors
-    images = [o for cell in notebook.cells for o in cell.get("outputs", []) if "image/png" in o.get("data", {})]
-    assert images, "a notebook should show at least one picture"
+    assert not _errors(notebook)
+    assert _images(notebook), "a notebook should show at least one picture"

@@ -44,6 +44,8 @@ def test_sweep_runs_in_parallel_skips_finished_runs_and_reports_failures(tmp_pat
     args = ["sweep", "--root", str(tmp_path), "--configs", SMOKE, "--seeds", "0", "1", "--parallel", "2",
             "--gin.TRAIN_STEPS=3", "--gin.EVAL_EVERY=0", "--gin.CHECKPOINT_EVERY=3"]
     assert cli.main(args) == 0
+    shown = capsys.readouterr()
+    assert "sweep: 2/2 done, quickstart_smoke/base/s" in shown.out and "\r" not in shown.err, "off a terminal: lines"
     runs = sweep.collect(tmp_path)
     assert sorted(runs) == ["quickstart_smoke/base/s0", "quickstart_smoke/base/s1"]
     for name, records in runs.items():

@@ -22,11 +22,11 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
-from tqdm.auto import tqdm
 
 from jaxgen.core import checkpoint as ckpt_lib
 from jaxgen.core import mesh as mesh_lib
 from jaxgen.core import metrics as metrics_lib
+from jaxgen.core import progress as progress_lib
 from jaxgen.core import rng as rng_lib
 from jaxgen.core import sharding as sharding_lib
 from jaxgen.core import workdir as workdir_lib
@@ -306,6 +306,8 @@ def run(
         state = jax.jit(init_state, out_shardings=replicated)(init_stream)
     start_step = int(jax.device_get(state.step))
     if is_main and mode == "train":
+        if restored is not None:
+            progress_lib.announce_start(start_step, f"workdir checkpoint {checkpointer.step_dir(start_step)}")
         metrics_lib.truncate_after(workdir, start_step)
     if is_main and mode == "train" and start_step < train_steps:
         workdir_lib.record_start(workdir, workdir_lib.run_info(
@@ -339,9 +341,10 @@ def run(
             step += 1
 
     batches = prefetch(host_batches(), convert=global_batch)
-    bar = tqdm(total=train_steps, initial=start_step, disable=not (progress and is_main), unit="step",
-               dynamic_ncols=True, desc=f"ssl {workdir.name}")
-    monitor = StepMonitor(writer, checkpointer, log_every=log_every, last_step=train_steps,
+    bar, monitor_writer = progress_lib.training_display(writer, total=train_steps, initial=start_step,
+                                                        desc=f"ssl {workdir.name}", enabled=progress and is_main,
+                                                        keys=("loss", "mask_rate"))
+    monitor = StepMonitor(monitor_writer, checkpointer, log_every=log_every, last_step=train_steps,
                           max_in_flight=max_steps_in_flight, progress_bar=bar, postfix_keys=("loss", "mask_rate"))
     try:
         state, eval_results = run_steps(

@@ -41,3 +41,26 @@ def test_dense_and_full_density_svg_samples_agree_and_report_heads():
     assert aux["head_is_temporal"].shape == (2, 2, 4, 2)  # [steps, layers, 2 * batch (CFG), heads]
     np.testing.assert_allclose(aux["density"], 1.0)
     assert not np.allclose(dense[0], dense[1])  # batch > 1: different captions, different videos
+
+
+
+def test_the_evaluator_says_when_svg_and_dense_videos_are_the_same(tmp_path):
+    """After a few steps the adaLN-Zero gates keep attention out (the smoke test: 131 dB at density 0.28): the
+    evaluator says the PSNR means nothing then. Sampling is stubbed: this is about the report, not the sampler."""
+    from jaxgen.core.task import EvalContext
+
+    task = _task(densities=(0.25,), num_videos=1)
+    batch = {"video": np.zeros((1, 4, 16, 16, 3), np.uint8), "caption": np.array([[3, 8, 12, 0] * 2])}
+    context = EvalContext(step=0, rng=jax.random.key(2), outdir=tmp_path, batches=lambda: iter([batch]),
+                          is_main_process=False)
+    aux = {"head_is_temporal": np.zeros((2, 2, 2, 2), bool), "density": np.full((2, 2), 0.28)}
+
+    def report(svg_offset):
+        task.sample = lambda variables, caption, rng, *, video_shape, density=None: (
+            jnp.zeros((1, *video_shape, 3)) + (0.0 if density is None else svg_offset), {} if density is None else aux)
+        return task.evaluate(None, context)
+
+    same = report(1e-6)
+    assert same["psnr_d0.25"] > 100 and "adaLN-Zero gates" in same["note"] and "d0.25" in same["note"]
+    different = report(0.05)
+    assert different["psnr_d0.25"] < 60 and "note" not in different
