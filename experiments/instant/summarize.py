@@ -169,7 +169,7 @@ def main() -> None:
                                                   "pseudo_labels": quality, "selection": selection}, indent=1))
     quality_picture(quality, out / "pl_quality.png")
     curve_pictures(runs, out)
-    print("Error rate % (EMA model, final evaluation; mean ± std over seeds, seed count in brackets)\n")
+    print("Error rate % (EMA model, final evaluation; mean ± sample std (ddof = 1) over seeds, seed count in brackets)\n")
     print(errors_md)
     print(f"\nPseudo-labels at the end of training: mask rate (quantity) / accuracy of the accepted ones (quality), "
           f"training batches after step {args.late_from}, mean over seeds\n")

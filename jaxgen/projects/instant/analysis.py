@@ -24,9 +24,10 @@ def final_error(records: Sequence[Mapping[str, Any]]) -> float:
 
 
 def mean_std(values: Sequence[float]) -> tuple[float, float]:
-    """Mean and population standard deviation (numpy's default, as USB's tables report over seeds)."""
+    """Mean and sample standard deviation (ddof = 1, the spread of seeds drawn from many possible ones); the std of a
+    single value is reported as 0."""
     values = np.asarray(values, np.float64)
-    return float(values.mean()), float(values.std())
+    return float(values.mean()), float(values.std(ddof=1)) if values.size > 1 else 0.0
 
 
 def quality_at_mask_rate(records: Sequence[Mapping[str, Any]], bins: np.ndarray, *,

@@ -19,8 +19,9 @@ def test_final_error_takes_the_last_evaluation():
         analysis.final_error([{"step": 1, "loss": 2.0}])
 
 
-def test_mean_std_is_the_population_std():
-    assert analysis.mean_std([1.0, 3.0]) == (2.0, 1.0)
+def test_mean_std_is_the_sample_std():
+    assert analysis.mean_std([1.0, 3.0]) == (2.0, math.sqrt(2.0))
+    assert analysis.mean_std([4.0]) == (4.0, 0.0)
 
 
 def test_quality_at_mask_rate_bins_by_quantity_and_skips_empty_batches():
