@@ -177,11 +177,11 @@ def test_tpu_kernels_under_the_tpu_simulator(monkeypatch):
   # pltpu.InterpretParams() simulates TPU memory spaces, DMAs and semaphores, with the TPU compiler params (grid
   # semantics) the kernels are launched with, reads out of bounds raising and scratch filled with NaN; ~2x slower
   # than the generic interpreter here, so one case: forward (one pallas_call) and gradients (dq and dk/dv calls),
-  # a ragged sequence end, a broadcast mask with an empty row. On the CPU device, also on a GPU host.
+  # a ragged sequence end, a row without active blocks. On the CPU device, also on a GPU host.
   _run_tpu_kernels(monkeypatch, pltpu.InterpretParams())
   with jax.default_device(jax.devices("cpu")[0]):
-    q, k, v, do = _inputs(12, 2, 100, 1, 64, jnp.float32)
-    mask = _random_mask(13, 1, 1, 100, 32, 32, 0.6).at[0, 0, 1].set(False)
+    q, k, v, do = _inputs(12, 1, 72, 1, 64, jnp.float32)
+    mask = _random_mask(13, 1, 1, 72, 32, 32, 0.6).at[0, 0, 1].set(False).at[0, 0, 2, 2].set(True)
     attend = lambda q, k, v: block_sparse_attention(q, k, v, mask, block_q=32, block_kv=32, implementation="tpu")
     reference = lambda q, k, v: block_sparse_attention_reference(q, k, v, mask, block_q=32, block_kv=32)
     assert _rel_err(attend(q, k, v), reference(q, k, v)) < _TOLERANCE[jnp.float32]
