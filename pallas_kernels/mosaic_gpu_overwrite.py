@@ -2,9 +2,9 @@
 
 Why: Pallas' `plgpu.wgmma` always accumulates, so a fresh `plgpu.ACC` is first filled with zeros. A kernel that
 starts a new accumulator often pays for that: the int4 grouped GEMM starts one per 64-deep quantization group, and
-zeroing 64 registers per thread and group took ~80 of its ~265 instructions per group (SASS counts on an H100). PTX
-`wgmma.mma_async` has a predicate, scale-d, that makes D = A @ B without reading D. With it, the zeros are dead code
-and ptxas drops them: the GEMM at 4096 x 3072 x 12288 went from 611 to 531 us (experiments/bench/int4_matmul_notes.md).
+zeroing 64 registers per thread and group was a large share of its instructions per group (SASS counts on an H100).
+PTX `wgmma.mma_async` has a predicate, scale-d, that makes D = A @ B without reading D. With it, the zeros are dead
+code and ptxas drops them (the GEMM's time before and after: experiments/bench/int4_matmul_notes.md).
 
 How: Mosaic GPU emits scale-d = 1 unconditionally and has no switch for it, so this module extends its lowering.
 `wgmma_overwriting` is `plgpu.wgmma` inside a `jax.named_scope` whose name reaches the Mosaic GPU dialect op as its

@@ -13,6 +13,11 @@ import pytest
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "tests"))
 
+# The Mosaic GPU interpreter runs each simulated warpgroup as a CPU computation that blocks in barrier waits; with the
+# CPU client's thread pool sized to the cores (2 on CI) the fourth of them never got a thread and interpreted tests
+# hung (seen 2026-12-07). PJRT_NPROC sizes that pool; it is read when the CPU backend starts, so set it before any test.
+os.environ.setdefault("PJRT_NPROC", str(max(8, os.cpu_count() or 1)))
+
 # Float32 references must be float32: on a GPU, XLA's default precision runs f32 matmuls in TF32 (10-bit mantissa),
 # the likely cause of the f32 kernel and reference test failures seen there (2026-11-26). CPU results are unchanged.
 jax.config.update("jax_default_matmul_precision", "highest")

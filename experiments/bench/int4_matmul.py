@@ -11,6 +11,9 @@ kernels. Every op is first checked against a float32 reference (relative Frobeni
 over several distinct input sets inside one jit (3-6 at large M so repeated runs do not measure the L2 cache, 24 at
 small M so that the dispatch does not dominate); after a warmup, CUPTI kernel time and back-to-back wall time, medians
 of many repetitions, per call (`time_op`). Imports only jax, numpy and pallas_kernels (no gin, no jaxgen).
+
+A run writes its own report (`shapes`, `sweep`) to --out, by default int4_matmul_run.json beside this script, never
+over int4_matmul.json: that file gathers the runs the README's tables quote, each under a key named for what it holds.
 """
 
 import argparse
@@ -119,7 +122,7 @@ def mosaic_w4a4_lowrank_persistent(d):
 
 
 def mosaic_w4a4_xla_quantize(d):
-  """Activation quantization in XLA instead of the Mosaic GPU kernel (the path before session 6)."""
+  """Activation quantization in XLA instead of the Mosaic GPU kernel (the path before the fused quantize kernel)."""
   return mosaic_w4a4(d, fused_quantize=False)
 
 
@@ -371,7 +374,8 @@ def main():
                       help="also time a few W4A16 tilings (only the named sweeps, if any)")
   parser.add_argument("--breakdown", nargs="*", metavar="STAGE",
                       help="also time each Mosaic stage alone at one shape (only the named stages, if any)")
-  parser.add_argument("--out", default=os.path.join(os.path.dirname(os.path.abspath(__file__)), "int4_matmul.json"))
+  parser.add_argument("--out",
+                      default=os.path.join(os.path.dirname(os.path.abspath(__file__)), "int4_matmul_run.json"))
   args = parser.parse_args()
   device = jax.devices()[0]
   print(f"device: {device.device_kind} ({device.platform}), jax {jax.__version__}", flush=True)

@@ -43,8 +43,9 @@ def supports(dtype, head_dim: int, block_q: int, block_kv: int) -> bool:
           and head_dim <= 128 and block_q == _COMPUTE_WGS * _ROWS and block_kv % _ROWS == 0 and block_kv <= 128)
 
 
-def _launch(body, *, out, scratch, grid, grid_names, num_threads=_COMPUTE_WGS + 1):
-  return compat.launch(body, out=out, scratch=scratch, grid=grid, grid_names=grid_names, num_threads=num_threads)
+def _launch(body, *, out, scratch, grid, grid_names, interpret, num_threads=_COMPUTE_WGS + 1):
+  return compat.launch(body, out=out, scratch=scratch, grid=grid, grid_names=grid_names, num_threads=num_threads,
+                       interpret=interpret)
 
 
 # ---- helpers shared by the kernels -----------------------------------------------------------------------------------
@@ -65,8 +66,8 @@ def _unmasked_steps(indices_row_ref, count, num_kv_blocks: int, mask_tail: bool)
 def _grid(block_axis: str, num_blocks: int, num_heads: int, batch: int):
   """(grid, names), heads varying fastest across consecutively launched CTAs.
 
-  Measured on an H100: launching the blocks of one head consecutively instead (so neighbouring rows, which share
-  most K/V blocks, run together) made the forward 1.3-1.6x slower (experiments/bench/block_sparse_attention_notes.md).
+  On an H100, launching the blocks of one head consecutively instead (so neighbouring rows, which share most K/V
+  blocks, run together) made the forward slower (experiments/bench/block_sparse_attention_notes.md).
   """
   return dict(grid=(num_heads, num_blocks, batch), grid_names=("heads", block_axis, "batch"))
 
@@ -78,7 +79,7 @@ def _mask_row(mask_batch: int, batch_index):
 # ---- forward ---------------------------------------------------------------------------------------------------------
 
 def forward(q, k, v, info: mask_info_lib.MaskInfo, *, block_q: int, block_kv: int, sm_scale: float, seq_len: int,
-            block_sizes: tuning.BlockSizes):
+            block_sizes: tuning.BlockSizes, interpret: bool = False):
   """Returns (out like q, lse2 f32 `[batch, heads, num_q_blocks * block_q]`); q/k/v unpadded."""
   batch, _, num_heads, head_dim = q.shape
   mask_batch, _, num_q_blocks, num_kv_blocks = info.kv_indices.shape
@@ -204,14 +205,14 @@ def forward(q, k, v, info: mask_info_lib.MaskInfo, *, block_q: int, block_kv: in
       plgpu.Barrier(num_arrivals=_COMPUTE_WGS),
   ]
   out = [jax.ShapeDtypeStruct(q.shape, dtype), jax.ShapeDtypeStruct((batch, num_heads, lse_len), jnp.float32)]
-  return _launch(body, out=out, scratch=scratch,
+  return _launch(body, out=out, scratch=scratch, interpret=interpret,
                  **_grid("q_block", num_q_blocks, num_heads, batch))(
                      q, k, v, info.kv_indices, info.kv_counts)
 
 
 # ---- backward --------------------------------------------------------------------------------------------------------
 
-def _dq(q, k, v, do, lse, delta, info, *, block_q, block_kv, sm_scale, seq_len, stages):
+def _dq(q, k, v, do, lse, delta, info, *, block_q, block_kv, sm_scale, seq_len, stages, interpret):
   """dq: per query block, walk the row's active key blocks in 64-key sub-steps (keeps p, dp at 32 registers)."""
   batch, _, num_heads, head_dim = q.shape
   mask_batch, _, num_q_blocks, num_kv_blocks = info.kv_indices.shape
@@ -304,12 +305,12 @@ def _dq(q, k, v, do, lse, delta, info, *, block_q, block_kv, sm_scale, seq_len, 
       plgpu.Barrier(num_arrivals=_COMPUTE_WGS, num_barriers=stages),
       plgpu.Barrier(num_arrivals=_COMPUTE_WGS, num_barriers=stages),
   ]
-  return _launch(body, out=jax.ShapeDtypeStruct(q.shape, dtype), scratch=scratch,
+  return _launch(body, out=jax.ShapeDtypeStruct(q.shape, dtype), scratch=scratch, interpret=interpret,
                  **_grid("q_block", num_q_blocks, num_heads, batch))(
                      q, k, v, do, lse, delta, info.kv_indices, info.kv_counts)
 
 
-def _dkv(q, k, v, do, lse, delta, info, *, block_q, block_kv, sm_scale, stages):
+def _dkv(q, k, v, do, lse, delta, info, *, block_q, block_kv, sm_scale, stages, interpret):
   """dk, dv: per key block (two warpgroups of 64 keys), walk the column's active query blocks in 64-row sub-steps."""
   batch, _, num_heads, head_dim = q.shape
   mask_batch, _, num_kv_blocks, _ = info.q_indices.shape
@@ -400,17 +401,17 @@ def _dkv(q, k, v, do, lse, delta, info, *, block_q, block_kv, sm_scale, stages):
       plgpu.Barrier(num_arrivals=wgs, num_barriers=stages),
   ]
   out = [jax.ShapeDtypeStruct(k.shape, dtype), jax.ShapeDtypeStruct(v.shape, dtype)]
-  return _launch(body, out=out, scratch=scratch, num_threads=wgs + 1,
+  return _launch(body, out=out, scratch=scratch, num_threads=wgs + 1, interpret=interpret,
                  **_grid("kv_block", num_kv_blocks, num_heads, batch))(
                      q, k, v, do, lse, delta, info.q_indices, info.q_counts)
 
 
 def backward(q, k, v, do, lse, delta, info: mask_info_lib.MaskInfo, *, block_q: int, block_kv: int,
-             sm_scale: float, seq_len: int, block_sizes: tuning.BlockSizes):
+             sm_scale: float, seq_len: int, block_sizes: tuning.BlockSizes, interpret: bool = False):
   """Returns (dq, dk, dv); lse from `forward` (base 2), delta f32 `[batch, heads, num_q_blocks * block_q]`."""
   stages = block_sizes.mosaic_stages
   dq = _dq(q, k, v, do, lse, delta, info, block_q=block_q, block_kv=block_kv, sm_scale=sm_scale,
-           seq_len=seq_len, stages=stages)
+           seq_len=seq_len, stages=stages, interpret=interpret)
   dk, dv = _dkv(q, k, v, do, lse, delta, info, block_q=block_q, block_kv=block_kv, sm_scale=sm_scale,
-                stages=stages)
+                stages=stages, interpret=interpret)
   return dq, dk, dv

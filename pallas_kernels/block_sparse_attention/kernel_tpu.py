@@ -1,5 +1,10 @@
-"""Mosaic TPU kernels with scalar prefetch, in the style of splash attention. Not run on a TPU here (none is lent);
-the tests exercise these bodies in interpret mode.
+"""Mosaic TPU kernels with scalar prefetch, in the style of splash attention.
+
+Never run on a TPU: none has been available to this project. What has run, on CPU: every case of
+test_block_sparse_attention.py under the generic Pallas interpreter (`interpret=True`), and one case, forward and
+gradients, under the TPU-semantics simulator (`pltpu.InterpretParams()`: TPU memory spaces, DMAs, semaphores and
+these kernels' compiler params). Neither compiles through Mosaic TPU, so lowering errors, VMEM limits and speed on a
+TPU are unknown.
 
 The active-block lists (mask_info) are scalar-prefetched into SMEM and drive the K/V (or Q/dO) index maps: the grid's
 last axis walks a row's list, so the pipeline DMAs only active blocks. The grid extent is static (the number of
@@ -125,14 +130,13 @@ def _heads_major(x):
   return jnp.swapaxes(x, 1, 2)
 
 
-def _launch_options(interpret: bool) -> dict:
-  if interpret:
-    return dict(interpret=True)
-  return dict(compiler_params=pltpu.CompilerParams(dimension_semantics=_PARALLEL_THEN_SEQUENTIAL))
+def _launch_options(interpret: bool | pltpu.InterpretParams) -> dict:
+  return dict(compiler_params=pltpu.CompilerParams(dimension_semantics=_PARALLEL_THEN_SEQUENTIAL),
+              interpret=interpret)
 
 
 def forward(q, k, v, info: mask_info_lib.MaskInfo, *, block_q: int, block_kv: int, sm_scale: float, seq_len: int,
-            block_sizes: tuning.BlockSizes, interpret: bool = False):
+            block_sizes: tuning.BlockSizes, interpret: bool | pltpu.InterpretParams = False):
   """Returns (out `[batch, q_len, heads, head_dim]`, lse `[batch, heads, q_len]`); inputs padded to whole blocks."""
   del block_sizes  # the TPU pipeline depth is Pallas's default double buffering
   batch, q_len, num_heads, head_dim = q.shape
@@ -160,7 +164,8 @@ def forward(q, k, v, info: mask_info_lib.MaskInfo, *, block_q: int, block_kv: in
 
 
 def backward(q, k, v, do, lse, delta, info: mask_info_lib.MaskInfo, *, block_q: int, block_kv: int,
-             sm_scale: float, seq_len: int, block_sizes: tuning.BlockSizes, interpret: bool = False):
+             sm_scale: float, seq_len: int, block_sizes: tuning.BlockSizes,
+             interpret: bool | pltpu.InterpretParams = False):
   """Returns (dq, dk, dv) `[batch, seq, heads, head_dim]`; lse and delta `[batch, heads, q_len]`."""
   del block_sizes
   batch, q_len, num_heads, head_dim = q.shape

@@ -62,6 +62,9 @@ class _KernelFamily:
 
 _KERNEL_FAMILIES: dict[str, _KernelFamily] = {
     "mosaic_gpu": _KernelFamily(kernel_mosaic_gpu.forward, kernel_mosaic_gpu.backward, _multiple_of_8),
+    "mosaic_gpu_interpret": _KernelFamily(functools.partial(kernel_mosaic_gpu.forward, interpret=True),
+                                          functools.partial(kernel_mosaic_gpu.backward, interpret=True),
+                                          _multiple_of_8),
     "triton": _KernelFamily(functools.partial(kernel_gpu.forward, interpret=False),
                             functools.partial(kernel_gpu.backward, interpret=False), _whole_blocks),
     "interpret": _KernelFamily(functools.partial(kernel_gpu.forward, interpret=True),
@@ -191,7 +194,8 @@ def block_sparse_attention(q: jax.Array, k: jax.Array, v: jax.Array, block_mask:
     block_q, block_kv: the mask's block sizes in tokens.
     sm_scale: logits scale, 1 / sqrt(head_dim) by default.
     implementation: one of IMPLEMENTATIONS, or None for the best on the current backend (Mosaic GPU on Hopper for
-      bf16/f16 with head_dim 64/128 and 128-token query blocks, else Triton; TPU; interpret on CPU).
+      bf16/f16 with head_dim 64/128 and 128-token query blocks, else Triton; TPU; interpret on CPU). "interpret" and
+      "mosaic_gpu_interpret" run the Triton-backend and the Mosaic GPU kernel bodies in Pallas' interpreters.
     block_sizes: execution settings; by default the tuned entry for this device (tuning.py).
 
   Returns:
@@ -202,9 +206,9 @@ def block_sparse_attention(q: jax.Array, k: jax.Array, v: jax.Array, block_mask:
   head_dim = q.shape[-1]
   if implementation is None:
     implementation = default_implementation(q.dtype, head_dim, block_q, block_kv)
-  if implementation == "mosaic_gpu" and not kernel_mosaic_gpu.supports(q.dtype, head_dim, block_q, block_kv):
-    raise ValueError(f"implementation='mosaic_gpu' needs bf16/f16, head_dim in (64, 128), block_q=128 and block_kv "
-                     f"in (64, 128); got {q.dtype}, q shape {q.shape}, block_q={block_q}, block_kv={block_kv}")
+  if implementation.startswith("mosaic_gpu") and not kernel_mosaic_gpu.supports(q.dtype, head_dim, block_q, block_kv):
+    raise ValueError(f"implementation={implementation!r} needs bf16/f16, head_dim in (64, 128), block_q=128 and "
+                     f"block_kv in (64, 128); got {q.dtype}, q shape {q.shape}, block_q={block_q}, block_kv={block_kv}")
   if block_sizes is None:
     block_sizes = tuning.block_sizes_for(jax.devices()[0].device_kind, head_dim)
   static = _Static(block_q=block_q, block_kv=block_kv,

@@ -7,14 +7,14 @@
 tensor-core instruction, so 4-bit codes arrive here widened to 8 bits (`ops.py` does that in XLA). The e4m3 form is
 the "int4 as fp8" route: every code in -8..15 is exact in e4m3 and a group's products sum exactly in the float32
 accumulator (|sum| <= 64 * 8 * 15 < 2**24), so fp8 wgmma hands back float32 partial sums and the per-group rescale
-skips the int32 -> float32 conversion that int8 wgmma needs (on an H100 at 4096 x 3072 x 12288 and 4 stages: 671 vs
-713 us), so `ops.py` sends e4m3 codes for W4A4; W8A8's 8-bit codes only fit int8.
+skips the int32 -> float32 conversion that int8 wgmma needs (faster on an H100; the timings are in
+experiments/bench/int4_matmul_notes.md), so `ops.py` sends e4m3 codes for W4A4; W8A8's 8-bit codes only fit int8.
 
 Structure (the block-sparse attention kernels' pattern): a CTA owns a 128 x `tile_n` output tile; two compute
 warpgroups own 64 rows each, and a third "memory" warpgroup streams 64-deep K steps of `a`, `b` and their group's
 scale rows by TMA into a ring of `stages` shared-memory slots (one barrier per slot, four copies arriving on it).
 Per group a compute warpgroup runs the group's wgmmas into a fresh accumulator, the first of them written rather than
-added to (`wgmma_overwriting`: no zeroing; 611 -> 531 us at 4096 x 3072 x 12288), and, while they run, scales the
+added to (`wgmma_overwriting`: no zeroing of the accumulator), and, while they run, scales the
 previous group's partial sum by the outer product of its scale vectors into the float32 running sum. That rescale
 (a multiply and an FMA per accumulator element and group) is CUDA-core work of the same order as the group's
 tensor-core work, and it, not the tensor cores, bounds the kernel (experiments/bench/int4_matmul_notes.md). A slot
@@ -253,9 +253,8 @@ def grouped_gemm(a, b, a_scales, b_scales, low, up, bias, *, group_size: int, ou
           return run_group(g, lambda: rescaled(acc, previous_part, g - 1))
 
         # Two groups per loop iteration: the partial sum handed from one group to the next then alternates between
-        # two register sets instead of being copied back into the loop-carried one (64 moves per thread and group;
-        # dropping them took an H100 from 802 to 671 us at 4096 x 3072 x 12288). An odd group out runs before the
-        # loop.
+        # two register sets instead of being copied back into the loop-carried one (64 moves per thread and group,
+        # a large share of the kernel's time on an H100: int4_matmul_notes.md). An odd group out runs before the loop.
         load_epilogue_operands()
         carry = (compat.zeros(shape), run_group(0, lambda: None)[1])
         if groups % 2 == 0:

@@ -1,4 +1,9 @@
-"""TPU kernels (Pallas, Mosaic TPU lowering) for 4-bit and 8-bit matmuls. Not yet run on a TPU: see the README.
+"""TPU kernels (Pallas, Mosaic TPU lowering) for 4-bit and 8-bit matmuls.
+
+Never run on a TPU: none has been available to this project. What has run, on CPU: the public ops over these kernels
+under the generic Pallas interpreter (test_int4_matmul.py's TpuInterpretTest), and each kernel once under the
+TPU-semantics simulator (`pltpu.InterpretParams()`, TpuSimulatorTest: TPU memory spaces, DMAs and the kernels'
+compiler params). Neither compiles through Mosaic TPU, so lowering errors, VMEM limits and speed on a TPU are unknown.
 
 The classic TPU matmul shape: grid (M tiles, N tiles, K steps) with K innermost ("arbitrary"), a float32
 accumulator in VMEM, the epilogue (low-rank up-projection, bias) on the last K step. Packed weights are read in

@@ -138,9 +138,9 @@ def codes_as(codes, code_dtype):
   of `code_dtype` pass through.
 
   The e4m3 bits are cut out of the codes' float32 bits: e4m3 keeps the sign, the exponent rebased from 127 to 7 and
-  the top three mantissa bits, which hold all of a 4-bit integer. On an H100 the quantize and widen fusions took 30
-  and 29 us with int8 codes, 54 and 91 with XLA's own conversion, 45 and 237 with integer ops around clz, and 30.3
-  and 28.7 with this (experiments/bench/int4_matmul_notes.md).
+  the top three mantissa bits, which hold all of a 4-bit integer. On an H100 this made e4m3 codes as cheaply as int8
+  ones, where XLA's own conversion and integer ops around clz were several times slower (the variants and their
+  timings: experiments/bench/int4_matmul.json, `e4m3_conversion_variants_us`).
   """
   if codes.dtype == code_dtype:
     return codes
@@ -161,13 +161,14 @@ class _MosaicGpuBackend:
   per-group rescale, the up-projection and the bias; with `persistent` it runs one CTA per SM over its tiles. The
   low-rank branch runs in bf16 (SVDQuant's 16-bit branch), also for float32 inputs. W8A8 weights ([K, N] int8) are
   transposed to K-major in XLA per call. W4A16 goes to the Triton-lowered kernel, or with `mosaic_w4a16` (bf16 x,
-  M <= 64) to `w4a16_mosaic_gpu.py`; shapes the GEMM does not take (N not a multiple of 128) go to the Triton-lowered
-  kernels too. The tuned ring depth is lowered where it would overflow shared memory (a large rank). Measured on an
-  H100 (experiments/bench/README.md): W4A4 + rank 32 at 0.66-0.86x XLA bf16, W8A8 at 0.8-1.1x, both ahead of the
-  Triton kernels.
+  M <= 64) to `w4a16_mosaic_gpu.py`. Shapes the kernels do not take (N not a multiple of 128; for `mosaic_w4a16`,
+  M > 64 or x not bf16) raise a ValueError when this backend is named, and go to the Triton-lowered kernels when it
+  is the platform default (`fall_back`). The tuned ring depth is lowered where it would overflow shared memory (a
+  large rank). How fast against XLA bf16 and the Triton kernels: experiments/bench/README.md.
   """
 
   interpret: bool
+  fall_back: bool = False
 
   def supports(self, n):
     return n % kernel_mosaic_gpu.TILE_N_MULTIPLE == 0
@@ -175,6 +176,15 @@ class _MosaicGpuBackend:
   @property
   def _triton(self):
     return IMPLEMENTATIONS["pallas_gpu_interpret" if self.interpret else "pallas_gpu"]
+
+  def _fall_back(self, op, x, w, reason):
+    """The Triton-lowered backend for a call these kernels cannot serve, where falling back is allowed."""
+    if not self.fall_back:
+      name = "mosaic_gpu_interpret" if self.interpret else "mosaic_gpu"
+      raise ValueError(f"implementation={name!r} cannot run {op} with x {x.shape} {x.dtype} and weights {w.shape}: "
+                       f"{reason}. Name implementation='pallas_gpu' for the Triton-lowered kernels, or leave it None "
+                       f"to let the platform default choose")
+    return self._triton
 
   @staticmethod
   def _launch(m, codes, a_scales_t, b_codes, b_scales, low, up, bias, *, group_size, out_dtype, blocks, interpret):
@@ -196,8 +206,8 @@ class _MosaicGpuBackend:
 
   def w4a4(self, x, w_packed, w_scales, down, up, smooth, bias, *, group_size, signed, blocks):
     if not self.supports(w_packed.shape[1]):
-      return self._triton.w4a4(x, w_packed, w_scales, down, up, smooth, bias, group_size=group_size, signed=signed,
-                               blocks=blocks)
+      return self._fall_back("W4A4", x, w_packed, f"N must be a multiple of {kernel_mosaic_gpu.TILE_N_MULTIPLE}").w4a4(
+          x, w_packed, w_scales, down, up, smooth, bias, group_size=group_size, signed=signed, blocks=blocks)
     if down is not None:
       down, up = _pad_rank(down.astype(jnp.bfloat16), up.astype(jnp.bfloat16), kernel_mosaic_gpu.RANK_MULTIPLE)
     w_codes = reference.unpack_int4(w_packed, axis=0).T
@@ -221,8 +231,14 @@ class _MosaicGpuBackend:
 
   def w4a16(self, x, w_packed, w_scales, bias, *, group_size, blocks):
     (m, k), n = x.shape, w_packed.shape[1]
-    if not (blocks.mosaic_w4a16 and x.dtype == jnp.bfloat16 and w4a16_mosaic_gpu.supports(m, k, n, group_size)):
+    if not blocks.mosaic_w4a16:  # the tuned choice: W4A16 runs the Triton kernels under this backend
       return self._triton.w4a16(x, w_packed, w_scales, bias, group_size=group_size, blocks=blocks)
+    if not (x.dtype == jnp.bfloat16 and w4a16_mosaic_gpu.supports(m, k, n, group_size)):
+      reason = (f"the Mosaic W4A16 kernel takes bf16 x, M <= {w4a16_mosaic_gpu.MAX_M}, K a multiple of "
+                f"{w4a16_mosaic_gpu.STEP_K}, N of {w4a16_mosaic_gpu.TILE_N} and group_size "
+                f"{w4a16_mosaic_gpu.GROUP_SIZE} (got {group_size})")
+      return self._fall_back("W4A16", x, w_packed, reason).w4a16(x, w_packed, w_scales, bias, group_size=group_size,
+                                                                 blocks=blocks)
     partials = w4a16_mosaic_gpu.w4a16_partials(
         w4a16_mosaic_gpu.interleaved_x(x), w_packed, w_scales, out_rows=_round_up(m, 8),
         k_splits=w4a16_mosaic_gpu.filling_splits(n, k), interpret=self.interpret)
@@ -231,7 +247,8 @@ class _MosaicGpuBackend:
 
   def w8a8(self, x, w_codes, w_scales, bias, *, blocks):
     if not self.supports(w_codes.shape[1]):
-      return self._triton.w8a8(x, w_codes, w_scales, bias, blocks=blocks)
+      return self._fall_back("W8A8", x, w_codes, f"N must be a multiple of {kernel_mosaic_gpu.TILE_N_MULTIPLE}").w8a8(
+          x, w_codes, w_scales, bias, blocks=blocks)
     codes, a_scales = reference.quantize_int8_rows(x)
     k = x.shape[1]
     # One group spanning K: the int32 sum over all of K, then the per-token and per-channel scales.
@@ -248,9 +265,13 @@ def _grouped_halves(a, group_size):
 
 @dataclasses.dataclass(frozen=True)
 class _TpuBackend:
-  """Pallas Mosaic-TPU kernels (`kernel_tpu.py`); activation quantization and the down-projection run in XLA."""
+  """Pallas Mosaic-TPU kernels (`kernel_tpu.py`); activation quantization and the down-projection run in XLA.
 
-  interpret: bool
+  `interpret`: False on a TPU; True for the generic Pallas interpreter; a `pltpu.InterpretParams` for the TPU-semantics
+  simulator (the tests').
+  """
+
+  interpret: object
 
   @staticmethod
   def _fit(blocks, m, n, k, group_size):
@@ -317,11 +338,17 @@ def _default_implementation():
   return DEFAULT_BY_PLATFORM.get(jax.default_backend(), "reference")
 
 
+# A backend as the platform default, where it differs from the same backend named explicitly.
+_AS_DEFAULT = {"mosaic_gpu": _MosaicGpuBackend(interpret=False, fall_back=True)}
+
+
 def _backend(implementation):
-  name = implementation or _default_implementation()
-  if name not in IMPLEMENTATIONS:
-    raise ValueError(f"unknown implementation {name!r}; choose one of {sorted(IMPLEMENTATIONS)}")
-  return name, IMPLEMENTATIONS[name]
+  if implementation is None:
+    name = _default_implementation()
+    return name, _AS_DEFAULT.get(name, IMPLEMENTATIONS[name])
+  if implementation not in IMPLEMENTATIONS:
+    raise ValueError(f"unknown implementation {implementation!r}; choose one of {sorted(IMPLEMENTATIONS)}")
+  return implementation, IMPLEMENTATIONS[implementation]
 
 
 def _blocks(backend_name, op, m, block_sizes):

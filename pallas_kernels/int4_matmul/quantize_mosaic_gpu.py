@@ -3,21 +3,20 @@
     codes, scales = Q(x * inv_smooth) per token and 64-wide group (`reference.quantize_activations`, bit for bit)
     low[s] = x[:, K range s] @ down[K range s]              (bf16 operands, float32 partial sums per K range)
 
-Why: the Mosaic GPU W4A4 path otherwise runs two XLA fusions that both read x (on an H100 at 4096 x 3072:
-quantization 30 us, down-projection 13.5 us); this kernel does both in 19.9 us including the sum of the partials,
-which took W4A4 + rank 32 at 4096 x 3072 x 3072 from 193.6 to 165.8 us and the low-rank overhead from 10.5 to 4 %
-(experiments/bench/README.md). Nunchaku fuses them the same way.
+Why: the Mosaic GPU W4A4 path otherwise runs two XLA fusions that both read x (quantization, down-projection); this
+kernel does both in one read, which is what brings the low-rank branch's overhead within its goal (the timings, with
+and without it: experiments/bench/README.md). Nunchaku fuses them the same way.
 
-Structure (`kernel_mosaic_gpu.py`'s pattern): a CTA owns 128 rows and one of `k_splits` equal K ranges. The split
-is what makes it fast: 32 row tiles at M = 4096 leave 100 of an H100's 132 multiprocessors idle (46.4 us unsplit),
-and the quantization arithmetic, not memory, bounds each CTA. A memory warpgroup streams 64-deep K steps of x, of
-`inv_smooth` and of `down` by TMA into a ring of `stages` slots; each of two compute warpgroups, for its 64 rows and
-per step, starts the wgmma x_step @ down_step into the low-rank accumulator, quantizes the same x tile from shared
-memory on the CUDA cores while it runs (row max over the group, divide, round half to even, clip), and stores the
-codes and the scale row by TMA from one of two output buffers. Each K range writes its float32 partial x @ down,
-which `ops.py` adds up in XLA. Codes are written as int8 or e4m3 (through float16, exact for 4-bit values), the form
-the grouped GEMM takes. Group size 64 only (one group per K step); x bf16; M a multiple of 128 (`ops.py` pads), K of
-64, the rank of 64.
+Structure (`kernel_mosaic_gpu.py`'s pattern): a CTA owns 128 rows and one of `k_splits` equal K ranges. The split is
+what makes it fast: 32 row tiles at M = 4096 leave 100 of an H100's 132 multiprocessors idle (unsplit it was no faster
+than XLA's two fusions), and the quantization arithmetic, not memory, bounds each CTA. A memory warpgroup streams
+64-deep K steps of x, of `inv_smooth` and of `down` by TMA into a ring of `stages` slots; each of two compute
+warpgroups, for its 64 rows and per step, starts the wgmma x_step @ down_step into the low-rank accumulator, quantizes
+the same x tile from shared memory on the CUDA cores while it runs (row max over the group, divide, round half to even,
+clip), and stores the codes and the scale row by TMA from one of two output buffers. Each K range writes its float32
+partial x @ down, which `ops.py` adds up in XLA. Codes are written as int8 or e4m3 (through float16, exact for 4-bit
+values), the form the grouped GEMM takes. Group size 64 only (one group per K step); x bf16; M a multiple of 128
+(`ops.py` pads), K of 64, the rank of 64.
 """
 
 import jax

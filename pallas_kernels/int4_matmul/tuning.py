@@ -27,8 +27,8 @@ class BlockSizes:
   fused_quantize: Mosaic GPU W4A4 (bf16 x, group 64): quantize the activations and compute the low-rank
     down-projection in one kernel (`quantize_mosaic_gpu.py`, one read of x) instead of two XLA fusions.
   persistent: Mosaic GPU W4A4 / W8A8 GEMM with one persistent CTA per SM walking the output tiles (the next tile's
-    K steps load during this tile's epilogue) instead of one CTA per tile. Off: on an H100 it was 1.5-4 % slower at
-    three of four M = 4096 shapes (experiments/bench/README.md).
+    K steps load during this tile's epilogue) instead of one CTA per tile. Off: on an H100 it was slower at three of
+    four M = 4096 shapes (experiments/bench/README.md).
   gemv: GPU W4A16 with M <= kernel_gpu.GEMV_MAX_M: multiply-adds on the CUDA cores instead of a 16-row tensor-core
     dot (`kernel_gpu.w4a16_gemv`; block_m is unused).
   mosaic_w4a16: Mosaic GPU backend, bf16 x, M <= 64, group 64: W4A16 in `w4a16_mosaic_gpu.py` instead of the Triton
@@ -59,29 +59,26 @@ _H100 = {
                                   quantize_block_m=32, quantize_block_k=512),
     ("w4a4", "small"): BlockSizes(block_m=16, block_n=64, block_k=128, k_splits=4, num_warps=4, num_stages=4),
     ("w4a16", "large"): BlockSizes(block_m=128, block_n=128, block_k=64, num_warps=8, num_stages=4),
-    # At M = 64 one 64-row tile widens each weight once (16-row tiles widened it four times): 74.3 -> 54.1 us at
-    # 3072 x 12288 and 76.1 -> 48.7 us at 12288 x 3072 (int4_matmul.json, "session7").
+    # At M = 64 one 64-row tile widens each weight once (16-row tiles widened it four times); faster at every shape
+    # timed (experiments/bench/int4_matmul.json, `w4a16_m64_tiling`).
     ("w4a16", "small"): BlockSizes(block_m=64, block_n=128, block_k=128, k_splits=8, num_warps=4, num_stages=4),
-    # --sweep at M = 16 (experiments/bench/int4_matmul.json): 16 K splits of 128 x 128 tiles took 3072 x 12288 from
-    # 25.4 to 24.7 us and 12288 x 3072 from 46.7 to 22.8 us (bf16: 30 us each). At M = 64 it was mixed against the
-    # 4-split tiling (89 vs 74 us at 3072 x 12288, 69 vs 76 at 12288 x 3072), hence the separate decode class.
+    # 16 K splits of 128 x 128 tiles won the M = 16 sweep (int4_matmul.json, `w4a16_dot_sweep`); at M = 64 the
+    # same tiling was mixed against the 4-split one, hence the separate decode class.
     ("w4a16", "decode"): BlockSizes(block_m=16, block_n=128, block_k=128, k_splits=16, num_warps=4, num_stages=4),
-    # One token: the CUDA-core GEMV (`--sweep gemv`, int4_matmul.json "session7") took 18.0 / 21.3 / 10.3 / 21.5 us
-    # where the 16-row dot took 24.2 / 23.9 / 10.6 / 29.4 (3072 x 12288, 12288 x 3072, 3072 x 3072, 3072 x 15360;
-    # bf16 32.7 / 29.2 / 18.0 / 40.0). From two tokens on the dot wins (M = 2: 31.4 vs 24.3 us at 3072 x 12288),
-    # since the GEMV's work grows with every token.
+    # One token: the CUDA-core GEMV beat the 16-row dot at the four shapes timed (`--sweep gemv`; int4_matmul.json,
+    # `w4a16_gemv_sweep`); from two tokens on the dot wins (`w4a16_gemv_vs_dot_probe`), since the GEMV's work grows
+    # with every token.
     ("w4a16", "gemv"): BlockSizes(block_n=256, block_k=128, k_splits=32, num_warps=4, num_stages=4, gemv=True),
     ("w8a8", "large"): BlockSizes(block_m=128, block_n=128, block_k=128, num_warps=8, num_stages=4,
                                   quantize_block_k=512),
     ("w8a8", "small"): BlockSizes(block_m=16, block_n=64, block_k=128, k_splits=4, num_warps=4, num_stages=4),
 }
 
-# Measured at 4096 x 3072 x 12288 (experiments/bench/int4_matmul_notes.md): W8A8 needs a deep ring (8 stages:
-# 561 -> 417 us); so does W4A4 since its rescale got cheaper (e4m3 GEMM 671 / 645 / 589 us at 4 / 6 / 8 stages).
-# W4A4 takes e4m3 codes: no int32 -> float32 conversion per group (GEMM 671 vs 713 us at 4 stages), and
-# ops.codes_as makes them as cheaply as int8 ones. ops.py lowers the depth where it would overflow shared memory.
-# The fused quantize kernel took W4A4 + rank 32 at 4096 x 3072 x 3072 from 193.6 to 165.8 us (XLA quantization and
-# down-projection: 30 + 13.5 us; the kernel, K split over the GPU: 19.9 us); small M is not measured with it.
+# Chosen at 4096 x 3072 x 12288 (the timings: experiments/bench/int4_matmul_notes.md): W8A8 needs a deep ring (8
+# stages); so does W4A4 since its rescale got cheaper. W4A4 takes e4m3 codes: no int32 -> float32 conversion per
+# group, and ops.codes_as makes them as cheaply as int8 ones. ops.py lowers the depth where it would overflow shared
+# memory. The fused quantize kernel is on at large M, where it was faster at every shape timed
+# (experiments/bench/README.md); small M is not measured with it.
 _H100_MOSAIC = {
     ("w4a4", "large"): BlockSizes(block_n=128, num_stages=8, code_dtype="float8_e4m3fn", fused_quantize=True),
     ("w4a4", "small"): BlockSizes(block_n=128, num_stages=8, code_dtype="float8_e4m3fn"),

@@ -2,10 +2,10 @@
 
     partial[s] = x[:, K range s] @ dequant(W)[K range s]        (bf16 operands, float32 partial sums per K range)
 
-Why: at M <= 64 the product is a stream of weights, and int4 moves 3.56x fewer bytes than bf16, but the Triton
-kernel reads them at 0.9 TB/s where XLA's bf16 GEMV reaches 2.3 (experiments/bench/README.md): it is latency-bound,
-one 64-deep group per loop step with the nibble unpacking between the loads and the dot. Here a memory warpgroup
-keeps a ring of TMA copies in flight, and the tensor cores do the product, so the CUDA cores only widen weights.
+Why: at M <= 64 the product is a stream of weights, and int4 moves 3.56x fewer bytes than bf16, but the Triton kernel
+reads them at well under the bandwidth XLA's bf16 GEMV reaches (experiments/bench/README.md): it is latency-bound, one
+64-deep group per loop step with the nibble unpacking between the loads and the dot. Here a memory warpgroup keeps a
+ring of TMA copies in flight, and the tensor cores do the product, so the CUDA cores only widen weights.
 
 Structure (`kernel_mosaic_gpu.py`'s pattern): a CTA owns 128 output columns and one of `k_splits` K ranges (the
 split fills the GPU where N / 128 CTAs would not). Per 128-deep K step (two groups, so the 64 packed rows match the
@@ -20,8 +20,8 @@ while the warpgroup widens step j + 1 into its other B tile. x is padded to 64 r
 
 Requires group size 64, K a multiple of 128, N of 128, M <= 64.
 
-Measured on an H100 it is slower than the Triton kernels (35 vs 24 us at 16 x 3072 x 12288; ~1.45 us per step,
-experiments/bench/README.md), so it is opt-in (`BlockSizes.mosaic_w4a16`).
+On an H100 it measured slower than the Triton kernels at every shape timed (experiments/bench/README.md), so it is
+opt-in (`BlockSizes.mosaic_w4a16`).
 """
 
 import jax

@@ -13,10 +13,10 @@ computes all heads; the output of temporal heads is permuted back. Why this shap
     token-major order the same pattern is a dense band.
   - The permutation is exact (no index array, no rounding), so SVG at density 1.0 equals dense attention.
   - Cost: the select reads the tensor twice and writes it once, for q, k, v and the output; at HunyuanVideo 720p
-    (119k tokens, 24 heads, head dim 128, bf16: 0.73 GB a tensor) about 9 GB of traffic, ~3 ms at 3 TB/s against
-    ~260 ms of dense attention (1.7e14 FLOPs at cuDNN's measured 664 TFLOP/s): about 1 % of dense, 4 % of the
-    sparse call at density 0.25. An estimate from bandwidth, not measured yet. Folding the permutation into the
-    kernel's index maps (per-head token offsets) would remove it; that needs a kernel change, left for later.
+    (119k tokens, 24 heads, head dim 128, bf16: 0.73 GB a tensor) about 9 GB of traffic, a small share of dense
+    attention's time (measured with the rest of the block: experiments/bench/README.md, `svg_block.py`). Folding
+    the permutation into the kernel's index maps (per-head token offsets) would remove it; that needs a kernel
+    change, left for later.
 The masks are runtime data too: the band is found on device from `density` (a traced scalar is fine), so changing
 the density, the classification or the gate never recompiles the kernel.
 

@@ -14,8 +14,8 @@ FLOPs and each of the three outputs (exact, spatial, temporal) another `2 t S D`
 `4 S^2 D` for dense attention: a fraction `2 t / S`, 0.1 % at t = 64 and S = 119k (HunyuanVideo 720p), 0.3 % at
 S = 45k (CogVideoX-1.5). Being this thin it is bound by memory traffic instead: K and V read once (1.5 GB in bf16
 at HunyuanVideo 720p) and the f32 logits `[batch, heads, t, S]` (0.73 GB there) written once and read by three
-softmaxes, roughly 5 GB or ~2 ms at 3 TB/s, about 1 % of the ~260 ms of dense attention (an estimate, not yet
-measured). The bool row masks `[t, S]` are shared by every head.
+softmaxes, roughly 5 GB (its measured time against dense attention: experiments/bench/README.md, `svg_block.py`).
+The bool row masks `[t, S]` are shared by every head.
 """
 
 from __future__ import annotations

@@ -2,15 +2,19 @@
 
 In the style of jax's tests/pallas/gpu_ops_test.py: the base class runs the compiled kernels where the hardware is
 present (skipped on CPU); subclasses run the same tests on the Pallas bodies in interpret mode on CPU. Shapes stay
-small (seq <= 300, blocks 16-64, heads <= 2) so the whole file takes well under a minute on two cores.
+small (seq <= 300, blocks 16-64, heads <= 2) so the whole file takes well under a minute on two cores. Query blocks
+of 16-64 rows mean the Triton kernels on a GPU, Hopper included; the Mosaic GPU kernels (128-row query blocks, the
+H100 default) are tested in test_mosaic_gpu_kernel.py.
 """
 
+import functools
 import math
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from jax.experimental.pallas import tpu as pltpu
 
 from pallas_kernels.block_sparse_attention import block_sparse_attention
 from pallas_kernels.block_sparse_attention import block_sparse_attention_reference
@@ -148,8 +152,15 @@ class TestBlockSparseAttentionInterpret(TestBlockSparseAttention):
   INTERPRET = True
 
 
+def _run_tpu_kernels(monkeypatch, interpret):
+  """Routes implementation="tpu" to the Mosaic TPU kernels run by `interpret` (True or pltpu.InterpretParams)."""
+  family = ops._KernelFamily(functools.partial(kernel_tpu.forward, interpret=interpret),
+                             functools.partial(kernel_tpu.backward, interpret=interpret), ops._whole_blocks)
+  monkeypatch.setitem(ops._KERNEL_FAMILIES, "tpu", family)
+
+
 class TestTpuKernelInterpret(TestBlockSparseAttention):
-  """The Mosaic TPU bodies (scalar prefetch) run by the Pallas interpreter; no TPU is lent here."""
+  """The Mosaic TPU bodies (scalar prefetch) run by the generic Pallas interpreter; no TPU is lent here."""
 
   INTERPRET = True
 
@@ -159,10 +170,25 @@ class TestTpuKernelInterpret(TestBlockSparseAttention):
 
   @pytest.fixture(autouse=True)
   def _interpret_tpu_kernels(self, monkeypatch):
-    family = ops._KernelFamily(lambda *a, **kw: kernel_tpu.forward(*a, interpret=True, **kw),
-                               lambda *a, **kw: kernel_tpu.backward(*a, interpret=True, **kw),
-                               ops._whole_blocks)
-    monkeypatch.setitem(ops._KERNEL_FAMILIES, "tpu", family)
+    _run_tpu_kernels(monkeypatch, True)
+
+
+def test_tpu_kernels_under_the_tpu_simulator(monkeypatch):
+  # pltpu.InterpretParams() simulates TPU memory spaces, DMAs and semaphores, with the TPU compiler params (grid
+  # semantics) the kernels are launched with, reads out of bounds raising and scratch filled with NaN; ~2x slower
+  # than the generic interpreter here, so one case: forward (one pallas_call) and gradients (dq and dk/dv calls),
+  # a ragged sequence end, a row without active blocks. On the CPU device, also on a GPU host.
+  _run_tpu_kernels(monkeypatch, pltpu.InterpretParams())
+  with jax.default_device(jax.devices("cpu")[0]):
+    q, k, v, do = _inputs(12, 1, 72, 1, 64, jnp.float32)
+    mask = _random_mask(13, 1, 1, 72, 32, 32, 0.6).at[0, 0, 1].set(False).at[0, 0, 2, 2].set(True)
+    attend = lambda q, k, v: block_sparse_attention(q, k, v, mask, block_q=32, block_kv=32, implementation="tpu")
+    reference = lambda q, k, v: block_sparse_attention_reference(q, k, v, mask, block_q=32, block_kv=32)
+    assert _rel_err(attend(q, k, v), reference(q, k, v)) < _TOLERANCE[jnp.float32]
+    loss = lambda attention: lambda q, k, v: jnp.sum(attention(q, k, v) * do)
+    grads = jax.grad(loss(attend), argnums=(0, 1, 2))(q, k, v)
+    for grad, ref in zip(grads, jax.grad(loss(reference), argnums=(0, 1, 2))(q, k, v)):
+      assert _rel_err(grad, ref) < 2 * _TOLERANCE[jnp.float32]
 
 
 def test_reference_with_full_mask_is_dense_attention():

@@ -8,15 +8,18 @@ directly are in test_mosaic_gpu_kernels.py.
 
 import dataclasses
 import unittest
+import unittest.mock
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from jax.experimental.pallas import tpu as pltpu
 
 from pallas_kernels import int4_matmul as im
 from pallas_kernels import mosaic_gpu_compat as compat
 from pallas_kernels.int4_matmul import kernel_gpu
+from pallas_kernels.int4_matmul import ops
 from pallas_kernels.int4_matmul import reference
 from pallas_kernels.int4_matmul import tuning
 from support.int4 import MOSAIC_INTERPRETER, NO_MOSAIC_INTERPRETER, OnCpu, random_data, relative_error
@@ -183,9 +186,38 @@ class TpuInterpretTest(MatmulTestBase):
   IMPLEMENTATION = "pallas_tpu_interpret"
 
 
+class TpuSimulatorTest(OnCpu, unittest.TestCase):
+  """Each Mosaic TPU kernel once under the TPU-semantics simulator (`pltpu.InterpretParams()`: TPU memory spaces,
+  DMAs and semaphores, the kernels' TPU compiler params, out-of-bounds reads raising, scratch filled with NaN). No
+  TPU is lent here, so this is the closest the kernels get to one; several times slower than TpuInterpretTest, hence
+  one small case per kernel."""
+
+  def setUp(self):
+    super().setUp()
+    simulated = ops._TpuBackend(interpret=pltpu.InterpretParams())
+    self.enterContext(unittest.mock.patch.dict(ops.IMPLEMENTATIONS, {"pallas_tpu_simulated": simulated}))
+    self.x = random_data(50, (24, 128))
+    w = random_data(51, (128, 128), outliers=False)
+    self.w_packed, self.w_scales = im.quantize_int4(w, axis=0)
+    self.w8, self.w8_scales = im.quantize_int8_weight(w)
+    self.bias = random_data(52, (128,), outliers=False)
+
+  def test_grouped_gemm_kernel_w4a4_with_lowrank_and_w4a16(self):
+    kwargs = dict(lowrank_down=random_data(53, (128, 16), outliers=False) / 16,
+                  lowrank_up=random_data(54, (16, 128), outliers=False) / 4, bias=self.bias)
+    got = im.w4a4_matmul(self.x, self.w_packed, self.w_scales, implementation="pallas_tpu_simulated", **kwargs)
+    self.assertLess(relative_error(got, reference.w4a4_matmul(self.x, self.w_packed, self.w_scales, **kwargs)), 1e-5)
+    got = im.w4a16_matmul(self.x, self.w_packed, self.w_scales, implementation="pallas_tpu_simulated")
+    self.assertLess(relative_error(got, reference.w4a16_matmul(self.x, self.w_packed, self.w_scales)), 1e-5)
+
+  def test_w8a8_kernel(self):
+    got = im.w8a8_matmul(self.x, self.w8, self.w8_scales, bias=self.bias, implementation="pallas_tpu_simulated")
+    self.assertLess(relative_error(got, reference.w8a8_matmul(self.x, self.w8, self.w8_scales, bias=self.bias)), 1e-5)
+
+
 class _MosaicGpuShapes:
-  """One 128 x 128 output tile: the interpreter reliably runs one CTA, and on two cores it can deadlock on grids of
-  several (its simulated warpgroups wait on each other)."""
+  """One 128 x 128 output tile keeps the interpreted runs short. (Grids of several CTAs used to hang the interpreter
+  on two cores: the CPU client's thread pool starved its simulated warpgroups; tests/conftest.py sets PJRT_NPROC.)"""
 
   N = 128
   LOWRANK_TOLERANCE = 5e-3  # the low-rank branch runs in bf16 on the tensor cores, also for float32 inputs
@@ -222,9 +254,23 @@ class _MosaicGpuShapes:
       want = reference.w4a16_matmul(x, self.w_packed, self.w_scales, bias=self.bias)
       self.assertLess(relative_error(got, want), 1e-2, m)  # weights and output rounded to bf16
 
-  def test_n_not_a_multiple_of_128_goes_to_the_triton_kernels(self):
-    w_packed, w_scales = im.quantize_int4(random_data(16, (self.K, 192), outliers=False), axis=0)
-    got = im.w4a4_matmul(self.x, w_packed, w_scales, implementation=self.IMPLEMENTATION)
+  def test_a_shape_the_kernels_cannot_take_raises_when_named_and_goes_to_triton_as_the_default(self):
+    w = random_data(16, (self.K, 192), outliers=False)
+    w_packed, w_scales = im.quantize_int4(w, axis=0)
+    w8, w8_scales = im.quantize_int8_weight(w)
+    named = rf"implementation='{self.IMPLEMENTATION}' cannot run"
+    with self.assertRaisesRegex(ValueError, rf"{named} W4A4 with x \(40, 256\) float32 and weights \(128, 192\)"):
+      im.w4a4_matmul(self.x, w_packed, w_scales, implementation=self.IMPLEMENTATION)
+    with self.assertRaisesRegex(ValueError, rf"{named} W8A8 with x \(40, 256\) float32 and weights \(256, 192\)"):
+      im.w8a8_matmul(self.x, w8, w8_scales, implementation=self.IMPLEMENTATION)
+    with self.assertRaisesRegex(ValueError, rf"{named} W4A16 with x \(65, 256\) bfloat16.*M <= 64"):
+      im.w4a16_matmul(jnp.zeros((65, self.K), jnp.bfloat16), self.w_packed, self.w_scales,
+                      implementation=self.IMPLEMENTATION,
+                      block_sizes=dataclasses.replace(tuning.MOSAIC_DEFAULT, mosaic_w4a16=True))
+    as_default = dataclasses.replace(ops.IMPLEMENTATIONS[self.IMPLEMENTATION], fall_back=True)
+    with (unittest.mock.patch.object(ops, "_default_implementation", return_value=self.IMPLEMENTATION),
+          unittest.mock.patch.dict(ops._AS_DEFAULT, {self.IMPLEMENTATION: as_default})):
+      got = im.w4a4_matmul(self.x, w_packed, w_scales)
     self.assertLess(relative_error(got, reference.w4a4_matmul(self.x, w_packed, w_scales)), 1e-5)
 
 
