@@ -65,9 +65,24 @@ def _summary(result) -> str:
     return "\n".join(lines)
 
 
+def _resume_command(argv: list[str]) -> str:
+    """This command line without --restore-step: a rerun continues from the workdir's latest checkpoint."""
+    kept, skip = [], False
+    for arg in argv:
+        if skip or arg.startswith("--restore-step="):
+            skip = False
+        elif arg == "--restore-step":
+            skip = True
+        else:
+            kept.append(arg)
+    return shlex.join(["jaxgen", *kept])
+
+
 def cmd_run(args, bindings) -> int:
     from jaxgen import config
+    from jaxgen.core import preemption
 
+    preemption.set_resume_command(_resume_command(args.argv))
     _start_distributed(args)
     config.parse(args.config, bindings)
     import jax
@@ -231,6 +246,7 @@ def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     bindings = [a[len(GIN_PREFIX):] for a in argv if a.startswith(GIN_PREFIX)]
     args = build_parser().parse_args([a for a in argv if not a.startswith(GIN_PREFIX)])
+    args.argv = argv
     if args.command == "data" and args.action != "list" and not args.names:
         build_parser().error(f"jaxgen data {args.action} needs at least one dataset name")
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
@@ -238,12 +254,20 @@ def main(argv: list[str] | None = None) -> int:
     from jaxgen.core.checkpoint import CheckpointError
     from jaxgen.data.sources import DatasetMissingError
     from jaxgen.core.monitor import NonFiniteLossError
+    from jaxgen.core.preemption import Stopped, resume_advice
 
     try:
         return args.handler(args, bindings)
     except (ConfigError, CheckpointError, DatasetMissingError, NonFiniteLossError) as e:
         print(f"jaxgen {args.command}: error: {e}", file=sys.stderr)
         return 2
+    except Stopped as e:
+        print(f"jaxgen {args.command}: {e.message}", file=sys.stderr)
+        return e.exit_code
+    except KeyboardInterrupt:  # a second Ctrl-C, or one outside the training loop: nothing new was saved
+        advice = f"; nothing was saved after the latest checkpoint: {resume_advice()}" if args.command == "run" else ""
+        print(f"\njaxgen {args.command}: interrupted{advice}", file=sys.stderr)
+        return 130
 
 
 if __name__ == "__main__":
