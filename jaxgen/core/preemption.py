@@ -86,8 +86,6 @@ class StopRequests:
         self._previous: dict[int, object] = {}
 
     def __enter__(self) -> StopRequests:
-        if threading.current_thread() is not threading.main_thread():
-            return self  # Python signal handlers live in the main thread; elsewhere signals keep their defaults
         if jax.process_count() > 1:
             try:  # also registers this process with the sync protocol before its first step
                 multihost_utils.reached_preemption_sync_point(0)
@@ -116,6 +114,8 @@ class StopRequests:
         return self.signal_number is not None
 
     def _install(self, number: int, handler) -> None:
+        if threading.current_thread() is not threading.main_thread():
+            return  # Python signal handlers belong to the main thread; a run in another keeps the defaults
         if signal.getsignal(number) is signal.SIG_IGN:
             return  # ignored on purpose (e.g. SIGINT in a shell's background job): leave it so
         self._previous[number] = signal.signal(number, handler)

@@ -4,15 +4,82 @@ uninterrupted run bit for bit; after kill -9 of one of two processes the other s
 
 from __future__ import annotations
 
+import os
 import re
 import signal
 import subprocess
 import time
 from pathlib import Path
 
+import numpy as np
+import pytest
+
+from jaxgen.core import metrics as metrics_lib
+from jaxgen.core.monitor import NonFiniteLossError, StepMonitor, run_steps
+from jaxgen.core.preemption import Stopped
 from support.launch import REPO, env, free_port, jaxgen, records, slow_config
 
 STOPPED = re.compile(r"stopped by (SIG\w+) at step (\d+); checkpoint (\S+) saved; resume with: jaxgen run ")
+
+
+class FakeCheckpointer:
+    directory = Path("/nowhere")
+
+    def __init__(self):
+        self.saved = []
+
+    def save(self, step, state, data_state):
+        self.saved.append(step)
+
+    def step_dir(self, step):
+        return self.directory / str(step)
+
+    def wait(self):
+        pass
+
+    def latest_step(self):
+        return self.saved[-1] if self.saved else None
+
+
+def loop_signalled_at(step: int, number: int, loss_at_signal: float = 1.0, train_steps: int = 10):
+    """run_steps over a host-only fake step that sends this process `number` during step `step`."""
+    def fake_step(state, batch):
+        state += 1
+        if state == step:
+            os.kill(os.getpid(), number)
+        return state, {"loss": np.float32(loss_at_signal if state == step else 1.0), "grad_norm": np.float32(1.0)}
+
+    checkpointer = FakeCheckpointer()
+    monitor = StepMonitor(metrics_lib.MetricWriter("/nowhere", enabled=False), checkpointer, log_every=1,
+                          last_step=train_steps, max_in_flight=4)
+    run = lambda: run_steps(fake_step, 0, iter(range(train_steps)), start_step=0, train_steps=train_steps,
+                            checkpoint_every=4, eval_every=0, monitor=monitor, checkpointer=checkpointer,
+                            data_state=lambda s: {}, evaluate=lambda state, s: {})
+    return run, checkpointer
+
+
+@pytest.mark.parametrize("number", [signal.SIGTERM, signal.SIGINT])
+def test_a_signal_saves_the_step_it_arrived_in_and_stops(number):
+    run, checkpointer = loop_signalled_at(6, number)
+    with pytest.raises(Stopped) as stopped:
+        run()
+    assert (stopped.value.step, stopped.value.exit_code) == (6, 128 + number)
+    assert checkpointer.saved == [4, 6]
+    assert signal.getsignal(number) in (signal.SIG_DFL, signal.default_int_handler)  # handlers restored
+
+
+def test_a_signal_at_a_non_finite_step_saves_nothing_from_it():
+    run, checkpointer = loop_signalled_at(6, signal.SIGTERM, loss_at_signal=float("nan"))
+    with pytest.raises(NonFiniteLossError, match="at step 6"):
+        run()
+    assert checkpointer.saved == [4]
+
+
+def test_the_resume_command_is_the_command_line_without_restore_step():
+    from jaxgen.cli import _resume_command
+
+    argv = ["run", "a b.gin", "--workdir", "w", "--restore-step", "20", "--gin.SEED=1", "--restore-step=30"]
+    assert _resume_command(argv) == "jaxgen run 'a b.gin' --workdir w --gin.SEED=1"
 
 
 def start(config: Path, workdir: Path, processes: int = 1) -> list[subprocess.Popen]:
