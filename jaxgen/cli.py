@@ -30,14 +30,17 @@ def _add_distributed_flags(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--coordinator", help="host:port of process 0, for an explicit multi-process launch")
     group.add_argument("--num-processes", type=int)
     group.add_argument("--process-id", type=int)
+    group.add_argument("--heartbeat-timeout", type=int, metavar="SECONDS",
+                       help="a process silent this long counts as lost and the run stops (default 45)")
 
 
 def _start_distributed(args) -> None:
     from jaxgen.core import distributed
 
+    timeout = {} if args.heartbeat_timeout is None else {"heartbeat_timeout_s": args.heartbeat_timeout}
     distributed.initialize(distributed.DistributedConfig(
         auto=args.multihost, coordinator_address=args.coordinator, num_processes=args.num_processes,
-        process_id=args.process_id,
+        process_id=args.process_id, **timeout,
     ))
 
 

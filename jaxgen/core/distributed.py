@@ -4,13 +4,18 @@ On a TPU pod or a SLURM/Kubernetes GPU cluster jax detects the coordinator itsel
 coordinator address, the process count and this process's id explicitly (the 2-process localhost test does that).
 
 Losing a process: jax's coordination service declares a process dead after `heartbeat_timeout_s` without
-heartbeats and then aborts every other process from C++ (a fatal log and a stack trace; jaxlib offers no Python
-hook: its `missed_heartbeat_callback` cannot be handed the error status and aborts with std::bad_cast). So the
-timeout is kept under a minute, and each process also beats a counter in the coordination service's key-value
-store from a daemon thread: when a collective fails, `lost_processes()` sees whose counter stopped (or, when the
-store itself is gone, that process 0, which hosts it, died) and `jaxgen.core.preemption` reports it and exits
-before jax's abort. What remains: a survivor blocked where no error surfaces (a collective that never times out,
-e.g. NCCL) is still ended by jax's abort after `heartbeat_timeout_s`.
+heartbeats and then aborts every other process from C++ (a fatal log line and a stack trace). jaxlib offers no
+Python hook: its client's `missed_heartbeat_callback` cannot be handed the error status (std::bad_cast, then
+abort). So the timeout is kept under a minute, and each process beats a counter in the coordination service's
+key-value store from a daemon thread. When a collective fails (gloo reports a closed connection at once),
+`lost_processes()` sees whose counter stopped; when nothing fails (a hung host, a collective that never times out,
+as NCCL's), the beacon itself notices a counter standing still for half the heartbeat timeout. Either way
+`jaxgen.core.preemption` reports the lost process in one line and exits before jax's abort.
+
+What remains: process 0 hosts the coordination service, and when it dies jaxlib's error poll aborts every other
+process within about a second ("Terminating process because the JAX distributed service detected fatal errors
+... the leader task was preempted/died"), before Python can run; and outside the training loop (set-up, final
+clean-up) a lost process still ends in jax's abort after `heartbeat_timeout_s`.
 """
 
 from __future__ import annotations
@@ -19,12 +24,14 @@ import atexit
 import dataclasses
 import threading
 import time
+from collections.abc import Callable
 
 import jax
 from jax._src import distributed as jax_distributed  # the coordination client (no public handle to its key-value store)
 
 BEAT_PREFIX = "jaxgen/alive/"
 BEAT_INTERVAL_S = 1.0
+EXITED = "exited"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -58,7 +65,7 @@ def initialize(config: DistributedConfig) -> None:
                                                   num_processes=config.num_processes, process_id=config.process_id)
     jax.distributed.initialize(**explicit_kwargs, heartbeat_timeout_seconds=config.heartbeat_timeout_s)
     if jax.process_count() > 1:
-        _start_beacon()
+        _start_beacon(lost_after_s=config.heartbeat_timeout_s / 2)
 
 
 def is_main_process() -> bool:
@@ -67,32 +74,61 @@ def is_main_process() -> bool:
 
 
 class _Beacon(threading.Thread):
-    """Raises this process's counter in the coordination service every `BEAT_INTERVAL_S` while the process lives."""
+    """Raises this process's counter in the coordination service every `BEAT_INTERVAL_S`; while `on_lost` is set,
+    also watches the others' counters and calls it with those that stood still for `lost_after_s`."""
 
-    def __init__(self, client):
+    def __init__(self, client, lost_after_s: float):
         super().__init__(name="jaxgen-liveness-beacon", daemon=True)
         self.client, self.key, self.stop = client, f"{BEAT_PREFIX}{jax.process_index()}", threading.Event()
+        self.lost_after_s = lost_after_s
+        self.on_lost: Callable[[list[int], float], None] | None = None
 
     def run(self) -> None:
-        count = 0
+        count, changed = 0, {}  # process -> (its last counter, when this process saw it change)
         while True:
             count += 1
             try:
                 self.client.key_value_set(self.key, str(count), allow_overwrite=True)
-            except Exception:  # the coordination service is gone: lost_processes() finds that out itself
+            except Exception:  # the coordination service is gone (process 0 died): jax itself ends this process
                 return
+            on_lost = self.on_lost
+            if on_lost is not None and (beats := _read_beats()) is not None:
+                now = time.monotonic()
+                for i in range(jax.process_count()):
+                    if i != jax.process_index() and changed.get(i, (None,))[0] != beats.get(i):
+                        changed[i] = (beats.get(i), now)
+                lost = [i for i, (beat, since) in sorted(changed.items())
+                        if beat != EXITED and now - since > self.lost_after_s]
+                if lost:
+                    on_lost(lost, self.lost_after_s)
             if self.stop.wait(BEAT_INTERVAL_S):
                 return
+
+    def finish(self) -> None:
+        """At exit: a process that ends on purpose is not lost, however long the others still run."""
+        self.stop.set()
+        self.join(timeout=5)
+        try:
+            self.client.key_value_set(self.key, EXITED, allow_overwrite=True)
+        except Exception:
+            pass  # the coordination service is already gone
 
 
 _beacon: _Beacon | None = None
 
 
-def _start_beacon() -> None:
+def _start_beacon(lost_after_s: float) -> None:
     global _beacon
-    _beacon = _Beacon(jax_distributed.global_state.client)
+    _beacon = _Beacon(jax_distributed.global_state.client, lost_after_s)
     _beacon.start()
-    atexit.register(_beacon.stop.set)  # runs before jax's own atexit shutdown (registered earlier, runs later)
+    atexit.register(_beacon.finish)  # runs before jax's own atexit shutdown (registered earlier, runs later)
+
+
+def watch_for_lost_processes(on_lost: Callable[[list[int], float], None] | None) -> None:
+    """From now on (None: no longer), `on_lost(processes, seconds)` runs on the beacon's thread when other processes
+    have shown no sign of life for `seconds`; a no-op in a single-process run."""
+    if _beacon is not None:
+        _beacon.on_lost = on_lost
 
 
 def _read_beats() -> dict[int, str] | None:
@@ -104,15 +140,14 @@ def _read_beats() -> dict[int, str] | None:
 
 
 def lost_processes() -> list[int]:
-    """The other processes whose beat stopped (checked over three beat intervals); [] in a single-process run.
-
-    When the key-value store itself is unreachable, process 0 (which hosts it) is the one lost."""
+    """The other processes whose counter stood still over three beat intervals; [] in a single-process run or when
+    the key-value store cannot be read."""
     if _beacon is None:
         return []
     before = _read_beats()
     time.sleep(3 * BEAT_INTERVAL_S)
     after = _read_beats()
     if before is None or after is None:
-        return [] if jax.process_index() == 0 else [0]
+        return []
     return [i for i in range(jax.process_count())
-            if i != jax.process_index() and (i not in after or after[i] == before.get(i))]
+            if i != jax.process_index() and after.get(i) != EXITED and after.get(i) == before.get(i)]

@@ -91,6 +91,7 @@ def run_steps(jitted_step: Callable, state, batches: Iterator, *, start_step: in
     has died ends the process with one message instead (`preemption.exit_if_process_lost`)."""
     eval_results: dict = {}
     with preemption.StopRequests(start_step) as stops:
+        preemption.watch_for_lost_processes(checkpointer.directory)
         try:
             for step in range(start_step + 1, train_steps + 1):
                 state, device_metrics = jitted_step(state, next(batches))
@@ -112,4 +113,6 @@ def run_steps(jitted_step: Callable, state, batches: Iterator, *, start_step: in
         except Exception as e:
             preemption.exit_if_process_lost(checkpointer.directory, e)
             raise
+        finally:
+            preemption.watch_for_lost_processes(None)
     return state, eval_results

@@ -15,7 +15,9 @@ without jax.distributed catches both signals with a Python handler. A second Ctr
 A process that dies (kill -9, a lost host) makes the survivors' next collective fail. Before anything waits on the
 dead process (orbax's barriers would hang until jax's heartbeat timeout aborts the process with a C++ stack),
 `exit_if_process_lost` asks `jaxgen.core.distributed` which processes stopped beating, prints one message (which
-process, the last intact checkpoint, the command that resumes) and exits with `EXIT_PROCESS_LOST`.
+process, the last intact checkpoint, the command that resumes) and exits with `EXIT_PROCESS_LOST` (75). A survivor
+that is blocked instead of failing gets the same message from `watch_for_lost_processes`. What jax still aborts
+from C++ (process 0 lost; a loss outside the loop) is listed in `jaxgen.core.distributed`.
 """
 
 from __future__ import annotations
@@ -136,12 +138,21 @@ def exit_if_process_lost(checkpoint_dir: str | Path, error: BaseException) -> No
     """In a multi-process run, if another process has died, says so in one message and exits the process at once
     (waiting on the dead process would end in jax's heartbeat-timeout abort). Returns when all processes live."""
     lost = distributed.lost_processes()
-    if not lost:
-        return
+    if lost:
+        message = str(error).splitlines()[0][:200] if str(error) else "no message"
+        _exit_lost(lost, f"{type(error).__name__}: {message}", checkpoint_dir)
+
+
+def watch_for_lost_processes(checkpoint_dir: str | Path | None) -> None:
+    """While the loop runs (None: no longer), a process that stops beating is reported and this one exits, even when
+    nothing here fails (a hung host; a collective that never times out)."""
+    distributed.watch_for_lost_processes(None if checkpoint_dir is None else lambda lost, seconds: _exit_lost(
+        lost, f"no sign of life for {seconds:.0f} s", checkpoint_dir))
+
+
+def _exit_lost(lost: list[int], why: str, checkpoint_dir: str | Path) -> None:
     checkpoint = last_checkpoint(checkpoint_dir)
-    names = ", ".join(map(str, lost))
-    print(f"jaxgen: process {names} of {jax.process_count()} was lost ({type(error).__name__}: "
-          f"{str(error).splitlines()[0][:200] if str(error) else 'no message'}). "
+    print(f"jaxgen: process {', '.join(map(str, lost))} of {jax.process_count()} was lost ({why}). "
           + (f"Last intact checkpoint: {checkpoint}; " if checkpoint else "No checkpoint was saved yet; ")
           + resume_advice() + ".", file=sys.stderr, flush=True)
     sys.stdout.flush()

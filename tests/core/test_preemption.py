@@ -82,11 +82,11 @@ def test_the_resume_command_is_the_command_line_without_restore_step():
     assert _resume_command(argv) == "jaxgen run 'a b.gin' --workdir w --gin.SEED=1"
 
 
-def start(config: Path, workdir: Path, processes: int = 1) -> list[subprocess.Popen]:
+def start(config: Path, workdir: Path, processes: int = 1, *extra) -> list[subprocess.Popen]:
     flags = [[]] if processes == 1 else [
         ["--coordinator", f"localhost:{port}", "--num-processes", processes, "--process-id", i]
         for port in [free_port()] for i in range(processes)]
-    return [subprocess.Popen(jaxgen("run", config, "--workdir", workdir, "--no-progress", *f), cwd=REPO,
+    return [subprocess.Popen(jaxgen("run", config, "--workdir", workdir, "--no-progress", *f, *extra), cwd=REPO,
                              env=env(JAX_PLATFORMS="cpu"), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                              # a shell's background job ignores SIGINT, and so would its children: undo that here
                              preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
@@ -160,16 +160,22 @@ def test_kill_9_ctrl_c_and_sigterm_then_the_same_command_resumes_bit_for_bit(tmp
     assert records(stopped) == records(straight)
 
 
-def test_a_lost_process_is_named_in_one_message_by_the_survivor(tmp_path):
+@pytest.mark.parametrize("how", ["killed", "frozen"])
+def test_a_lost_process_is_named_in_one_message_by_the_survivor(tmp_path, how):
+    """Killed: the survivor's next collective fails at once. Frozen (SIGSTOP, like a hung host): nothing fails, the
+    survivor's beacon sees process 1 stand still for half the heartbeat timeout."""
     config = slow_config(tmp_path, train_steps=400, checkpoint_every=10, seconds=0.05)
-    workdir = tmp_path / "lost"
-    survivor, lost = start(config, workdir, processes=2)
-    wait_for_checkpoint(workdir, 10, [survivor, lost])
-    killed = time.time()
-    lost.kill()
-    lost.wait()
-    [(rc, output)] = finish([survivor], timeout=60)
-    assert time.time() - killed < 60
+    workdir = tmp_path / how
+    survivor, lost = start(config, workdir, 2, "--heartbeat-timeout", 10)
+    try:
+        wait_for_checkpoint(workdir, 10, [survivor, lost])
+        signalled = time.time()
+        lost.send_signal(signal.SIGKILL if how == "killed" else signal.SIGSTOP)
+        [(rc, output)] = finish([survivor], timeout=60)
+    finally:
+        lost.kill()
+        lost.communicate()
+    assert time.time() - signalled < 60
     assert rc == 75, output[-3000:]
     message = [line for line in output.splitlines() if line.startswith("jaxgen:")]
     assert len(message) == 1 and "process 1 of 2 was lost" in message[0], output[-3000:]
