@@ -8,6 +8,7 @@ import os
 import re
 import signal
 import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -17,8 +18,12 @@ import pytest
 from jaxgen.core import metrics as metrics_lib
 from jaxgen.core.monitor import NonFiniteLossError, StepMonitor, run_steps
 from jaxgen.core.preemption import Stopped
-from support.launch import REPO, env, free_port, jaxgen, records, slow_config
+from support.launch import REPO, env, free_port, records, slow_config
 
+# `jaxgen` with Ctrl-C restored: a shell's background job (so maybe this test run) ignores SIGINT, and an ignored
+# signal stays ignored in every child.
+JAXGEN_CTRL_C = [sys.executable, "-c", "import signal, sys; signal.signal(signal.SIGINT, signal.default_int_handler); "
+                 "from jaxgen.cli import main; sys.exit(main())"]
 STOPPED = re.compile(r"stopped by (SIG\w+) at step (\d+); checkpoint (\S+) saved; resume with: jaxgen run ")
 
 
@@ -58,8 +63,16 @@ def loop_signalled_at(step: int, number: int, loss_at_signal: float = 1.0, train
     return run, checkpointer
 
 
+@pytest.fixture
+def ctrl_c_enabled():
+    """Ctrl-C as in a terminal, even when this test run was started with SIGINT ignored (see JAXGEN_CTRL_C)."""
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    yield
+    signal.signal(signal.SIGINT, previous)
+
+
 @pytest.mark.parametrize("number", [signal.SIGTERM, signal.SIGINT])
-def test_a_signal_saves_the_step_it_arrived_in_and_stops(number):
+def test_a_signal_saves_the_step_it_arrived_in_and_stops(number, ctrl_c_enabled):
     run, checkpointer = loop_signalled_at(6, number)
     with pytest.raises(Stopped) as stopped:
         run()
@@ -86,10 +99,9 @@ def start(config: Path, workdir: Path, processes: int = 1, *extra) -> list[subpr
     flags = [[]] if processes == 1 else [
         ["--coordinator", f"localhost:{port}", "--num-processes", processes, "--process-id", i]
         for port in [free_port()] for i in range(processes)]
-    return [subprocess.Popen(jaxgen("run", config, "--workdir", workdir, "--no-progress", *f, *extra), cwd=REPO,
-                             env=env(JAX_PLATFORMS="cpu"), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                             # a shell's background job ignores SIGINT, and so would its children: undo that here
-                             preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+    return [subprocess.Popen([*JAXGEN_CTRL_C, "run", config, "--workdir", workdir, "--no-progress", *f, *extra],
+                             cwd=REPO, env=env(JAX_PLATFORMS="cpu"), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                             text=True)
             for f in flags]
 
 
