@@ -5,12 +5,13 @@ coordinator address, the process count and this process's id explicitly (the 2-p
 
 Losing a process: jax's coordination service declares a process dead after `heartbeat_timeout_s` without
 heartbeats and then aborts every other process from C++ (a fatal log line and a stack trace). jaxlib offers no
-Python hook: its client's `missed_heartbeat_callback` cannot be handed the error status (std::bad_cast, then
-abort). So the timeout is kept under a minute, and each process beats a counter in the coordination service's
-key-value store from a daemon thread. When a collective fails (gloo reports a closed connection at once),
-`lost_processes()` sees whose counter stopped; when nothing fails (a hung host, a collective that never times out,
-as NCCL's), the beacon itself notices a counter standing still for half the heartbeat timeout. Either way
-`jaxgen.core.preemption` reports the lost process in one line and exits before jax's abort.
+Python hook: its client's `missed_heartbeat_callback` cannot be handed the error status (jaxlib 0.12.1 aborts with
+std::bad_cast), and `jax.distributed.initialize` passes none. So the timeout is kept under a minute, and each
+process beats a counter in the coordination service's key-value store from a daemon thread. When a collective
+fails (gloo reports a closed connection at once), `lost_processes()` sees whose counter stopped; when nothing fails
+(a hung host, a collective that never times out, as NCCL's), the beacon itself notices a counter standing still
+for half the heartbeat timeout. Either way `jaxgen.core.preemption` reports the lost process in one line and exits
+before jax's abort.
 
 What remains: process 0 hosts the coordination service, and when it dies jaxlib's error poll aborts every other
 process within about a second ("Terminating process because the JAX distributed service detected fatal errors

@@ -11,6 +11,8 @@ preemption notifier, which catches SIGTERM on any process and tells the others t
 `jax.experimental.multihost_utils.reached_preemption_sync_point` then agrees on the first step no process has passed
 yet. Ctrl-C there is turned into a SIGTERM to the process itself, so it takes the same path. A single process
 without jax.distributed catches both signals with a Python handler. A second Ctrl-C stops at once, without saving.
+Before the loop starts a signal has its usual effect (nothing new to save yet); one during the last step lets the
+run finish normally.
 
 A process that dies (kill -9, a lost host) makes the survivors' next collective fail. Before anything waits on the
 dead process (orbax's barriers would hang until jax's heartbeat timeout aborts the process with a C++ stack),

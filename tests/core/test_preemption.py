@@ -145,6 +145,7 @@ def test_sigterm_to_both_processes_saves_one_agreed_step_and_the_rerun_matches(t
 
     assert [rc for rc, _ in finish(start(config, stopped, processes=2))] == [0, 0]
     assert records(stopped) == records(straight)
+    assert not (stopped / "metrics.superseded.jsonl").exists()  # it resumed from the stop step: no step was redone
 
 
 def test_kill_9_ctrl_c_and_sigterm_then_the_same_command_resumes_bit_for_bit(tmp_path):

@@ -36,7 +36,7 @@ def free_port() -> int:
 
 
 def slow_config(tmp_path: Path, train_steps: int = 60, checkpoint_every: int = 10, seconds: float = 0.05) -> Path:
-    """quickstart_smoke with every batch delayed by `seconds` (support.slow), a record every step, eval only at the end."""
+    """quickstart_smoke with every batch delayed by `seconds` (support.slow), a record every step, eval at the end."""
     path = tmp_path / "slow.gin"
     path.write_text(
         "from __gin__ import dynamic_registration\nfrom jaxgen import data\nfrom support import slow\n"
