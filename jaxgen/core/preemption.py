@@ -34,6 +34,7 @@ import jax
 from jax.experimental import multihost_utils
 
 from jaxgen.core import distributed
+from jaxgen.core.checkpoint import MANIFEST_NAME, write_manifest
 
 EXIT_PROCESS_LOST = 75  # EX_TEMPFAIL: a temporary failure; rerunning the same command resumes
 
@@ -152,8 +153,18 @@ def watch_for_lost_processes(checkpoint_dir: str | Path | None) -> None:
         lost, f"no sign of life for {seconds:.0f} s", checkpoint_dir))
 
 
+_exiting = threading.Lock()
+
+
 def _exit_lost(lost: list[int], why: str, checkpoint_dir: str | Path) -> None:
+    if not _exiting.acquire(blocking=False):
+        threading.Event().wait()  # the beacon's watch and a failed collective found it together: one message
     checkpoint = last_checkpoint(checkpoint_dir)
+    if checkpoint is not None and jax.process_index() == 0 and not (checkpoint / MANIFEST_NAME).exists():
+        try:  # finalised but not yet listed (the post-finalisation callback dies with this process): list it now
+            write_manifest(checkpoint)
+        except OSError:
+            pass  # the next run restores it unverified, with a warning
     print(f"jaxgen: process {', '.join(map(str, lost))} of {jax.process_count()} was lost ({why}). "
           + (f"Last intact checkpoint: {checkpoint}; " if checkpoint else "No checkpoint was saved yet; ")
           + resume_advice() + ".", file=sys.stderr, flush=True)

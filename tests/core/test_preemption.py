@@ -99,7 +99,8 @@ def start(config: Path, workdir: Path, processes: int = 1, *extra) -> list[subpr
     flags = [[]] if processes == 1 else [
         ["--coordinator", f"localhost:{port}", "--num-processes", processes, "--process-id", i]
         for port in [free_port()] for i in range(processes)]
-    return [subprocess.Popen([*JAXGEN_CTRL_C, "run", config, "--workdir", workdir, "--no-progress", *f, *extra],
+    return [subprocess.Popen([*JAXGEN_CTRL_C, *map(str, ["run", config, "--workdir", workdir, "--no-progress", *f,
+                                                          *extra])],
                              cwd=REPO, env=env(JAX_PLATFORMS="cpu"), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                              text=True)
             for f in flags]
@@ -194,5 +195,6 @@ def test_a_lost_process_is_named_in_one_message_by_the_survivor(tmp_path, how):
     assert len(message) == 1 and "process 1 of 2 was lost" in message[0], output[-3000:]
     last = re.search(r"Last intact checkpoint: (\S+);", message[0]).group(1)
     assert Path(last).parent == workdir / "checkpoints" and int(Path(last).name) >= 10
+    assert (Path(last) / "jaxgen_manifest.json").exists()
     assert "resume with: jaxgen run" in message[0]
     assert "Traceback" not in output and "stack trace" not in output
