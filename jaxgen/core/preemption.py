@@ -48,10 +48,10 @@ def set_resume_command(command: str) -> None:
 
 
 def resume_advice() -> str:
-    per_process = " on every process" if jax.process_count() > 1 else ""
     if _resume_command is None:
-        return f"rerun the same command{per_process} to resume"
-    return f"resume with: {_resume_command}" + (f" (and the same command{per_process})" if per_process else "")
+        return "rerun the same command" + (" on every process" if jax.process_count() > 1 else "") + " to resume"
+    return f"resume with: {_resume_command}" + (" (every process reruns its own command)"
+                                                if jax.process_count() > 1 else "")
 
 
 def last_checkpoint(directory: str | Path) -> Path | None:
