@@ -9,7 +9,9 @@ the command that resumes from it, and exits with 143 (SIGTERM) or 130 (Ctrl-C). 
 In a multi-process run every process must save the same step. `jax.distributed.initialize` installs jax's
 preemption notifier, which catches SIGTERM on any process and tells the others through the coordination service;
 `jax.experimental.multihost_utils.reached_preemption_sync_point` then agrees on the first step no process has passed
-yet. Ctrl-C there is turned into a SIGTERM to the process itself, so it takes the same path. A single process
+yet, counting steps from the run's start (orbax's CheckpointManager would also call it, with absolute steps and
+from its finalize thread; `jaxgen.core.checkpoint` turns that off). Ctrl-C there is turned into a SIGTERM to the
+process itself, so it takes the same path. A single process
 without jax.distributed catches both signals with a Python handler. A second Ctrl-C stops at once, without saving.
 Before the loop starts a signal has its usual effect (nothing new to save yet); one during the last step lets the
 run finish normally.
