@@ -35,14 +35,17 @@ def _add_distributed_flags(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--coordinator", help="host:port of process 0, for an explicit multi-process launch")
     group.add_argument("--num-processes", type=int)
     group.add_argument("--process-id", type=int)
+    group.add_argument("--heartbeat-timeout", type=int, metavar="SECONDS",
+                       help="a process silent this long counts as lost and the run stops (default 45)")
 
 
 def _start_distributed(args) -> None:
     from jaxgen.core import distributed
 
+    timeout = {} if args.heartbeat_timeout is None else {"heartbeat_timeout_s": args.heartbeat_timeout}
     distributed.initialize(distributed.DistributedConfig(
         auto=args.multihost, coordinator_address=args.coordinator, num_processes=args.num_processes,
-        process_id=args.process_id,
+        process_id=args.process_id, **timeout,
     ))
 
 
@@ -70,9 +73,24 @@ def _all_processes_agree(ok: bool) -> bool:
     return bool(multihost_utils.broadcast_one_to_all(np.int32(ok)))
 
 
+def _resume_command(argv: list[str]) -> str:
+    """This command line without --restore-step: a rerun continues from the workdir's latest checkpoint."""
+    kept, skip = [], False
+    for arg in argv:
+        if skip or arg.startswith("--restore-step="):
+            skip = False
+        elif arg == "--restore-step":
+            skip = True
+        else:
+            kept.append(arg)
+    return shlex.join(["jaxgen", *kept])
+
+
 def cmd_run(args, bindings) -> int:
     from jaxgen import config
+    from jaxgen.core import preemption
 
+    preemption.set_resume_command(_resume_command(args.argv))
     _start_distributed(args)
     config.parse(args.config, bindings)
     config.check_requirements()
@@ -289,6 +307,7 @@ def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     bindings = [a[len(GIN_PREFIX):] for a in argv if a.startswith(GIN_PREFIX)]
     args = build_parser().parse_args([a for a in argv if not a.startswith(GIN_PREFIX)])
+    args.argv = argv
     if args.command == "data" and args.action != "list" and not args.names:
         build_parser().error(f"jaxgen data {args.action} needs at least one dataset name")
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
@@ -296,12 +315,20 @@ def main(argv: list[str] | None = None) -> int:
     from jaxgen.core.checkpoint import CheckpointError
     from jaxgen.core.monitor import NonFiniteLossError
     from jaxgen.data.sources import DatasetMissingError
+    from jaxgen.core.preemption import Stopped, resume_advice
 
     try:
         return args.handler(args, bindings)
     except (ConfigError, CheckpointError, DatasetMissingError, NonFiniteLossError, workdir_lib.WorkdirError) as e:
         print(f"jaxgen {args.command}: error: {user_message(e)}", file=sys.stderr)
         return 2
+    except Stopped as e:
+        print(f"jaxgen {args.command}: {e.message}", file=sys.stderr)
+        return e.exit_code
+    except KeyboardInterrupt:  # a second Ctrl-C, or one outside the training loop: nothing new was saved
+        advice = f"; nothing was saved after the latest checkpoint: {resume_advice()}" if args.command == "run" else ""
+        print(f"\njaxgen {args.command}: interrupted{advice}", file=sys.stderr)
+        return 130
 
 
 if __name__ == "__main__":

@@ -85,6 +85,14 @@ def verify_manifest(step_dir: epath.Path) -> bool:
     return True
 
 
+class _Manager(ocp.CheckpointManager):
+    def reached_preemption(self, step: int) -> bool:
+        """Never asks jax's preemption sync point. Every call moves the protocol's counter, and orbax calls it with
+        absolute steps, some from its finalize thread after the loop has moved on; `jaxgen.core.preemption` alone
+        counts, from the run's first step, so that all processes agree where to stop."""
+        return False
+
+
 class Checkpointer:
     """Keep-N, optionally asynchronous checkpoints of (train state, data-iterator state) in one directory."""
 
@@ -108,7 +116,7 @@ class Checkpointer:
             async_options=ocp.AsyncOptions(post_finalization_callback=self._write_missing_manifests)
             if self._async else None,
         )
-        self._manager = ocp.CheckpointManager(self.directory, options=options, item_names=(STATE_ITEM, DATA_ITEM))
+        self._manager = _Manager(self.directory, options=options, item_names=(STATE_ITEM, DATA_ITEM))
 
     def all_steps(self) -> list[int]:
         self._manager.reload()

@@ -4,7 +4,8 @@ Dispatching steps without waiting keeps the accelerator busy, but unbounded it s
 forced CPU devices (DESIGN.md) and delays the NaN check. So a loop hands each step's metrics to `StepMonitor.push`,
 which waits only for the oldest step beyond `max_in_flight`, checks it for NaN/inf, and writes a record every
 `log_every` steps. Before a checkpoint or an evaluation the loop calls `drain()`: nothing is saved past a bad step.
-`run_steps` is that loop, shared by the trainer and the forked SSL trainer (they differ in the step, not the loop).
+`run_steps` is that loop, shared by the trainer and the forked SSL trainer (they differ in the step, not the loop);
+it also stops cleanly on SIGTERM / Ctrl-C and reports a lost process (see `jaxgen.core.preemption`).
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from typing import Any
 import jax
 
 from jaxgen.core import metrics as metrics_lib
+from jaxgen.core import preemption
 
 
 class NonFiniteLossError(FloatingPointError):
@@ -82,18 +84,35 @@ def run_steps(jitted_step: Callable, state, batches: Iterator, *, start_step: in
     """Steps `start_step + 1 … train_steps`: each one's metrics go to `monitor` (and its progress bar advances); a
     checkpoint (train state + `data_state(step)`) every `checkpoint_every` steps and an evaluation every `eval_every`
     (0: only at the end) follow a `drain()`, and both happen at the last step. Returns (final state, the last
-    evaluation's results, empty when none ran)."""
+    evaluation's results, empty when none ran).
+
+    SIGTERM or Ctrl-C (`jaxgen.core.preemption`): the step every process agrees on is drained and checkpointed, then
+    `preemption.Stopped` is raised (the caller's clean-up waits for that checkpoint). A failure while another process
+    has died ends the process with one message instead (`preemption.exit_if_process_lost`)."""
     eval_results: dict = {}
-    for step in range(start_step + 1, train_steps + 1):
-        state, device_metrics = jitted_step(state, next(batches))
-        monitor.push(step, device_metrics)
-        if monitor.progress_bar is not None:
-            monitor.progress_bar.update(1)
-        if step % checkpoint_every == 0 or step == train_steps:
+    with preemption.StopRequests(start_step) as stops:
+        preemption.watch_for_lost_processes(checkpointer.directory)
+        try:
+            for step in range(start_step + 1, train_steps + 1):
+                state, device_metrics = jitted_step(state, next(batches))
+                monitor.push(step, device_metrics)
+                if monitor.progress_bar is not None:
+                    monitor.progress_bar.update(1)
+                stop = stops.requested(step) and step < train_steps  # the last step finishes the run anyway
+                if step % checkpoint_every == 0 or step == train_steps or stop:
+                    monitor.drain()
+                    checkpointer.save(step, state, data_state(step))
+                if stop:
+                    raise preemption.Stopped(step, checkpointer.step_dir(step), stops.signal_number)
+                if (eval_every and step % eval_every == 0) or step == train_steps:
+                    monitor.drain()
+                    eval_results = evaluate(state, step)
             monitor.drain()
-            checkpointer.save(step, state, data_state(step))
-        if (eval_every and step % eval_every == 0) or step == train_steps:
-            monitor.drain()
-            eval_results = evaluate(state, step)
-    monitor.drain()
+        except (preemption.Stopped, NonFiniteLossError):
+            raise
+        except Exception as e:
+            preemption.exit_if_process_lost(checkpointer.directory, e)
+            raise
+        finally:
+            preemption.watch_for_lost_processes(None)
     return state, eval_results

@@ -1,72 +1,18 @@
-"""What needs separate processes: kill -9 and resume with the same command, a 4-device CPU mesh (data, fsdp,
-tensor) against 1 device, and a 2-process jax.distributed run on localhost that checkpoints and resumes.
+"""What needs separate processes: a 4-device CPU mesh (data, fsdp, tensor) against 1 device, and a 2-process
+jax.distributed run on localhost that checkpoints and resumes (kill -9, SIGTERM and Ctrl-C: test_preemption.py).
 
 Each case runs in a subprocess: forced CPU devices and collectives can abort a whole process (DESIGN.md)."""
 
 from __future__ import annotations
 
 import json
-import os
-import signal
-import socket
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
 
-REPO = Path(__file__).resolve().parents[2]
-TIMING_KEYS = {"steps_per_sec"}
-
-
-def env(**extra):
-    environment = dict(os.environ)
-    environment["PYTHONPATH"] = os.pathsep.join([str(REPO / "tests"), environment.get("PYTHONPATH", "")])
-    environment.update(extra)
-    return environment
-
-
-def records(workdir: Path) -> list[dict]:
-    lines = (workdir / "metrics.jsonl").read_text().splitlines()
-    return [{k: v for k, v in json.loads(line).items() if k not in TIMING_KEYS} for line in lines]
-
-
-def jaxgen(*args, **kwargs):
-    return [sys.executable, "-m", "jaxgen.cli", *map(str, args)]
-
-
-def slow_config(tmp_path: Path) -> Path:
-    path = tmp_path / "slow.gin"
-    path.write_text(
-        "from __gin__ import dynamic_registration\nfrom jaxgen import data\nfrom support import slow\n"
-        f"include '{REPO}/configs/quickstart_smoke.gin'\n"
-        "TRAIN_STEPS = 60\nCHECKPOINT_EVERY = 10\nEVAL_EVERY = 0\nLOG_EVERY = 1\n"
-        "train/data.Loader.transform = @slow.slow_down\n"
-    )
-    return path
-
-
-def test_kill_dash_9_then_the_same_command_resumes_bit_for_bit(tmp_path):
-    config = slow_config(tmp_path)
-    straight, killed = tmp_path / "straight", tmp_path / "killed"
-    subprocess.run(jaxgen("run", config, "--workdir", straight, "--no-progress"), env=env(), check=True,
-                   capture_output=True, cwd=REPO)
-
-    command = jaxgen("run", config, "--workdir", killed, "--no-progress")
-    process = subprocess.Popen(command, env=env(), cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline = time.time() + 120
-    while not (killed / "checkpoints" / "20" / "jaxgen_manifest.json").exists():
-        assert process.poll() is None, "the run ended before it could be killed"
-        assert time.time() < deadline, "no checkpoint at step 20 within 120 s"
-        time.sleep(0.05)
-    process.send_signal(signal.SIGKILL)
-    process.wait()
-    died_at = max(r["step"] for r in records(killed))
-    assert 20 <= died_at < 60
-
-    subprocess.run(command, env=env(), check=True, capture_output=True, cwd=REPO)
-    assert records(killed) == records(straight)
+from support.launch import REPO, env, free_port, jaxgen, records
 
 
 MESH_SCRIPT = """
@@ -114,12 +60,6 @@ def test_four_device_meshes_match_one_device(tmp_path):
         for key in ("loss", "grad_norm", "accuracy"):
             np.testing.assert_allclose([r[key] for r in sharded], [r[key] for r in reference], rtol=2e-5,
                                        atol=1e-6, err_msg=f"{name}: {key}")
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("localhost", 0))
-        return s.getsockname()[1]
 
 
 def run_two_processes(config: Path, workdir: Path, *bindings: str) -> None:
