@@ -19,11 +19,6 @@ def random_data(seed, shape, outliers=True):
   return jnp.asarray(x)
 
 
-def relative_error(a, b):
-  a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
-  return np.linalg.norm(a - b) / np.linalg.norm(b)
-
-
 class OnCpu:
   """Runs a test's arrays and interpreted kernels on the CPU device, also in a process whose default is a GPU.
 

@@ -20,6 +20,7 @@ from pallas_kernels.block_sparse_attention import block_sparse_attention
 from pallas_kernels.block_sparse_attention import block_sparse_attention_reference
 from pallas_kernels.block_sparse_attention import kernel_tpu
 from pallas_kernels.block_sparse_attention import ops
+from support.numerics import as_f32, rel_err
 
 _TOLERANCE = {jnp.float32: 2e-5, jnp.bfloat16: 2e-2}
 
@@ -32,15 +33,6 @@ def _inputs(seed, batch, seq, heads, head_dim, dtype):
 def _random_mask(seed, batch, heads, seq, block_q, block_kv, density):
   shape = (batch, heads, math.ceil(seq / block_q), math.ceil(seq / block_kv))
   return jnp.asarray(np.random.default_rng(seed).random(shape) < density)
-
-
-def _rel_err(x, ref):
-  x, ref = np.asarray(x, np.float64), np.asarray(ref, np.float64)
-  return np.linalg.norm(x - ref) / max(np.linalg.norm(ref), 1e-30)
-
-
-def _f32(*xs):
-  return [x.astype(jnp.float32) for x in xs]
 
 
 class TestBlockSparseAttention:
@@ -73,9 +65,9 @@ class TestBlockSparseAttention:
     q, k, v, _ = _inputs(0, 2, seq, 2, head_dim, dtype)
     mask = _random_mask(1, 2, 2, seq, block_q, block_kv, density)
     out = self._attention(q, k, v, mask, block_q=block_q, block_kv=block_kv)
-    ref = block_sparse_attention_reference(*_f32(q, k, v), mask, block_q=block_q, block_kv=block_kv)
+    ref = block_sparse_attention_reference(*as_f32(q, k, v), mask, block_q=block_q, block_kv=block_kv)
     assert out.shape == q.shape and out.dtype == q.dtype
-    assert _rel_err(out, ref) < _TOLERANCE[dtype]
+    assert rel_err(out, ref) < _TOLERANCE[dtype]
 
   def test_rows_without_active_block_return_zeros(self):
     q, k, v, _ = _inputs(2, 1, 100, 2, 64, jnp.float32)
@@ -85,7 +77,7 @@ class TestBlockSparseAttention:
     np.testing.assert_array_equal(out[0, 64:96, 1], 0.0)
     assert np.all(np.abs(out[0, :64, 1]).sum(-1) > 0)
     ref = block_sparse_attention_reference(q, k, v, mask, block_q=32, block_kv=32)
-    assert _rel_err(out, ref) < _TOLERANCE[jnp.float32]
+    assert rel_err(out, ref) < _TOLERANCE[jnp.float32]
 
   def test_keys_past_sequence_end_never_count(self):
     # 70 tokens in blocks of 64: the second key block holds 6 real keys; only those may receive weight.
@@ -102,7 +94,7 @@ class TestBlockSparseAttention:
     per_batch = self._attention(q, k, v, jnp.broadcast_to(mask, (2, *mask.shape[1:])), block_q=32, block_kv=32,
                                 sm_scale=0.3)
     ref = block_sparse_attention_reference(q, k, v, mask, block_q=32, block_kv=32, sm_scale=0.3)
-    assert _rel_err(out, ref) < _TOLERANCE[jnp.float32]
+    assert rel_err(out, ref) < _TOLERANCE[jnp.float32]
     np.testing.assert_allclose(out, per_batch, rtol=1e-6, atol=1e-6)
 
   @pytest.mark.parametrize(
@@ -122,10 +114,10 @@ class TestBlockSparseAttention:
     grads = jax.grad(loss(lambda q, k, v: self._attention(q, k, v, mask, block_q=block_q, block_kv=block_kv)),
                      argnums=(0, 1, 2))(q, k, v)
     ref_grads = jax.grad(loss(lambda q, k, v: block_sparse_attention_reference(
-        q, k, v, mask, block_q=block_q, block_kv=block_kv)), argnums=(0, 1, 2))(*_f32(q, k, v))
+        q, k, v, mask, block_q=block_q, block_kv=block_kv)), argnums=(0, 1, 2))(*as_f32(q, k, v))
     for grad, ref in zip(grads, ref_grads):
       assert grad.dtype == dtype
-      assert _rel_err(grad, ref) < 2 * _TOLERANCE[dtype]
+      assert rel_err(grad, ref) < 2 * _TOLERANCE[dtype]
 
   def test_changed_mask_does_not_recompile(self):
     q, k, v, _ = _inputs(8, 1, 128, 2, 64, jnp.float32)
@@ -142,7 +134,7 @@ class TestBlockSparseAttention:
     second = attend(q, k, v, second_mask)
     assert len(traces) == 1
     ref = block_sparse_attention_reference(q, k, v, second_mask, block_q=32, block_kv=32)
-    assert _rel_err(second, ref) < _TOLERANCE[jnp.float32]
+    assert rel_err(second, ref) < _TOLERANCE[jnp.float32]
     assert not np.allclose(first, second)
 
 
@@ -184,11 +176,11 @@ def test_tpu_kernels_under_the_tpu_simulator(monkeypatch):
     mask = _random_mask(13, 1, 1, 72, 32, 32, 0.6).at[0, 0, 1].set(False).at[0, 0, 2, 2].set(True)
     attend = lambda q, k, v: block_sparse_attention(q, k, v, mask, block_q=32, block_kv=32, implementation="tpu")
     reference = lambda q, k, v: block_sparse_attention_reference(q, k, v, mask, block_q=32, block_kv=32)
-    assert _rel_err(attend(q, k, v), reference(q, k, v)) < _TOLERANCE[jnp.float32]
+    assert rel_err(attend(q, k, v), reference(q, k, v)) < _TOLERANCE[jnp.float32]
     loss = lambda attention: lambda q, k, v: jnp.sum(attention(q, k, v) * do)
     grads = jax.grad(loss(attend), argnums=(0, 1, 2))(q, k, v)
     for grad, ref in zip(grads, jax.grad(loss(reference), argnums=(0, 1, 2))(q, k, v)):
-      assert _rel_err(grad, ref) < 2 * _TOLERANCE[jnp.float32]
+      assert rel_err(grad, ref) < 2 * _TOLERANCE[jnp.float32]
 
 
 def test_reference_with_full_mask_is_dense_attention():

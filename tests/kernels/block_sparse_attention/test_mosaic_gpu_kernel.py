@@ -20,6 +20,7 @@ from pallas_kernels import mosaic_gpu_compat as compat
 from pallas_kernels.block_sparse_attention import block_sparse_attention
 from pallas_kernels.block_sparse_attention import block_sparse_attention_reference
 from pallas_kernels.block_sparse_attention import ops
+from support.numerics import as_f32, rel_err
 
 _TOLERANCE = 2e-2  # bf16/f16 inputs and outputs against a float32 reference; seen: ~2e-3
 
@@ -54,15 +55,6 @@ def _mask(seed, mask_batch, seq, block_kv):
   return jnp.asarray(mask)
 
 
-def _rel_err(x, ref):
-  x, ref = np.asarray(x, np.float64), np.asarray(ref, np.float64)
-  return np.linalg.norm(x - ref) / max(np.linalg.norm(ref), 1e-30)
-
-
-def _f32(*xs):
-  return [x.astype(jnp.float32) for x in xs]
-
-
 class TestMosaicGpuCompiled:
   """The compiled kernels through the op's default dispatch; needs a Hopper GPU (H100 / H200)."""
 
@@ -86,9 +78,9 @@ class TestMosaicGpuCompiled:
     q, k, v, _ = _inputs(0, batch, seq, head_dim, dtype)
     mask = _mask(1, mask_batch, seq, block_kv)
     out = self._attention(q, k, v, mask, block_kv)
-    ref = block_sparse_attention_reference(*_f32(q, k, v), mask, block_q=_BLOCK_Q, block_kv=block_kv)
+    ref = block_sparse_attention_reference(*as_f32(q, k, v), mask, block_q=_BLOCK_Q, block_kv=block_kv)
     assert out.shape == q.shape and out.dtype == q.dtype
-    assert _rel_err(out, ref) < _TOLERANCE
+    assert rel_err(out, ref) < _TOLERANCE
     np.testing.assert_array_equal(np.asarray(out[:, (mask.shape[2] - 1) * _BLOCK_Q:, 0], np.float32), 0.0)
 
   @pytest.mark.parametrize("dtype, head_dim, seq, block_kv, batch, mask_batch", _GRADIENT_CASES)
@@ -101,10 +93,10 @@ class TestMosaicGpuCompiled:
 
     grads = jax.grad(loss(lambda q, k, v: self._attention(q, k, v, mask, block_kv)), argnums=(0, 1, 2))(q, k, v)
     ref_grads = jax.grad(loss(lambda q, k, v: block_sparse_attention_reference(
-        q, k, v, mask, block_q=_BLOCK_Q, block_kv=block_kv)), argnums=(0, 1, 2))(*_f32(q, k, v))
+        q, k, v, mask, block_q=_BLOCK_Q, block_kv=block_kv)), argnums=(0, 1, 2))(*as_f32(q, k, v))
     for name, grad, ref in zip("qkv", grads, ref_grads):
       assert grad.dtype == dtype
-      assert _rel_err(grad, ref) < _TOLERANCE, f"d{name}"
+      assert rel_err(grad, ref) < _TOLERANCE, f"d{name}"
 
 
 @pytest.mark.skipif(not hasattr(plgpu, "InterpretGPUParams") or jax.__version_info__ < (0, 12),

@@ -22,7 +22,8 @@ from pallas_kernels.int4_matmul import kernel_gpu
 from pallas_kernels.int4_matmul import ops
 from pallas_kernels.int4_matmul import reference
 from pallas_kernels.int4_matmul import tuning
-from support.int4 import MOSAIC_INTERPRETER, NO_MOSAIC_INTERPRETER, OnCpu, random_data, relative_error
+from support.int4 import MOSAIC_INTERPRETER, NO_MOSAIC_INTERPRETER, OnCpu, random_data
+from support.numerics import rel_err
 
 
 class SpecTest(unittest.TestCase):
@@ -112,21 +113,21 @@ class MatmulTestBase(unittest.TestCase):
   def assert_close(self, got, want):
     self.assertEqual(got.shape, want.shape)
     self.assertEqual(got.dtype, want.dtype)
-    self.assertLess(relative_error(got, want), self.TOLERANCE)
+    self.assertLess(rel_err(got, want), self.TOLERANCE)
 
   def test_w4a4_with_lowrank_smooth_bias(self):
     kwargs = dict(lowrank_down=self.down, lowrank_up=self.up, smooth=self.smooth, bias=self.bias)
     got = im.w4a4_matmul(self.x, self.w_packed, self.w_scales, implementation=self.IMPLEMENTATION, **kwargs)
     want = reference.w4a4_matmul(self.x, self.w_packed, self.w_scales, **kwargs)
     self.assertEqual((got.shape, got.dtype), (want.shape, want.dtype))
-    self.assertLess(relative_error(got, want), self.LOWRANK_TOLERANCE)
+    self.assertLess(rel_err(got, want), self.LOWRANK_TOLERANCE)
 
   def test_w4a4_fused_lowrank_equals_unfused(self):
     fused = im.w4a4_matmul(self.x, self.w_packed, self.w_scales, lowrank_down=self.down, lowrank_up=self.up,
                            implementation=self.IMPLEMENTATION)
     plain = im.w4a4_matmul(self.x, self.w_packed, self.w_scales, implementation=self.IMPLEMENTATION)
     low = reference._dot(reference._dot(self.x, self.down), self.up)
-    self.assertLess(relative_error(fused, plain + low), self.LOWRANK_TOLERANCE)
+    self.assertLess(rel_err(fused, plain + low), self.LOWRANK_TOLERANCE)
 
   def test_w4a4_unsigned_activations(self):
     x = jnp.abs(self.x)
@@ -140,7 +141,7 @@ class MatmulTestBase(unittest.TestCase):
     got = im.w4a4_matmul(x, self.w_packed, self.w_scales, bias=self.bias, implementation=self.IMPLEMENTATION)
     want = reference.w4a4_matmul(x, self.w_packed, self.w_scales, bias=self.bias)
     self.assertEqual(got.dtype, jnp.bfloat16)
-    self.assertLess(relative_error(got, want), 1e-2)
+    self.assertLess(rel_err(got, want), 1e-2)
 
   def test_w4a16(self):
     got = im.w4a16_matmul(self.x, self.w_packed, self.w_scales, bias=self.bias, implementation=self.IMPLEMENTATION)
@@ -150,7 +151,7 @@ class MatmulTestBase(unittest.TestCase):
   def test_w4a16_single_token_bf16(self):
     x = self.x[:1].astype(jnp.bfloat16)
     got = im.w4a16_matmul(x, self.w_packed, self.w_scales, implementation=self.IMPLEMENTATION)
-    self.assertLess(relative_error(got, reference.w4a16_matmul(x, self.w_packed, self.w_scales)), 1e-2)
+    self.assertLess(rel_err(got, reference.w4a16_matmul(x, self.w_packed, self.w_scales)), 1e-2)
 
   def test_w8a8(self):
     got = im.w8a8_matmul(self.x, self.w8, self.w8_scales, bias=self.bias, implementation=self.IMPLEMENTATION)
@@ -159,7 +160,7 @@ class MatmulTestBase(unittest.TestCase):
   def test_quantization_error_is_small_against_float(self):
     got = im.w4a4_matmul(self.x, self.w_packed, self.w_scales, implementation=self.IMPLEMENTATION)
     exact = self.x @ reference.dequantize_int4(self.w_packed, self.w_scales, axis=0)
-    self.assertLess(relative_error(got, exact), 0.2)  # 4-bit activations with outliers, no smoothing
+    self.assertLess(rel_err(got, exact), 0.2)  # 4-bit activations with outliers, no smoothing
 
   def test_bad_shapes_and_dtypes_raise_naming_them(self):
     impl = self.IMPLEMENTATION
@@ -206,13 +207,13 @@ class TpuSimulatorTest(OnCpu, unittest.TestCase):
     kwargs = dict(lowrank_down=random_data(53, (128, 16), outliers=False) / 16,
                   lowrank_up=random_data(54, (16, 128), outliers=False) / 4, bias=self.bias)
     got = im.w4a4_matmul(self.x, self.w_packed, self.w_scales, implementation="pallas_tpu_simulated", **kwargs)
-    self.assertLess(relative_error(got, reference.w4a4_matmul(self.x, self.w_packed, self.w_scales, **kwargs)), 1e-5)
+    self.assertLess(rel_err(got, reference.w4a4_matmul(self.x, self.w_packed, self.w_scales, **kwargs)), 1e-5)
     got = im.w4a16_matmul(self.x, self.w_packed, self.w_scales, implementation="pallas_tpu_simulated")
-    self.assertLess(relative_error(got, reference.w4a16_matmul(self.x, self.w_packed, self.w_scales)), 1e-5)
+    self.assertLess(rel_err(got, reference.w4a16_matmul(self.x, self.w_packed, self.w_scales)), 1e-5)
 
   def test_w8a8_kernel(self):
     got = im.w8a8_matmul(self.x, self.w8, self.w8_scales, bias=self.bias, implementation="pallas_tpu_simulated")
-    self.assertLess(relative_error(got, reference.w8a8_matmul(self.x, self.w8, self.w8_scales, bias=self.bias)), 1e-5)
+    self.assertLess(rel_err(got, reference.w8a8_matmul(self.x, self.w8, self.w8_scales, bias=self.bias)), 1e-5)
 
 
 class _MosaicGpuShapes:
@@ -238,10 +239,10 @@ class _MosaicGpuShapes:
       got = im.w4a4_matmul(x, self.w_packed, self.w_scales, implementation=self.IMPLEMENTATION, block_sizes=blocks,
                            **kwargs)
       self.assertEqual((got.shape, got.dtype), (x.shape[:1] + (self.N,), jnp.bfloat16))
-      self.assertLess(relative_error(got, want), 1e-2, code_dtype)  # bf16 output and low-rank operands
+      self.assertLess(rel_err(got, want), 1e-2, code_dtype)  # bf16 output and low-rank operands
       plain = im.w4a4_matmul(x, self.w_packed, self.w_scales, implementation=self.IMPLEMENTATION,
                              block_sizes=dataclasses.replace(blocks, fused_quantize=False), **kwargs)
-      self.assertLess(relative_error(got, plain), 5e-3, code_dtype)
+      self.assertLess(rel_err(got, plain), 5e-3, code_dtype)
 
   def test_w4a16_with_the_mosaic_kernel(self):
     # bf16 activations, 1 and 40 tokens (x padded to the 64-row wgmma tile), K split in two, bias added after.
@@ -252,7 +253,7 @@ class _MosaicGpuShapes:
                             block_sizes=blocks)
       self.assertEqual((got.shape, got.dtype), ((m, self.N), jnp.bfloat16))
       want = reference.w4a16_matmul(x, self.w_packed, self.w_scales, bias=self.bias)
-      self.assertLess(relative_error(got, want), 1e-2, m)  # weights and output rounded to bf16
+      self.assertLess(rel_err(got, want), 1e-2, m)  # weights and output rounded to bf16
 
   def test_a_shape_the_kernels_cannot_take_raises_when_named_and_goes_to_triton_as_the_default(self):
     w = random_data(16, (self.K, 192), outliers=False)
@@ -271,7 +272,7 @@ class _MosaicGpuShapes:
     with (unittest.mock.patch.object(ops, "_default_implementation", return_value=self.IMPLEMENTATION),
           unittest.mock.patch.dict(ops._AS_DEFAULT, {self.IMPLEMENTATION: as_default})):
       got = im.w4a4_matmul(self.x, w_packed, w_scales)
-    self.assertLess(relative_error(got, reference.w4a4_matmul(self.x, w_packed, w_scales)), 1e-5)
+    self.assertLess(rel_err(got, reference.w4a4_matmul(self.x, w_packed, w_scales)), 1e-5)
 
 
 @unittest.skipUnless(MOSAIC_INTERPRETER, NO_MOSAIC_INTERPRETER)
@@ -316,7 +317,7 @@ class GpuKernelPiecesTest(OnCpu, unittest.TestCase):
     halves = np.asarray(want_codes).reshape(32, 4, 32, 2).transpose(0, 1, 3, 2).reshape(32, 256)
     np.testing.assert_array_equal(codes, halves)
     np.testing.assert_array_equal(scales, want_scales)
-    self.assertLess(relative_error(low, reference._dot(x, down)), 1e-5)
+    self.assertLess(rel_err(low, reference._dot(x, down)), 1e-5)
 
   def test_k_splits_and_tilings(self):
     x = random_data(22, (64, 256))
@@ -328,8 +329,8 @@ class GpuKernelPiecesTest(OnCpu, unittest.TestCase):
       with self.subTest(blocks=blocks):
         got4 = im.w4a4_matmul(x, w_packed, w_scales, implementation="pallas_gpu_interpret", block_sizes=blocks)
         got16 = im.w4a16_matmul(x, w_packed, w_scales, implementation="pallas_gpu_interpret", block_sizes=blocks)
-        self.assertLess(relative_error(got4, want4), 1e-5)
-        self.assertLess(relative_error(got16, want16), 1e-5)
+        self.assertLess(rel_err(got4, want4), 1e-5)
+        self.assertLess(rel_err(got16, want16), 1e-5)
 
   def test_nibbles_assembled_as_float32_are_the_codes(self):
     every_byte = jnp.arange(256, dtype=jnp.int32).astype(jnp.uint8).reshape(1, 256)
@@ -349,7 +350,7 @@ class GpuKernelPiecesTest(OnCpu, unittest.TestCase):
         got = im.w4a16_matmul(x, w_packed, w_scales, bias=bias, implementation="pallas_gpu_interpret",
                               block_sizes=blocks)
         self.assertEqual((got.shape, got.dtype), ((m, 128), dtype))
-        self.assertLess(relative_error(got, reference.w4a16_matmul(x, w_packed, w_scales, bias=bias)), tolerance)
+        self.assertLess(rel_err(got, reference.w4a16_matmul(x, w_packed, w_scales, bias=bias)), tolerance)
     with self.assertRaisesRegex(ValueError, "up to 8 tokens.*M=9, rows=16"):
       kernel_gpu.gemv_activations(jnp.zeros((9, 256)), 64, 16)
 

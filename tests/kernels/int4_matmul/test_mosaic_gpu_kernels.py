@@ -17,7 +17,8 @@ from pallas_kernels.int4_matmul import ops
 from pallas_kernels.int4_matmul import quantize_mosaic_gpu
 from pallas_kernels.int4_matmul import reference
 from pallas_kernels.int4_matmul import w4a16_mosaic_gpu
-from support.int4 import MOSAIC_INTERPRETER, NO_MOSAIC_INTERPRETER, OnCpu, random_data, relative_error
+from support.int4 import MOSAIC_INTERPRETER, NO_MOSAIC_INTERPRETER, OnCpu, random_data
+from support.numerics import rel_err
 
 
 def _quantize_inputs(k=256, rank=64, seed=30):
@@ -47,7 +48,7 @@ class _MosaicGpuQuantizeChecks:
       np.testing.assert_array_equal(codes.astype(jnp.float32), want_codes.astype(jnp.float32))
       np.testing.assert_array_equal(scales, want_scales.T)
       self.assertEqual(low.shape, (k_splits, 128, down.shape[1]))
-      self.assertLess(relative_error(low.sum(0), reference._dot(source, down)), 1e-5)  # float32 partial sums
+      self.assertLess(rel_err(low.sum(0), reference._dot(source, down)), 1e-5)  # float32 partial sums
 
   def test_without_the_low_rank_branch(self):
     x, smooth, _ = _quantize_inputs(k=128)
@@ -175,7 +176,7 @@ class MosaicGpuKernelTest(unittest.TestCase):
           got = kernel_mosaic_gpu.grouped_gemm(
               jnp.asarray(a).astype(dtype), jnp.asarray(b).astype(dtype), a_scales, b_scales, None, None, None,
               group_size=group_size, out_dtype=jnp.float32, tile_n=128, stages=2, interpret=True)
-          self.assertLess(relative_error(got, want), 1e-6)
+          self.assertLess(rel_err(got, want), 1e-6)
 
   def test_low_rank_and_bias_start_the_sum_and_one_group_spans_k(self):
     a, b, a_scales, b_scales = self._operands(192, 192)
@@ -187,7 +188,7 @@ class MosaicGpuKernelTest(unittest.TestCase):
                                          group_size=192, out_dtype=jnp.float32, tile_n=128, stages=2, interpret=True)
     want = (self._expected(a, b, a_scales, b_scales, 192) + np.asarray(bias)
             + np.asarray(low, np.float64) @ np.asarray(up, np.float64))
-    self.assertLess(relative_error(got, want), 1e-6)
+    self.assertLess(rel_err(got, want), 1e-6)
 
   def test_a_persistent_cta_walks_several_tiles_with_one_ring(self):
     # One CTA, 2 x 2 output tiles of 128 x 128: the ring (3 slots, 2 steps a tile) runs on across tiles, and each
@@ -206,7 +207,7 @@ class MosaicGpuKernelTest(unittest.TestCase):
     got = kernel_mosaic_gpu.grouped_gemm(
         jnp.asarray(a).astype(jnp.float8_e4m3fn), jnp.asarray(b).astype(jnp.float8_e4m3fn), a_scales, b_scales, low,
         up, bias, group_size=64, out_dtype=jnp.float32, tile_n=128, stages=3, ctas=1, interpret=True)
-    self.assertLess(relative_error(got, want), 1e-6)
+    self.assertLess(rel_err(got, want), 1e-6)
     with self.assertRaisesRegex(ValueError, "ctas must be between 1 and the 4 output tiles, got 5"):
       kernel_mosaic_gpu.grouped_gemm(jnp.asarray(a), jnp.asarray(b), a_scales, b_scales, None, None, None,
                                      group_size=64, out_dtype=jnp.float32, tile_n=128, stages=3, ctas=5)

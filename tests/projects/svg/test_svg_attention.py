@@ -10,6 +10,7 @@ import svg_brute_force as brute
 from jaxgen.nn.attention import AttentionContext
 from jaxgen.projects.svg import DenseGate, VideoLayout, band_block_mask, band_for_density, svg_attention, svg_backend
 from jaxgen.projects.svg import attention as svg_lib
+from support.numerics import as_f32, rel_err
 
 LAYOUTS = [VideoLayout(4, 16, 8, text_first=True), VideoLayout(3, 16, 5, text_first=False)]
 CLASSES = np.array([[0, 1, 0, 1], [1, 1, 0, 0]])
@@ -20,11 +21,6 @@ def _random_qkv(layout, seed=0, heads=3, head_dim=16):
     return [jax.random.normal(key, (2, layout.seq_len, heads, head_dim)) for key in keys]
 
 
-def _rel_err(x, ref):
-    x, ref = np.asarray(x, np.float64), np.asarray(ref, np.float64)
-    return np.linalg.norm(x - ref) / np.linalg.norm(ref)
-
-
 @pytest.mark.parametrize("layout", LAYOUTS, ids=str)
 @pytest.mark.parametrize("implementation, block", [("interpret", 16), ("reference", 8)])
 def test_density_one_equals_dense_attention(layout, implementation, block):
@@ -32,7 +28,7 @@ def test_density_one_equals_dense_attention(layout, implementation, block):
     out, head_is_temporal = svg_attention(q, k, v, layout, density=1.0, rng=jax.random.key(1), block_q=block,
                                           block_kv=block, implementation=implementation)
     assert out.shape == q.shape and head_is_temporal.shape == (2, 3)
-    assert _rel_err(out, jax.nn.dot_product_attention(q, k, v)) < 2e-5
+    assert rel_err(out, jax.nn.dot_product_attention(q, k, v)) < 2e-5
 
 
 @pytest.mark.parametrize("layout", LAYOUTS, ids=str)
@@ -51,8 +47,8 @@ def test_sparse_output_is_masked_attention_with_each_heads_mask(layout):
     where = np.argsort(brute.token_major_source(layout))
     token_masks = np.where(CLASSES.astype(bool)[:, :, None, None], spatial[where][:, where], spatial)
     expected = brute.masked_attention(q, k, v, token_masks)
-    assert _rel_err(out, expected) < 2e-5
-    assert _rel_err(out, brute.masked_attention(q, k, v, True)) > 1e-3  # the masks really cut something
+    assert rel_err(out, expected) < 2e-5
+    assert rel_err(out, brute.masked_attention(q, k, v, True)) > 1e-3  # the masks really cut something
 
 
 def test_new_density_or_key_reuses_the_compiled_program():
@@ -73,7 +69,7 @@ def test_bf16_inputs_keep_their_dtype():
     out, _ = svg_attention(q, k, v, layout, density=1.0, rng=jax.random.key(0), block_q=16, block_kv=16,
                            implementation="interpret")
     assert out.dtype == jnp.bfloat16
-    assert _rel_err(out, jax.nn.dot_product_attention(q, k, v)) < 2e-2
+    assert rel_err(out, jax.nn.dot_product_attention(q, k, v)) < 2e-2
 
 
 def test_errors_name_the_shapes():
@@ -102,10 +98,10 @@ def test_backend_gates_early_steps_to_dense_inside_jit():
     dense = jax.nn.dot_product_attention(q, k, v)
     for step in (0, 1):
         out, aux = step_fn(step)
-        assert _rel_err(out, dense) < 2e-5
+        assert rel_err(out, dense) < 2e-5
         assert not np.asarray(aux["head_is_temporal"]).any() and float(aux["density"]) == 1.0
     out, aux = step_fn(2)
-    assert _rel_err(out, dense) > 1e-3
+    assert rel_err(out, dense) > 1e-3
     np.testing.assert_array_equal(aux["head_is_temporal"], CLASSES.astype(bool))
     assert float(aux["density"]) < 1.0
 
