@@ -3,9 +3,9 @@
 - Registered names (`register_dataset`) are TFDS builders defined in a module of ours, prepared on first use from data
   that ships inside Python packages or is generated from a seed. No internet needed. The built-in ones live in
   `jaxgen.data.builders`; a paper registers its own from its package's `__init__.py`
-  (`register_dataset("ml100k", "jaxgen.projects.automlp.data")`), so a new dataset never edits this file.
-  `registered_datasets()` imports every package under `jaxgen.projects` first, so `jaxgen data list` and a name
-  looked up before its project was imported see every registration.
+  (`register_dataset("ml100k", f"{__name__}.data")` in the paper's `__init__.py`), so a new dataset never edits this file.
+  `registered_datasets()` imports the papers' packages first (`jaxgen.core.plugins`), so `jaxgen data list` and a
+  name looked up before its project was imported see every registration.
 - Any other name is passed to TFDS as is (`"cifar10"`, `"imagenet2012:5.1.0"`), which works where the internet
   (or a copied, prepared folder) exists. A missing one fails with a message saying how to obtain it.
 
@@ -28,8 +28,9 @@ from typing import Any, Protocol
 
 import numpy as np
 
+from jaxgen.core import plugins
+
 _REGISTRY: dict[str, str] = {}
-_PROJECTS_PACKAGE = "jaxgen.projects"
 
 IN_MEMORY_LIMIT_BYTES = 1 << 30
 
@@ -100,31 +101,15 @@ def register_dataset(name: str, builder_module: str) -> None:
     _REGISTRY[name] = builder_module
 
 
-def _import_projects() -> None:
-    """Imports every package under `jaxgen.projects`, whose `__init__.py` registers that paper's datasets. A project
-    that fails to import (a missing optional dependency) is named in a warning; the others' datasets stay usable."""
-    import logging
-    import pkgutil
-
-    projects = importlib.import_module(_PROJECTS_PACKAGE)
-    for info in pkgutil.iter_modules(projects.__path__, prefix=f"{_PROJECTS_PACKAGE}."):
-        if info.ispkg:
-            try:
-                importlib.import_module(info.name)
-            except ImportError as e:
-                logging.warning("Project package %s does not import (%s): datasets it registers are not available",
-                                info.name, e)
-
-
 def registered_datasets() -> dict[str, str]:
     """{name: builder module} of every registered dataset, the projects' included."""
-    _import_projects()
+    plugins.import_projects()
     return dict(sorted(_REGISTRY.items()))
 
 
 def _registered_module(base: str) -> str | None:
     if base not in _REGISTRY:
-        _import_projects()
+        plugins.import_projects()
     return _REGISTRY.get(base)
 
 

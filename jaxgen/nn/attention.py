@@ -11,8 +11,8 @@ Every backend is `fn(q, k, v, *, bias, mask, context, **options) -> (out, aux)`:
   aux       a dict of small diagnostics (empty for most; SVG reports which heads it ran temporal).
 
 Names resolve through `BACKENDS` (house rule: registries, not ladders); a paper adds its own entry with
-`register_backend`. "svg" lives in `jaxgen.projects.svg` (code moves into `nn/` on its second use) and is imported
-on first call, which keeps `jaxgen.nn` importable without any project and avoids an import cycle.
+`register_backend` when its package is imported ("svg" from the SVG paper's package), so `jaxgen.nn` imports no paper.
+A name not registered yet imports the papers' packages once (`jaxgen.core.plugins`) before it is called unknown.
 """
 
 from __future__ import annotations
@@ -25,6 +25,7 @@ import flax.linen as nn
 import flax.struct
 import jax
 
+from jaxgen.core import plugins
 from pallas_kernels.block_sparse_attention import block_sparse_attention
 
 Aux = dict[str, jax.Array]
@@ -37,7 +38,7 @@ class AttentionContext:
 
     rng: a key for backends that sample (SVG's profiling rows).
     block_mask: bool `[batch or 1, heads, q_blocks, kv_blocks]` for "block_sparse".
-    video_layout: where video and text tokens sit (`jaxgen.projects.svg.VideoLayout`) for "svg"; static.
+    video_layout: where video and text tokens sit (the SVG paper's `VideoLayout`) for "svg"; static.
     step, num_steps: denoising-step index (may be traced; 0 is the first, noisiest step) and the step count.
     layer, num_layers: this attention's layer index (may be traced) and the layer count.
     """
@@ -85,18 +86,10 @@ def _block_sparse(q, k, v, *, bias=None, mask=None, context: AttentionContext, b
     return out, {}
 
 
-def _svg(q, k, v, *, bias=None, mask=None, context: AttentionContext, **options):
-    """Sparse VideoGen (`jaxgen.projects.svg.attention.svg_backend`, whose signature lists the options)."""
-    from jaxgen.projects.svg import attention as svg_lib
-
-    return svg_lib.svg_backend(q, k, v, bias=bias, mask=mask, context=context, **options)
-
-
 BACKENDS: dict[str, Backend] = {
     "dense": _dense,
     "cudnn": _cudnn,
     "block_sparse": _block_sparse,
-    "svg": _svg,
 }
 
 
@@ -107,6 +100,8 @@ def register_backend(name: str, backend: Backend) -> None:
 
 
 def get_backend(name: str) -> Backend:
+    if name not in BACKENDS:
+        plugins.import_projects()
     if name not in BACKENDS:
         close = difflib.get_close_matches(name, BACKENDS, n=1)
         hint = f" Did you mean {close[0]!r}?" if close else ""

@@ -8,6 +8,7 @@ import sys
 import numpy as np
 import pytest
 
+from jaxgen.core import plugins
 from jaxgen.data import Loader, register_dataset, registered_datasets, source, sources
 from jaxgen.data.inspect import describe, list_text
 from support.toy_project import data as toy_data
@@ -27,7 +28,7 @@ def test_registered_datasets_imports_the_project_packages_to_find_their_registra
     monkeypatch.setattr(sources, "_REGISTRY", {k: v for k, v in sources._REGISTRY.items() if not k.startswith("toy_")})
     for module in [m for m in sys.modules if m.startswith("support.toy_project")]:
         monkeypatch.delitem(sys.modules, module)
-    monkeypatch.setattr(sources, "_PROJECTS_PACKAGE", "support")  # stands in for jaxgen.projects
+    monkeypatch.setattr(plugins, "PROJECTS_PACKAGE", "support")  # stands in for jaxgen.projects
     assert "toy_graphs" in registered_datasets()
 
 
@@ -39,7 +40,7 @@ def test_a_project_that_does_not_import_is_named_and_the_others_still_register(t
         (root / package / "__init__.py").write_text(body)
     monkeypatch.syspath_prepend(str(tmp_path))
     monkeypatch.setattr(sources, "_REGISTRY", dict(sources._REGISTRY))
-    monkeypatch.setattr(sources, "_PROJECTS_PACKAGE", "fake_projects")
+    monkeypatch.setattr(plugins, "PROJECTS_PACKAGE", "fake_projects")
     assert registered_datasets()["good_set"] == "good.data"
     assert "fake_projects.broken does not import (No module named 'a_module_that_is_not_installed')" in caplog.text
 

@@ -134,3 +134,6 @@ def svg_backend(q, k, v, *, bias=None, mask=None, context: nn_attention.Attentio
                                  num_layers=context.num_layers)
         out, head_is_temporal, density_run = lax.cond(is_dense, dense, sparse, q, k, v)
     return out, {"head_is_temporal": head_is_temporal, "density": density_run}
+
+
+nn_attention.register_backend("svg", svg_backend)
