@@ -3,7 +3,7 @@
 - Registered names (`register_dataset`) are TFDS builders defined in a module of ours, prepared on first use from data
   that ships inside Python packages or is generated from a seed. No internet needed. The built-in ones live in
   `jaxgen.data.builders`; a paper registers its own from its package's `__init__.py`
-  (`register_dataset("ml100k", f"{__name__}.data")` in the paper's `__init__.py`), so a new dataset never edits this file.
+  (`register_dataset("ml100k", f"{__name__}.data")`), so a new dataset never edits this file.
   `registered_datasets()` imports the papers' packages first (`jaxgen.core.plugins`), so `jaxgen data list` and a
   name looked up before its project was imported see every registration.
 - Any other name is passed to TFDS as is (`"cifar10"`, `"imagenet2012:5.1.0"`), which works where the internet
