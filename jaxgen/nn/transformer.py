@@ -121,8 +121,9 @@ class AdaLNZeroBlock(nn.Module):
         h = nn.Dense(int(self.mlp_ratio * self.width), dtype=self.dtype, name="Dense_0",
                      kernel_init=partitioned(XAVIER, "embed", "mlp"),
                      bias_init=partitioned(nn.initializers.zeros, "mlp"))(h)
+        h = nn.gelu(h, approximate=self.approximate_gelu)
         h = nn.Dense(self.width, dtype=self.dtype, name="Dense_1", kernel_init=partitioned(XAVIER, "mlp", "embed"),
-                     bias_init=partitioned(nn.initializers.zeros, "embed"))(nn.gelu(h, approximate=self.approximate_gelu))
+                     bias_init=partitioned(nn.initializers.zeros, "embed"))(h)
         return (x + gate2 * h).astype(x.dtype), None
 
 
