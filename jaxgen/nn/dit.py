@@ -25,6 +25,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from jaxgen.core import sharding as sharding_lib
 from jaxgen.nn import attention as nn_attention
 from jaxgen.nn import safetensors_io
 from jaxgen.nn.embeddings import LabelEmbedding, TimestepEmbedding, sincos_2d
@@ -152,13 +153,13 @@ def _same(x):
 
 # Our parameter path <- diffusers tensor names (`{i}`: the block index; those rows are stacked over blocks) and the
 # conversion. diffusers gives every block its own copy of the timestep and class embeddings (the official conversion
-# writes the same tensors into each); we keep one, and `from_diffusers` checks that the copies agree.
-_EMB = "transformer_blocks.{i}.norm1.emb."
+# writes the same tensors into each); we read block 0's, and `from_diffusers` checks that the copies agree.
+_EMB = "transformer_blocks.0.norm1.emb."
 
 
-def _table(heads: int):
+def _table(heads: int) -> dict[str, tuple[list[str], Any]]:
     blk = "transformer_blocks.{i}."
-    return [
+    rows = [
         ("patch_embed/kernel", ["pos_embed.proj.weight"], _patch_conv),
         ("patch_embed/bias", ["pos_embed.proj.bias"], _same),
         ("t_embed/linear_1/kernel", [_EMB + "timestep_embedder.linear_1.weight"], _linear),
@@ -181,6 +182,7 @@ def _table(heads: int):
         ("unpatchify/kernel", ["proj_out_2.weight"], _linear),
         ("unpatchify/bias", ["proj_out_2.bias"], _same),
     ]
+    return {path: (names, convert) for path, names, convert in rows}
 
 
 _GELU = {"gelu-approximate": True, "gelu": False}
@@ -213,14 +215,15 @@ def module_from_config(config: Mapping[str, Any], **overrides) -> DiT:
     return DiT(**{**fields, **overrides})
 
 
-def from_diffusers(model_dir: str | Path, *, dtype: Any = jnp.float32, shardings=None, **overrides):
+def from_diffusers(model_dir: str | Path, *, dtype: Any = jnp.float32, mesh: jax.sharding.Mesh | None = None,
+                   **overrides):
     """`(module, params)` from a diffusers `DiTTransformer2DModel.save_pretrained` folder (config.json and
     `diffusion_pytorch_model.safetensors`, or its sharded index).
 
-    Parameters come as `dtype` arrays; tensors are read one at a time, so the checkpoint is never in host memory
-    whole. `shardings`, a tree of `jax.sharding.Sharding` like the params (`jaxgen.core.sharding.variable_shardings`
-    of the module's abstract variables, unboxed), places each parameter straight into its shards. `overrides` set
-    module fields (`dtype` of compute, `attention_backend`, `remat`); parameter shapes do not depend on them.
+    Parameters come as `dtype` arrays; tensors are read, converted and placed one parameter at a time, so the
+    checkpoint is never in host memory whole. With `mesh`, each parameter goes straight into the shards its logical
+    axes give it (`jaxgen.core.sharding.LOGICAL_AXIS_RULES`); without, onto the default device. `overrides` set module
+    fields (`dtype` of compute, `attention_backend`, `remat`); parameter shapes do not depend on them.
     Returns params as `{"params": ...}`, ready for `module.apply(params, x, t, y)`.
     """
     model_dir = Path(model_dir)
@@ -230,49 +233,44 @@ def from_diffusers(model_dir: str | Path, *, dtype: Any = jnp.float32, shardings
     config = json.loads(config_path.read_text())
     module = module_from_config(config, **overrides)
     reader = safetensors_io.open_checkpoint(model_dir, "diffusion_pytorch_model")
-    depth = module.depth
-    _check_tied_embeddings(reader, depth)
+    _check_tied_embeddings(reader, module.depth)
 
-    flat = {}
-    for path, names, convert in _table(module.num_heads):
-        if "{i}" in names[0] and not names[0].startswith(_EMB):
-            value = np.stack([convert(*(reader.get(n.format(i=i)) for n in names)) for i in range(depth)])
-        else:
-            value = convert(*(reader.get(n.format(i=0)) for n in names))
-        flat[path] = value
-    leftover = sorted(set(reader.names) - reader.used)
-    if leftover:
-        raise ValueError(f"from_diffusers: {len(leftover)} tensors in {model_dir} map to nothing: {leftover[:5]}")
-
-    abstract = jax.eval_shape(module.init, jax.random.key(0), *_example_inputs(module))["params"]
-    abstract = nn.unbox(abstract)
-    flat_shardings = _flatten(shardings["params"] if shardings and "params" in shardings else shardings)
+    table = _table(module.num_heads)
+    boxed = jax.eval_shape(module.init, jax.random.key(0), *_example_inputs(module, 2 * module.patch_size))["params"]
+    abstract = nn.unbox(boxed)
+    flat_shardings = _flatten(sharding_lib.variable_shardings(boxed, mesh)) if mesh is not None else {}
     params = {}
     for key_path, leaf in jax.tree_util.tree_flatten_with_path(abstract)[0]:
         path = "/".join(k.key for k in key_path)
-        if path not in flat:
+        if path not in table:
             raise ValueError(f"from_diffusers: parameter {path} {leaf.shape} has no entry in the name table")
-        value = flat.pop(path)
+        names, convert = table[path]
+        if "{i}" in names[0]:  # one tensor per block, stacked on the scan's "layers" axis
+            value = np.stack([convert(*(reader.get(n.format(i=i)) for n in names)) for i in range(module.depth)])
+        else:
+            value = convert(*(reader.get(n) for n in names))
         if value.shape != leaf.shape:
             raise ValueError(f"from_diffusers: {path} converts to {value.shape}, the module expects {leaf.shape}")
-        params[path] = _place(value.astype(dtype), flat_shardings.get(path) if flat_shardings else None)
+        params[path] = _place(value.astype(dtype), flat_shardings.get(path))
+    leftover = sorted(set(reader.names) - reader.used)
+    if leftover:
+        raise ValueError(f"from_diffusers: {len(leftover)} tensors in {model_dir} map to nothing: {leftover[:5]}")
     return module, {"params": _unflatten(params)}
 
 
-def _example_inputs(module: DiT):
-    size = module.patch_size * 2
+def _example_inputs(module: DiT, size: int):
     return (jnp.zeros((1, size, size, module.in_channels)), jnp.zeros((1,)), jnp.zeros((1,), jnp.int32))
 
 
 def _check_tied_embeddings(reader, depth: int) -> None:
     """Every block's copy of the timestep/class embedding must equal block 0's, as in the official checkpoints."""
-    for name in [n for n in reader.names if n.startswith(_EMB.format(i=0))]:
-        suffix = name[len(_EMB.format(i=0)):]
+    for name in [n for n in reader.names if n.startswith(_EMB)]:
         first = reader.get(name)
         for i in range(1, depth):
-            if not np.array_equal(reader.get(_EMB.format(i=i) + suffix), first):
-                raise ValueError(f"from_diffusers: block {i}'s {suffix} differs from block 0's; this DiT keeps one "
-                                 f"timestep/class embedding shared by all blocks (the official checkpoints tie them)")
+            if not np.array_equal(reader.get(name.replace(".0.", f".{i}.", 1)), first):
+                raise ValueError(f"from_diffusers: block {i}'s {name[len(_EMB):]} differs from block 0's; this DiT "
+                                 f"keeps one timestep/class embedding shared by all blocks (the official checkpoints "
+                                 f"tie them)")
 
 
 def _place(value: np.ndarray, sharding):
@@ -282,8 +280,6 @@ def _place(value: np.ndarray, sharding):
 
 
 def _flatten(tree) -> dict[str, Any]:
-    if tree is None:
-        return {}
     leaves = jax.tree_util.tree_flatten_with_path(tree, is_leaf=lambda x: isinstance(x, jax.sharding.Sharding))[0]
     return {"/".join(k.key for k in key_path): leaf for key_path, leaf in leaves}
 
@@ -301,6 +297,5 @@ def _unflatten(flat: Mapping[str, Any]) -> dict:
 
 def num_params(module: DiT, image_size: int) -> int:
     """Parameter count from shapes alone (no allocation)."""
-    x = jnp.zeros((1, image_size, image_size, module.in_channels))
-    abstract = jax.eval_shape(module.init, jax.random.key(0), x, jnp.zeros((1,)), jnp.zeros((1,), jnp.int32))
+    abstract = jax.eval_shape(module.init, jax.random.key(0), *_example_inputs(module, image_size))
     return sum(math.prod(leaf.shape) for leaf in jax.tree.leaves(nn.unbox(abstract)))

@@ -13,6 +13,7 @@ from tests.support.parity import require
 torch = require("torch")
 diffusers = require("diffusers")
 
+from jaxgen.core import mesh as mesh_lib  # noqa: E402
 from jaxgen.nn import dit  # noqa: E402
 
 CONFIG = dict(num_attention_heads=2, attention_head_dim=8, in_channels=4, out_channels=8, num_layers=2,
@@ -60,10 +61,13 @@ def test_sharded_checkpoint_loads_like_one_file(tmp_path):
     compare(model, tmp_path, 8)
 
 
-def test_loads_into_bfloat16(tmp_path):
+def test_loads_into_bfloat16_on_a_mesh(tmp_path):
     reference_model().save_pretrained(tmp_path)
-    _, params = dit.from_diffusers(tmp_path, dtype=jnp.bfloat16)
-    assert {leaf.dtype for leaf in jax.tree.leaves(params)} == {jnp.dtype(jnp.bfloat16)}
+    mesh = mesh_lib.make_mesh(mesh_lib.MeshConfig(data=1, fsdp=-1))
+    _, params = dit.from_diffusers(tmp_path, dtype=jnp.bfloat16, mesh=mesh)
+    leaves = jax.tree.leaves(params)
+    assert {leaf.dtype for leaf in leaves} == {jnp.dtype(jnp.bfloat16)}
+    assert all(leaf.sharding.mesh.shape == mesh.shape for leaf in leaves)
 
 
 def test_untied_block_embeddings_are_refused(tmp_path):
