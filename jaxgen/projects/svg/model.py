@@ -10,7 +10,8 @@ attention, so `VideoDiT.layout(...)` is exactly the `VideoLayout` that SVG's mas
   - QK RMSNorm (both originals) keeps bf16 logits tame in deep stacks.
   - adaLN-Zero blocks with separate modulation for caption and video tokens (CogVideoX's "expert" adaLN): the two
     kinds of token live at different scales, but they share the attention and MLP weights.
-  - The blocks are one `nn.scan` (optionally rematerialised): unrolled deep DiTs took minutes to compile on an H100.
+  - The blocks are `jaxgen.nn.transformer`'s adaLN-Zero block, the one the image DiT uses, as one `nn.scan`
+    (optionally rematerialised): unrolled deep DiTs took minutes to compile on an H100.
 Attention goes through `jaxgen.nn.attention` by backend name ("dense" to train, "svg" to sample), with an
 `AttentionContext` carrying the layout, the (traced) layer index, the denoising step and a per-layer key; backend
 diagnostics (SVG's `head_is_temporal`) are sown into "intermediates", stacked over layers by the scan.
@@ -25,11 +26,12 @@ from typing import Any
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from jaxgen.nn import attention as nn_attention
+from jaxgen.nn.embeddings import timestep_embedding
+from jaxgen.nn.transformer import scanned_blocks
 from jaxgen.projects.svg.layout import VideoLayout
-
-_INIT = nn.initializers.xavier_uniform()
 
 
 def rope_axis_dims(head_dim: int) -> tuple[int, int, int]:
@@ -59,16 +61,6 @@ def rope_3d(grid: Sequence[int], axis_dims: Sequence[int],
     return jnp.cos(angles), jnp.sin(angles)
 
 
-def apply_rope(x: jax.Array, cos: jax.Array, sin: jax.Array) -> jax.Array:
-    """Rotates channel pairs (2i, 2i+1) of `x` `[batch, seq, heads, head_dim]` by the angles of each position."""
-    if x.shape[1] != cos.shape[0] or x.shape[-1] != 2 * cos.shape[-1]:
-        raise ValueError(f"rope tables {cos.shape} do not fit x {x.shape} ([batch, seq, heads, 2 * pairs])")
-    pairs = x.astype(jnp.float32).reshape(*x.shape[:-1], -1, 2)
-    c, s = cos[None, :, None], sin[None, :, None]
-    rotated = jnp.stack([pairs[..., 0] * c - pairs[..., 1] * s, pairs[..., 0] * s + pairs[..., 1] * c], -1)
-    return rotated.reshape(x.shape).astype(x.dtype)
-
-
 def patchify(video: jax.Array, patch: Sequence[int]) -> jax.Array:
     """`[batch, frames, height, width, c]` -> `[batch, tokens, pt * ph * pw * c]`, tokens frame-major: the token of
     patch (f, y, x) sits at `f * (height // ph) * (width // pw) + y * (width // pw) + x`."""
@@ -83,73 +75,6 @@ def unpatchify(tokens: jax.Array, grid: Sequence[int], patch: Sequence[int], cha
     (pt, ph, pw), (f, h, w) = patch, grid
     x = tokens.reshape(tokens.shape[0], f, h, w, pt, ph, pw, channels).transpose(0, 1, 4, 2, 5, 3, 6, 7)
     return x.reshape(tokens.shape[0], f * pt, h * ph, w * pw, channels)
-
-
-def timestep_embedding(t: jax.Array, dim: int, max_period: float = 10000.0) -> jax.Array:
-    """Sinusoidal features of `1000 t` (flow time in [0, 1] on the scale of DDPM step indices)."""
-    freqs = jnp.exp(-math.log(max_period) * jnp.arange(dim // 2, dtype=jnp.float32) / (dim // 2))
-    args = 1000.0 * t[:, None].astype(jnp.float32) * freqs
-    return jnp.concatenate([jnp.cos(args), jnp.sin(args)], -1)
-
-
-class VideoAttention(nn.Module):
-    """Self-attention over [caption; video] with QK RMSNorm and 3D RoPE on the video part; core by backend name."""
-
-    num_heads: int
-    head_dim: int
-    backend: str
-    backend_options: Mapping[str, Any] | None
-    dtype: Any
-
-    @nn.compact
-    def __call__(self, x, rope, context: nn_attention.AttentionContext):
-        qkv = nn.DenseGeneral((3, self.num_heads, self.head_dim), dtype=self.dtype, name="qkv",
-                              kernel_init=nn.with_logical_partitioning(_INIT, ("embed", None, "heads", "kv")))(x)
-        q, k, v = qkv[:, :, 0], qkv[:, :, 1], qkv[:, :, 2]
-        q = nn.RMSNorm(dtype=self.dtype, name="q_norm")(q)
-        k = nn.RMSNorm(dtype=self.dtype, name="k_norm")(k)
-        start = context.video_layout.video_start
-        stop = start + context.video_layout.video_tokens
-        q, k = (a.at[:, start:stop].set(apply_rope(a[:, start:stop], *rope)) for a in (q, k))
-        out, aux = nn_attention.attention(q, k, v, backend=self.backend, context=context,
-                                          **dict(self.backend_options or {}))
-        for name, value in aux.items():
-            self.sow("intermediates", name, value)
-        return nn.DenseGeneral(x.shape[-1], axis=(-2, -1), dtype=self.dtype, name="out",
-                               kernel_init=nn.with_logical_partitioning(_INIT, ("heads", "kv", "embed")))(out)
-
-
-class VideoDiTBlock(nn.Module):
-    """adaLN-Zero block; `(x, layer) -> (x, None)` is the signature `nn.scan` iterates over layers with."""
-
-    width: int
-    num_heads: int
-    mlp_ratio: float
-    backend: str
-    backend_options: Mapping[str, Any] | None
-    dtype: Any
-
-    @nn.compact
-    def __call__(self, x, layer, c, rope, context: nn_attention.AttentionContext):
-        layout = context.video_layout
-        modulation = nn.Dense(12 * self.width, dtype=self.dtype, kernel_init=nn.initializers.zeros,
-                              name="adaln")(nn.silu(c))
-        text_mod, video_mod = jnp.split(modulation[:, None], 2, axis=-1)
-        video_index = jnp.arange(layout.seq_len) - layout.video_start
-        is_text = (video_index < 0) | (video_index >= layout.video_tokens)
-        per_token = jnp.where(is_text[None, :, None], text_mod, video_mod)
-        shift1, scale1, gate1, shift2, scale2, gate2 = jnp.split(per_token, 6, axis=-1)
-        rng = None if context.rng is None else jax.random.fold_in(context.rng, layer)  # fresh rows every layer
-        context = context.replace(layer=layer, rng=rng)
-        h = nn.LayerNorm(use_scale=False, use_bias=False, dtype=self.dtype)(x) * (1 + scale1) + shift1
-        x = x + gate1 * VideoAttention(self.num_heads, self.width // self.num_heads, self.backend,
-                                       self.backend_options, self.dtype, name="attn")(h, rope, context)
-        h = nn.LayerNorm(use_scale=False, use_bias=False, dtype=self.dtype)(x) * (1 + scale2) + shift2
-        h = nn.Dense(int(self.mlp_ratio * self.width), dtype=self.dtype,
-                     kernel_init=nn.with_logical_partitioning(_INIT, ("embed", "mlp")))(h)
-        h = nn.Dense(self.width, dtype=self.dtype,
-                     kernel_init=nn.with_logical_partitioning(_INIT, ("mlp", "embed")))(nn.gelu(h, approximate=True))
-        return (x + gate2 * h).astype(x.dtype), None
 
 
 class VideoDiT(nn.Module):
@@ -214,19 +139,24 @@ class VideoDiT(nn.Module):
         text = text + self.param("caption_pos", nn.initializers.normal(0.02), (1, caption.shape[1], self.width))
         keep = (caption != 0)[..., None]
         pooled = jnp.sum(text * keep, 1) / jnp.maximum(jnp.sum(keep, 1), 1)
-        c = nn.Dense(self.width, name="t_embed_1")(timestep_embedding(t, 256))
+        c = nn.Dense(self.width, name="t_embed_1")(timestep_embedding(t, 256, freq_shift=0.0, scale=1000.0))
         c = nn.Dense(self.width, name="t_embed_2")(nn.silu(c)) + nn.Dense(self.width, name="caption_pool")(pooled)
 
         x = jnp.concatenate([text.astype(self.dtype), x_video], axis=1)
-        rope = rope_3d(grid, self.rope_dims or rope_axis_dims(self.head_dim), self.rope_theta)
+        # RoPE on the video tokens only: caption rows rotate by angle 0 (the identity).
+        video_cos, video_sin = rope_3d(grid, self.rope_dims or rope_axis_dims(self.head_dim), self.rope_theta)
+        video = slice(layout.video_start, layout.video_start + layout.video_tokens)
+        rope = (jnp.ones((layout.seq_len, video_cos.shape[1])).at[video].set(video_cos),
+                jnp.zeros((layout.seq_len, video_sin.shape[1])).at[video].set(video_sin))
+        groups = np.ones(layout.seq_len, np.int32)  # modulation group 0: caption tokens, 1: video tokens
+        groups[:video.start], groups[video.stop:] = 0, 0
         context = nn_attention.AttentionContext(rng=rng, step=step, video_layout=layout, num_steps=num_steps,
                                                 num_layers=self.depth)
-        block = nn.remat(VideoDiTBlock) if self.remat else VideoDiTBlock
-        blocks = nn.scan(block, variable_axes={"params": 0, "intermediates": 0}, split_rngs={"params": True},
-                         in_axes=(0, nn.broadcast, nn.broadcast, nn.broadcast), length=self.depth,
-                         metadata_params={nn.PARTITION_NAME: "layers"})
-        x, _ = blocks(self.width, self.num_heads, self.mlp_ratio, self.attention_backend, self.attention_options,
-                      self.dtype, name="blocks")(x, jnp.arange(self.depth), c, rope, context)
+        blocks = scanned_blocks(self.depth, self.remat, width=self.width, num_heads=self.num_heads,
+                                mlp_ratio=self.mlp_ratio, modulation_groups=2, qk_norm=True,
+                                backend=self.attention_backend, backend_options=self.attention_options,
+                                dtype=self.dtype, name="blocks")
+        x, _ = blocks(x, jnp.arange(self.depth), c, rope, groups, context)
 
         shift, scale = jnp.split(nn.Dense(2 * self.width, kernel_init=nn.initializers.zeros, name="final_adaln")(
             nn.silu(c))[:, None], 2, axis=-1)

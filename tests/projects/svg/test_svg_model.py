@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 
 from jaxgen import config
+from jaxgen.nn.transformer import apply_rope
 from jaxgen.projects.svg import VideoLayout
 from jaxgen.projects.svg import model as model_lib
 
@@ -21,8 +22,8 @@ def test_rope_depends_only_on_relative_position():
     index = lambda f, y, x: (f * grid[1] + y) * grid[2] + x  # frame-major
 
     def rotated_dot(p, p2):
-        rq = model_lib.apply_rope(q, cos[p:p + 1], sin[p:p + 1])
-        rk = model_lib.apply_rope(k, cos[p2:p2 + 1], sin[p2:p2 + 1])
+        rq = apply_rope(q, cos[p:p + 1], sin[p:p + 1])
+        rk = apply_rope(k, cos[p2:p2 + 1], sin[p2:p2 + 1])
         return float(jnp.sum(rq * rk))
 
     base = rotated_dot(index(0, 0, 1), index(1, 2, 3))  # displacement (1, 2, 2)
@@ -34,11 +35,11 @@ def test_rope_depends_only_on_relative_position():
 def test_rope_preserves_norms_and_checks_shapes():
     cos, sin = model_lib.rope_3d((2, 2, 2), model_lib.rope_axis_dims(32))
     x = jax.random.normal(jax.random.key(1), (1, 8, 2, 32))
-    np.testing.assert_allclose(jnp.linalg.norm(model_lib.apply_rope(x, cos, sin), axis=-1),
+    np.testing.assert_allclose(jnp.linalg.norm(apply_rope(x, cos, sin), axis=-1),
                                jnp.linalg.norm(x, axis=-1), rtol=1e-5)
     assert sum(model_lib.rope_axis_dims(128)) == 128
     with pytest.raises(ValueError, match=r"\(1, 7, 2, 32\)"):
-        model_lib.apply_rope(x[:, :7], cos, sin)
+        apply_rope(x[:, :7], cos, sin)
     with pytest.raises(ValueError, match="divisible by 8"):
         model_lib.rope_axis_dims(12)
 

@@ -1,0 +1,138 @@
+"""The one adaLN-Zero transformer block of the diffusion transformers (image DiT, SVG's video DiT, the benchmarks).
+
+`AdaLNZeroBlock` is DiT's block (Peebles & Xie): LayerNorm without affine parameters, then shift/scale from the
+conditioning vector; attention and MLP outputs are multiplied by gates that start at zero, so every block starts as
+the identity. Options cover what the video models add without forking the block:
+  - `modulation_groups`: tokens of different kinds (captions and video in CogVideoX's "expert" adaLN) read their own
+    modulation from one Dense; `groups[token]` picks the row. One group is plain DiT.
+  - `qk_norm`: RMSNorm on queries and keys (CogVideoX, HunyuanVideo), which keeps bf16 logits tame in deep stacks.
+  - `rope`: (cos, sin) tables over the whole sequence; tokens without a position (captions) get angle 0 (the
+    identity), so the block needs no notion of where video tokens start.
+The signature `(x, layer, c, rope, groups, context) -> (x, None)` is the one `nn.scan` iterates over layers with;
+`layer` is the traced layer index, written into the attention context (SVG's per-layer gate reads it) and folded
+into the context's key so sampling backends draw fresh rows in every layer.
+
+Parameter names (`adaln`, `attn/{qkv,q_norm,k_norm,out}`, `Dense_0`, `Dense_1`) are those SVG's checkpoints were
+written with; `jaxgen.nn.dit.from_diffusers` maps diffusers' names onto them.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from jaxgen.nn import attention as nn_attention
+
+XAVIER = nn.initializers.xavier_uniform()
+
+
+def partitioned(init, *axes):
+    """`init` tagged with logical axis names ("embed", "mlp", "heads", "kv", ...; see jaxgen.core.sharding)."""
+    return nn.with_logical_partitioning(init, axes)
+
+
+def apply_rope(x: jax.Array, cos: jax.Array, sin: jax.Array) -> jax.Array:
+    """Rotates channel pairs (2i, 2i+1) of `x` `[batch, seq, heads, head_dim]` by the angles of each position."""
+    if x.shape[1] != cos.shape[0] or x.shape[-1] != 2 * cos.shape[-1]:
+        raise ValueError(f"rope tables {cos.shape} do not fit x {x.shape} ([batch, seq, heads, 2 * pairs])")
+    pairs = x.astype(jnp.float32).reshape(*x.shape[:-1], -1, 2)
+    c, s = cos[None, :, None], sin[None, :, None]
+    rotated = jnp.stack([pairs[..., 0] * c - pairs[..., 1] * s, pairs[..., 0] * s + pairs[..., 1] * c], -1)
+    return rotated.reshape(x.shape).astype(x.dtype)
+
+
+class Attention(nn.Module):
+    """Multi-head self-attention with a fused qkv projection; the core is a `jaxgen.nn.attention` backend by name."""
+
+    num_heads: int
+    head_dim: int
+    backend: str = "dense"
+    backend_options: Mapping[str, Any] | None = None
+    qkv_bias: bool = True
+    qk_norm: bool = False
+    dtype: Any = jnp.float32
+
+    @nn.compact
+    def __call__(self, x, *, rope=None, context: nn_attention.AttentionContext | None = None):
+        qkv = nn.DenseGeneral((3, self.num_heads, self.head_dim), use_bias=self.qkv_bias, dtype=self.dtype,
+                              name="qkv", kernel_init=partitioned(XAVIER, "embed", None, "heads", "kv"),
+                              bias_init=partitioned(nn.initializers.zeros, None, "heads", "kv"))(x)
+        q, k, v = qkv[:, :, 0], qkv[:, :, 1], qkv[:, :, 2]
+        if self.qk_norm:
+            q = nn.RMSNorm(dtype=self.dtype, name="q_norm", scale_init=partitioned(nn.initializers.ones, "kv"))(q)
+            k = nn.RMSNorm(dtype=self.dtype, name="k_norm", scale_init=partitioned(nn.initializers.ones, "kv"))(k)
+        if rope is not None:
+            q, k = apply_rope(q, *rope), apply_rope(k, *rope)
+        out, aux = nn_attention.attention(q, k, v, backend=self.backend, context=context,
+                                          **dict(self.backend_options or {}))
+        for name, value in aux.items():
+            self.sow("intermediates", name, value)
+        return nn.DenseGeneral(x.shape[-1], axis=(-2, -1), dtype=self.dtype, name="out",
+                               kernel_init=partitioned(XAVIER, "heads", "kv", "embed"),
+                               bias_init=partitioned(nn.initializers.zeros, "embed"))(out)
+
+
+class AdaLNZeroBlock(nn.Module):
+    """adaLN-Zero block: `x + gate1 * attn(modulate(norm(x)))`, then the same with an MLP; see the module docstring.
+
+    `attn_norm_eps` / `mlp_norm_eps`: the two LayerNorms' epsilons (diffusers' DiT uses 1e-6 and its `norm_eps`,
+    1e-5 by default; the original DiT 1e-6 for both).
+    """
+
+    width: int
+    num_heads: int
+    mlp_ratio: float = 4.0
+    modulation_groups: int = 1
+    qkv_bias: bool = True
+    qk_norm: bool = False
+    attn_norm_eps: float = 1e-6
+    mlp_norm_eps: float = 1e-6
+    approximate_gelu: bool = True
+    backend: str = "dense"
+    backend_options: Mapping[str, Any] | None = None
+    dtype: Any = jnp.float32
+
+    @nn.compact
+    def __call__(self, x, layer, c, rope, groups, context: nn_attention.AttentionContext):
+        """x `[batch, seq, width]`, c `[batch, cond]`, groups int `[seq]` in [0, modulation_groups) or None."""
+        modulation = nn.Dense(6 * self.modulation_groups * self.width, dtype=self.dtype, name="adaln",
+                              kernel_init=partitioned(nn.initializers.zeros, "embed", "mlp"),
+                              bias_init=partitioned(nn.initializers.zeros, "mlp"))(nn.silu(c))
+        if self.modulation_groups == 1:
+            per_token = modulation[:, None]
+        else:
+            if groups is None or groups.shape != (x.shape[1],):
+                raise ValueError(f"{self.modulation_groups} modulation groups need groups [{x.shape[1]}] (one id "
+                                 f"per token); got {None if groups is None else groups.shape}")
+            per_token = modulation.reshape(x.shape[0], self.modulation_groups, -1)[:, groups]
+        shift1, scale1, gate1, shift2, scale2, gate2 = jnp.split(per_token, 6, axis=-1)
+        rng = None if context.rng is None else jax.random.fold_in(context.rng, layer)
+        context = context.replace(layer=layer, rng=rng)
+        h = nn.LayerNorm(self.attn_norm_eps, use_scale=False, use_bias=False, dtype=self.dtype)(x)
+        h = h * (1 + scale1) + shift1
+        x = x + gate1 * Attention(self.num_heads, self.width // self.num_heads, self.backend, self.backend_options,
+                                  self.qkv_bias, self.qk_norm, self.dtype, name="attn")(h, rope=rope, context=context)
+        h = nn.LayerNorm(self.mlp_norm_eps, use_scale=False, use_bias=False, dtype=self.dtype)(x)
+        h = h * (1 + scale2) + shift2
+        h = nn.Dense(int(self.mlp_ratio * self.width), dtype=self.dtype, name="Dense_0",
+                     kernel_init=partitioned(XAVIER, "embed", "mlp"),
+                     bias_init=partitioned(nn.initializers.zeros, "mlp"))(h)
+        h = nn.gelu(h, approximate=self.approximate_gelu)
+        h = nn.Dense(self.width, dtype=self.dtype, name="Dense_1", kernel_init=partitioned(XAVIER, "mlp", "embed"),
+                     bias_init=partitioned(nn.initializers.zeros, "embed"))(h)
+        return (x + gate2 * h).astype(x.dtype), None
+
+
+def scanned_blocks(depth: int, remat: bool = False, **block_fields) -> AdaLNZeroBlock:
+    """`depth` blocks as one `nn.scan` (one compiled block; unrolled deep DiTs took minutes to compile on an H100),
+    parameters stacked on a leading "layers" axis; call it as `blocks(x, jnp.arange(depth), c, rope, groups, ctx)`.
+    Backend diagnostics sown into "intermediates" are stacked over layers too."""
+    block = nn.remat(AdaLNZeroBlock) if remat else AdaLNZeroBlock
+    scanned = nn.scan(block, variable_axes={"params": 0, "intermediates": 0}, split_rngs={"params": True},
+                      in_axes=(0, nn.broadcast, nn.broadcast, nn.broadcast, nn.broadcast), length=depth,
+                      metadata_params={nn.PARTITION_NAME: "layers"})
+    return scanned(**block_fields)
