@@ -49,7 +49,7 @@ def test_cfg_combine_formula():
         diffusion.cfg_combine(cond, jnp.zeros(3), 2.0)
 
 
-def test_guided_velocity_runs_one_doubled_batch():
+def test_guided_runs_one_doubled_batch():
     """The model sees [cond; uncond] rows with x and t repeated; the result is the CFG combination per row."""
     calls = []
 
@@ -58,7 +58,7 @@ def test_guided_velocity_runs_one_doubled_batch():
         return x * 0 + conditioning[:, None], {"rows": conditioning}
 
     cond, uncond = jnp.array([1.0, 2.0, 3.0]), jnp.array([0.5, 0.5, 0.5])
-    velocity = diffusion.guided_velocity(model_fn, cond, uncond, scale=2.0)
+    velocity = diffusion.guided(model_fn, cond, uncond, scale=2.0)
     v, aux = velocity(jnp.zeros((3, 4)), jnp.ones(3), 0)
     assert calls == [((6, 4), (6,))]
     np.testing.assert_allclose(v, np.broadcast_to((0.5 + 2.0 * (cond - 0.5))[:, None], (3, 4)))
