@@ -50,11 +50,15 @@ TIMESTEP_SPACINGS: dict[str, Callable[[int, int], np.ndarray]] = {
 
 def spaced_timesteps(num_train_timesteps: int, num_steps: int, spacing: str = "leading",
                      steps_offset: int = 0) -> jax.Array:
-    """`[num_steps]` int32 timesteps, noisiest first, as diffusers' `set_timesteps` lays them out."""
+    """`[num_steps]` int32 timesteps, noisiest first, as diffusers' `set_timesteps` lays them out (`steps_offset`:
+    diffusers' option of that name, 1 in Stable Diffusion's configs)."""
     if spacing not in TIMESTEP_SPACINGS:
         raise ValueError(f"Unknown timestep spacing {spacing!r}; known: {sorted(TIMESTEP_SPACINGS)}")
     if not 1 <= num_steps <= num_train_timesteps:
         raise ValueError(f"num_steps must be in [1, {num_train_timesteps}] (the schedule's timesteps); got {num_steps}")
+    if steps_offset and spacing != "leading":
+        raise ValueError(f"steps_offset shifts 'leading' timesteps only (diffusers ignores it for {spacing!r}); "
+                         f"got steps_offset={steps_offset} with spacing {spacing!r}")
     timesteps = TIMESTEP_SPACINGS[spacing](num_train_timesteps, num_steps).astype(np.int64) + steps_offset
     if timesteps.max() >= num_train_timesteps:
         raise ValueError(f"steps_offset {steps_offset} puts timestep {timesteps.max()} past the schedule's "

@@ -37,6 +37,8 @@ def test_spaced_timesteps_as_diffusers_lays_them_out():
     np.testing.assert_array_equal(diffusion.spaced_timesteps(1000, 4, "linspace"), [999, 666, 333, 0])
     with pytest.raises(ValueError, match=r"Unknown timestep spacing 'lead'"):
         diffusion.spaced_timesteps(1000, 4, "lead")
+    with pytest.raises(ValueError, match=r"steps_offset shifts 'leading' timesteps only"):
+        diffusion.spaced_timesteps(1000, 4, "trailing", steps_offset=1)
     with pytest.raises(ValueError, match=r"num_steps must be in \[1, 10\]"):
         diffusion.spaced_timesteps(10, 11)
 

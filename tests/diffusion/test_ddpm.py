@@ -15,11 +15,10 @@ from jaxgen import diffusion
 def test_linear_schedule_hand_values():
     schedule = diffusion.linear_schedule(1000, 1e-4, 0.02)
     step = (0.02 - 1e-4) / 999
-    np.testing.assert_allclose(np.asarray(schedule.betas)[[0, 1, 500, 999]], [1e-4, 1e-4 + step, 1e-4 + 500 * step, 0.02],
-                               rtol=1e-6)
-    np.testing.assert_allclose(schedule.alphas_cumprod[:3], [0.9999, 0.9999 * (1 - 1e-4 - step),
-                                                             0.9999 * (1 - 1e-4 - step) * (1 - 1e-4 - 2 * step)],
-                               rtol=1e-6)
+    np.testing.assert_allclose(np.asarray(schedule.betas)[[0, 1, 500, 999]],
+                               [1e-4, 1e-4 + step, 1e-4 + 500 * step, 0.02], rtol=1e-6)
+    first_three = [0.9999, 0.9999 * (1 - 1e-4 - step), 0.9999 * (1 - 1e-4 - step) * (1 - 1e-4 - 2 * step)]
+    np.testing.assert_allclose(schedule.alphas_cumprod[:3], first_three, rtol=1e-6)
     # log alphas_cumprod[T-1] = sum log(1 - beta_i) with the betas an arithmetic series: about -10.12
     expected = math.exp(sum(math.log(1 - (1e-4 + i * step)) for i in range(1000)))
     np.testing.assert_allclose(schedule.alphas_cumprod[999], expected, rtol=1e-4)
