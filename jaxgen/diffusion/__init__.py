@@ -8,15 +8,16 @@ Everything is gin-free jnp; a model enters as a plain function `(x, t, step) -> 
 nothing about Flax or attention backends, and every sampler is a `lax.scan` that fits inside one `jit`.
 """
 
-from jaxgen.diffusion.ddim import TIMESTEP_SPACINGS, ddim_invert, ddim_sample, ddpm_sample, spaced_timesteps
+from jaxgen.diffusion.ddim import (DDPM_VARIANCES, TIMESTEP_SPACINGS, ddim_invert, ddim_sample, ddpm_sample,
+                                   spaced_timesteps)
 from jaxgen.diffusion.ddpm import (PREDICTIONS, SCHEDULES, NoiseSchedule, add_noise, cosine_schedule, linear_schedule,
                                    loss, make_schedule, noisy_example, scaled_linear_schedule, target,
                                    to_x0_and_noise)
 from jaxgen.diffusion.flow_matching import interpolate, sample_times, shift_times, velocity_target
 from jaxgen.diffusion.sampling import cfg_combine, euler_sample, euler_timesteps, guided
 
-__all__ = ["PREDICTIONS", "SCHEDULES", "TIMESTEP_SPACINGS", "NoiseSchedule", "add_noise", "cfg_combine",
-           "cosine_schedule", "ddim_invert", "ddim_sample", "ddpm_sample", "euler_sample", "euler_timesteps", "guided",
-           "interpolate", "linear_schedule", "loss", "make_schedule", "noisy_example", "sample_times",
-           "scaled_linear_schedule", "shift_times", "spaced_timesteps", "target", "to_x0_and_noise",
+__all__ = ["DDPM_VARIANCES", "PREDICTIONS", "SCHEDULES", "TIMESTEP_SPACINGS", "NoiseSchedule", "add_noise",
+           "cfg_combine", "cosine_schedule", "ddim_invert", "ddim_sample", "ddpm_sample", "euler_sample",
+           "euler_timesteps", "guided", "interpolate", "linear_schedule", "loss", "make_schedule", "noisy_example",
+           "sample_times", "scaled_linear_schedule", "shift_times", "spaced_timesteps", "target", "to_x0_and_noise",
            "velocity_target"]

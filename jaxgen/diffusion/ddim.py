@@ -73,11 +73,14 @@ def _check_timesteps(timesteps: jax.Array) -> jax.Array:
     return timesteps.astype(jnp.int32)
 
 
-def _denoise(denoise_fn: DenoiseFn, x: jax.Array, t: jax.Array, index: jax.Array):
-    """The model at `x` with timestep `t` for every row; `(output, aux)`."""
+def _denoise(denoise_fn: DenoiseFn, x: jax.Array, t: jax.Array, index: jax.Array, learned: bool = False):
+    """The model at `x` with timestep `t` for every row; `(output, aux)`. `learned`: the output carries variance
+    values after the prediction, doubling the last axis."""
     output, aux = denoise_fn(x, jnp.full((x.shape[0],), t, jnp.int32), index)
-    if output.shape != x.shape:
-        raise ValueError(f"denoise_fn returned shape {output.shape} for x {x.shape}")
+    expected = x.shape[:-1] + (2 * x.shape[-1],) if learned else x.shape
+    if output.shape != expected:
+        raise ValueError(f"denoise_fn returned shape {output.shape} for x {x.shape}; expected {expected}"
+                         + (" (prediction and variance values along the last axis)" if learned else ""))
     return output, aux
 
 
@@ -131,25 +134,51 @@ def ddim_sample(denoise_fn: DenoiseFn, schedule: NoiseSchedule, noise: jax.Array
     return _scan(step, noise, timesteps, rng if eta > 0 else None)
 
 
+def _fixed_small(posterior_variance, step_beta, model_values):
+    return jnp.log(jnp.maximum(posterior_variance, 1e-20))
+
+
+def _learned_range(posterior_variance, step_beta, model_values):
+    """Improved DDPM (Nichol & Dhariwal): the model's values v in [-1, 1] interpolate the log variance between the
+    posterior's (v = -1) and the step's beta (v = 1). DiT's released models predict it in their second half of
+    channels."""
+    fraction = (model_values + 1.0) / 2.0
+    return fraction * jnp.log(step_beta) + (1.0 - fraction) * _fixed_small(posterior_variance, step_beta, None)
+
+
+# diffusers' `variance_type` values: name -> (whether the model outputs the values, log variance of a step).
+DDPM_VARIANCES: dict[str, tuple[bool, Callable[..., jax.Array]]] = {
+    "fixed_small": (False, _fixed_small),
+    "learned_range": (True, _learned_range),
+}
+
+
 def ddpm_sample(denoise_fn: DenoiseFn, schedule: NoiseSchedule, noise: jax.Array, timesteps: jax.Array,
-                rng: jax.Array, *, prediction: str = "epsilon",
+                rng: jax.Array, *, prediction: str = "epsilon", variance: str = "fixed_small",
                 clip_x0: float | None = None) -> tuple[jax.Array, Any]:
     """Ancestral sampling (Ho et al.): each step draws from the Gaussian posterior `q(x_next | x_t, x0)` with x0
-    the model's prediction and the posterior's own variance (diffusers' `variance_type="fixed_small"`).
+    the model's prediction, and with the posterior's own variance (`variance="fixed_small"`) or one the model
+    predicts (`"learned_range"`: the model returns twice the channels, the prediction then the variance values,
+    along the last axis, as DiT does).
 
     With fewer timesteps than the schedule has, the step uses the betas between consecutive listed timesteps
     (`1 - alphas_cumprod[t] / alphas_cumprod[t_next]`), as diffusers' `DDPMScheduler` does.
     """
+    if variance not in DDPM_VARIANCES:
+        raise ValueError(f"Unknown DDPM variance {variance!r}; known: {sorted(DDPM_VARIANCES)}")
+    learned, log_variance = DDPM_VARIANCES[variance]
 
     def step(x, index, t, t_next, key):
-        output, aux = _denoise(denoise_fn, x, t, index)
+        output, aux = _denoise(denoise_fn, x, t, index, learned=learned)
+        output, model_values = jnp.split(output, 2, axis=-1) if learned else (output, None)
         x0, _ = _x0_and_noise(schedule, prediction, output, x, t, clip_x0)
         alpha, sigma = schedule.alpha_sigma(t)
         alpha_next, sigma_next = schedule.alpha_sigma(t_next)
         step_alpha_sq = (alpha / alpha_next) ** 2  # alphas_cumprod[t] / alphas_cumprod[t_next]
         step_beta = 1.0 - step_alpha_sq
         mean = (alpha_next * step_beta * x0 + jnp.sqrt(step_alpha_sq) * sigma_next**2 * x) / sigma**2
-        std = jnp.where(t_next >= 0, jnp.sqrt(jnp.maximum(sigma_next**2 / sigma**2 * step_beta, 1e-20)), 0.0)
+        log_var = log_variance(sigma_next**2 / sigma**2 * step_beta, step_beta, model_values)
+        std = jnp.where(t_next >= 0, jnp.exp(0.5 * log_var), 0.0)
         return mean + std * jax.random.normal(key, x.shape), aux
 
     return _scan(step, noise, timesteps, rng)

@@ -112,6 +112,26 @@ def test_guidance_at_scale_one_is_the_conditional_model(sampler):
     assert not np.allclose(strongly_guided, conditional, atol=1e-2)
 
 
+def test_learned_variance_spans_the_posterior_and_the_beta():
+    """Values -1 give the posterior's variance (the fixed-small sampler exactly), +1 the larger step beta."""
+    ts, rng = diffusion.spaced_timesteps(1000, 5), jax.random.key(1)
+    noise = jax.random.normal(jax.random.key(0), (256, 2))
+    model = exact_model("epsilon")
+
+    def with_values(value):
+        return lambda x, t, step: (jnp.concatenate([model(x, t, step)[0], jnp.full_like(x, value)], -1), None)
+
+    fixed, _ = diffusion.ddpm_sample(model, SCHEDULE, noise, ts, rng)
+    low, _ = diffusion.ddpm_sample(with_values(-1.0), SCHEDULE, noise, ts, rng, variance="learned_range")
+    high, _ = diffusion.ddpm_sample(with_values(1.0), SCHEDULE, noise, ts, rng, variance="learned_range")
+    np.testing.assert_allclose(low, fixed, rtol=1e-5, atol=1e-5)
+    assert float(high.std()) > float(fixed.std())
+    with pytest.raises(ValueError, match=r"returned shape \(256, 2\) for x \(256, 2\); expected \(256, 4\)"):
+        diffusion.ddpm_sample(model, SCHEDULE, noise, ts, rng, variance="learned_range")
+    with pytest.raises(ValueError, match="Unknown DDPM variance 'learned'"):
+        diffusion.ddpm_sample(model, SCHEDULE, noise, ts, rng, variance="learned")
+
+
 def test_samplers_reject_bad_timesteps_and_outputs():
     with pytest.raises(ValueError, match="integer"):
         diffusion.ddim_sample(exact_model("epsilon"), SCHEDULE, jnp.zeros((1, 2)), jnp.array([0.5]))

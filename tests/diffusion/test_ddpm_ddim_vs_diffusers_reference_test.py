@@ -100,3 +100,26 @@ def test_add_noise_and_v_target_match():
         diffusion.target("v_prediction", jnp.asarray(x0), jnp.asarray(noise), alpha, sigma),
         theirs.get_velocity(torch.from_numpy(x0), torch.from_numpy(noise), torch.from_numpy(t)).numpy(), rtol=1e-5,
         atol=1e-6)
+
+
+def test_ddpm_loop_with_learned_variance_matches(monkeypatch):
+    """DiT's sampler: the model returns the noise and then the variance values (here 2-D samples, so diffusers'
+    channel axis 1 is our last axis)."""
+    theirs = schedulers.DDPMScheduler(num_train_timesteps=T, clip_sample=False, variance_type="learned_range")
+    theirs.set_timesteps(STEPS)
+    shape, rng = (4, 3), jax.random.key(1)
+    start = np.array(jax.random.normal(jax.random.key(0), shape))
+    noises = iter([np.array(jax.random.normal(jax.random.fold_in(rng, i), shape)) for i in range(STEPS)])
+    monkeypatch.setattr(ddpm_module, "randn_tensor", lambda *args, **kwargs: torch.from_numpy(next(noises)))
+
+    def both(x, t):
+        return np.concatenate([0.6 * np.cos(t / 300.0) * x, np.tanh(2 * x)], axis=-1).astype(np.float32)
+
+    x = torch.from_numpy(start)
+    for t in theirs.timesteps:
+        x = theirs.step(torch.from_numpy(both(x.numpy(), float(t))), t, x).prev_sample
+    ours, _ = diffusion.ddpm_sample(
+        lambda x, t, step: (jnp.concatenate([0.6 * jnp.cos(t[:, None] / 300.0) * x, jnp.tanh(2 * x)], -1), None),
+        diffusion.linear_schedule(T), jnp.asarray(start), diffusion.spaced_timesteps(T, STEPS), rng,
+        variance="learned_range")
+    np.testing.assert_allclose(ours, x.numpy(), rtol=1e-4, atol=1e-5)
