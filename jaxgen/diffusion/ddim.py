@@ -193,15 +193,17 @@ def ddim_invert(denoise_fn: DenoiseFn, schedule: NoiseSchedule, x0: jax.Array, t
     it at a guess of that point, first the current point (the usual DDIM inversion, diffusers'
     `DDIMInverseScheduler`: exact only as the steps get small), then `refinements` times at its own last answer.
     These fixed-point iterations converge to the exact inverse of the sampler's step when the step is small enough
-    for the model to change little between the two levels (one or two are plenty at 25+ steps); each costs one more
-    model call per step. `aux` is that of each step's first call.
+    for the model to change little between the two levels (on the tests' Gaussian at 50 steps each cuts the
+    round-trip error about tenfold); each costs one more model call per step. The model sees the sampler's
+    `(t, step)` pairs (step `i` is `timesteps[i]`, counted from the noisy end). `aux` is that of each step's first
+    call, stacked from the clean end.
     """
     if refinements < 0:
         raise ValueError(f"refinements must be >= 0; got {refinements}")
     timesteps = _check_timesteps(timesteps)
     ascending = timesteps[::-1]
     levels = jnp.concatenate([jnp.full((1,), -1, jnp.int32), ascending[:-1]])
-    indices = jnp.arange(timesteps.shape[0])
+    indices = jnp.arange(timesteps.shape[0])[::-1]  # the sampler's index of each t_up
 
     def step(x, inputs):
         index, t, t_up = inputs
@@ -213,8 +215,10 @@ def ddim_invert(denoise_fn: DenoiseFn, schedule: NoiseSchedule, x0: jax.Array, t
             _, eps = _x0_and_noise(schedule, prediction, output, guess, t_up, None)
             return alpha_up * (x - sigma * eps) / alpha + sigma_up * eps
 
+        def refine(_, guess):
+            return up(guess, _denoise(denoise_fn, guess, t_up, index)[0])
+
         output, aux = _denoise(denoise_fn, x, t_up, index)
-        refine = lambda _, guess: up(guess, _denoise(denoise_fn, guess, t_up, index)[0])  # noqa: E731
         return lax.fori_loop(0, refinements, refine, up(x, output)), aux
 
     return lax.scan(step, x0.astype(jnp.float32), (indices, levels, ascending))

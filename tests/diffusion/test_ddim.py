@@ -81,6 +81,8 @@ def test_ddim_inversion_then_sampling_returns_the_start(prediction):
         return refined, back
 
     latent, (back_plain, back_refined) = roundtrip(x0)
+    _, steps = diffusion.ddim_invert(model, SCHEDULE, x0, ts, prediction=prediction)
+    np.testing.assert_array_equal(steps, np.arange(50)[::-1])  # the sampler's step index of each timestep
     error_plain, error_refined = (float(jnp.max(jnp.abs(b - x0) / SD)) for b in (back_plain, back_refined))
     assert error_refined < 1e-3, error_refined
     assert error_plain > 10 * error_refined  # the refinements do the work
