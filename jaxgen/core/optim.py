@@ -1,4 +1,4 @@
-"""Optimizers, learning-rate schedules, parameter groups and the train state they update.
+"""Optimizers, learning-rate schedules, parameter groups, the train state they update and its parameters' EMA.
 
 Names resolve through registries (`OPTIMIZERS`, `SCHEDULES`), so a config says `name="adamw"`,
 `schedule="warmup_cosine"` and a paper adds its own entry instead of an `if` branch.
@@ -240,6 +240,7 @@ class EmaConfig:
 
     After update `n` (counting from 1) the average is `decay * ema + (1 - decay) * params` once `n > start_step`;
     before, it is a plain copy of the parameters, so a late start does not average in the first, poor, weights.
+    The average has the parameters' dtype: with decays near 1, bfloat16 parameters would round every increment away.
     """
 
     decay: float = 0.9999
