@@ -73,3 +73,22 @@ def guided(model_fn: Callable[..., tuple[jax.Array, Any]], cond: Any, uncond: An
         return cfg_combine(out_cond, out_uncond, scale), aux
 
     return guided_fn
+
+
+def drop_conditions(rng: jax.Array, cond: Any, uncond: Any, probability: float) -> Any:
+    """Training's half of classifier-free guidance: each row of `cond` replaced by `uncond`'s with `probability`.
+
+    `cond` and `uncond` are pytrees of the same structure with leading dim `batch` (`uncond` may also have leading
+    dim 1, one null condition for all rows); a row is dropped whole, across all leaves, so a caption and its mask go
+    together. Ho & Salimans drop 10 to 20 percent.
+    """
+    if not 0.0 <= probability <= 1.0:
+        raise ValueError(f"probability must be in [0, 1]; got {probability}")
+    batch = jax.tree.leaves(cond)[0].shape[0]
+    dropped = jax.random.bernoulli(rng, probability, (batch,))
+
+    def pick(c, u):
+        return jnp.where(dropped.reshape((batch,) + (1,) * (c.ndim - 1)), jnp.broadcast_to(u, c.shape), c)
+
+    return jax.tree.map(pick, cond, uncond)
+

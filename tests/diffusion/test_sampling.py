@@ -71,3 +71,19 @@ def test_euler_sample_rejects_bad_timesteps_and_velocities():
     with pytest.raises(ValueError, match=r"velocity_fn returned shape \(1, 3\)"):
         diffusion.euler_sample(lambda x, t, s: (jnp.zeros((1, 3)), None), jnp.zeros((1, 2)),
                                diffusion.euler_timesteps(2))
+
+
+def test_drop_conditions_replaces_whole_rows():
+    cond = {"caption": jnp.arange(1.0, 401.0).reshape(200, 2), "label": jnp.arange(200)}
+    null = {"caption": jnp.zeros((1, 2)), "label": jnp.full((1,), -1)}
+    kept = diffusion.drop_conditions(jax.random.key(0), cond, null, 0.0)
+    np.testing.assert_array_equal(kept["label"], cond["label"])
+    mixed = diffusion.drop_conditions(jax.random.key(0), cond, null, 0.3)
+    dropped = np.asarray(mixed["label"]) == -1
+    assert 30 < dropped.sum() < 90  # 60 expected
+    np.testing.assert_array_equal(np.asarray(mixed["caption"])[dropped], 0.0)  # caption and label go together
+    np.testing.assert_array_equal(np.asarray(mixed["caption"])[~dropped], np.asarray(cond["caption"])[~dropped])
+    assert (np.asarray(diffusion.drop_conditions(jax.random.key(1), cond, null, 1.0)["label"]) == -1).all()
+    with pytest.raises(ValueError, match="probability"):
+        diffusion.drop_conditions(jax.random.key(0), cond, null, 1.5)
+
