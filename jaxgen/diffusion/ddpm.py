@@ -164,8 +164,8 @@ def loss(model_fn: Callable[[jax.Array, jax.Array, Any], jax.Array], schedule: N
          x0: jax.Array, cond: Any = None, prediction: str = "epsilon") -> jax.Array:
     """The simple DDPM objective: mean squared error of `model_fn(x_t, t, cond)` against its target, in float32.
 
-    The task drops conditions for classifier-free guidance before calling this (replacing some rows of `cond` by
-    its null condition), so the same model learns the unconditional prediction the guided samplers ask for.
+    For classifier-free guidance the task first replaces some rows of `cond` by its null condition
+    (`sampling.drop_conditions`), so the same model learns the unconditional prediction the guided samplers ask for.
     """
     x_t, t, wanted = noisy_example(schedule, rng, x0, prediction)
     output = model_fn(x_t, t, cond)
