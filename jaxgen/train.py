@@ -19,6 +19,7 @@ from typing import Any
 
 import flax.linen as nn
 import jax
+import jax.numpy as jnp
 import numpy as np
 import optax
 
@@ -32,7 +33,7 @@ from jaxgen.core import workdir as workdir_lib
 from jaxgen.core.errors import ConfigError, require_positive
 from jaxgen.core.evaluation import run_evaluators
 from jaxgen.core.monitor import NonFiniteLossError, StepMonitor, run_steps  # noqa: F401  (NonFiniteLossError: public here)
-from jaxgen.core.optim import OptimizerConfig, TrainState
+from jaxgen.core.optim import EmaConfig, EmaTrainState, OptimizerConfig, TrainState
 from jaxgen.core.task import Task, split_loss_output
 from jaxgen.data.loader import Loader, prefetch
 
@@ -57,15 +58,15 @@ def _global_batch(loader: Loader, step: int, rows: np.ndarray, mesh) -> dict[str
     return sharding_lib.to_global(loader.batch(step, rows), mesh)
 
 
-def _state_shardings(task: Task, optimizer, init_rng, example_batch, mesh, logical_axis_rules):
-    """(abstract state with shardings, state shardings); nothing is allocated."""
+def _state_shardings(task: Task, optimizer, init_rng, example_batch, mesh, logical_axis_rules, ema):
+    """(abstract state with shardings, state shardings); nothing is allocated. The EMA is sharded like `params`."""
     boxed = jax.eval_shape(task.init, init_rng, example_batch)
     variable_shardings = sharding_lib.variable_shardings(
         boxed, mesh, getattr(task, "partition_rules", ()), logical_axis_rules
     )
     if "params" not in variable_shardings:
         raise ValueError(f"Task.init must return a variables dict with 'params'; got keys {sorted(variable_shardings)}")
-    abstract = jax.eval_shape(lambda: TrainState.create(nn.unbox(boxed), optimizer))
+    abstract = jax.eval_shape(lambda variables: TrainState.create(variables, optimizer, ema), nn.unbox(boxed))
     replicated = sharding_lib.replicated(mesh)
     shardings = TrainState(
         step=replicated,
@@ -77,6 +78,8 @@ def _state_shardings(task: Task, optimizer, init_rng, example_batch, mesh, logic
         ),
         extra_variables={k: v for k, v in variable_shardings.items() if k != "params"},
     )
+    if ema is not None:
+        shardings = EmaTrainState.extend(shardings, ema, ema_params=variable_shardings["params"])
     abstract = jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s), abstract, shardings)
     return abstract, shardings
 
@@ -105,7 +108,10 @@ def _restore_or_init(
     if init_from:
         source, step = ckpt_lib.open_source(init_from, f"init_from={init_from!r}")
         params = source.restore_subtree(step, {"params": abstract.params})["params"]
-        return state.replace(params=params), f"parameters from init_from {source.step_dir(step)}"
+        state = state.replace(params=params)
+        if isinstance(state, EmaTrainState):  # the average starts from the copied parameters too
+            state = state.replace(ema_params=jax.tree.map(jnp.copy, params))
+        return state, f"parameters from init_from {source.step_dir(step)}"
     return state, "scratch"
 
 
@@ -115,8 +121,10 @@ def _restore_or_init(
 
 
 def evaluate(task, state, *, step, eval_data, mesh, eval_stream, workdir, writer) -> dict[str, dict]:
-    """Runs every evaluator of the task on the state's variables (see `jaxgen.core.evaluation`)."""
-    evaluators = {name: functools.partial(evaluator, state.variables) for name, evaluator in task.evaluators().items()}
+    """Runs every evaluator of the task on the state's `eval_variables` (see `jaxgen.core.evaluation`): the trained
+    variables, or with EMA on their moving average (sample quality, the usual reason for EMA, is measured on it)."""
+    variables = state.eval_variables
+    evaluators = {name: functools.partial(evaluator, variables) for name, evaluator in task.evaluators().items()}
     return run_evaluators(evaluators, step=step, eval_data=eval_data, mesh=mesh, eval_stream=eval_stream,
                           workdir=workdir, writer=writer)
 
@@ -134,6 +142,7 @@ def run(
     train_steps: int,
     eval_data: Loader | None = None,
     optimizer: OptimizerConfig = OptimizerConfig(),
+    ema: EmaConfig | None = None,
     seed: int = 0,
     log_every: int = 10,
     checkpoint_every: int = 1000,
@@ -154,7 +163,7 @@ def run(
     Training records (`metrics.jsonl`) are written every `log_every` steps and at the end; `step` counts completed
     updates, so the record of step 100 and the checkpoint of step 100 describe the same state. `eval_every=0`
     evaluates only at the end. Resuming after a crash continues bit-for-bit: every step's batch and key are pure
-    functions of (seed, step).
+    functions of (seed, step). `ema` keeps a moving average of the parameters (checkpointed, given to evaluators).
     """
     if mode not in MODES:
         raise ValueError(f"mode must be one of {MODES}; got {mode!r}")
@@ -179,10 +188,10 @@ def run(
     example_batch = _global_batch(train_data, 0, rows, mesh)
     tx = optimizer.build(train_steps)
     schedule = optimizer.schedule_fn(train_steps)
-    abstract, shardings = _state_shardings(task, tx, init_stream, example_batch, mesh, logical_axis_rules)
+    abstract, shardings = _state_shardings(task, tx, init_stream, example_batch, mesh, logical_axis_rules, ema)
 
     def create_state(key, batch) -> TrainState:
-        return TrainState.create(nn.unbox(task.init(key, batch)), tx)
+        return TrainState.create(nn.unbox(task.init(key, batch)), tx, ema)
 
     def init_fn() -> TrainState:
         """Parameters are created already sharded (`out_shardings`), never whole on one device."""
@@ -233,6 +242,7 @@ def run(
         updates, opt_state = tx.update(grads, state.opt_state, state.params)
         new_state = state.replace(step=state.step + 1, params=optax.apply_updates(state.params, updates),
                                   opt_state=opt_state, extra_variables={**state.extra_variables, **updated})
+        new_state = new_state.after_update()  # the EMA, when the run keeps one
         step_metrics = {**task_metrics, "loss": loss, "grad_norm": optax.tree.norm(grads),
                         "learning_rate": schedule(state.step)}
         return new_state, step_metrics

@@ -1,4 +1,4 @@
-"""Euler integration of a flow-matching velocity field, with classifier-free guidance.
+"""Euler integration of a flow-matching velocity field, and classifier-free guidance for every sampler.
 
 A model enters as `velocity_fn(x, t, step) -> (velocity, aux)`: `t` is `[batch]`, `step` the (traced) step index,
 which sparse-attention gates key on (SVG keeps the first steps dense), and `aux` any pytree of diagnostics, returned
@@ -55,18 +55,40 @@ def cfg_combine(cond: jax.Array, uncond: jax.Array, scale: float) -> jax.Array:
     return uncond + scale * (cond - uncond)
 
 
-def guided_velocity(model_fn: Callable[..., tuple[jax.Array, Any]], cond: Any, uncond: Any,
-                    scale: float) -> VelocityFn:
-    """A `velocity_fn` that runs `model_fn(x, t, step, conditioning)` once on the doubled batch [cond; uncond].
+def guided(model_fn: Callable[..., tuple[jax.Array, Any]], cond: Any, uncond: Any, scale: float):
+    """Classifier-free guidance for every sampler: a `(x, t, step) -> (output, aux)` function that runs
+    `model_fn(x, t, step, conditioning)` once on the doubled batch [cond; uncond] and combines with `cfg_combine`.
 
-    `cond` and `uncond` are pytrees with leading dim `batch`. One call on `2 * batch` rows instead of two calls keeps
-    the kernels busy at small batch. The aux of the doubled call is returned as is (rows: cond first, then uncond).
+    `uncond` is the null condition the model was trained with (dropped labels, empty captions). The combination is
+    taken on whatever the model predicts (velocity, noise or v): each is affine in the score at fixed x and t, so
+    guiding it guides the score. `cond` and `uncond` are pytrees with leading dim `batch`. One call on `2 * batch`
+    rows instead of two calls keeps the kernels busy at small batch. The aux of the doubled call is returned as is
+    (rows: cond first, then uncond).
     """
     both = jax.tree.map(lambda c, u: jnp.concatenate([c, u]), cond, uncond)
 
-    def velocity_fn(x, t, step):
+    def guided_fn(x, t, step):
         out, aux = model_fn(jnp.concatenate([x, x]), jnp.concatenate([t, t]), step, both)
-        v_cond, v_uncond = jnp.split(out, 2)
-        return cfg_combine(v_cond, v_uncond, scale), aux
+        out_cond, out_uncond = jnp.split(out, 2)
+        return cfg_combine(out_cond, out_uncond, scale), aux
 
-    return velocity_fn
+    return guided_fn
+
+
+def drop_conditions(rng: jax.Array, cond: Any, uncond: Any, probability: float) -> Any:
+    """Training's half of classifier-free guidance: each row of `cond` replaced by `uncond`'s with `probability`.
+
+    `cond` and `uncond` are pytrees of the same structure with leading dim `batch` (`uncond` may also have leading
+    dim 1, one null condition for all rows); a row is dropped whole, across all leaves, so a caption and its mask go
+    together. Ho & Salimans drop 10 to 20 percent.
+    """
+    if not 0.0 <= probability <= 1.0:
+        raise ValueError(f"probability must be in [0, 1]; got {probability}")
+    batch = jax.tree.leaves(cond)[0].shape[0]
+    dropped = jax.random.bernoulli(rng, probability, (batch,))
+
+    def pick(c, u):
+        return jnp.where(dropped.reshape((batch,) + (1,) * (c.ndim - 1)), jnp.broadcast_to(u, c.shape), c)
+
+    return jax.tree.map(pick, cond, uncond)
+

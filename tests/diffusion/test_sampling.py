@@ -49,7 +49,7 @@ def test_cfg_combine_formula():
         diffusion.cfg_combine(cond, jnp.zeros(3), 2.0)
 
 
-def test_guided_velocity_runs_one_doubled_batch():
+def test_guided_runs_one_doubled_batch():
     """The model sees [cond; uncond] rows with x and t repeated; the result is the CFG combination per row."""
     calls = []
 
@@ -58,7 +58,7 @@ def test_guided_velocity_runs_one_doubled_batch():
         return x * 0 + conditioning[:, None], {"rows": conditioning}
 
     cond, uncond = jnp.array([1.0, 2.0, 3.0]), jnp.array([0.5, 0.5, 0.5])
-    velocity = diffusion.guided_velocity(model_fn, cond, uncond, scale=2.0)
+    velocity = diffusion.guided(model_fn, cond, uncond, scale=2.0)
     v, aux = velocity(jnp.zeros((3, 4)), jnp.ones(3), 0)
     assert calls == [((6, 4), (6,))]
     np.testing.assert_allclose(v, np.broadcast_to((0.5 + 2.0 * (cond - 0.5))[:, None], (3, 4)))
@@ -71,3 +71,19 @@ def test_euler_sample_rejects_bad_timesteps_and_velocities():
     with pytest.raises(ValueError, match=r"velocity_fn returned shape \(1, 3\)"):
         diffusion.euler_sample(lambda x, t, s: (jnp.zeros((1, 3)), None), jnp.zeros((1, 2)),
                                diffusion.euler_timesteps(2))
+
+
+def test_drop_conditions_replaces_whole_rows():
+    cond = {"caption": jnp.arange(1.0, 401.0).reshape(200, 2), "label": jnp.arange(200)}
+    null = {"caption": jnp.zeros((1, 2)), "label": jnp.full((1,), -1)}
+    kept = diffusion.drop_conditions(jax.random.key(0), cond, null, 0.0)
+    np.testing.assert_array_equal(kept["label"], cond["label"])
+    mixed = diffusion.drop_conditions(jax.random.key(0), cond, null, 0.3)
+    dropped = np.asarray(mixed["label"]) == -1
+    assert 30 < dropped.sum() < 90  # 60 expected
+    np.testing.assert_array_equal(np.asarray(mixed["caption"])[dropped], 0.0)  # caption and label go together
+    np.testing.assert_array_equal(np.asarray(mixed["caption"])[~dropped], np.asarray(cond["caption"])[~dropped])
+    assert (np.asarray(diffusion.drop_conditions(jax.random.key(1), cond, null, 1.0)["label"]) == -1).all()
+    with pytest.raises(ValueError, match="probability"):
+        diffusion.drop_conditions(jax.random.key(0), cond, null, 1.5)
+

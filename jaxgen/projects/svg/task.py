@@ -88,7 +88,7 @@ class VideoFlowTask:
             sown = state.get("intermediates", {}).get("blocks", {}).get("attn", {})
             return out, {name: value[0] for name, value in sown.items()}
 
-        velocity = diffusion.guided_velocity(model_fn, caption, jnp.zeros_like(caption), self.guidance_scale)
+        velocity = diffusion.guided(model_fn, caption, jnp.zeros_like(caption), self.guidance_scale)
         return diffusion.euler_sample(velocity, noise, diffusion.euler_timesteps(self.num_sample_steps,
                                                                                   self.time_shift))
 
