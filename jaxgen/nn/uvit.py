@@ -259,3 +259,84 @@ class TimeEmbed(nn.Module):
     def __call__(self, x: jax.Array) -> jax.Array:
         h = _dense(4 * self.width, ("embed", "mlp"), "linear_1", self.dtype)(x)
         return _dense(self.width, ("mlp", "embed"), "linear_2", self.dtype)(nn.silu(h))
+
+
+def params_from_official(state_dict: Mapping[str, Any], model: UViT, image_shape: tuple[int, int, int]) -> dict:
+    """The `params` of `model` from an official U-ViT `state_dict` (baofff/U-ViT's `nnet` checkpoints; values as
+    numpy arrays, e.g. `{k: v.numpy() for k, v in torch.load(path).items()}`), for images `[height, width,
+    channels]` (they fix the length of `pos_embed`).
+
+    Every parameter of `model` must come from the checkpoint and every checkpoint entry must be used: a wrong tier,
+    patch size or option fails here, naming the keys, not later as wrong samples.
+    """
+    import numpy as np
+
+    heads, width = model.num_heads, model.embed_dim
+    remaining = dict(state_dict)
+
+    def take(key: str, transform=lambda a: a):
+        if key not in remaining:
+            raise KeyError(f"the checkpoint has no {key!r}; is it a U-ViT state_dict of this configuration? "
+                           f"({model.embed_dim=}, {model.depth=}, {model.num_classes=}, {model.conv=})")
+        return np.asarray(transform(np.asarray(remaining.pop(key))), np.float32)
+
+    def dense(prefix: str, bias: bool = True) -> dict:
+        out = {"kernel": take(f"{prefix}.weight", np.transpose)}
+        if bias:
+            out["bias"] = take(f"{prefix}.bias")
+        return out
+
+    def norm(prefix: str) -> dict:
+        return {"scale": take(f"{prefix}.weight"), "bias": take(f"{prefix}.bias")}
+
+    def block(prefix: str, long_skip: bool) -> dict:
+        qkv = {"kernel": take(f"{prefix}.attn.qkv.weight", lambda w: w.T.reshape(width, 3, heads, -1))}
+        if model.qkv_bias:
+            qkv["bias"] = take(f"{prefix}.attn.qkv.bias", lambda b: b.reshape(3, heads, -1))
+        params = {"norm1": norm(f"{prefix}.norm1"), "norm2": norm(f"{prefix}.norm2"),
+                  "attn": {"qkv": qkv, "proj": {"kernel": take(f"{prefix}.attn.proj.weight",
+                                                               lambda w: w.T.reshape(heads, -1, width)),
+                                                "bias": take(f"{prefix}.attn.proj.bias")}},
+                  "mlp": {"fc1": dense(f"{prefix}.mlp.fc1"), "fc2": dense(f"{prefix}.mlp.fc2")}}
+        if long_skip:
+            params["skip_linear"] = dense(f"{prefix}.skip_linear")
+        return params
+
+    def stacked(prefix: str, long_skip: bool) -> dict:
+        layers = [block(f"{prefix}.{i}", long_skip) for i in range(model.depth // 2)]
+        return jax.tree.map(lambda *a: np.stack(a), *layers)
+
+    conv = lambda w: np.transpose(w, (2, 3, 1, 0))  # noqa: E731  PyTorch OIHW -> Flax HWIO
+    params = {
+        "patch_embed": {"proj": {"kernel": take("patch_embed.proj.weight", conv),
+                                 "bias": take("patch_embed.proj.bias")}},
+        "pos_embed": take("pos_embed"),
+        "in_blocks": stacked("in_blocks", False),
+        "mid_block": block("mid_block", False),
+        "out_blocks": stacked("out_blocks", True),
+        "norm": norm("norm"),
+        "decoder_pred": dense("decoder_pred"),
+    }
+    if model.mlp_time_embed:
+        params["time_embed"] = {"linear_1": dense("time_embed.0"), "linear_2": dense("time_embed.2")}
+    if model.num_classes > 0:
+        params["label_emb"] = {"embedding": take("label_emb.weight")}
+    if model.conv:
+        params["final_layer"] = {"kernel": take("final_layer.weight", conv), "bias": take("final_layer.bias")}
+    if remaining:
+        raise ValueError(f"checkpoint entries this UViT has no place for: {sorted(remaining)[:8]} "
+                         f"({len(remaining)} in all); check num_classes, mlp_time_embed, qkv_bias and conv")
+
+    x = jax.ShapeDtypeStruct((1, *image_shape), jnp.float32)
+    y = jax.ShapeDtypeStruct((1,), jnp.int32) if model.num_classes > 0 else None
+    expected = nn.unbox(jax.eval_shape(model.init, jax.random.key(0), x, jax.ShapeDtypeStruct((1,), jnp.float32),
+                                       y))["params"]
+    if jax.tree.structure(params) != jax.tree.structure(expected):
+        raise ValueError(f"the mapped parameters do not form this UViT's tree: {jax.tree.structure(params)} vs "
+                         f"{jax.tree.structure(expected)}")
+    wrong = [f"{jax.tree_util.keystr(path)}: checkpoint {a.shape}, model {b.shape}"
+             for (path, a), b in zip(jax.tree_util.tree_leaves_with_path(params), jax.tree.leaves(expected))
+             if a.shape != b.shape]
+    if wrong:
+        raise ValueError(f"checkpoint shapes do not fit this UViT for images {image_shape}: {wrong[:8]}")
+    return params
