@@ -42,6 +42,14 @@ def test_render_is_seeded():
     assert not np.array_equal(first, render_batch(np.random.default_rng([1, 3]), labels, 32))
 
 
+def test_every_split_fits_the_in_memory_shuffle_buffer_of_tfds_without_tensorflow():
+    from tensorflow_datasets.core import shuffle
+
+    for config, splits in ShapeClasses.SPLIT_SIZES.items():
+        largest = max(splits.values()) * int(config) ** 2 * 3
+        assert largest < shuffle.MAX_MEM_BUFFER_SIZE / 2, (config, largest)
+
+
 def test_builder_prepares_balanced_classes_and_inspect_draws_a_row_per_class(tmp_path, monkeypatch):
     monkeypatch.setitem(ShapeClasses.SPLIT_SIZES, "32", {"train": 36, "test": 24})
     monkeypatch.setattr(ShapeClasses, "CHUNK_PIXELS", 10 * 32 * 32)  # several chunks, a partial last one
