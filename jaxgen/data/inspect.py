@@ -25,7 +25,8 @@ def list_text(data_dir: str | None = None) -> str:
 
 def describe(name: str, split: str, data_dir: str | None = None, picture: str | None = None, count: int = 32) -> str:
     """Splits, features (shape, dtype, range over the first `count` examples; a shape range for examples of different
-    sizes), label counts and optionally a picture grid."""
+    sizes), label counts and optionally a picture grid: one row per class, titled with the class names, for labelled
+    data of at most `MAX_CLASS_ROWS` classes; else the first `count` examples."""
     b = sources.builder(name, data_dir)
     src = sources.source(name, split, data_dir)
     examples = [src[i] for i in range(min(count, len(src)))]
