@@ -97,7 +97,7 @@ def render_batch(rng: np.random.Generator, labels: np.ndarray, size: int) -> np.
     cell = size / CELLS
     count = rng.integers(MIN_OBJECTS, MAX_OBJECTS + 1, size=n)
     cell_order = np.argsort(rng.random((n, CELLS * CELLS)), axis=1)  # a random permutation of cells per image
-    radius = (rng.uniform(0.24, 0.38, (n, CELLS * CELLS)) * cell).astype(np.float32)
+    radius = (rng.uniform(0.30, 0.42, (n, CELLS * CELLS)) * cell).astype(np.float32)
     jitter = rng.uniform(-1, 1, (n, CELLS * CELLS, 2)).astype(np.float32) * (cell / 2 - radius)[..., None]
     shade = rng.uniform(0.7, 1.0, (n, CELLS * CELLS)).astype(np.float32)
     colours = np.asarray(list(COLOURS.values()), np.float32)[labels // len(SHAPES)]  # [n, 3]
