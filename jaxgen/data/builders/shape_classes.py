@@ -10,6 +10,10 @@ or colour. Objects sit in distinct cells of a 2×2 grid (jittered inside the cel
 merge into a blob of another shape. Backgrounds are low-saturation (grey with a faint tint) so that no background
 reads as an object colour; their pattern is one of flat, gradient, stripes, checker or waves.
 
+Learnable: the quickstart's CNN classifier with three conv blocks (channels 32, 64, 128) reached 0.968 test accuracy
+on `shape_classes/32` after 2,000 steps of batch 128 (4 min on 2 CPU cores, one seed, 2026-12-07); its errors are
+shape confusions within a colour (disc vs square most), never colour.
+
 Rendering is vectorised numpy over a chunk of images with anti-aliased edges (coverage from a signed distance): the
 50,000 train images at 32 px render in about 4 s; preparing all of `shape_classes/32` took 38 s on a busy 2-core
 machine, most of it TFDS serialising and writing. Seeded: chunk k of a split is drawn from
