@@ -114,7 +114,8 @@ def _registered_module(base: str) -> str | None:
 
 
 for _name, _module in (("digits", "digits"), ("mnist5k", "mnist5k"), ("shapes", "shapes"),
-                       ("moving_objects", "moving_objects"), ("fashion_mnist_offline", "fashion_mnist")):
+                       ("moving_objects", "moving_objects"), ("fashion_mnist_offline", "fashion_mnist"),
+                       ("shape_classes", "shape_classes"), ("skimage_photos", "skimage_photos")):
     register_dataset(_name, f"jaxgen.data.builders.{_module}")
 
 
