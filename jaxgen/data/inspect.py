@@ -11,7 +11,7 @@ MAX_CLASS_ROWS = 32  # datasets with at most this many classes get a picture wit
 
 
 def list_text(data_dir: str | None = None) -> str:
-    """Every registered dataset (the built-in ones and those the packages under `jaxgen.projects` register)."""
+    """Every registered dataset (the built-in ones and those the papers' packages register)."""
     lines = [f"Data folder: {sources.data_dir(data_dir)}", "Offline datasets (need no internet):"]
     for name, module in sources.registered_datasets().items():
         b = sources.builder(name, data_dir, prepare_offline=False)

@@ -26,6 +26,8 @@ from __future__ import annotations
 import numpy as np
 import tensorflow_datasets as tfds
 
+from jaxgen.data.builders._procedural import ProceduralImages
+
 SEED = 20261207
 SHAPES = ("disc", "square", "triangle", "ring")
 COLOURS = {"red": (225, 45, 45), "green": (40, 185, 60), "blue": (55, 85, 235)}
@@ -122,7 +124,7 @@ def render_batch(rng: np.random.Generator, labels: np.ndarray, size: int) -> np.
     return np.clip(np.rint(image), 0, 255).astype(np.uint8)
 
 
-class ShapeClasses(tfds.core.GeneratorBasedBuilder):
+class ShapeClasses(ProceduralImages):
     VERSION = tfds.core.Version("1.0.0")
     RELEASE_NOTES = {"1.0.0": f"Seed {SEED}; 12 classes, 2-4 objects; train/test from independent streams."}
     # Without TensorFlow, TFDS can prepare a split only while it fits its in-memory shuffle buffer (1,000 MiB; beyond
@@ -134,23 +136,10 @@ class ShapeClasses(tfds.core.GeneratorBasedBuilder):
         tfds.core.BuilderConfig(name=name, description=f"{name}x{name} RGB, {s['train']:,} train / {s['test']:,} test")
         for name, s in SPLIT_SIZES.items()
     ]
+    CLASS_NAMES = CLASSES
+    DESCRIPTION = ("Seeded procedural class-conditional images: 12 classes (colour × shape: "
+                   f"{', '.join(CLASSES)}); every object in an image has the class's shape and colour.")
     CHUNK_PIXELS = 1 << 22  # images rendered at once: bounds the float32 work arrays to tens of MB at any size
-
-    def _info(self) -> tfds.core.DatasetInfo:
-        size = int(self.builder_config.name)
-        return self.dataset_info_from_configs(
-            description="Seeded procedural class-conditional images: 12 classes (colour × shape: "
-                        f"{', '.join(CLASSES)}); every object in an image has the class's shape and colour.",
-            features=tfds.features.FeaturesDict({
-                "image": tfds.features.Tensor(shape=(size, size, 3), dtype=np.uint8),
-                "label": tfds.features.ClassLabel(names=CLASSES),
-            }),
-            supervised_keys=("image", "label"),
-        )
-
-    def _split_generators(self, dl_manager):
-        sizes = self.SPLIT_SIZES[self.builder_config.name]
-        return {split: self._generate_examples(split, n) for split, n in sizes.items()}
 
     def _generate_examples(self, split, count):
         size = int(self.builder_config.name)

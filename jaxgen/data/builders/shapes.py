@@ -9,6 +9,8 @@ from __future__ import annotations
 import numpy as np
 import tensorflow_datasets as tfds
 
+from jaxgen.data.builders._procedural import ProceduralImages
+
 SHAPES = ("disc", "square", "triangle")
 SEED = 20261126
 
@@ -32,7 +34,7 @@ def render(rng: np.random.Generator, size: int) -> tuple[np.ndarray, int]:
     return image, label
 
 
-class Shapes(tfds.core.GeneratorBasedBuilder):
+class Shapes(ProceduralImages):
     VERSION = tfds.core.Version("1.0.0")
     RELEASE_NOTES = {"1.0.0": f"Seed {SEED}; train/test drawn from independent streams."}
     BUILDER_CONFIGS = [
@@ -40,21 +42,8 @@ class Shapes(tfds.core.GeneratorBasedBuilder):
         tfds.core.BuilderConfig(name="64", description="64x64 RGB, 4,096 train / 512 test"),
     ]
     SPLIT_SIZES = {"32": {"train": 8192, "test": 1024}, "64": {"train": 4096, "test": 512}}
-
-    def _info(self) -> tfds.core.DatasetInfo:
-        size = int(self.builder_config.name)
-        return self.dataset_info_from_configs(
-            description="Seeded procedural shapes (disc, square, triangle) on plain backgrounds.",
-            features=tfds.features.FeaturesDict({
-                "image": tfds.features.Tensor(shape=(size, size, 3), dtype=np.uint8),
-                "label": tfds.features.ClassLabel(names=SHAPES),
-            }),
-            supervised_keys=("image", "label"),
-        )
-
-    def _split_generators(self, dl_manager):
-        sizes = self.SPLIT_SIZES[self.builder_config.name]
-        return {split: self._generate_examples(split, n) for split, n in sizes.items()}
+    CLASS_NAMES = SHAPES
+    DESCRIPTION = "Seeded procedural shapes (disc, square, triangle) on plain backgrounds."
 
     def _generate_examples(self, split, count):
         size = int(self.builder_config.name)
