@@ -104,7 +104,7 @@ class ClassConditionalDiffusionTask:
             output = model_fn(ddpm.add_noise(self.schedule, x0, noise, t), t, batch["label"])
             return jnp.mean((output - noise) ** 2, axis=(1, 2, 3))
 
-        return jnp.stack([at(t) for t in self.eval_timesteps])
+        return jax.lax.map(at, jnp.asarray(self.eval_timesteps, jnp.int32))  # one model in the graph, not one per t
 
     def evaluate_denoising(self, variables, context: EvalContext) -> Mapping[str, Any]:
         total, count = np.zeros(len(self.eval_timesteps)), 0.0
