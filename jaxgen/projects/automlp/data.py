@@ -59,8 +59,10 @@ def user_sequences(users: np.ndarray, items: np.ndarray, times: np.ndarray) -> t
 
 def pad_left(history: np.ndarray, max_len: int) -> np.ndarray:
     """The last `max_len` items of `history`, left-padded with `PAD` to exactly `max_len`."""
+    if max_len < 1:
+        raise ValueError(f"A history keeps at least one item; got max_len={max_len}")
     out = np.full(max_len, PAD, np.int32)
-    tail = history[-max_len:] if max_len else history[:0]
+    tail = history[-max_len:]
     out[max_len - len(tail):] = tail
     return out
 
@@ -77,7 +79,7 @@ def leave_one_out(sequences: list[np.ndarray], max_len: int) -> dict[str, dict[s
         rows["train"] += [(user, seq[:t], seq[t]) for t in range(1, n - 2)]
         rows["valid"].append((user, seq[:n - 2], seq[n - 2]))
         rows["test"].append((user, seq[:n - 1], seq[n - 1]))
-    return {split: {"history": np.stack([pad_left(h, max_len) for _, h, _ in r]).reshape(len(r), max_len),
+    return {split: {"history": np.asarray([pad_left(h, max_len) for _, h, _ in r], np.int32).reshape(len(r), max_len),
                     "target": np.asarray([t for _, _, t in r], np.int32),
                     "user": np.asarray([u for u, _, _ in r], np.int32)}
             for split, r in rows.items()}
@@ -121,7 +123,7 @@ def examples(users, items, times, max_len: int, core: int = 5) -> tuple[dict, in
     return leave_one_out(sequences, max_len), num_items
 
 
-class _SequenceExamples(tfds.core.GeneratorBasedBuilder):
+class _SequenceExamples(tfds.core.GeneratorBasedBuilder, skip_registration=True):
     """Stores `examples(...)` of `_interactions()` as fixed-length TFDS examples."""
 
     MAX_LEN = 50

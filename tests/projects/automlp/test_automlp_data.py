@@ -57,6 +57,8 @@ def test_leave_one_out_targets_are_the_last_two_by_time_and_the_test_input_holds
 
 
 def test_leave_one_out_refuses_users_too_short_to_split():
+    shortest = data.leave_one_out([np.array([1, 2, 3])], max_len=4)
+    assert shortest["train"]["history"].shape == (0, 4) and shortest["test"]["history"].tolist() == [[0, 0, 1, 2]]
     with pytest.raises(ValueError, match="fewer than 3"):
         data.leave_one_out([np.array([1, 2, 3]), np.array([4, 5])], max_len=4)
 
