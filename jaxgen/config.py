@@ -104,11 +104,12 @@ def _set_include_search_paths(folders: Sequence[Path]) -> None:
     """Where `include` looks: exactly these folders, as absolute paths, for this parse only.
 
     gin only ever appends search paths, so in one process (tests, notebooks) an earlier experiment's folder could
-    shadow an include of the next one. And gin's package-resource reader crashes (TypeError) on a relative path whose
-    folder imports as a namespace package, e.g. `configs/instant` run from the checkout. gin has no public call to
-    reset the list, hence the private one.
+    shadow an include of the next one. The list holds no relative entry (gin's default ""): gin would then hand
+    `include 'instant/smoke.gin'` to its package-resource reader, which imports `instant` and crashes (TypeError) when
+    that name is a namespace package on sys.path (a `tests/projects/instant` folder under pytest, say). Joined to an
+    absolute folder, an include is a plain file. gin has no public call to reset the list, hence the private one.
     """
-    gin.config._LOCATION_PREFIXES[:] = [""]
+    gin.config._LOCATION_PREFIXES[:] = []
     for folder in dict.fromkeys(f.resolve() for f in folders):
         gin.add_config_file_search_path(str(folder))
 
@@ -123,7 +124,7 @@ def parse(config_files: Sequence[str], bindings: Sequence[str] = ()) -> list[Pat
     quiet = _QuietSearch()
     logging.getLogger().addFilter(quiet)
     try:
-        gin.parse_config_files_and_bindings([str(f) for f in files], None, finalize_config=False)
+        gin.parse_config_files_and_bindings([str(f.resolve()) for f in files], None, finalize_config=False)
         macros = _macros()
         for binding in bindings:
             name, _ = _split_binding(binding)

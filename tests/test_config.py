@@ -66,6 +66,16 @@ def test_includes_resolve_against_this_parse_only():
     assert gin.query_parameter("%TRAIN_STEPS") == 6
 
 
+def test_includes_are_files_even_when_a_package_of_the_same_name_is_importable(tmp_path, monkeypatch):
+    """`include 'diffusion/...'` must not import `diffusion`: under pytest `tests/diffusion` is a namespace package on
+    sys.path, and gin's package-resource reader crashed on it (TypeError) before the search reached configs/."""
+    (tmp_path / "diffusion").mkdir()
+    (tmp_path / "instant").mkdir()
+    monkeypatch.syspath_prepend(str(tmp_path))
+    parse(["configs/diffusion/dit_smoke.gin"])
+    parse(["configs/instant/fixmatch_smoke.gin"])
+
+
 def test_a_gpu_only_recipe_declares_it_and_its_cpu_tier_does_not():
     import gin
 
