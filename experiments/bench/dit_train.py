@@ -7,7 +7,7 @@ Recipe:
             CPU smoke run of both halves (tiny model, float32, PyTorch eager):
             PYTHONPATH=. python3 experiments/bench/dit_train.py --tiny --out /tmp/dit_train.json
   hardware  one NVIDIA H100 80GB (any CUDA GPU runs; MFU needs its peak in PEAK_BF16_FLOPS); --tiny runs on CPU
-  wall time aimed at under 6 min on an H100, compilation included (not yet measured); --tiny about a minute on CPU
+  wall time aimed at under 6 min on an H100, compilation included (not yet measured); --tiny 30 s on 2 CPU cores
   expected  issue 19's goals: JAX >= 1.1x PyTorch's images/s and >= 45 % MFU (results: experiments/bench/README.md)
 
 The model is DiT-XL/2 on 256 px images seen as 32x32x4 latents (256 tokens, width 1152, 28 blocks, 16 heads of 72,
@@ -23,9 +23,10 @@ noise in float32 (DiT's learned-sigma VLB term is left out: it is a few elementw
 betas 0.9/0.999, eps 1e-8, no weight decay, as DiT trains) and the parameter update.
   JAX:     `jaxgen.diffusion.ddpm.loss` + `optax.adamw` in one `jax.jit` with the state donated; cuDNN attention
            (`jaxgen.nn.attention` backend "cudnn"); the whole step compiled ahead of time.
-  PyTorch: the loss (noising included) under `torch.compile` (whole model by default, `--torch-compile blocks`
-           compiles each transformer block instead), `loss.backward()`, fused `torch.optim.AdamW`; attention is SDPA
-           restricted to one kernel (`--torch-sdpa flash` by default; `cudnn` also exists in PyTorch on Hopper).
+  PyTorch: the loss (noising included) under `torch.compile` with static shapes (whole model by default, in
+           torch's default mode; `--torch-compile blocks` compiles each transformer block instead, which compiles
+           faster, and `--torch-compile-mode` picks another mode), `loss.backward()`, fused `torch.optim.AdamW`;
+           attention is SDPA restricted to one kernel (`--torch-sdpa flash` by default; PyTorch also has `cudnn`).
 Each framework runs in its own process, one after the other, so each has the whole GPU (JAX may take 92 % of it,
 PyTorch's caching allocator the rest as it needs): the parent process imports neither.
 
@@ -152,6 +153,8 @@ KERNEL_KINDS = (("attention", re.compile(r"fmha|flash|sdpa|attention|attn", re.I
 
 def kernel_summary(kernels: Sequence[tuple[str, float, int]], steps: int, step_ms: float) -> str:
     """A table of `(name, total µs, calls)` over `steps` profiled steps: per step, by kind and by kernel."""
+    if not kernels:
+        return "no kernels recorded\n"
     total_ms = sum(us for _, us, _ in kernels) / 1e3 / steps
     by_kind = collections.Counter()
     for name, us, _ in kernels:
@@ -358,16 +361,16 @@ def torch_benchmark(args, config: dict[str, Any], save: Callable[[dict], None]) 
 
     loss_fn = ddpm_loss
     if args.torch_compile == "model":
-        loss_fn = torch.compile(ddpm_loss, dynamic=False)
+        loss_fn = torch.compile(ddpm_loss, dynamic=False, mode=args.torch_compile_mode)
     elif args.torch_compile == "blocks":
         for block in model.transformer_blocks:
-            block.compile(dynamic=False)
-    log(f"PyTorch model: {num_params / 1e6:.1f} M parameters, torch.compile {args.torch_compile}, "
-        f"SDPA {args.torch_sdpa}")
+            block.compile(dynamic=False, mode=args.torch_compile_mode)
+    log(f"PyTorch model: {num_params / 1e6:.1f} M parameters, torch.compile {args.torch_compile} "
+        f"(mode {args.torch_compile_mode or 'default'}), SDPA {args.torch_sdpa}")
     flops, peak = forward_flops_per_image(config), peak_flops(device_name)
     result = {"framework": "torch", "device": device_name, "versions": {"torch": torch.__version__,
               "diffusers": diffusers.__version__}, "parameters": num_params, "attention": f"sdpa {args.torch_sdpa}",
-              "torch_compile": args.torch_compile, "rows": []}
+              "torch_compile": args.torch_compile, "torch_compile_mode": args.torch_compile_mode, "rows": []}
 
     def runner(latents, labels):
         """`(step, wait)` for `measure`: forward, backward and optimizer step over this batch."""
@@ -506,6 +509,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--jax-attention", help="jaxgen.nn.attention backend (default: cudnn on GPU, else dense)")
     parser.add_argument("--torch-compile", choices=["model", "blocks", "off"],
                         help="what torch.compile compiles; default model (--tiny: off)")
+    parser.add_argument("--torch-compile-mode", help="torch.compile's mode, e.g. max-autotune-no-cudagraphs "
+                        "(default: torch's default mode)")
     parser.add_argument("--torch-sdpa", choices=["flash", "cudnn", "efficient", "math"], default="flash",
                         help="the one SDPA kernel PyTorch may use (on CPU only flash and math exist)")
     parser.add_argument("--profile", help="folder for traces and kernel summaries of the largest batch size")
