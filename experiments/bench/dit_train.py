@@ -146,8 +146,11 @@ def log(message: str) -> None:
 # Profiles: GPU time per step by kernel, grouped into what the MFU depends on
 # ---------------------------------------------------------------------------------------------------------------------
 
-# Kernel name patterns (attention is tested first: cuDNN's attention kernels also carry "sm90" and GEMM-like names).
-KERNEL_KINDS = (("attention", re.compile(r"fmha|flash|sdpa|attention|attn", re.I)),
+# Kernel name patterns, first match wins: Inductor names its elementwise and reduction kernels after the operators
+# they fuse ("triton_poi_fused_..._flash_attention_backward_0" is a copy, not attention), and cuDNN's attention
+# kernels carry GEMM-like words, so those two are told apart before matmuls.
+KERNEL_KINDS = (("other", re.compile(r"^triton_(poi|red|per)_")),
+                ("attention", re.compile(r"fmha|flash|sdpa|attention|attn", re.I)),
                 ("matmul", re.compile(r"gemm|nvjet|xmma|cutlass|matmul|cublas", re.I)))
 
 
