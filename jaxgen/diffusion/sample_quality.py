@@ -8,7 +8,8 @@ drawn for.
   and it knows the data: on a 32-pixel procedural set it tells a disc from a ring, which ImageNet's Inception, fed
   the images upscaled to 299 pixels, may not.
 - `InceptionJudge` (`jaxgen.metrics.inception`): FID's Inception-v3 pool features, from a weights file the user
-  supplies (nothing is downloaded).
+  supplies (nothing is downloaded); its `fd_inception` is FID as pytorch-fid computes it (the samples' resize to
+  299 pixels included).
 
 A judge is any object with a unique `name`, a `prepare(image_shape)` that loads what it needs once, and
 `__call__(images uint8 [n, h, w, c]) -> (features [n, d], logits [n, classes] or None)`. Samples are judged as the
@@ -29,6 +30,8 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from jaxgen.core import checkpoint as ckpt_lib
 from jaxgen.core.classifier_task import ClassifierTask
+from jaxgen.core.errors import ConfigError
+from jaxgen.metrics import inception
 
 
 class Judge(Protocol):
@@ -97,3 +100,32 @@ class ClassifierJudge:
         if self._params is None:
             raise RuntimeError("ClassifierJudge.prepare(image_shape) loads the classifier; call it first")
         return self._apply(self._params, images)
+
+
+@dataclasses.dataclass(eq=False)
+class InceptionJudge:
+    """FID's Inception-v3 (`jaxgen.metrics.inception`) with the weights in `weights`: pytorch-fid's
+    `pt_inception-2015-12-05-6726825d.pth` (reading it needs torch) or its `.npz` / `.safetensors` copy. A missing file
+    stops the run at start-up, naming the file to download. No logits: it gives `fd_inception` only."""
+
+    weights: str
+    name: str = "inception"
+    _variables: Any = dataclasses.field(default=None, init=False, repr=False)
+
+    def __post_init__(self):
+        if not Path(self.weights).is_file():
+            raise ConfigError(
+                f"No Inception weights at {str(Path(self.weights).absolute())!r} ({type(self).__name__}.weights): "
+                f"FID needs pytorch-fid's {inception.FID_WEIGHTS_NAME} ({inception.FID_WEIGHTS_URL}); download it "
+                "where the internet is and point weights at it, or drop the InceptionJudge from the task's judges")
+        self._apply = jax.jit(lambda variables, images: inception.FIDInceptionV3().apply(
+            variables, inception.preprocess(images)))
+
+    def prepare(self, image_shape: tuple[int, int, int]) -> None:
+        if self._variables is None:
+            self._variables = jax.device_put(inception.load_fid_inception(self.weights), _replicated_everywhere())
+
+    def __call__(self, images):
+        if self._variables is None:
+            raise RuntimeError("InceptionJudge.prepare(image_shape) loads the weights; call it first")
+        return self._apply(self._variables, images), None

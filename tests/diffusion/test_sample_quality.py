@@ -13,6 +13,7 @@ import pytest
 from jaxgen import cli, train
 from jaxgen.core.checkpoint import CheckpointError
 from jaxgen.core.classifier_task import ClassifierTask
+from jaxgen.core.errors import ConfigError
 from jaxgen.core.optim import OptimizerConfig
 from jaxgen.core.task import EvalContext
 from jaxgen.data import ArraySource, Loader
@@ -157,6 +158,8 @@ def test_a_missing_or_mismatched_classifier_is_named(trained_classifier, tmp_pat
         wrong.prepare((8, 8, 3))
     with pytest.raises(ValueError, match="distinct names"):
         diffusion_task(wrong, judges=[wrong, wrong])
+    with pytest.raises(ConfigError, match="nowhere.pth.*pt_inception-2015-12-05-6726825d.pth"):
+        sample_quality.InceptionJudge(str(tmp_path / "nowhere.pth"))
 
 
 def test_a_recipe_whose_classifier_is_not_trained_stops_before_the_run_starts(tmp_path, capsys, monkeypatch, repo):
@@ -166,3 +169,14 @@ def test_a_recipe_whose_classifier_is_not_trained_stops_before_the_run_starts(tm
                      f"--gin.CLASSIFIER_CHECKPOINT='{tmp_path / 'untrained'}'"])
     assert code != 0 and not workdir.exists()
     assert "No classifier checkpoint at" in capsys.readouterr().err
+
+
+def test_the_fid_tier_stops_before_the_run_starts_without_the_inception_weights(trained_classifier, tmp_path, capsys,
+                                                                                  monkeypatch, repo):
+    monkeypatch.chdir(repo)
+    workdir = tmp_path / "run"
+    code = cli.main(["run", "configs/diffusion/dit_tiny_shape_classes32.gin", "configs/diffusion/fid.gin",
+                     "--workdir", str(workdir), f"--gin.CLASSIFIER_CHECKPOINT='{trained_classifier[0]}'",
+                     f"--gin.INCEPTION_WEIGHTS='{tmp_path / 'pt_inception.pth'}'"])
+    assert code != 0 and not workdir.exists()
+    assert "No Inception weights at" in capsys.readouterr().err
