@@ -79,7 +79,8 @@ class ClassifierJudge:
         sharding = _replicated_everywhere()
         abstract = jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=sharding),
                                 shapes["params"])
-        source, step = ckpt_lib.open_source(self.checkpoint, f"{type(self).__name__}.checkpoint={self.checkpoint!r}")
+        source, step = ckpt_lib.open_source(Path(self.checkpoint).absolute(),  # orbax refuses relative paths
+                                            f"{type(self).__name__}.checkpoint={self.checkpoint!r}")
         try:
             self._params = source.restore_subtree(step, {"params": abstract})["params"]
         except ckpt_lib.CheckpointError as error:

@@ -90,9 +90,10 @@ def fake_sampler(images):
     return sample
 
 
-def test_judge_restores_the_trained_classifier_by_path(trained_classifier, eval_data):
+def test_judge_restores_the_trained_classifier_by_path(trained_classifier, eval_data, monkeypatch):
     workdir, params = trained_classifier
-    judge = sample_quality.ClassifierJudge(classifier(), str(workdir))
+    monkeypatch.chdir(workdir.parent)  # a path relative to where the run starts, as the recipes give it
+    judge = sample_quality.ClassifierJudge(classifier(), workdir.name)
     judge.prepare((8, 8, 3))
     features, logits = judge(eval_data["image"])
     expected, state = classifier().apply({"params": params}, ClassifierTask.preprocess(eval_data["image"]),
