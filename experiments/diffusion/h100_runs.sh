@@ -3,7 +3,8 @@
 #   six runs at once, one GPU each (CUDA_VISIBLE_DEVICES), after the classifier judge they are evaluated with.
 # Command: bash experiments/diffusion/h100_runs.sh [SECONDS]
 #   Every run gets SIGTERM after SECONDS (default 540), which makes it save a checkpoint and stop, so each call fits
-#   a 10-minute slot; rerun the same command until it prints "all 6 runs at step 50000". Logs:
+#   a 10-minute slot; rerun the same command until it prints "all 6 runs at step <STEPS>". STEPS (default 50000, the
+#   recipes' length) shortens the runs where the machine cannot be held that long: STEPS=20000 bash ... Logs:
 #   runs/diffusion/<recipe>/s<seed>/log.txt.
 # Hardware: one host with at least 6 H100s (8 used the same way; with fewer GPUs set GPUS to the ones to share, e.g.
 #   GPUS="0 0 0 1 1 1", and runs share a card, more slowly)
@@ -13,6 +14,7 @@
 set -uo pipefail
 cd "$(dirname "$0")/../.."
 LIMIT="${1:-540}"
+STEPS="${STEPS:-50000}"
 read -r -a GPUS <<< "${GPUS:-0 1 2 3 4 5}"
 CLASSIFIER=runs/diffusion/classifier_shape_classes32
 
@@ -29,7 +31,8 @@ for recipe in dit_s2_shape_classes32 uvit_s_shape_classes32; do
     workdir="runs/diffusion/$recipe/s$seed"
     mkdir -p "$workdir"
     CUDA_VISIBLE_DEVICES="${GPUS[$index]}" timeout -s TERM "$LIMIT" \
-      jaxgen run "configs/diffusion/$recipe.gin" --workdir "$workdir" --gin.SEED="$seed" --no-progress \
+      jaxgen run "configs/diffusion/$recipe.gin" --workdir "$workdir" --gin.SEED="$seed" --gin.TRAIN_STEPS="$STEPS" \
+      --no-progress \
       >> "$workdir/log.txt" 2>&1 &
     index=$((index + 1))
   done
@@ -42,7 +45,7 @@ for recipe in dit_s2_shape_classes32 uvit_s_shape_classes32; do
     workdir="runs/diffusion/$recipe/s$seed"
     step=$(ls "$workdir/checkpoints" 2>/dev/null | grep -E '^[0-9]+$' | sort -n | tail -1)
     echo "$recipe seed $seed: checkpoint ${step:-none}"
-    [ "${step:-0}" = 50000 ] && done_runs=$((done_runs + 1))
+    [ "${step:-0}" = "$STEPS" ] && done_runs=$((done_runs + 1))
   done
 done
-if [ "$done_runs" = 6 ]; then echo "all 6 runs at step 50000"; else echo "$done_runs of 6 runs done: rerun"; fi
+if [ "$done_runs" = 6 ]; then echo "all 6 runs at step $STEPS"; else echo "$done_runs of 6 runs done: rerun"; fi
