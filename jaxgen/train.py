@@ -120,13 +120,13 @@ def _restore_or_init(
 # ======================================================================================================================
 
 
-def evaluate(task, state, *, step, eval_data, mesh, eval_stream, workdir, writer) -> dict[str, dict]:
+def evaluate(task, state, *, step, eval_data, mesh, eval_stream, workdir, writer, progress=True) -> dict[str, dict]:
     """Runs every evaluator of the task on the state's `eval_variables` (see `jaxgen.core.evaluation`): the trained
     variables, or with EMA on their moving average (sample quality, the usual reason for EMA, is measured on it)."""
     variables = state.eval_variables
     evaluators = {name: functools.partial(evaluator, variables) for name, evaluator in task.evaluators().items()}
     return run_evaluators(evaluators, step=step, eval_data=eval_data, mesh=mesh, eval_stream=eval_stream,
-                          workdir=workdir, writer=writer)
+                          workdir=workdir, writer=writer, progress=progress)
 
 
 # ======================================================================================================================
@@ -219,7 +219,7 @@ def run(
 
     def evaluate_at(state: TrainState, step: int) -> dict[str, dict]:
         return evaluate(task, state, step=step, eval_data=eval_data, mesh=mesh, eval_stream=eval_stream,
-                        workdir=workdir, writer=writer)
+                        workdir=workdir, writer=writer, progress=progress)
 
     if mode == "eval":
         try:

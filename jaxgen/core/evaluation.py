@@ -24,8 +24,10 @@ from jaxgen.core.task import EvalContext
 def run_evaluators(
     evaluators: Mapping[str, Callable[[EvalContext], Mapping[str, Any]]],
     *, step: int, eval_data, mesh, eval_stream: jax.Array, workdir: str | Path, writer: metrics_lib.MetricWriter,
+    progress: bool = True,
 ) -> dict[str, dict]:
-    """Runs each evaluator; returns `{name: {metric: value}}`.
+    """Runs each evaluator; returns `{name: {metric: value}}`. `progress=False` asks evaluators for no progress
+    output (`EvalContext.show_progress`).
 
     Numbers go to metrics.jsonl as `eval/<name>/<metric>`; a NaN there means undefined at this step (e.g. the
     accuracy of zero accepted pseudo-labels) and is left out of the record, as training records do.
@@ -45,7 +47,7 @@ def run_evaluators(
             yield sharding_lib.to_global(batch, mesh)
 
     context = EvalContext(step=step, rng=rng_lib.step_key(eval_stream, step), outdir=outdir, batches=batches,
-                          is_main_process=is_main)
+                          is_main_process=is_main, show_progress=progress and is_main)
     results = {name: {k: metrics_lib.to_python(v) for k, v in evaluator(context).items()}
                for name, evaluator in evaluators.items()}
     if is_main:

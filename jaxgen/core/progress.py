@@ -71,3 +71,38 @@ def announce_start(start_step: int, origin: str, *, stream: TextIO | None = None
         print(f"resuming from step {start_step} (from {origin})", file=stream or sys.stderr, flush=True)
     else:
         print(f"starting from step 0 with {origin}", file=stream or sys.stderr, flush=True)
+
+
+class CountProgress:
+    """Progress through a counted piece of work outside the training loop (sampling images for an evaluator): a tqdm
+    bar on a terminal; elsewhere plain lines, `sampling 400/1200 img  97.6 img/s`, at most one per `min_seconds`
+    and always one when done. Disabled (`enabled=False`: `--no-progress`, or not process 0), it prints nothing."""
+
+    def __init__(self, total: int, *, desc: str, unit: str, enabled: bool = True, stream: TextIO | None = None,
+                 min_seconds: float = MIN_SECONDS_BETWEEN_LINES):
+        self._stream = stream or sys.stderr
+        self._total, self._desc, self._unit, self._min_seconds = total, desc, unit, min_seconds
+        self._lines = enabled and not is_terminal(self._stream)
+        self._bar = tqdm(total=total, desc=desc, unit=unit, dynamic_ncols=True, file=self._stream,
+                         disable=not enabled or self._lines)
+        self._done, self._start = 0, time.monotonic()
+        self._last_line = self._start
+
+    def update(self, count: int) -> None:
+        self._bar.update(count)
+        self._done += count
+        now = time.monotonic()
+        if self._lines and (self._done >= self._total or now - self._last_line >= self._min_seconds):
+            self._last_line = now
+            rate = self._done / max(now - self._start, 1e-9)
+            print(f"{self._desc} {self._done}/{self._total} {self._unit}  {rate:.1f} {self._unit}/s",
+                  file=self._stream, flush=True)
+
+    def close(self) -> None:
+        self._bar.close()
+
+    def __enter__(self) -> "CountProgress":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()

@@ -27,6 +27,8 @@ class EvalContext:
     `batches()` yields global eval batches (sharded like training batches) once through the eval split; each batch
     carries a boolean `"valid"` entry marking the padding rows of the last batch. `outdir` is `eval/<step>/` in the
     workdir: evaluators write pictures and extra files there. `rng` is a key derived from the run seed and the step.
+    `show_progress` is false when the run was asked for no progress output (`--no-progress`) or on processes other
+    than the first: an evaluator with a long loop (sampling) shows its progress only when it is true.
     """
 
     step: int
@@ -34,6 +36,7 @@ class EvalContext:
     outdir: Path
     batches: Callable[[], Iterator[Batch]]
     is_main_process: bool = True
+    show_progress: bool = True
 
 
 Evaluator = Callable[[PyTree, EvalContext], Mapping[str, Any]]

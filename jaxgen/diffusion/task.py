@@ -9,7 +9,14 @@ Evaluators (the trainer hands them the EMA parameters when the run keeps an aver
 - `denoising`: the held-out loss at a few fixed timesteps, with noise fixed by the eval key, so runs and steps compare
   (one number per timestep: the loss is very different at the two ends of the schedule);
 - `samples`: DDIM with classifier-free guidance, `samples_per_class` images of every class, drawn as `samples.png`
-  in the eval folder, one row per class with its name.
+  in the eval folder, one row per class with its name;
+- `sample_quality` (when the task has `judges`, `jaxgen.diffusion.sample_quality`): `num_judged_samples` guided DDIM
+  samples, classes in turn, judged against the whole eval split: `fd_<judge>` (the Fréchet distance in the judge's
+  feature space: `fd_classifier`, `fd_inception` = FID) and, for a judge that classifies, `<judge>_accuracy` (the
+  fraction of samples classified as the class they were drawn for), its worst class, and `<judge>_real_accuracy`
+  (the judge on the real eval images: the ceiling samples can reach). The real images' statistics are computed at
+  the first evaluation and kept. Sampling shows a progress bar (`EvalContext.show_progress`). Single-process: the
+  judges read this process's rows of each eval batch.
 """
 
 from __future__ import annotations
@@ -22,8 +29,12 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from jaxgen.core.progress import CountProgress
+from jaxgen.core.sharding import local_rows
 from jaxgen.core.task import EvalContext
 from jaxgen.diffusion import ddim, ddpm, sampling
+from jaxgen.diffusion.sample_quality import Judge
+from jaxgen.metrics.frechet import FeatureStatistics, frechet_distance_of
 
 GRID_GAP = 2  # pixels between the cells of the samples grid
 LABEL_WIDTH = 96  # pixels of the class-name column of the samples grid
@@ -35,7 +46,8 @@ class ClassConditionalDiffusionTask:
     `schedule` names a `ddpm.SCHEDULES` entry of `num_train_timesteps` steps. `eval_timesteps` are the timesteps the
     `denoising` evaluator reports; it reads at most `max_eval_batches` eval batches. The `samples` evaluator runs
     `num_sample_steps` DDIM steps (`timestep_spacing` as in diffusers; "trailing" starts from pure noise) at guidance
-    `guidance_scale` (1 is the conditional model alone), clipping predicted x0 to [-1, 1].
+    `guidance_scale` (1 is the conditional model alone), clipping predicted x0 to [-1, 1]. The `sample_quality`
+    evaluator draws `num_judged_samples` such samples, `sample_batch_size` per sampler call, for the `judges`.
     """
 
     partition_rules = ()
@@ -44,7 +56,8 @@ class ClassConditionalDiffusionTask:
                  schedule: str = "linear", num_train_timesteps: int = 1000,
                  eval_timesteps: Sequence[int] = (50, 250, 500, 750, 950), max_eval_batches: int = 8,
                  num_sample_steps: int = 50, timestep_spacing: str = "trailing", guidance_scale: float = 1.5,
-                 samples_per_class: int = 8, class_names: Sequence[str] | None = None, grid_scale: int = 2):
+                 samples_per_class: int = 8, class_names: Sequence[str] | None = None, grid_scale: int = 2,
+                 judges: Sequence[Judge] = (), num_judged_samples: int = 1200, sample_batch_size: int = 256):
         if not 0.0 <= label_dropout < 1.0:
             raise ValueError(f"label_dropout must be in [0, 1); got {label_dropout}")
         if class_names is not None and len(class_names) != num_classes:
@@ -52,6 +65,12 @@ class ClassConditionalDiffusionTask:
         bad = [t for t in eval_timesteps if not 0 <= t < num_train_timesteps]
         if bad:
             raise ValueError(f"eval_timesteps {bad} are outside the schedule's [0, {num_train_timesteps})")
+        names = [judge.name for judge in judges]
+        if len(set(names)) != len(names):
+            raise ValueError(f"judges need distinct names (their metrics are named after them); got {names}")
+        if judges and (num_judged_samples < 2 or sample_batch_size < 1):
+            raise ValueError(f"num_judged_samples must be >= 2 (a covariance) and sample_batch_size >= 1; got "
+                             f"{num_judged_samples} and {sample_batch_size}")
         self.model = model
         self.num_classes = num_classes
         self.label_dropout = label_dropout
@@ -63,6 +82,10 @@ class ClassConditionalDiffusionTask:
         self.samples_per_class = samples_per_class
         self.class_names = tuple(class_names) if class_names is not None else tuple(map(str, range(num_classes)))
         self.grid_scale = grid_scale
+        self.judges = tuple(judges)
+        self.num_judged_samples = num_judged_samples
+        self.sample_batch_size = sample_batch_size
+        self._real_judgements = None  # the eval split's statistics per judge, computed at the first evaluation
         self._denoising_jit = jax.jit(self._denoising_errors)
         self._sample_jit = jax.jit(self._sample, static_argnames=("image_shape",))
 
@@ -91,7 +114,10 @@ class ClassConditionalDiffusionTask:
 
     # ---------------------------------------------------------------------------------------------------- evaluation
     def evaluators(self):
-        return {"denoising": self.evaluate_denoising, "samples": self.evaluate_samples}
+        evaluators = {"denoising": self.evaluate_denoising, "samples": self.evaluate_samples}
+        if self.judges:
+            evaluators["sample_quality"] = self.evaluate_sample_quality
+        return evaluators
 
     def _denoising_errors(self, variables, batch, rng):
         """Per-example squared error `[len(eval_timesteps), batch]` of the conditional model at each eval timestep."""
@@ -137,14 +163,93 @@ class ClassConditionalDiffusionTask:
     def evaluate_samples(self, variables, context: EvalContext) -> Mapping[str, Any]:
         image_shape = next(context.batches())["image"].shape[1:]
         labels = jnp.repeat(jnp.arange(self.num_classes, dtype=jnp.int32), self.samples_per_class)
-        samples = self.sample(variables, labels, context.rng, image_shape)
-        images = np.asarray(jax.device_get(jnp.round((jnp.clip(samples, -1, 1) + 1) * 127.5)), np.uint8)
+        images = to_uint8(self.sample(variables, labels, context.rng, image_shape))
         if context.is_main_process:
             grid = class_grid(images.reshape(self.num_classes, self.samples_per_class, *image_shape),
                               self.class_names, self.grid_scale)
             save_png(context.outdir / "samples.png", grid)
         return {"num_samples": int(labels.shape[0]), "sample_mean": float(images.mean() / 255),
                 "sample_std": float(images.std() / 255)}
+
+    def _judge_real_images(self, context: EvalContext) -> dict[str, "_Judgement"]:
+        """Each judge's statistics of the eval split's images (kept: the split does not change during a run)."""
+        if self._real_judgements is None:
+            judgements = None
+            for batch in context.batches():
+                images, labels = local_rows(batch["image"]), local_rows(batch["label"])
+                if judgements is None:
+                    for judge in self.judges:
+                        judge.prepare(images.shape[1:])
+                    judgements = {judge.name: _Judgement(self.num_classes) for judge in self.judges}
+                valid = local_rows(batch["valid"])
+                for judge in self.judges:
+                    judgements[judge.name].add(*judge(images), labels, valid)
+            if judgements is None:
+                raise ValueError("The sample_quality evaluator read no eval batch: is the eval split empty?")
+            self._real_judgements = judgements
+        return self._real_judgements
+
+    def evaluate_sample_quality(self, variables, context: EvalContext) -> Mapping[str, Any]:
+        real = self._judge_real_images(context)
+        image_shape = next(context.batches())["image"].shape[1:]
+        count, batch_size = self.num_judged_samples, self.sample_batch_size
+        labels = np.arange(-(-count // batch_size) * batch_size, dtype=np.int32) % self.num_classes
+        generated = {judge.name: _Judgement(self.num_classes) for judge in self.judges}
+        rng = jax.random.fold_in(context.rng, 1)  # not the samples grid's key
+        with CountProgress(count, desc="sampling", unit="img", enabled=context.show_progress) as progress:
+            for index, start in enumerate(range(0, count, batch_size)):
+                batch_labels = labels[start:start + batch_size]  # full size: one compiled sampler
+                valid = np.arange(start, start + batch_size) < count
+                images = to_uint8(self.sample(variables, jnp.asarray(batch_labels), jax.random.fold_in(rng, index),
+                                              image_shape))
+                for judge in self.judges:
+                    generated[judge.name].add(*judge(images), batch_labels, valid)
+                progress.update(int(valid.sum()))
+        results: dict[str, Any] = {"num_samples": count}
+        for judge in self.judges:
+            results[f"fd_{judge.name}"] = frechet_distance_of(generated[judge.name].features, real[judge.name].features)
+            if generated[judge.name].classifies:
+                per_class = generated[judge.name].class_accuracy()
+                results[f"{judge.name}_accuracy"] = generated[judge.name].accuracy()
+                results[f"{judge.name}_worst_class_accuracy"] = float(np.nanmin(per_class))
+                results[f"{judge.name}_class_accuracy"] = per_class.tolist()
+                results[f"{judge.name}_real_accuracy"] = real[judge.name].accuracy()
+        return results
+
+
+class _Judgement:
+    """What one judge made of a set of images: their feature statistics and, for a classifier, correct counts per
+    class."""
+
+    def __init__(self, num_classes: int):
+        self.features: FeatureStatistics | None = None
+        self.correct, self.seen = np.zeros(num_classes), np.zeros(num_classes)
+        self.classifies = False
+
+    def add(self, features, logits, labels, valid) -> None:
+        features, valid = np.asarray(jax.device_get(features)), np.asarray(valid, bool)
+        if self.features is None:
+            self.features = FeatureStatistics(features.shape[1])
+        self.features.add(features, valid)
+        if logits is not None:
+            self.classifies = True
+            labels = np.asarray(labels)[valid]
+            hits = np.asarray(jax.device_get(jnp.argmax(logits, -1)))[valid] == labels
+            np.add.at(self.correct, labels, hits)
+            np.add.at(self.seen, labels, 1)
+
+    def accuracy(self) -> float:
+        return float(self.correct.sum() / self.seen.sum())
+
+    def class_accuracy(self) -> np.ndarray:
+        """Per class; NaN for a class with no image."""
+        with np.errstate(invalid="ignore"):
+            return self.correct / self.seen
+
+
+def to_uint8(samples: jax.Array) -> np.ndarray:
+    """Samples in [-1, 1] as the uint8 images one would save (values outside are clipped)."""
+    return np.asarray(jax.device_get(jnp.round((jnp.clip(samples, -1, 1) + 1) * 127.5)), np.uint8)
 
 
 def class_grid(images: np.ndarray, names: Sequence[str], scale: int = 1) -> np.ndarray:

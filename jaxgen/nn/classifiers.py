@@ -1,6 +1,9 @@
 """Small MLP and CNN image classifiers whose weights carry logical axis names, so fsdp/tensor meshes shard them.
 
-The quickstart trains them; InstanT uses the CNN for its CPU-sized runs."""
+The quickstart trains them; InstanT uses the CNN for its CPU-sized runs; the diffusion sample-quality evaluators
+judge generated images with one (`jaxgen.diffusion.sample_quality`). Each sows the input of its last Dense layer as
+`intermediates/features` (`apply(..., mutable=["intermediates"])` returns it): the feature space of FD-classifier.
+"""
 
 from __future__ import annotations
 
@@ -25,6 +28,7 @@ class MLPClassifier(nn.Module):
             x = nn.Dense(width, kernel_init=nn.with_logical_partitioning(nn.initializers.lecun_normal(), ("embed", "mlp")))(x)
             x = nn.gelu(x)
             x = nn.Dropout(self.dropout, deterministic=not train)(x)
+        self.sow("intermediates", "features", x)
         return nn.Dense(self.num_classes,
                         kernel_init=nn.with_logical_partitioning(nn.initializers.lecun_normal(), ("mlp", "classes")))(x)
 
@@ -46,5 +50,6 @@ class CNNClassifier(nn.Module):
             x = nn.gelu(x)
             x = nn.avg_pool(x, (2, 2), strides=(2, 2), padding="SAME")
         x = jnp.mean(x, axis=(1, 2))
+        self.sow("intermediates", "features", x)
         x = nn.Dropout(self.dropout, deterministic=not train)(x)
         return nn.Dense(self.num_classes)(x)

@@ -10,6 +10,18 @@ variance interpolation, as in diffusers and the original.
 Timesteps are counted as diffusers counts them (`t` in [0, num_train_timesteps), float or int); labels are ints in
 [0, num_classes], `num_classes` being the classifier-free guidance null class (`jaxgen.nn.embeddings.drop_labels`).
 `from_diffusers` loads a diffusers `DiTTransformer2DModel` folder (the official DiT-XL/2 checkpoints among them).
+
+Optional caption tokens (`caption_dim`), as PixArt-α conditions a DiT on text: a sequence of caption embeddings
+`[batch, length, caption_dim]` (a frozen text encoder's output, T5's 4,096 in PixArt) is projected to the model width
+by a two-layer MLP (GELU-tanh), and every block cross-attends to it between self-attention and the MLP
+(`jaxgen.nn.transformer.CrossAttention`, zero-initialised output, so a fresh model is still the zero function).
+PixArt rather than the joint sequence of MMDiT/CogVideoX (captions concatenated to the image tokens, which the block
+also supports through `modulation_groups`, as SVG's video DiT uses): cross-attention keeps the image sequence and its
+attention cost unchanged whatever the caption length, and it is what PixArt-α/Σ (SVDQuant's and DC-AE's text-to-image
+models) do. `caption_mask [batch, length]` leaves padding out. Classifier-free guidance's unconditional input is the
+empty caption, a mask with no true entry: cross-attention then adds nothing (PixArt learns a null caption embedding
+instead; the empty caption needs no parameter and no fixed caption length). Class labels stay optional beside
+captions: `y=None` uses the timestep alone for adaLN, as PixArt does.
 """
 
 from __future__ import annotations
@@ -47,6 +59,20 @@ def unpatchify(tokens: jax.Array, grid: tuple[int, int], patch: int, channels: i
     return x.reshape(batch, h * patch, w * patch, channels)
 
 
+class CaptionProjection(nn.Module):
+    """Caption embeddings -> model width: Dense -> GELU (tanh) -> Dense, PixArt-α's caption MLP."""
+
+    width: int
+    dtype: Any = jnp.float32
+
+    @nn.compact
+    def __call__(self, captions):
+        h = nn.Dense(self.width, dtype=self.dtype, name="Dense_0", kernel_init=partitioned(XAVIER, None, "mlp"),
+                     bias_init=partitioned(nn.initializers.zeros, "mlp"))(captions)
+        return nn.Dense(self.width, dtype=self.dtype, name="Dense_1", kernel_init=partitioned(XAVIER, "mlp", "embed"),
+                        bias_init=partitioned(nn.initializers.zeros, "embed"))(nn.gelu(h, approximate=True))
+
+
 class DiT(nn.Module):
     """Class-conditional DiT; `__call__(x, t, y)` -> `[batch, height, width, out_channels]` float32.
 
@@ -55,6 +81,7 @@ class DiT(nn.Module):
     timestep_freq_shift: diffusers' DiT embeds timesteps with `downscale_freq_shift=1`; the original DiT with 0.
     mlp_norm_eps: the MLP LayerNorm's epsilon (diffusers' `norm_eps`, 1e-5; the original DiT 1e-6).
     attention_backend / attention_options: a `jaxgen.nn.attention` backend ("dense" on CPU, "cudnn" on GPU).
+    caption_dim: the width of caption embeddings; None (default) builds the class-conditional DiT without captions.
     """
 
     num_classes: int = 1000
@@ -72,6 +99,7 @@ class DiT(nn.Module):
     qkv_bias: bool = True
     attention_backend: str = "dense"
     attention_options: Mapping[str, Any] | None = None
+    caption_dim: int | None = None
     dtype: Any = jnp.float32
     remat: bool = False
 
@@ -92,25 +120,39 @@ class DiT(nn.Module):
         return shape[1] // self.patch_size, shape[2] // self.patch_size
 
     @nn.compact
-    def __call__(self, x: jax.Array, t: jax.Array, y: jax.Array) -> jax.Array:
+    def __call__(self, x: jax.Array, t: jax.Array, y: jax.Array | None = None, captions: jax.Array | None = None,
+                 caption_mask: jax.Array | None = None) -> jax.Array:
+        """x NHWC, t `[batch]`, y `[batch]` class labels (None: no class conditioning), captions `[batch, length,
+        caption_dim]` when the model has `caption_dim`, caption_mask bool `[batch, length]` (None: all tokens)."""
         grid = self.grid(x.shape)
-        if t.shape != (x.shape[0],) or y.shape != (x.shape[0],):
+        if t.shape != (x.shape[0],) or (y is not None and y.shape != (x.shape[0],)):
             raise ValueError(f"DiT takes t [{x.shape[0]}] and y [{x.shape[0]}] for images {x.shape}; got t "
-                             f"{t.shape}, y {y.shape}")
+                             f"{t.shape}, y {None if y is None else y.shape}")
+        if (captions is None) != (self.caption_dim is None) or (
+                captions is not None and (captions.ndim != 3 or captions.shape[::2] != (x.shape[0], self.caption_dim))):
+            raise ValueError(f"DiT with caption_dim={self.caption_dim} takes captions "
+                             + (f"[{x.shape[0]}, length, {self.caption_dim}]" if self.caption_dim else "None")
+                             + f"; got {None if captions is None else captions.shape}")
         h = nn.Dense(self.width, dtype=self.dtype, name="patch_embed", kernel_init=partitioned(XAVIER, None, "embed"),
                      bias_init=partitioned(nn.initializers.zeros, "embed"))(patchify(x, self.patch_size))
         base = self.sample_size // self.patch_size if self.sample_size else None
         h = (h + sincos_2d(self.width, *grid, base_size=base)).astype(self.dtype)
 
         c = TimestepEmbedding(self.width, freq_shift=self.timestep_freq_shift, dtype=self.dtype, name="t_embed")(t)
-        c = c + LabelEmbedding(self.num_classes, self.width, name="class_embed")(y)
+        if y is not None:
+            c = c + LabelEmbedding(self.num_classes, self.width, name="class_embed")(y)
+        caption_inputs = ()
+        if captions is not None:
+            caption_inputs = (CaptionProjection(self.width, self.dtype, name="caption_projection")(captions),
+                              caption_mask)
 
         context = nn_attention.AttentionContext(num_layers=self.depth)
         blocks = scanned_blocks(self.depth, self.remat, width=self.width, num_heads=self.num_heads,
                                 mlp_ratio=self.mlp_ratio, qkv_bias=self.qkv_bias, mlp_norm_eps=self.mlp_norm_eps,
-                                approximate_gelu=self.approximate_gelu, backend=self.attention_backend,
-                                backend_options=self.attention_options, dtype=self.dtype, name="blocks")
-        h, _ = blocks(h, jnp.arange(self.depth), c, None, None, context)
+                                approximate_gelu=self.approximate_gelu, cross_attention=captions is not None,
+                                backend=self.attention_backend, backend_options=self.attention_options,
+                                dtype=self.dtype, name="blocks")
+        h, _ = blocks(h, jnp.arange(self.depth), c, None, None, context, *caption_inputs)
 
         shift, scale = jnp.split(nn.Dense(2 * self.width, name="final_adaln",
                                           kernel_init=partitioned(nn.initializers.zeros, "embed", "mlp"),

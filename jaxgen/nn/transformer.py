@@ -8,6 +8,9 @@ the identity. Options cover what the video models add without forking the block:
   - `qk_norm`: RMSNorm on queries and keys (CogVideoX, HunyuanVideo), which keeps bf16 logits tame in deep stacks.
   - `rope`: (cos, sin) tables over the whole sequence; tokens without a position (captions) get angle 0 (the
     identity), so the block needs no notion of where video tokens start.
+  - `cross_attention`: PixArt-α's text conditioning: between self-attention and the MLP, the tokens attend to a
+    sequence of caption embeddings (`CrossAttention`), added without a norm or gate, its output projection starting
+    at zero so the block still starts as the identity. The call then takes `captions` and `caption_mask` too.
 The signature `(x, layer, c, rope, groups, context) -> (x, None)` is the one `nn.scan` iterates over layers with;
 `layer` is the traced layer index, written into the attention context (SVG's per-layer gate reads it) and folded
 into the context's key so sampling backends draw fresh rows in every layer.
@@ -76,6 +79,42 @@ class Attention(nn.Module):
                                bias_init=partitioned(nn.initializers.zeros, "embed"))(out)
 
 
+class CrossAttention(nn.Module):
+    """Multi-head attention from tokens `x [batch, seq, width]` to a context `[batch, context_len, context_width]`
+    (PixArt-α's text cross-attention). `mask [batch, context_len]` (true: attend) leaves padding out; a row whose
+    mask is all false (an empty caption: the unconditional input of classifier-free guidance) gets exactly zero."""
+
+    num_heads: int
+    head_dim: int
+    backend: str = "dense"
+    backend_options: Mapping[str, Any] | None = None
+    dtype: Any = jnp.float32
+
+    @nn.compact
+    def __call__(self, x, context_tokens, mask=None):
+        if context_tokens.ndim != 3 or context_tokens.shape[0] != x.shape[0]:
+            raise ValueError(f"cross-attention context must be [batch, length, width] for x {x.shape}; got "
+                             f"{context_tokens.shape}")
+        if mask is not None and mask.shape != context_tokens.shape[:2]:
+            raise ValueError(f"cross-attention mask must be [batch, length] = {context_tokens.shape[:2]}; got "
+                             f"{mask.shape}")
+        q = nn.DenseGeneral((self.num_heads, self.head_dim), dtype=self.dtype, name="q",
+                            kernel_init=partitioned(XAVIER, "embed", "heads", "kv"),
+                            bias_init=partitioned(nn.initializers.zeros, "heads", "kv"))(x)
+        kv = nn.DenseGeneral((2, self.num_heads, self.head_dim), dtype=self.dtype, name="kv",
+                             kernel_init=partitioned(XAVIER, "embed", None, "heads", "kv"),
+                             bias_init=partitioned(nn.initializers.zeros, None, "heads", "kv"))(context_tokens)
+        attend = None if mask is None else mask[:, None, None, :]  # [batch, heads, q, kv], broadcast
+        out, _ = nn_attention.attention(q, kv[:, :, 0], kv[:, :, 1], backend=self.backend, mask=attend,
+                                        **dict(self.backend_options or {}))
+        out = nn.DenseGeneral(x.shape[-1], axis=(-2, -1), dtype=self.dtype, name="out",
+                              kernel_init=partitioned(nn.initializers.zeros, "heads", "kv", "embed"),
+                              bias_init=partitioned(nn.initializers.zeros, "embed"))(out)
+        if mask is not None:  # the output bias too: an empty caption leaves the tokens exactly as they were
+            out = jnp.where(jnp.any(mask, axis=1)[:, None, None], out, 0.0)
+        return out
+
+
 class AdaLNZeroBlock(nn.Module):
     """adaLN-Zero block: `x + gate1 * attn(modulate(norm(x)))`, then the same with an MLP; see the module docstring.
 
@@ -92,13 +131,19 @@ class AdaLNZeroBlock(nn.Module):
     attn_norm_eps: float = 1e-6
     mlp_norm_eps: float = 1e-6
     approximate_gelu: bool = True
+    cross_attention: bool = False
     backend: str = "dense"
     backend_options: Mapping[str, Any] | None = None
     dtype: Any = jnp.float32
 
     @nn.compact
-    def __call__(self, x, layer, c, rope, groups, context: nn_attention.AttentionContext):
-        """x `[batch, seq, width]`, c `[batch, cond]`, groups int `[seq]` in [0, modulation_groups) or None."""
+    def __call__(self, x, layer, c, rope, groups, context: nn_attention.AttentionContext, captions=None,
+                 caption_mask=None):
+        """x `[batch, seq, width]`, c `[batch, cond]`, groups int `[seq]` in [0, modulation_groups) or None;
+        with `cross_attention`, captions `[batch, length, width]` and caption_mask bool `[batch, length]` or None."""
+        if self.cross_attention == (captions is None):
+            raise ValueError(f"a block {'with' if self.cross_attention else 'without'} cross_attention takes "
+                             f"{'captions' if self.cross_attention else 'no captions'}")
         modulation = nn.Dense(6 * self.modulation_groups * self.width, dtype=self.dtype, name="adaln",
                               kernel_init=partitioned(nn.initializers.zeros, "embed", "mlp"),
                               bias_init=partitioned(nn.initializers.zeros, "mlp"))(nn.silu(c))
@@ -116,6 +161,9 @@ class AdaLNZeroBlock(nn.Module):
         h = h * (1 + scale1) + shift1
         x = x + gate1 * Attention(self.num_heads, self.width // self.num_heads, self.backend, self.backend_options,
                                   self.qkv_bias, self.qk_norm, self.dtype, name="attn")(h, rope=rope, context=context)
+        if self.cross_attention:
+            x = x + CrossAttention(self.num_heads, self.width // self.num_heads, self.backend, self.backend_options,
+                                   self.dtype, name="cross_attn")(x, captions, caption_mask)
         h = nn.LayerNorm(self.mlp_norm_eps, use_scale=False, use_bias=False, dtype=self.dtype)(x)
         h = h * (1 + scale2) + shift2
         h = nn.Dense(int(self.mlp_ratio * self.width), dtype=self.dtype, name="Dense_0",
@@ -129,10 +177,12 @@ class AdaLNZeroBlock(nn.Module):
 
 def scanned_blocks(depth: int, remat: bool = False, **block_fields) -> AdaLNZeroBlock:
     """`depth` blocks as one `nn.scan` (one compiled block; unrolled deep DiTs took minutes to compile on an H100),
-    parameters stacked on a leading "layers" axis; call it as `blocks(x, jnp.arange(depth), c, rope, groups, ctx)`.
-    Backend diagnostics sown into "intermediates" are stacked over layers too."""
+    parameters stacked on a leading "layers" axis; call it as `blocks(x, jnp.arange(depth), c, rope, groups, ctx)`,
+    with `cross_attention=True` as `blocks(..., ctx, captions, caption_mask)`. Backend diagnostics sown into
+    "intermediates" are stacked over layers too."""
     block = nn.remat(AdaLNZeroBlock) if remat else AdaLNZeroBlock
+    broadcast_inputs = 6 if block_fields.get("cross_attention") else 4  # c, rope, groups, context (+ captions, mask)
     scanned = nn.scan(block, variable_axes={"params": 0, "intermediates": 0}, split_rngs={"params": True},
-                      in_axes=(0, nn.broadcast, nn.broadcast, nn.broadcast, nn.broadcast), length=depth,
+                      in_axes=(0,) + (nn.broadcast,) * broadcast_inputs, length=depth,
                       metadata_params={nn.PARTITION_NAME: "layers"})
     return scanned(**block_fields)

@@ -63,3 +63,23 @@ def test_plain_lines_come_at_most_once_per_interval_plus_the_first_and_the_last(
     assert writer.steps == [10, 20, 30, 40, 50], "every record is still written"
     assert stream.getvalue().splitlines() == ["step 10/50  loss 0.1  100.0 steps/s",
                                               "step 50/50  loss 0.02  100.0 steps/s"]
+
+
+def test_counted_work_draws_a_bar_on_a_terminal_and_lines_elsewhere():
+    terminal = Terminal()
+    with progress.CountProgress(10, desc="sampling", unit="img", stream=terminal) as bar:
+        bar.update(4)
+        bar.update(6)
+    assert "10/10" in terminal.getvalue() and "sampling" in terminal.getvalue()
+
+    stream = io.StringIO()
+    with progress.CountProgress(10, desc="sampling", unit="img", stream=stream, min_seconds=3600) as lines:
+        for _ in range(5):
+            lines.update(2)
+    printed = stream.getvalue().splitlines()
+    assert len(printed) == 1 and printed[0].startswith("sampling 10/10 img  ") and printed[0].endswith(" img/s")
+
+    quiet = io.StringIO()
+    with progress.CountProgress(10, desc="sampling", unit="img", enabled=False, stream=quiet) as off:
+        off.update(10)
+    assert quiet.getvalue() == ""

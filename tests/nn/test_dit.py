@@ -162,3 +162,98 @@ def test_module_from_config_reads_the_diffusers_fields():
     assert (module.width, module.depth, module.num_heads, module.output_channels) == (1152, 28, 16, 8)
     assert module.mlp_norm_eps == 1e-5 and module.attention_backend == "cudnn"
     assert math.isclose(dit.num_params(module.clone(attention_backend="dense"), 32) / 1e6, 674.83, abs_tol=0.01)
+
+
+# ------------------------------------------------------------------------------------------------- caption tokens
+CAPTION_DIM = 12
+
+
+def captioned(**fields):
+    return tiny(caption_dim=CAPTION_DIM, patch_size=4, depth=1, **fields)
+
+
+def perturbed(variables, seed=0):
+    """Every parameter moved off its initial value: zero-initialised layers would hide what captions do."""
+    rng = np.random.default_rng(seed)
+    return jax.tree.map(lambda a: a + 0.1 * rng.normal(size=a.shape).astype(np.float32), nn.unbox(variables))
+
+
+def test_cross_attention_matches_a_plain_softmax_reference_and_an_empty_caption_adds_nothing():
+    from jaxgen.nn.transformer import CrossAttention
+
+    layer = CrossAttention(num_heads=2, head_dim=4)
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(3, 5, 8)).astype(np.float32)
+    tokens = rng.normal(size=(3, 4, 6)).astype(np.float32)
+    mask = np.array([[1, 1, 0, 1], [1, 0, 0, 0], [0, 0, 0, 0]], bool)
+    params = jax.tree.map(np.asarray, perturbed(layer.init(jax.random.key(0), x, tokens, mask))["params"])
+    out = np.asarray(layer.apply({"params": params}, x, tokens, mask))
+
+    q = np.einsum("bsw,whd->bshd", x, params["q"]["kernel"]) + params["q"]["bias"]
+    kv = np.einsum("blw,wkhd->blkhd", tokens, params["kv"]["kernel"]) + params["kv"]["bias"]
+    logits = np.einsum("bshd,blhd->bhsl", q, kv[:, :, 0]) / np.sqrt(4)
+    logits = np.where(mask[:, None, None, :], logits, -np.inf)
+    with np.errstate(invalid="ignore"):
+        weights = np.exp(logits - logits.max(-1, keepdims=True))
+        weights /= weights.sum(-1, keepdims=True)
+    attended = np.nan_to_num(np.einsum("bhsl,blhd->bshd", weights, kv[:, :, 1]))  # no key at all: nothing
+    expected = np.einsum("bshd,hdw->bsw", attended, params["out"]["kernel"]) + params["out"]["bias"]
+    expected[2] = 0.0  # the empty caption: the whole sublayer contributes nothing, bias included
+    np.testing.assert_allclose(out, expected, rtol=1e-5, atol=1e-5)
+
+
+def test_captions_condition_the_dit_and_masked_tokens_do_not():
+    model = captioned()
+    x, t, y = inputs()
+    rng = np.random.default_rng(1)
+    captions = rng.normal(size=(2, 5, CAPTION_DIM)).astype(np.float32)
+    mask = np.array([[1, 1, 1, 0, 0], [1, 0, 1, 1, 0]], bool)
+    fresh, variables = model.init_with_output(jax.random.key(0), x, t, y, captions, mask)
+    np.testing.assert_array_equal(fresh, 0.0)  # still adaLN-Zero's zero function
+    params = perturbed(variables)
+    apply = jax.jit(model.apply)
+    out = apply(params, x, t, y, captions, mask)
+    other = captions + 1.0
+    assert float(jnp.abs(apply(params, x, t, y, other, mask) - out).max()) > 1e-3  # captions matter
+    padding_changed = np.where(mask[..., None], captions, 100.0)  # only the masked-out tokens change
+    np.testing.assert_allclose(apply(params, x, t, y, padding_changed, mask), out, rtol=1e-6, atol=1e-6)
+
+
+def test_the_empty_caption_is_the_model_without_cross_attention():
+    model = captioned()
+    x, t, y = inputs()
+    captions = np.ones((2, 3, CAPTION_DIM), np.float32)
+    params = perturbed(model.init(jax.random.key(0), x, t, y, captions))
+    empty = np.zeros((2, 3), bool)
+    silenced = jax.tree_util.tree_map_with_path(  # cross-attention's output projection set to zero
+        lambda path, a: a * 0 if "cross_attn" in jax.tree_util.keystr(path) and "'out'" in jax.tree_util.keystr(path)
+        else a, params)
+    apply = jax.jit(model.apply)
+    np.testing.assert_allclose(apply(params, x, t, y, captions, empty), apply(silenced, x, t, y, captions, None),
+                               rtol=1e-6, atol=1e-6)
+
+
+def test_captions_without_labels_and_guided_ddim_with_the_empty_caption():
+    from jaxgen.diffusion import ddim, ddpm, sampling
+
+    model = captioned()
+    x, t, _ = inputs()
+    captions = np.random.default_rng(2).normal(size=(2, 4, CAPTION_DIM)).astype(np.float32)
+    mask = np.ones((2, 4), bool)
+    params = perturbed(model.init(jax.random.key(0), x, t, None, captions, mask))
+    assert "class_embed" not in params["params"]  # timestep-only adaLN, as PixArt
+    guided = sampling.guided(lambda x, t, step, cond: (model.apply(params, x, t, None, *cond), None),
+                             (captions, mask), (np.zeros_like(captions), np.zeros_like(mask)), 3.0)
+    samples, _ = jax.jit(lambda noise: ddim.ddim_sample(guided, ddpm.make_schedule("linear", 1000), noise,
+                                                        ddim.spaced_timesteps(1000, 2)))(x)
+    assert samples.shape == x.shape and bool(jnp.isfinite(samples).all())
+
+
+def test_caption_inputs_are_checked():
+    x, t, y = inputs()
+    with pytest.raises(ValueError, match="caption_dim=None takes captions None"):
+        tiny().init(jax.random.key(0), x, t, y, np.ones((2, 3, CAPTION_DIM), np.float32))
+    with pytest.raises(ValueError, match=r"caption_dim=12 takes captions \[2, length, 12\]"):
+        captioned().init(jax.random.key(0), x, t, y)
+    with pytest.raises(ValueError, match="mask must be"):
+        captioned().init(jax.random.key(0), x, t, y, np.ones((2, 3, CAPTION_DIM), np.float32), np.ones((2, 4), bool))

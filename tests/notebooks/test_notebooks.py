@@ -1,5 +1,8 @@
 """The notebooks under experiments/notebooks/: each opens in Colab from its badge, sets itself up with no variable to
-set, carries the outputs of a run (a reader sees results without running it), and executes on CPU here."""
+set, carries the outputs of a run (a reader sees results without running it), and executes on CPU here.
+
+Here the kernel runs with `JAXGEN_NOTEBOOK_CI=1`: a notebook whose full run takes minutes (diffusion.ipynb trains for
+about one) may shorten its loop when that is set, saying so in the cell; its saved outputs are those of the full run."""
 
 from __future__ import annotations
 
@@ -53,7 +56,8 @@ def test_notebook_carries_the_outputs_of_a_run(path):
 
 
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.name)
-def test_notebook_executes(path):
+def test_notebook_executes(path, monkeypatch):
+    monkeypatch.setenv("JAXGEN_NOTEBOOK_CI", "1")  # the kernel inherits it
     notebook = nbformat.read(path, as_version=4)
     NotebookClient(notebook, timeout=280, kernel_name="python3", resources={"metadata": {"path": str(REPO)}}).execute()
     assert not _errors(notebook)

@@ -1,4 +1,5 @@
-"""The reference packages of the `[parity]` extra (torch, diffusers, semilearn) for `*_vs_reference_test.py` files.
+"""The reference packages of the `[parity]` extra (torch, diffusers, torchvision, pytorch-fid) and semilearn for
+`*_vs_reference_test.py` files.
 
 The README's test command installs them, so in CI (`CI` set, as `.ci/run` does) a missing one fails the test module:
 a parity test that skips itself in CI proves nothing. In a checkout installed with `[dev]` only, the module is
