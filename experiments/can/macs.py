@@ -1,4 +1,4 @@
-"""MACs per sampling step and parameter counts of DiT-S/B/XL and U-ViT-S, static and with CAN or AKS, from shapes.
+"""MACs per sampling step and parameter counts of DiT-S/B/XL, U-ViT-S and the CaT-like S, static and with CAN or AKS.
 
 Recipe:
   command   PYTHONPATH=. python3 experiments/can/macs.py [--out experiments/can/macs.json]
@@ -29,21 +29,30 @@ from flax import traverse_util
 from jaxgen.nn.dit import DiT
 from jaxgen.nn.uvit import UViT
 from jaxgen.projects.can import AKS, CAN, ConditionAwareModel
+from jaxgen.projects.can.cat import CaTDiT
 from jaxgen.projects.can.macs import count_macs
 
-DIT_RULES = ("patch_embed", "blocks/attn/out", "unpatchify")
-UVIT_RULES = ("patch_embed/proj", "(in_blocks|mid_block|out_blocks)/attn/proj", "decoder_pred")
+# backbone type -> (placement rules of configs/can/placement/*.gin, the attribute holding its width)
+PLACEMENT = {
+    DiT: (("patch_embed", "blocks/attn/out", "unpatchify"), "width"),
+    UViT: (("patch_embed/proj", "(in_blocks|mid_block|out_blocks)/attn/proj", "decoder_pred"), "embed_dim"),
+    CaTDiT: (("patch_embed", "blocks/attn/aggregate_[0-9]+_depthwise", "blocks/mbconv/depthwise", "blocks/attn/proj",
+              "unpatchify"), "width"),
+}
 
-# name -> (backbone constructor, rules, condition width, image shape, real classes)
+# setting -> image shape, real classes and the backbones measured there
 SETTINGS = {
     "imagenet256_latent": dict(image=(32, 32, 4), classes=1000, models={
         "DiT-S/2": lambda: DiT(num_classes=1000, width=384, depth=12, num_heads=6, in_channels=4, out_channels=8),
         "DiT-B/2": lambda: DiT(num_classes=1000, width=768, depth=12, num_heads=12, in_channels=4, out_channels=8),
         "DiT-XL/2": lambda: DiT(num_classes=1000, width=1152, depth=28, num_heads=16, in_channels=4, out_channels=8),
+        "CaT-like S/2": lambda: CaTDiT(num_classes=1000, width=256, depth=8, num_heads=8, head_dim=32, in_channels=4,
+                                       out_channels=8),
     }),
     "shape_classes32": dict(image=(32, 32, 3), classes=12, models={
         "DiT-S/2": lambda: DiT(num_classes=12, width=384, depth=12, num_heads=6, in_channels=3, sample_size=32),
         "U-ViT-S/2": lambda: UViT(num_classes=13, embed_dim=512, depth=12, num_heads=8, in_channels=3),
+        "CaT-like S/2": lambda: CaTDiT(num_classes=12, width=256, depth=8, num_heads=8, head_dim=32),
     }),
 }
 
@@ -59,9 +68,9 @@ def measure(backbone, weights, image, classes):
     if weights is None:
         model = backbone
     else:
-        rules = DIT_RULES if isinstance(backbone, DiT) else UVIT_RULES
-        width = backbone.width if isinstance(backbone, DiT) else backbone.embed_dim
-        model = ConditionAwareModel(backbone, num_classes=classes, width=width, rules=rules, weights=weights)
+        rules, width = PLACEMENT[type(backbone)]
+        model = ConditionAwareModel(backbone, num_classes=classes, width=getattr(backbone, width), rules=rules,
+                                    weights=weights)
     variables = jax.eval_shape(model.init, jax.random.key(0), x, t, y)
     flat = traverse_util.flatten_dict(variables["params"])
     params = sum(math.prod(leaf.shape) for leaf in jax.tree.leaves(variables))
