@@ -47,6 +47,7 @@ def test_dense_starts_as_its_static_twin_and_per_sample_equals_a_loop(weights):
     x = jax.random.normal(jax.random.key(1), (3, 4, 6))
     layer = ConditionAwareDense(8, weights=weights)
     params = layer.init(jax.random.key(0), x, _cond())["params"]
+    assert float(jnp.abs(params.get("can_generator", params.get("aks_bank"))).max()) == 0.0
     static = nn.Dense(8).apply({"params": {"kernel": params["kernel"], "bias": params["bias"]}}, x)
     np.testing.assert_allclose(layer.apply({"params": params}, x, _cond()), static, rtol=0, atol=1e-6)
 

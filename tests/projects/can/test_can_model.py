@@ -70,16 +70,14 @@ def test_at_initialisation_the_model_is_the_static_backbone(backbone, rules, wei
     np.testing.assert_allclose(ours, alone, rtol=0, atol=1e-6 * float(jnp.abs(alone).max()))
 
 
-def test_initialisation_zeroes_the_generators_and_stacks_them_next_to_scanned_kernels():
+def test_generators_sit_next_to_their_kernels_stacked_over_scanned_layers():
     model = ConditionAwareModel(dit(), num_classes=3, width=16, rules=DIT_RULES, weights=CAN(rank=4))
-    variables = nn.unbox(jax.jit(model.init)(jax.random.key(0), *inputs()))
+    variables = nn.unbox(jax.eval_shape(model.init, jax.random.key(0), *inputs()))
     _, generator = split(variables["params"]["backbone"])
     shapes = {"/".join(k): v.shape for k, v in generator.items()}
     assert shapes == {"patch_embed/can_project": (16, 4), "patch_embed/can_generator": (4, 12 * 32),
                       "blocks/attn/out/can_project": (2, 16, 4), "blocks/attn/out/can_generator": (2, 4, 32 * 32),
                       "unpatchify/can_project": (16, 4), "unpatchify/can_generator": (4, 32 * 12)}
-    for path, value in generator.items():
-        assert (float(jnp.abs(value).max()) == 0.0) == (path[-1] == "can_generator"), "/".join(path)
 
 
 @pytest.mark.parametrize("backbone,rules", [(dit, DIT_RULES), (uvit, UVIT_RULES)], ids=["DiT", "UViT"])
