@@ -3,7 +3,7 @@
 Recipe:
   command   PYTHONPATH=. python3 experiments/can/macs.py [--out experiments/can/macs.json]
   hardware  any CPU (nothing is allocated: parameters are `jax.eval_shape`d, MACs come from compiling)
-  wall time about 4 min on 2 shared CPU cores (2026-12-07), mostly XLA compiling the XL variants
+  wall time 108 s on 2 shared CPU cores (2026-12-07), mostly XLA compiling the XL variants
   expected  DiT-XL/2 static at ImageNet 256 (32x32x4 latents): 118.6 G in DiT's paper (its "Gflops" count
             multiply-adds); the table in experiments/can/README.md
 
