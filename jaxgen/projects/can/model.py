@@ -24,7 +24,6 @@ from collections.abc import Callable, Sequence
 
 import flax.linen as nn
 import jax
-from flax.linen.linear import _canonicalize_tuple
 
 from jaxgen.nn.embeddings import LabelEmbedding, TimestepEmbedding
 from jaxgen.projects.can.layers import CAN, WeightGenerator, conv_per_sample, conv_settings, dense_per_sample
@@ -44,10 +43,14 @@ def _dense(layer: nn.Dense, next_fun, args, kwargs, cond, weights: WeightGenerat
                             precision=layer.precision)
 
 
+def _as_tuple(value) -> tuple:
+    return tuple(value) if isinstance(value, Sequence) else (value,)
+
+
 def _dense_general(layer: nn.DenseGeneral, next_fun, args, kwargs, cond, weights: WeightGenerator) -> jax.Array:
     x = args[0]
-    axes = sorted(a % x.ndim for a in _canonicalize_tuple(layer.axis))
-    if _canonicalize_tuple(layer.batch_dims) or axes != list(range(x.ndim - len(axes), x.ndim)):
+    axes = sorted(a % x.ndim for a in _as_tuple(layer.axis))
+    if _as_tuple(layer.batch_dims) or axes != list(range(x.ndim - len(axes), x.ndim)):
         raise ValueError(f"condition-aware DenseGeneral {'/'.join(layer.path)}: only layers contracting trailing "
                          f"axes without batch_dims are supported; got axis={layer.axis}, batch_dims="
                          f"{layer.batch_dims} for input {x.shape}")
