@@ -5,7 +5,7 @@ Recipe:
             CPU smoke run (tiny models, float32, dense attention):
             PYTHONPATH=. python3 experiments/bench/can_latency.py --small --reps 2 --out /tmp/canbench
   hardware  one NVIDIA H100 (bf16 compute, cuDNN attention); --small runs on CPU
-  wall time not yet measured on the H100; --small: about 1 min on 2 shared CPU cores (2026-12-07)
+  wall time not yet measured on the H100; --small: 90 s on 2 CPU cores shared at load ~7 (2026-12-07)
   expected  issue 23's goal: CAN adds at most 15 % to a sampling step of DiT-S/2 and U-ViT-S/2 (the recipes'
             placement and rank 8); not yet measured
 
