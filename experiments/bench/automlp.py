@@ -1,0 +1,169 @@
+"""Training-step time against history length L: AutoMLP (linear in L) against SASRec (quadratic), in one process.
+
+Recipe:
+  command   PYTHONPATH=. python3 experiments/bench/automlp.py [--lengths 50 200 800 3200] [--batch 64] [--out DIR]
+            CPU run committed here: PYTHONPATH=. python3 experiments/bench/automlp.py --batch 16 --reps 3
+            smoke (tests): --lengths 8 16 --batch 4 --reps 1 --features 8 --items 50
+  hardware  any: one H100 for the GPU numbers, the 2-core CPU machine for the CPU ones
+  wall time see experiments/bench/README.md (the CPU run is dominated by SASRec at L = 3200)
+  expected  AutoMLP's time grows about linearly with L (log-log slope ~1 beyond L = 200), SASRec's faster; goal:
+            AutoMLP >= 3x faster than SASRec at L = 800
+
+What one step is: the full training step either model takes in `jaxgen.projects.automlp` — forward over a batch of
+full histories (no padding) [batch, L], full-softmax cross-entropy over `--items` items, backward, an Adam update;
+jitted once per (model, L), donated parameters, timed after one warm-up call (which compiles), `--reps` repetitions
+of `--inner` steps each, each repetition ended by block_until_ready; the median repetition / inner is reported.
+Both models at one width (`--features`) and depth 2, dropout on (as in training). AutoMLP is the search's supernet:
+the long-term branch over L and short-term branches over the last 1, 2, 4, 8, 16 items (the heaviest AutoMLP step;
+the retrained one-window model is lighter). SASRec: one head, XLA's attention (`jaxgen.nn.attention` "dense": the
+L x L scores are materialised; a flash kernel would save memory traffic, not the quadratic FLOPs). float32.
+
+Imports jax, optax, numpy and jaxgen's AutoMLP package (flax); no gin, TFDS or jraph, so it runs on a bare device
+image. Results: <out>/automlp.json (device, versions, settings, per-(model, L) times, SASRec/AutoMLP ratios, log-log
+slopes) and a markdown table on stdout.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import platform
+import statistics
+import time
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from jaxgen.projects.automlp.baselines import SASRec
+from jaxgen.projects.automlp.model import AutoMLP, cross_entropy
+
+GOAL_SPEEDUP_AT_800 = 3.0
+SEARCH_WINDOWS = (1, 2, 4, 8, 16)
+
+
+def build_model(name: str, num_items: int, length: int, features: int):
+    windows = tuple(k for k in SEARCH_WINDOWS if k <= length)
+    return {"automlp": lambda: AutoMLP(num_items, features=features, depth=2, windows=windows, dropout_rate=0.2),
+            "sasrec": lambda: SASRec(num_items, max_len=length, features=features, depth=2, dropout_rate=0.2),
+            }[name]()
+
+
+def time_train_step(model, *, batch: int, length: int, num_items: int, reps: int, inner: int, seed: int) -> dict:
+    """Median seconds per training step (see the module docstring) and the compile + first-call time."""
+    rng = np.random.default_rng(seed)
+    history = jnp.asarray(rng.integers(1, num_items + 1, (batch, length)), jnp.int32)
+    targets = jnp.asarray(rng.integers(1, num_items + 1, batch), jnp.int32)
+    params = jax.jit(lambda h: model.init(jax.random.key(seed), h))(history)["params"]
+    optimizer = optax.adam(1e-3)
+
+    def loss_fn(params, key):
+        scores = model.apply({"params": params}, history, train=True, rngs={"dropout": key})
+        return cross_entropy(scores, targets)
+
+    def steps(params, opt_state, key):
+        def one(carry, key):
+            params, opt_state = carry
+            loss, grads = jax.value_and_grad(loss_fn)(params, key)
+            updates, opt_state = optimizer.update(grads, opt_state, params)
+            return (optax.apply_updates(params, updates), opt_state), loss
+
+        (params, opt_state), losses = jax.lax.scan(one, (params, opt_state), jax.random.split(key, inner))
+        return params, opt_state, losses[-1]
+
+    steps = jax.jit(steps, donate_argnums=(0, 1))
+    opt_state = optimizer.init(params)
+    start = time.perf_counter()
+    params, opt_state, loss = steps(params, opt_state, jax.random.key(0))
+    loss.block_until_ready()
+    first = time.perf_counter() - start
+    if not np.isfinite(float(loss)):
+        raise FloatingPointError(f"{type(model).__name__} at L={length}: non-finite loss {float(loss)}")
+    times = []
+    for rep in range(reps):
+        start = time.perf_counter()
+        params, opt_state, loss = steps(params, opt_state, jax.random.key(rep + 1))
+        loss.block_until_ready()
+        times.append((time.perf_counter() - start) / inner)
+    return {"ms_per_step": 1e3 * statistics.median(times), "ms_per_step_all": [1e3 * t for t in times],
+            "first_call_s": first, "parameters": int(sum(p.size for p in jax.tree.leaves(params)))}
+
+
+def loglog_slope(lengths, times) -> float | None:
+    """Least-squares slope of log(time) against log(L) (1: linear, 2: quadratic); None with fewer than 2 points."""
+    if len(lengths) < 2:
+        return None
+    return float(np.polyfit(np.log(lengths), np.log(times), 1)[0])
+
+
+def main(argv=None) -> dict:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--lengths", type=int, nargs="+", default=[50, 200, 800, 3200])
+    parser.add_argument("--models", nargs="+", default=["automlp", "sasrec"], choices=["automlp", "sasrec"])
+    parser.add_argument("--batch", type=int, default=64)
+    parser.add_argument("--features", type=int, default=64)
+    parser.add_argument("--items", type=int, default=1349, help="catalogue size (ML-100K after 5-core: 1,349)")
+    parser.add_argument("--reps", type=int, default=5)
+    parser.add_argument("--inner", type=int, default=5, help="steps per timed repetition (one jitted scan)")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--out", default=str(Path(__file__).parent))
+    args = parser.parse_args(argv)
+
+    device = jax.devices()[0]
+    print(f"device: {device.device_kind} ({jax.default_backend()}, {jax.device_count()} device(s)), "
+          f"jax {jax.__version__}", flush=True)
+    results = []
+    for length in args.lengths:
+        for name in args.models:
+            model = build_model(name, args.items, length, args.features)
+            timing = time_train_step(model, batch=args.batch, length=length, num_items=args.items, reps=args.reps,
+                                     inner=args.inner, seed=args.seed)
+            results.append({"model": name, "length": length, **timing,
+                            "examples_per_s": args.batch / (timing["ms_per_step"] / 1e3)})
+            print(f"  {name:8s} L={length:5d}: {timing['ms_per_step']:10.2f} ms/step "
+                  f"(first call {timing['first_call_s']:.1f} s)", flush=True)
+
+    def ms(name, length):
+        return next((r["ms_per_step"] for r in results if r["model"] == name and r["length"] == length), None)
+
+    ratios = {str(length): ms("sasrec", length) / ms("automlp", length) for length in args.lengths
+              if ms("sasrec", length) and ms("automlp", length)}
+    slopes = {name: {"all": loglog_slope(args.lengths, [ms(name, n) for n in args.lengths]),
+                     "from_200": loglog_slope([n for n in args.lengths if n >= 200],
+                                              [ms(name, n) for n in args.lengths if n >= 200])}
+              for name in args.models}
+    report = {
+        "benchmark": "automlp train-step time vs history length",
+        "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "device": {"kind": device.device_kind, "backend": jax.default_backend(), "count": jax.device_count(),
+                   "host": platform.processor() or platform.machine()},
+        "versions": {"jax": jax.__version__, "python": platform.python_version()},
+        "settings": {k: v for k, v in vars(args).items() if k != "out"},
+        "results": results,
+        "sasrec_over_automlp": ratios,
+        "loglog_slope": slopes,
+        "goal": {"speedup_at_800": GOAL_SPEEDUP_AT_800,
+                 "met": ratios.get("800", 0) >= GOAL_SPEEDUP_AT_800 if "800" in ratios else None},
+    }
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "automlp.json").write_text(json.dumps(report, indent=2) + "\n")
+
+    def cell(value, unit=""):
+        return "-" if value is None else f"{value:.2f}{unit}"
+
+    print("\n| L | AutoMLP ms/step | SASRec ms/step | SASRec / AutoMLP |\n| --- | --- | --- | --- |")
+    for length in args.lengths:
+        print(f"| {length} | {cell(ms('automlp', length))} | {cell(ms('sasrec', length))} | "
+              f"{cell(ratios.get(str(length)), 'x')} |")
+    print("log-log slope of ms/step against L (L >= 200): "
+          + ", ".join(f"{name} {cell(v['from_200'])}" for name, v in slopes.items()))
+    print(f"written: {out / 'automlp.json'}")
+    return report
+
+
+if __name__ == "__main__":
+    main()
