@@ -26,6 +26,7 @@ its split, so one evaluator reports the validation metrics that pick the best st
 from __future__ import annotations
 
 import zipfile
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -191,9 +192,17 @@ def num_items(dataset: str, data_dir: str | None = None) -> int:
     return int(metadata["num_items"])
 
 
-def evaluation_source(dataset: str, splits: tuple[str, ...] = EVAL_SPLITS, data_dir: str | None = None) -> ArraySource:
-    """The examples of `splits`, one after the other, each with `"split"`: the index of its split in `splits`."""
-    parts = [sources.read_batch(s, np.arange(len(s))) for s in (sources.source(dataset, n, data_dir) for n in splits)]
-    arrays = {name: np.concatenate([part[name] for part in parts]) for name in parts[0]}
+def tagged_splits(splits: Mapping[str, Mapping[str, np.ndarray]], names: Sequence[str] = EVAL_SPLITS) -> ArraySource:
+    """The examples of the splits `names` of `splits` ({split: {feature: array}}, as `leave_one_out` makes them), one
+    split after the other, each with `"split"`: the index of its split in `names`."""
+    parts = [splits[name] for name in names]
+    arrays = {feature: np.concatenate([part[feature] for part in parts]) for feature in parts[0]}
     arrays["split"] = np.concatenate([np.full(len(part["target"]), i, np.int32) for i, part in enumerate(parts)])
     return ArraySource(arrays)
+
+
+def evaluation_source(dataset: str, splits: Sequence[str] = EVAL_SPLITS, data_dir: str | None = None) -> ArraySource:
+    """`tagged_splits` of a prepared dataset's `splits` (valid and test by default), read into memory."""
+    read = {name: sources.read_batch(s, np.arange(len(s)))
+            for name, s in ((name, sources.source(dataset, name, data_dir)) for name in splits)}
+    return tagged_splits(read, splits)

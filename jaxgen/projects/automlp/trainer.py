@@ -107,11 +107,15 @@ def read_search(workdir: Path) -> dict:
 # ======================================================================================================================
 
 
-def search(task: NextItemTask, workdir: Path, *, train_data: Loader, valid_data: Loader, search_steps: int,
-           weights_optimizer: OptimizerConfig, architecture_optimizer: OptimizerConfig, schedule: Sequence[str],
-           seed: int, log_every: int, checkpoint_every: int, keep_checkpoints: int, async_checkpointing: bool,
-           mesh: mesh_lib.MeshConfig, max_steps_in_flight: int, progress: bool) -> dict:
-    """Runs (or continues) the search; returns search.json's contents, writing it and the alpha plot once done."""
+def search(task: NextItemTask, workdir: str | Path, *, train_data: Loader, valid_data: Loader, search_steps: int,
+           weights_optimizer: OptimizerConfig = OptimizerConfig(),
+           architecture_optimizer: OptimizerConfig = ARCHITECTURE_OPTIMIZER, schedule: Sequence[str] = ALTERNATE,
+           seed: int = 0, log_every: int = 10, checkpoint_every: int = 1000, keep_checkpoints: int = 2,
+           async_checkpointing: bool = True, mesh: mesh_lib.MeshConfig = mesh_lib.MeshConfig(),
+           max_steps_in_flight: int = 8, progress: bool = True) -> dict:
+    """Runs (or continues) the search (`run`'s first phase, its arguments' meaning and defaults); returns
+    search.json's contents, writing it and the alpha plot once done."""
+    workdir = Path(workdir).absolute()
     if (workdir / SEARCH_FILE).is_file():
         return read_search(workdir)
     require_positive(search_steps=search_steps, log_every=log_every, checkpoint_every=checkpoint_every,

@@ -3,6 +3,7 @@ finds that window among (1, 2, 4), writes its choice and the alpha plot, and is 
 
 from __future__ import annotations
 
+import dataclasses
 import json
 
 import numpy as np
@@ -10,7 +11,6 @@ import pytest
 
 from jaxgen.core import metrics
 from jaxgen.core.errors import ConfigError
-from jaxgen.core.mesh import MeshConfig
 from jaxgen.core.optim import OptimizerConfig
 from jaxgen.data import ArraySource, Loader
 from jaxgen.projects.automlp import data, trainer
@@ -29,10 +29,8 @@ def _search(task, workdir, splits):
     return trainer.search(
         task, workdir, train_data=loader("train"), valid_data=loader("valid"), search_steps=STEPS,
         weights_optimizer=OptimizerConfig(learning_rate=1e-2, schedule="constant"),
-        architecture_optimizer=OptimizerConfig(name="adam", learning_rate=0.05, schedule="constant",
-                                               clip_grad_norm=None, kwargs=(("b1", 0.5),)),
-        schedule=("weights", "architecture"), seed=0, log_every=25, checkpoint_every=STEPS, keep_checkpoints=1,
-        async_checkpointing=False, mesh=MeshConfig(), max_steps_in_flight=8, progress=False)
+        architecture_optimizer=dataclasses.replace(trainer.ARCHITECTURE_OPTIMIZER, learning_rate=0.05),
+        log_every=25, checkpoint_every=STEPS, async_checkpointing=False, progress=False)
 
 
 def test_the_search_recovers_the_planted_short_term_length(tmp_path):
