@@ -2,21 +2,24 @@
 
 Recipe:
   command   PYTHONPATH=. python3 experiments/bench/automlp.py [--lengths 50 200 800 3200] [--batch 64] [--out DIR]
-            CPU run committed here: PYTHONPATH=. python3 experiments/bench/automlp.py --batch 16 --reps 3
-            smoke (tests): --lengths 8 16 --batch 4 --reps 1 --features 8 --items 50
+            CPU run committed here: PYTHONPATH=. python3 experiments/bench/automlp.py --batch 16 --reps 3 --inner 3
+            smoke (tests): --lengths 4 --batch 2 --reps 1 --inner 1 --features 8 --items 20
   hardware  any: one H100 for the GPU numbers, the 2-core CPU machine for the CPU ones
   wall time see experiments/bench/README.md (the CPU run is dominated by SASRec at L = 3200)
   expected  AutoMLP's time grows about linearly with L (log-log slope ~1 beyond L = 200), SASRec's faster; goal:
-            AutoMLP >= 3x faster than SASRec at L = 800
+            AutoMLP (the trained model) >= 3x faster than SASRec at L = 800
 
 What one step is: the full training step either model takes in `jaxgen.projects.automlp` — forward over a batch of
 full histories (no padding) [batch, L], full-softmax cross-entropy over `--items` items, backward, an Adam update;
 jitted once per (model, L), donated parameters, timed after one warm-up call (which compiles), `--reps` repetitions
 of `--inner` steps each, each repetition ended by block_until_ready; the median repetition / inner is reported.
-Both models at one width (`--features`) and depth 2, dropout on (as in training). AutoMLP is the search's supernet:
-the long-term branch over L and short-term branches over the last 1, 2, 4, 8, 16 items (the heaviest AutoMLP step;
-the retrained one-window model is lighter). SASRec: one head, XLA's attention (`jaxgen.nn.attention` "dense": the
-L x L scores are materialised; a flash kernel would save memory traffic, not the quadratic FLOPs). float32.
+All models at one width (`--features`) and depth 2, dropout on (as in training):
+  automlp         the model AutoMLP trains after its search: the long-term branch over L and one short-term branch
+                  over the last 16 items (the largest candidate window, so the slowest such model);
+  automlp_search  the search's supernet: the long-term branch and short-term branches over the last 1, 2, 4, 8, 16;
+  sasrec          one head, XLA's attention (`jaxgen.nn.attention` "dense": the L x L scores are materialised; a
+                  flash kernel would save memory traffic, not the quadratic FLOPs).
+float32 throughout.
 
 Imports jax, optax, numpy and jaxgen's AutoMLP package (flax); no gin, TFDS or jraph, so it runs on a bare device
 image. Results: <out>/automlp.json (device, versions, settings, per-(model, L) times, SASRec/AutoMLP ratios, log-log
@@ -43,13 +46,15 @@ from jaxgen.projects.automlp.model import AutoMLP, cross_entropy
 
 GOAL_SPEEDUP_AT_800 = 3.0
 SEARCH_WINDOWS = (1, 2, 4, 8, 16)
-
-
-def build_model(name: str, num_items: int, length: int, features: int):
-    windows = tuple(k for k in SEARCH_WINDOWS if k <= length)
-    return {"automlp": lambda: AutoMLP(num_items, features=features, depth=2, windows=windows, dropout_rate=0.2),
-            "sasrec": lambda: SASRec(num_items, max_len=length, features=features, depth=2, dropout_rate=0.2),
-            }[name]()
+MODELS = {
+    "automlp": lambda num_items, length, features: AutoMLP(
+        num_items, features=features, depth=2, windows=(min(SEARCH_WINDOWS[-1], length),), dropout_rate=0.2),
+    "automlp_search": lambda num_items, length, features: AutoMLP(
+        num_items, features=features, depth=2, windows=tuple(k for k in SEARCH_WINDOWS if k <= length),
+        dropout_rate=0.2),
+    "sasrec": lambda num_items, length, features: SASRec(
+        num_items, max_len=length, features=features, depth=2, dropout_rate=0.2),
+}
 
 
 def time_train_step(model, *, batch: int, length: int, num_items: int, reps: int, inner: int, seed: int) -> dict:
@@ -102,7 +107,7 @@ def loglog_slope(lengths, times) -> float | None:
 def main(argv=None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--lengths", type=int, nargs="+", default=[50, 200, 800, 3200])
-    parser.add_argument("--models", nargs="+", default=["automlp", "sasrec"], choices=["automlp", "sasrec"])
+    parser.add_argument("--models", nargs="+", default=list(MODELS), choices=list(MODELS))
     parser.add_argument("--batch", type=int, default=64)
     parser.add_argument("--features", type=int, default=64)
     parser.add_argument("--items", type=int, default=1349, help="catalogue size (ML-100K after 5-core: 1,349)")
@@ -118,19 +123,20 @@ def main(argv=None) -> dict:
     results = []
     for length in args.lengths:
         for name in args.models:
-            model = build_model(name, args.items, length, args.features)
+            model = MODELS[name](args.items, length, args.features)
             timing = time_train_step(model, batch=args.batch, length=length, num_items=args.items, reps=args.reps,
                                      inner=args.inner, seed=args.seed)
             results.append({"model": name, "length": length, **timing,
                             "examples_per_s": args.batch / (timing["ms_per_step"] / 1e3)})
-            print(f"  {name:8s} L={length:5d}: {timing['ms_per_step']:10.2f} ms/step "
+            print(f"  {name:14s} L={length:5d}: {timing['ms_per_step']:10.2f} ms/step "
                   f"(first call {timing['first_call_s']:.1f} s)", flush=True)
 
     def ms(name, length):
         return next((r["ms_per_step"] for r in results if r["model"] == name and r["length"] == length), None)
 
-    ratios = {str(length): ms("sasrec", length) / ms("automlp", length) for length in args.lengths
-              if ms("sasrec", length) and ms("automlp", length)}
+    ratios = {name: {str(length): ms("sasrec", length) / ms(name, length) for length in args.lengths
+                     if ms("sasrec", length) and ms(name, length)}
+              for name in ("automlp", "automlp_search") if name in args.models}
     slopes = {name: {"all": loglog_slope(args.lengths, [ms(name, n) for n in args.lengths]),
                      "from_200": loglog_slope([n for n in args.lengths if n >= 200],
                                               [ms(name, n) for n in args.lengths if n >= 200])}
@@ -143,10 +149,11 @@ def main(argv=None) -> dict:
         "versions": {"jax": jax.__version__, "python": platform.python_version()},
         "settings": {k: v for k, v in vars(args).items() if k != "out"},
         "results": results,
-        "sasrec_over_automlp": ratios,
+        "sasrec_over": ratios,
         "loglog_slope": slopes,
         "goal": {"speedup_at_800": GOAL_SPEEDUP_AT_800,
-                 "met": ratios.get("800", 0) >= GOAL_SPEEDUP_AT_800 if "800" in ratios else None},
+                 "met": (ratios["automlp"]["800"] >= GOAL_SPEEDUP_AT_800
+                         if "800" in ratios.get("automlp", {}) else None)},
     }
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -155,10 +162,12 @@ def main(argv=None) -> dict:
     def cell(value, unit=""):
         return "-" if value is None else f"{value:.2f}{unit}"
 
-    print("\n| L | AutoMLP ms/step | SASRec ms/step | SASRec / AutoMLP |\n| --- | --- | --- | --- |")
+    print("\n| L | " + " | ".join(f"{name} ms/step" for name in args.models) + " | "
+          + " | ".join(f"SASRec / {name}" for name in ratios) + " |\n" + "| --- " * (1 + len(args.models) + len(ratios))
+          + "|")
     for length in args.lengths:
-        print(f"| {length} | {cell(ms('automlp', length))} | {cell(ms('sasrec', length))} | "
-              f"{cell(ratios.get(str(length)), 'x')} |")
+        print(f"| {length} | " + " | ".join(cell(ms(name, length)) for name in args.models) + " | "
+              + " | ".join(cell(r.get(str(length)), "x") for r in ratios.values()) + " |")
     print("log-log slope of ms/step against L (L >= 200): "
           + ", ".join(f"{name} {cell(v['from_200'])}" for name, v in slopes.items()))
     print(f"written: {out / 'automlp.json'}")

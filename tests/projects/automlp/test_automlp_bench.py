@@ -21,9 +21,11 @@ def test_automlp_bench_small_runs_and_reports_both_models(tmp_path):
                           env=env, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
     report = json.loads((tmp_path / "automlp.json").read_text())
-    assert {(r["model"], r["length"]) for r in report["results"]} == {("automlp", 4), ("sasrec", 4)}
+    assert {(r["model"], r["length"]) for r in report["results"]} == {("automlp", 4), ("automlp_search", 4),
+                                                                       ("sasrec", 4)}
     assert all(r["ms_per_step"] > 0 for r in report["results"])
-    assert set(report["sasrec_over_automlp"]) == {"4"} and report["device"]["backend"] == "cpu"
+    assert set(report["sasrec_over"]) == {"automlp", "automlp_search"} and report["device"]["backend"] == "cpu"
+    assert set(report["sasrec_over"]["automlp"]) == {"4"}
     assert "| 4 |" in done.stdout
 
 
