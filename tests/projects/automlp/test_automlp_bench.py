@@ -1,6 +1,6 @@
 """The AutoMLP-vs-SASRec step-time benchmark runs end to end on CPU at tiny sizes, so it cannot rot between GPU
-sessions, and its JSON holds what the README table is copied from; it imports no gin, TFDS or jraph (the device
-image may lack them)."""
+sessions, and its JSON holds what the README table is copied from (the search's supernet, the same class with more
+windows, is left out to save a compile); it imports no gin, TFDS or jraph (the device image may lack them)."""
 
 from __future__ import annotations
 
@@ -16,16 +16,14 @@ BENCH = REPO / "experiments" / "bench" / "automlp.py"
 
 def test_automlp_bench_small_runs_and_reports_both_models(tmp_path):
     env = {**os.environ, "PYTHONPATH": str(REPO)}
-    done = subprocess.run([sys.executable, str(BENCH), "--lengths", "4", "--batch", "2", "--reps", "1", "--inner",
+    done = subprocess.run([sys.executable, str(BENCH), "--lengths", "4", "--models", "automlp", "sasrec", "--batch", "2", "--reps", "1", "--inner",
                            "1", "--features", "8", "--items", "20", "--out", str(tmp_path)],
                           env=env, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
     report = json.loads((tmp_path / "automlp.json").read_text())
-    assert {(r["model"], r["length"]) for r in report["results"]} == {("automlp", 4), ("automlp_search", 4),
-                                                                       ("sasrec", 4)}
+    assert {(r["model"], r["length"]) for r in report["results"]} == {("automlp", 4), ("sasrec", 4)}
     assert all(r["ms_per_step"] > 0 for r in report["results"])
-    assert set(report["sasrec_over"]) == {"automlp", "automlp_search"} and report["device"]["backend"] == "cpu"
-    assert set(report["sasrec_over"]["automlp"]) == {"4"}
+    assert report["sasrec_over"]["automlp"].keys() == {"4"} and report["device"]["backend"] == "cpu"
     assert "| 4 |" in done.stdout
 
 
