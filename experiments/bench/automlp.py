@@ -2,7 +2,7 @@
 
 Recipe:
   command   PYTHONPATH=. python3 experiments/bench/automlp.py [--lengths 50 200 800 3200] [--batch 64] [--out DIR]
-            CPU run committed here: PYTHONPATH=. python3 experiments/bench/automlp.py --batch 16 --reps 3 --inner 3
+            CPU run committed here: PYTHONPATH=. python3 experiments/bench/automlp.py --batch 16 --reps 5 --inner 2
             smoke (tests): --lengths 4 --batch 2 --reps 1 --inner 1 --features 8 --items 20
   hardware  any: one H100 for the GPU numbers, the 2-core CPU machine for the CPU ones
   wall time see experiments/bench/README.md (the CPU run is dominated by SASRec at L = 3200)
@@ -12,7 +12,9 @@ Recipe:
 What one step is: the full training step either model takes in `jaxgen.projects.automlp` — forward over a batch of
 full histories (no padding) [batch, L], full-softmax cross-entropy over `--items` items, backward, an Adam update;
 jitted once per (model, L), donated parameters, timed after one warm-up call (which compiles), `--reps` repetitions
-of `--inner` steps each, each repetition ended by block_until_ready; the median repetition / inner is reported.
+of `--inner` steps each (one jitted scan), each ended by block_until_ready; the median repetition / inner is reported.
+At each L the models take turns repetition by repetition, so on a shared machine a change of load falls on all of
+them rather than on whichever model happened to run then.
 All models at one width (`--features`) and depth 2, dropout on (as in training):
   automlp         the model AutoMLP trains after its search: the long-term branch over L and one short-term branch
                   over the last 16 items (the largest candidate window, so the slowest such model);
@@ -57,44 +59,50 @@ MODELS = {
 }
 
 
-def time_train_step(model, *, batch: int, length: int, num_items: int, reps: int, inner: int, seed: int) -> dict:
-    """Median seconds per training step (see the module docstring) and the compile + first-call time."""
-    rng = np.random.default_rng(seed)
-    history = jnp.asarray(rng.integers(1, num_items + 1, (batch, length)), jnp.int32)
-    targets = jnp.asarray(rng.integers(1, num_items + 1, batch), jnp.int32)
-    params = jax.jit(lambda h: model.init(jax.random.key(seed), h))(history)["params"]
-    optimizer = optax.adam(1e-3)
+class TrainSteps:
+    """One model's jitted training steps on one random batch of full histories (see the module docstring): built and
+    compiled (the first call) on construction, then `rep(i)` times `inner` steps and returns seconds per step."""
 
-    def loss_fn(params, key):
-        scores = model.apply({"params": params}, history, train=True, rngs={"dropout": key})
-        return cross_entropy(scores, targets)
+    def __init__(self, model, *, batch: int, length: int, num_items: int, inner: int, seed: int):
+        rng = np.random.default_rng(seed)
+        history = jnp.asarray(rng.integers(1, num_items + 1, (batch, length)), jnp.int32)
+        targets = jnp.asarray(rng.integers(1, num_items + 1, batch), jnp.int32)
+        params = jax.jit(lambda h: model.init(jax.random.key(seed), h))(history)["params"]
+        optimizer = optax.adam(1e-3)
 
-    def steps(params, opt_state, key):
-        def one(carry, key):
-            params, opt_state = carry
-            loss, grads = jax.value_and_grad(loss_fn)(params, key)
-            updates, opt_state = optimizer.update(grads, opt_state, params)
-            return (optax.apply_updates(params, updates), opt_state), loss
+        def loss_fn(params, key):
+            scores = model.apply({"params": params}, history, train=True, rngs={"dropout": key})
+            return cross_entropy(scores, targets)
 
-        (params, opt_state), losses = jax.lax.scan(one, (params, opt_state), jax.random.split(key, inner))
-        return params, opt_state, losses[-1]
+        def steps(params, opt_state, key):
+            def one(carry, key):
+                params, opt_state = carry
+                loss, grads = jax.value_and_grad(loss_fn)(params, key)
+                updates, opt_state = optimizer.update(grads, opt_state, params)
+                return (optax.apply_updates(params, updates), opt_state), loss
 
-    steps = jax.jit(steps, donate_argnums=(0, 1))
-    opt_state = optimizer.init(params)
-    start = time.perf_counter()
-    params, opt_state, loss = steps(params, opt_state, jax.random.key(0))
-    loss.block_until_ready()
-    first = time.perf_counter() - start
-    if not np.isfinite(float(loss)):
-        raise FloatingPointError(f"{type(model).__name__} at L={length}: non-finite loss {float(loss)}")
-    times = []
-    for rep in range(reps):
+            (params, opt_state), losses = jax.lax.scan(one, (params, opt_state), jax.random.split(key, inner))
+            return params, opt_state, losses[-1]
+
+        self.inner = inner
+        self.parameters = int(sum(p.size for p in jax.tree.leaves(params)))
+        self._steps = jax.jit(steps, donate_argnums=(0, 1))
+        self._state = (params, optimizer.init(params))
         start = time.perf_counter()
-        params, opt_state, loss = steps(params, opt_state, jax.random.key(rep + 1))
-        loss.block_until_ready()
-        times.append((time.perf_counter() - start) / inner)
-    return {"ms_per_step": 1e3 * statistics.median(times), "ms_per_step_all": [1e3 * t for t in times],
-            "first_call_s": first, "parameters": int(sum(p.size for p in jax.tree.leaves(params)))}
+        loss = self._run(0)
+        self.first_call_s = time.perf_counter() - start
+        if not np.isfinite(loss):
+            raise FloatingPointError(f"{type(model).__name__} at L={length}: non-finite loss {loss}")
+
+    def _run(self, rep: int) -> float:
+        params, opt_state, loss = self._steps(*self._state, jax.random.key(rep))
+        self._state = (params, opt_state)
+        return float(loss.block_until_ready())
+
+    def rep(self, rep: int) -> float:
+        start = time.perf_counter()
+        self._run(rep + 1)
+        return (time.perf_counter() - start) / self.inner
 
 
 def loglog_slope(lengths, times) -> float | None:
@@ -122,14 +130,21 @@ def main(argv=None) -> dict:
           f"jax {jax.__version__}", flush=True)
     results = []
     for length in args.lengths:
+        steps = {name: TrainSteps(MODELS[name](args.items, length, args.features), batch=args.batch, length=length,
+                                  num_items=args.items, inner=args.inner, seed=args.seed) for name in args.models}
+        times = {name: [] for name in args.models}
+        for rep in range(args.reps):  # the models take turns, so a change of load on a shared machine hits them all
+            for name in args.models:
+                times[name].append(steps[name].rep(rep))
         for name in args.models:
-            model = MODELS[name](args.items, length, args.features)
-            timing = time_train_step(model, batch=args.batch, length=length, num_items=args.items, reps=args.reps,
-                                     inner=args.inner, seed=args.seed)
-            results.append({"model": name, "length": length, **timing,
-                            "examples_per_s": args.batch / (timing["ms_per_step"] / 1e3)})
-            print(f"  {name:14s} L={length:5d}: {timing['ms_per_step']:10.2f} ms/step "
-                  f"(first call {timing['first_call_s']:.1f} s)", flush=True)
+            ms_per_step = 1e3 * statistics.median(times[name])
+            results.append({"model": name, "length": length, "ms_per_step": ms_per_step,
+                            "ms_per_step_all": [1e3 * t for t in times[name]],
+                            "first_call_s": steps[name].first_call_s, "parameters": steps[name].parameters,
+                            "examples_per_s": args.batch / (ms_per_step / 1e3)})
+            print(f"  {name:14s} L={length:5d}: {ms_per_step:10.2f} ms/step "
+                  f"(first call {steps[name].first_call_s:.1f} s)", flush=True)
+        del steps
 
     def ms(name, length):
         return next((r["ms_per_step"] for r in results if r["model"] == name and r["length"] == length), None)
