@@ -104,6 +104,7 @@ def main(argv=None) -> None:
     parser.add_argument("--out", default=str(Path(__file__).parent))
     args = parser.parse_args(argv)
     root, out = Path(args.root), Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
     runs = load(root)
     (out / "results.json").write_text(json.dumps(runs, indent=1) + "\n")
     plot_alpha(root, runs, out / "alpha_trajectories.png")
