@@ -7,7 +7,8 @@ the next item (train), the sequence without its last two items predicts the seco
 without its last item predicts the last (test). Histories keep their last `max_len` items, left-padded with 0, so the
 newest item is always at position -1 and `history != 0` is the mask.
 
-Two registered TFDS builders store the examples at a fixed length, so batches stack without a `collate`:
+Two registered TFDS builders store the examples at a fixed length, so batches stack without a `collate`, and record
+the number of items N in their metadata (`num_items(dataset)`: the size the models' item tables need):
 
 - `automlp_planted`: a seeded procedural dataset with planted short-term dynamics: with probability `1 - noise` the
   next item is a fixed random function of the last `K_TRUE` items, otherwise a draw from the user's long-term
@@ -17,19 +18,25 @@ Two registered TFDS builders store the examples at a fixed length, so batches st
   separated `user_id item_id rating timestamp`). It is read straight out of RecBole's wheel, which nobody needs to
   install: `pip download --no-deps recbole==1.2.1 -d <data dir>/downloads/manual` puts it where the builder looks
   (the builder's error names this command when the wheel is missing). Nothing of it is committed here.
+
+Evaluation reads the valid and the test split in one pass (`evaluation_source`): each example carries the index of
+its split, so one evaluator reports the validation metrics that pick the best step and the test metrics of that step.
 """
 
 from __future__ import annotations
 
 import zipfile
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import numpy as np
 import tensorflow_datasets as tfds
 
-from jaxgen.data.sources import DatasetMissingError
+from jaxgen.data import sources
+from jaxgen.data.sources import ArraySource, DatasetMissingError
+from jaxgen.projects.automlp.model import PAD
 
-PAD = 0
+EVAL_SPLITS = ("valid", "test")
 RECBOLE_WHEEL = "recbole-1.2.1-py3-none-any.whl"
 ML100K_MEMBER = "recbole/dataset_example/ml-100k/ml-100k.inter"
 
@@ -133,13 +140,13 @@ class _SequenceExamples(tfds.core.GeneratorBasedBuilder, skip_registration=True)
             "history": tfds.features.Tensor(shape=(self.MAX_LEN,), dtype=np.int32),
             "target": tfds.features.Tensor(shape=(), dtype=np.int32),
             "user": tfds.features.Tensor(shape=(), dtype=np.int32),
-        }))
+        }), metadata=tfds.core.MetadataDict())
 
     def _interactions(self, dl_manager):
         raise NotImplementedError
 
     def _split_generators(self, dl_manager):
-        splits, _ = examples(*self._interactions(dl_manager), self.MAX_LEN)
+        splits, self.info.metadata["num_items"] = examples(*self._interactions(dl_manager), self.MAX_LEN)
         return {split: self._generate_examples(arrays) for split, arrays in splits.items()}
 
     def _generate_examples(self, arrays):
@@ -150,7 +157,8 @@ class _SequenceExamples(tfds.core.GeneratorBasedBuilder, skip_registration=True)
 class AutomlpPlanted(_SequenceExamples):
     """`planted_interactions` with the constants below (item ids after 5-core renumbering may be fewer)."""
 
-    VERSION = tfds.core.Version("1.0.0")
+    VERSION = tfds.core.Version("1.1.0")
+    RELEASE_NOTES = {"1.1.0": "num_items in the metadata"}
     MAX_LEN = 20
     NUM_USERS, NUM_ITEMS, K_TRUE = 300, 40, 2
 
@@ -161,7 +169,8 @@ class AutomlpPlanted(_SequenceExamples):
 class AutomlpMl100k(_SequenceExamples):
     """MovieLens-100K from RecBole 1.2.1's wheel (see the module docstring)."""
 
-    VERSION = tfds.core.Version("1.0.0")
+    VERSION = tfds.core.Version("1.1.0")
+    RELEASE_NOTES = {"1.1.0": "num_items in the metadata"}
     MAX_LEN = 50
 
     def _interactions(self, dl_manager):
@@ -172,3 +181,28 @@ class AutomlpMl100k(_SequenceExamples):
                 f"automlp_ml100k is read from RecBole's wheel, which is not at {wheel}. Fetch it (no install, no "
                 f"dependencies) with `pip download --no-deps recbole==1.2.1 -d {wheel.parent}` and prepare again.")
         return read_recbole_ml100k(wheel)
+
+
+def num_items(dataset: str, data_dir: str | None = None) -> int:
+    """N, the number of items of a prepared sequence dataset (ids 1..N; 0 is PAD), from its builder's metadata."""
+    metadata = sources.builder(dataset, data_dir).info.metadata
+    if "num_items" not in metadata:
+        raise DatasetMissingError(f"Dataset {dataset!r} records no num_items in its metadata; it is not one of the "
+                                  "sequence datasets of jaxgen.projects.automlp.data")
+    return int(metadata["num_items"])
+
+
+def tagged_splits(splits: Mapping[str, Mapping[str, np.ndarray]], names: Sequence[str] = EVAL_SPLITS) -> ArraySource:
+    """The examples of the splits `names` of `splits` ({split: {feature: array}}, as `leave_one_out` makes them), one
+    split after the other, each with `"split"`: the index of its split in `names`."""
+    parts = [splits[name] for name in names]
+    arrays = {feature: np.concatenate([part[feature] for part in parts]) for feature in parts[0]}
+    arrays["split"] = np.concatenate([np.full(len(part["target"]), i, np.int32) for i, part in enumerate(parts)])
+    return ArraySource(arrays)
+
+
+def evaluation_source(dataset: str, splits: Sequence[str] = EVAL_SPLITS, data_dir: str | None = None) -> ArraySource:
+    """`tagged_splits` of a prepared dataset's `splits` (valid and test by default), read into memory."""
+    read = {name: sources.read_batch(s, np.arange(len(s)))
+            for name, s in ((name, sources.source(dataset, name, data_dir)) for name in splits)}
+    return tagged_splits(read, splits)

@@ -104,3 +104,12 @@ def test_ml100k_is_read_from_the_recbole_wheel_and_its_absence_names_the_pip_com
     assert users.tolist() == [r[0] for r in rows] and times[3] == rows[3][3]
     test = source("automlp_ml100k", "test", str(tmp_path / "data"))
     assert len(test) == 8 and test[0]["history"].shape == (data.AutomlpMl100k.MAX_LEN,)
+
+
+def test_tagged_splits_puts_valid_then_test_in_one_source_with_their_index():
+    splits = data.leave_one_out([np.array([1, 2, 3, 4]), np.array([5, 6, 7])], max_len=3)
+    tagged = data.tagged_splits(splits)
+    batch = tagged.get_batch(np.arange(len(tagged)))
+    assert batch["split"].tolist() == [0, 0, 1, 1]
+    assert batch["target"].tolist() == [3, 6, 4, 7]  # valid: second-to-last items; test: last items
+    assert batch["history"].tolist() == [[0, 1, 2], [0, 0, 5], [1, 2, 3], [0, 5, 6]]

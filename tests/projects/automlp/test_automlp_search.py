@@ -1,5 +1,5 @@
 """The first-order bilevel step: the weights and alpha take turns, the weights follow the training batch and alpha
-the validation batch."""
+the validation batch, and the state remembers both losses."""
 
 from __future__ import annotations
 
@@ -7,8 +7,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
+import pytest
 
-from jaxgen.projects.automlp.search import search_optimizer, search_step
+from jaxgen.projects.automlp.search import SearchState, search_optimizer, search_update
 
 from .conftest import histories
 
@@ -25,15 +26,29 @@ def _same(a, b):
 def test_weights_follow_the_train_batch_and_alpha_the_valid_batch_on_their_turns(model_and_params):
     model, params = model_and_params
     optimizer = search_optimizer(optax.sgd(0.1), optax.sgd(0.1))  # sgd: a different gradient moves alpha differently
-    step = search_step(model, optimizer)
+    step = jax.jit(search_update(model, optimizer))
     batch = {"history": histories(), "target": jnp.array([1, 2, 3])}
     other = {"history": histories()[::-1], "target": jnp.array([4, 5, 6])}
+    key = jax.random.key(0)
 
-    p1, s1, train_loss, valid_loss = step(params, optimizer.init(params), batch, other)  # the weights' turn
-    assert np.isfinite(train_loss) and np.isfinite(valid_loss)
-    assert np.array_equal(_split(p1)[1], params["arch_alpha"]) and not _same(_split(p1)[0], _split(params)[0])
+    s0 = SearchState.create(params, optimizer)
+    s1, m1 = step(s0, {"train": batch, "valid": other}, key)  # the weights' turn
+    assert np.array_equal(_split(s1.params)[1], params["arch_alpha"]) and not _same(_split(s1.params)[0],
+                                                                                     _split(params)[0])
+    assert np.isfinite(m1["train_loss"]) and np.isnan(m1["valid_loss"]) and m1["loss"] == m1["train_loss"]
 
-    p2 = step(p1, s1, batch, other)[0]  # alpha's turn
-    assert _same(_split(p2)[0], _split(p1)[0]) and not np.array_equal(p2["arch_alpha"], p1["arch_alpha"])
-    assert np.array_equal(step(p1, s1, other, other)[0]["arch_alpha"], p2["arch_alpha"])  # the train batch: no say
-    assert not np.array_equal(step(p1, s1, batch, batch)[0]["arch_alpha"], p2["arch_alpha"])
+    s2, m2 = step(s1, {"train": batch, "valid": other}, key)  # alpha's turn
+    assert _same(_split(s2.params)[0], _split(s1.params)[0]) and not np.array_equal(s2.params["arch_alpha"],
+                                                                                     s1.params["arch_alpha"])
+    assert m2["train_loss"] == m1["train_loss"] and m2["valid_loss"] == m2["loss"]
+    np.testing.assert_allclose(sum(m2[f"alpha/{k}"] for k in model.windows), 1.0, rtol=1e-6)
+    np.testing.assert_allclose(m2["alpha/2"], jax.nn.softmax(s2.params["arch_alpha"])[1], rtol=1e-6)
+    assert np.array_equal(step(s1, {"train": other, "valid": other}, key)[0].params["arch_alpha"],
+                          s2.params["arch_alpha"])  # the train batch has no say
+    assert not np.array_equal(step(s1, {"train": batch, "valid": batch}, key)[0].params["arch_alpha"],
+                              s2.params["arch_alpha"])
+
+
+def test_a_schedule_must_give_both_groups_turns():
+    with pytest.raises(ValueError, match="each at least once"):
+        search_optimizer(optax.sgd(0.1), optax.sgd(0.1), schedule=("weights",))
