@@ -1,0 +1,8 @@
+"""DP-FedGCL: federated graph learning under edge-level differential privacy, with graph contrastive learning to
+win back the accuracy the privacy noise costs. So far: graphs as padded jraph `GraphsTuple`s (`graphs`) and the
+bundled datasets (`data`: karate club, contextual SBMs, the Drosophila connectome, 32 mouse connectomes)."""
+
+from jaxgen.data import register_dataset
+
+for _name in ("fedgcl_karate", "fedgcl_sbm", "fedgcl_drosophila", "fedgcl_mice"):
+    register_dataset(_name, "jaxgen.projects.fedgcl.data")
