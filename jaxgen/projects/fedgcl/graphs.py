@@ -97,14 +97,21 @@ def padded_sizes(graphs: Sequence[jraph.GraphsTuple]) -> tuple[int, int, int]:
 def pad(graph: jraph.GraphsTuple, sizes: tuple[int, int, int]) -> jraph.GraphsTuple:
     """`graph` padded to exactly (nodes, edges, graphs) = `sizes` (padding edges and nodes are zeros)."""
     n_node, n_edge, n_graph = sizes
-    return jraph.pad_with_graphs(graph, n_node=n_node, n_edge=n_edge, n_graph=n_graph)
+    padded = jraph.pad_with_graphs(graph, n_node=n_node, n_edge=n_edge, n_graph=n_graph)
+    return _int32_indices(padded)
+
+
+def _int32_indices(graph: jraph.GraphsTuple) -> jraph.GraphsTuple:
+    """jraph's batching computes offsets in int64; JAX runs int32."""
+    return graph._replace(**{k: np.asarray(getattr(graph, k), np.int32)
+                             for k in ("senders", "receivers", "n_node", "n_edge")})
 
 
 def batch(graphs: Sequence[jraph.GraphsTuple]) -> jraph.GraphsTuple:
     """Several graphs as one disjoint graph (jraph's host-side batching)."""
     if not graphs:
         raise EmptyGraphError("batch: no graphs to batch")
-    return jraph.batch_np(list(graphs))
+    return _int32_indices(jraph.batch_np(list(graphs)))
 
 
 def node_mask(graph: jraph.GraphsTuple, num_real_graphs: int) -> np.ndarray:
