@@ -1,8 +1,12 @@
 """DP-FedGCL: federated graph learning under edge-level differential privacy, with graph contrastive learning to
 win back the accuracy the privacy noise costs. So far: graphs as padded jraph `GraphsTuple`s (`graphs`) and the
-bundled datasets (`data`: karate club, contextual SBMs, the Drosophila connectome, 32 mouse connectomes)."""
+bundled datasets (`data`: karate club, contextual SBMs, the Drosophila connectome, 32 mouse connectomes), the four GNNs
+(`model`) and edge-level DP (`privacy`: `edge_rand`, `lap_graph`)."""
 
 from jaxgen.data import register_dataset
+from jaxgen.projects.fedgcl.privacy import edge_rand, lap_graph
 
 for _name in ("fedgcl_karate", "fedgcl_sbm", "fedgcl_drosophila", "fedgcl_mice"):
     register_dataset(_name, "jaxgen.projects.fedgcl.data")
+
+__all__ = ["edge_rand", "lap_graph"]
