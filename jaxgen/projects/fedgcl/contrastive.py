@@ -99,10 +99,14 @@ def subgraph(graph, node_mask, hops: int, key):
 # ======================================================================================================================
 
 
+def _unit(x: jax.Array) -> jax.Array:
+    """Rows scaled to norm 1; a zero row (a padding node's embedding) stays 0 with a finite gradient, which
+    `x / norm(x)` would not give."""
+    return x * jax.lax.rsqrt(jnp.maximum(jnp.sum(x * x, axis=-1, keepdims=True), 1e-24))
+
+
 def _cosine(a: jax.Array, b: jax.Array) -> jax.Array:
-    a = a / jnp.maximum(jnp.linalg.norm(a, axis=-1, keepdims=True), 1e-12)
-    b = b / jnp.maximum(jnp.linalg.norm(b, axis=-1, keepdims=True), 1e-12)
-    return a @ b.T
+    return _unit(a) @ _unit(b).T
 
 
 def _grace_side(u: jax.Array, v: jax.Array, mask: jax.Array, temperature: float) -> jax.Array:
@@ -140,28 +144,32 @@ def nt_xent(z1: jax.Array, z2: jax.Array, mask: jax.Array, temperature: float) -
 # The two objectives, as the task calls them.
 # ======================================================================================================================
 
-Encode = Callable[[jraph.GraphsTuple, jax.Array], jax.Array]  # (graph, node_mask) -> projected embeddings
+Encode = Callable[[jraph.GraphsTuple, jax.Array], jax.Array]  # (graph, node_mask) -> projected item embeddings
+
+# Both objectives work on "items": the nodes of a node task, the graphs of a graph task. `encode` returns one projected
+# embedding per item and `item_mask` marks the real ones, so either objective serves either level; GRACE is the node
+# tasks' default and GraphCL the graph tasks'.
 
 
 @dataclasses.dataclass(frozen=True)
 class Grace:
-    """GRACE's node-level objective; defaults are GRACE's Cora settings."""
+    """GRACE's objective; defaults are GRACE's Cora settings."""
 
     edge_drop: tuple[float, float] = (0.2, 0.4)
     feature_mask: tuple[float, float] = (0.3, 0.4)
     temperature: float = 0.4
 
-    def loss(self, encode: Encode, graph: jraph.GraphsTuple, node_mask: jax.Array, key: jax.Array) -> jax.Array:
-        """`encode` returns projected node embeddings; `node_mask` marks the client's real nodes."""
+    def loss(self, encode: Encode, graph: jraph.GraphsTuple, node_mask: jax.Array, key: jax.Array,
+             item_mask: jax.Array) -> jax.Array:
         keys = jax.random.split(key, 4)
         views = [mask_feature_columns(drop_edges(graph, self.edge_drop[v], keys[2 * v]), self.feature_mask[v],
                                       keys[2 * v + 1]) for v in (0, 1)]
-        return grace_loss(encode(views[0], node_mask), encode(views[1], node_mask), node_mask, self.temperature)
+        return grace_loss(encode(views[0], node_mask), encode(views[1], node_mask), item_mask, self.temperature)
 
 
 @dataclasses.dataclass(frozen=True)
 class GraphCL:
-    """GraphCL's graph-level objective: each view one augmentation drawn from the four (GraphCL's random4)."""
+    """GraphCL's objective: each view one augmentation drawn from the four (GraphCL's random4)."""
 
     rate: float = 0.2
     subgraph_hops: int = 1
@@ -178,9 +186,8 @@ class GraphCL:
         return jax.lax.switch(jax.random.randint(choose, (), 0, len(augmentations)), augmentations, graph, node_mask)
 
     def loss(self, encode: Encode, graph: jraph.GraphsTuple, node_mask: jax.Array, key: jax.Array,
-             graph_mask: jax.Array) -> jax.Array:
-        """`encode` returns projected graph embeddings; `graph_mask` marks the real graphs of the batch."""
+             item_mask: jax.Array) -> jax.Array:
         first, second = jax.random.split(key)
         z1 = encode(*self.view(graph, node_mask, first))
         z2 = encode(*self.view(graph, node_mask, second))
-        return nt_xent(z1, z2, graph_mask, self.temperature)
+        return nt_xent(z1, z2, item_mask, self.temperature)

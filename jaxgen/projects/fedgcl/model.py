@@ -175,6 +175,14 @@ class GNN(nn.Module):
             self.project(h)
         return logits, h
 
+    def contrastive_embedding(self, graph: jraph.GraphsTuple, node_mask: jax.Array) -> jax.Array:
+        """Projected embeddings of the items the classifier labels (nodes, or graphs through the readout); no
+        dropout: the views are the augmentation."""
+        h = self.encode(graph, train=False)
+        if self.level == "graph":
+            h = READOUTS[self.readout](h, graph, node_mask)
+        return self.project(h)
+
     def project(self, embeddings: jax.Array) -> jax.Array:
         first, second = self.projector
         return second(nn.elu(first(embeddings)))

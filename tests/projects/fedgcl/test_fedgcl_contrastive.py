@@ -122,7 +122,7 @@ def test_objectives_wire_views_to_their_losses():
     def encode(graph, node_mask):
         return graph.nodes + noise
 
-    np.testing.assert_allclose(identity_views.loss(encode, g, mask, jax.random.key(1)),
+    np.testing.assert_allclose(identity_views.loss(encode, g, mask, jax.random.key(1), mask),
                                contrastive.grace_loss(g.nodes + noise, g.nodes + noise, mask, 0.5), rtol=1e-6)
     graph_mask = jnp.array([1.0, 1.0, 0.0])
     graphcl = contrastive.GraphCL(rate=0.0, subgraph_hops=8)  # every augmentation is the identity at rate 0 / 8 hops
