@@ -12,6 +12,9 @@ form in brackets, `A[r, s]` = the weight of edge s -> r, the reference each laye
 - GraphSAGE, mean aggregator (Hamilton et al. 2017): `H W_self + (A H / rowsum(A)) W_neigh + b` (no neighbour: 0).
 - GIN (Xu et al. 2019): `MLP((1 + eps) H + A H)`, eps learned, a two-layer MLP.
 
+SAGE and GIN multiply by their first weight matrix before aggregating (the same result): messages are then as wide
+as the layer's output, not its input (one-hot node ids are 422 wide).
+
 None uses jraph's helpers (some call the removed `jax.tree_map`); jraph only provides the `GraphsTuple`.
 """
 
@@ -65,7 +68,9 @@ class GATLayer(nn.Module):
         present = jnp.concatenate([graph.edges > 0, jnp.ones(n, bool)])[:, None]
         logits = nn.leaky_relu(score_src[senders] + score_dst[receivers], self.negative_slope)
         logits = jnp.where(present, logits, -jnp.inf)
-        logits_max = jax.ops.segment_max(logits, receivers, num_segments=n)  # finite: the self-loop is present
+        # The softmax does not depend on the shift, so no gradient flows through it (segment_max's is slow on CPU);
+        # it is finite because every node's self-loop is present.
+        logits_max = jax.lax.stop_gradient(jax.ops.segment_max(logits, receivers, num_segments=n))
         scores = jnp.where(present, jnp.exp(logits - logits_max[receivers]), 0.0)
         alpha = scores / jax.ops.segment_sum(scores, receivers, num_segments=n)[receivers]
         out = jax.ops.segment_sum(alpha[..., None] * hw[senders], receivers, num_segments=n)
@@ -73,25 +78,33 @@ class GATLayer(nn.Module):
 
 
 class SAGELayer(nn.Module):
+    """The neighbour transform is applied before averaging (the same linear map, in the other order): messages then
+    carry `features` numbers instead of the input's, which matters for wide inputs such as one-hot node ids."""
+
     features: int
 
     @nn.compact
     def __call__(self, h: jax.Array, graph: jraph.GraphsTuple) -> jax.Array:
         n = h.shape[0]
-        total = _aggregate(graph.edges[:, None] * h[graph.senders], graph, n)
+        messages = nn.Dense(self.features, use_bias=False, name="neighbours")(h)
+        total = _aggregate(graph.edges[:, None] * messages[graph.senders], graph, n)
         weight = _aggregate(graph.edges, graph, n)
         mean = total / jnp.maximum(weight, 1e-12)[:, None]  # a node without neighbours has total 0
-        return nn.Dense(self.features, name="self")(h) + nn.Dense(self.features, use_bias=False, name="neighbours")(mean)
+        return nn.Dense(self.features, name="self")(h) + mean
 
 
 class GINLayer(nn.Module):
+    """The MLP's first linear map is applied before the neighbour sum (W((1 + eps) h + A h) = (1 + eps) hW + A hW),
+    its bias after: messages carry `features` numbers, not the input's."""
+
     features: int
 
     @nn.compact
     def __call__(self, h: jax.Array, graph: jraph.GraphsTuple) -> jax.Array:
         eps = self.param("eps", nn.initializers.zeros, ())
-        combined = (1.0 + eps) * h + _aggregate(graph.edges[:, None] * h[graph.senders], graph, h.shape[0])
-        hidden = nn.relu(nn.Dense(self.features, name="mlp_in")(combined))
+        hw = nn.Dense(self.features, use_bias=False, name="mlp_in")(h)
+        combined = (1.0 + eps) * hw + _aggregate(graph.edges[:, None] * hw[graph.senders], graph, h.shape[0])
+        hidden = nn.relu(combined + self.param("mlp_in_bias", nn.initializers.zeros, (self.features,)))
         return nn.Dense(self.features, name="mlp_out")(hidden)
 
 

@@ -85,17 +85,16 @@ def make_local_train(task: FedGraphTask, algorithm: FedAvg, tx: optax.GradientTr
     return local_train
 
 
-def make_round(task: FedGraphTask, algorithm: FedAvg, tx: optax.GradientTransformation, local_epochs: int,
-               train_stream: jax.Array):
-    """The pure round: (state, {"clients": sampled client indices}, all clients) -> (state, metrics). Client `k`'s
-    key in round `r` is fold_in(fold_in(train_stream, r), k)."""
+def make_round(task: FedGraphTask, algorithm: FedAvg, tx: optax.GradientTransformation, local_epochs: int):
+    """The pure round: (state, {"clients": sampled client indices, "key": the round's key}, all clients) ->
+    (state, metrics). Client `k` trains with fold_in(key, k). Data and keys are arguments, not constants of the
+    compiled program, so runs that differ only in seed or epsilon share it (JAX's persistent compilation cache)."""
     local_train = make_local_train(task, algorithm, tx, local_epochs)
 
     def round_step(state: ServerState, batch, clients: Clients):
         chosen = batch["clients"]
         sampled = jax.tree.map(lambda x: x[chosen], clients)
-        round_key = rng_lib.step_key(train_stream, state.step)
-        keys = jax.vmap(lambda k: jax.random.fold_in(round_key, k))(chosen)
+        keys = jax.vmap(lambda k: jax.random.fold_in(batch["key"], k))(chosen)
         client_params, client_metrics = jax.vmap(local_train, in_axes=(None, 0, 0))(state.params, sampled, keys)
         params = weighted_average(client_params, sampled.weight)
         metrics = {name: jnp.sum(values * sampled.weight) / jnp.sum(sampled.weight)
@@ -246,13 +245,14 @@ def run(
             writer.close()
             checkpointer.close()
 
-    jitted_round = jax.jit(make_round(task, algorithm, tx, local_epochs, train_stream),
+    jitted_round = jax.jit(make_round(task, algorithm, tx, local_epochs),
                            out_shardings=(replicated, replicated), donate_argnums=0)
 
     # -------------------------------------------------------------------------------------------------------- the loop
     def round_batches() -> Iterator[dict[str, np.ndarray]]:
         for round_number in range(start_step, rounds):
-            yield {"clients": sampled_clients(seed, round_number, num_clients, per_round)}
+            yield {"clients": sampled_clients(seed, round_number, num_clients, per_round),
+                   "key": rng_lib.step_key(train_stream, round_number)}
 
     batches = round_batches()
     bar, monitor_writer = progress_lib.training_display(writer, total=rounds, initial=start_step,

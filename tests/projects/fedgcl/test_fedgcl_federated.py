@@ -129,9 +129,9 @@ def test_fedavg_over_identical_clients_is_one_centralised_step():
     task = FedGraphTask(model.GNN("gcn", num_classes=2, hidden=8, dropout=0.0))
     params = task.init(jax.random.key(0), clients)
     tx = OptimizerConfig(name="sgd", learning_rate=0.5, schedule="constant", clip_grad_norm=None).build(1)
-    round_step = trainer.make_round(task, federated.FedAvg(), tx, 1, jax.random.key(1))
+    round_step = trainer.make_round(task, federated.FedAvg(), tx, 1)
     state = trainer.ServerState(step=jnp.zeros((), jnp.int32), params=params)
-    new_state, metrics = jax.jit(round_step)(state, {"clients": jnp.arange(3)}, clients)
+    new_state, metrics = jax.jit(round_step)(state, {"clients": jnp.arange(3), "key": jax.random.key(1)}, clients)
     one = jax.tree.map(lambda x: x[0], clients)
     grads = jax.grad(lambda p: task.loss(p, one, jax.random.key(2))[0])(params)
     expected = optax.apply_updates(params, jax.tree.map(lambda g: -0.5 * g, grads))
@@ -169,9 +169,9 @@ def test_a_federated_gcn_learns_the_sbm():
     task = FedGraphTask(model.GNN("gcn", num_classes=4, hidden=16, dropout=0.2))
     params = task.init(jax.random.key(0), fed.clients)
     tx = trainer.DEFAULT_LOCAL_OPTIMIZER.build(2)
-    round_step = jax.jit(trainer.make_round(task, federated.FedAvg(), tx, 2, jax.random.key(1)))
+    round_step = jax.jit(trainer.make_round(task, federated.FedAvg(), tx, 2))
     state = trainer.ServerState(step=jnp.zeros((), jnp.int32), params=params)
-    for _ in range(30):
-        state, _ = round_step(state, {"clients": jnp.arange(2)}, fed.clients)
+    for r in range(30):
+        state, _ = round_step(state, {"clients": jnp.arange(2), "key": jax.random.key(r)}, fed.clients)
     counts = jax.device_get(trainer.make_evaluate(task)(state.params, fed.clients))
     assert trainer.accuracy_metrics(counts)["test_accuracy"] > 0.75

@@ -72,7 +72,7 @@ def test_sage_layer_is_self_plus_weighted_neighbour_mean():
     rowsum = a.sum(1, keepdims=True)
     mean = np.where(rowsum > 0, a @ graph.nodes[:N] / np.where(rowsum > 0, rowsum, 1), 0.0)
     expected = (graph.nodes[:N] @ params["self"]["kernel"] + params["self"]["bias"]
-                + mean @ params["neighbours"]["kernel"])
+                + mean @ params["neighbours"]["kernel"])  # averaged first, then transformed
     np.testing.assert_allclose(out, expected, rtol=1e-5, atol=1e-5)
 
 
@@ -80,7 +80,7 @@ def test_gin_layer_is_an_mlp_of_self_plus_neighbour_sum():
     graph, a = weighted_graph()
     params, out = init_apply(model.GINLayer(OUT), graph)
     combined = (1 + params["eps"]) * graph.nodes[:N] + a @ graph.nodes[:N]
-    hidden = np.maximum(combined @ params["mlp_in"]["kernel"] + params["mlp_in"]["bias"], 0)
+    hidden = np.maximum(combined @ params["mlp_in"]["kernel"] + params["mlp_in_bias"], 0)  # summed first
     expected = hidden @ params["mlp_out"]["kernel"] + params["mlp_out"]["bias"]
     np.testing.assert_allclose(out, expected, rtol=1e-5, atol=1e-5)
 
