@@ -5,7 +5,8 @@
 Each run's score is its test accuracy at the evaluation with the best validation accuracy (the earliest one on ties;
 evaluations every 5 rounds); the final round's test accuracy is kept beside it. Writes `results.json` (every run's
 numbers and the per-cell means) and `accuracy_vs_epsilon.png`, and prints the markdown tables of the README: accuracy
-per (model, GCL) and epsilon, and the DP-induced drop acc(inf) - acc(epsilon) without and with GRACE.
+per (model, GCL) and epsilon, the DP-induced drop acc(inf) - acc(epsilon) without and with GRACE, and the final
+round's accuracy.
 """
 
 from __future__ import annotations
@@ -46,6 +47,8 @@ def load(root: Path) -> dict:
 
 def cell(runs, eps_name, config, tier, key="test_at_best_val"):
     values = [s[key] for s in runs.get((eps_name, config, tier), {}).values()]
+    if not values:
+        return float("nan"), float("nan"), 0
     return (float(np.mean(values)), float(np.std(values, ddof=1)) if len(values) > 1 else 0.0, len(values))
 
 
@@ -53,15 +56,21 @@ def fmt(mean, std, n):
     return f"{100 * mean:.1f} ± {100 * std:.1f}" + ("" if n == 3 else f" (n={n})") if n else "–"
 
 
-def tables(runs) -> tuple[str, str]:
+def accuracy_table(runs, key: str) -> str:
     header = "| model | GCL | " + " | ".join("ε = ∞" if np.isinf(e) else f"ε = {e:g}" for e in EPSILONS.values())
-    accuracy = [header + " |", "|---" * (2 + len(EPSILONS)) + "|"]
-    drops = ["| model | " + " | ".join(f"drop at ε = {e:g}: without → with GRACE" for e in list(EPSILONS.values())[1:])
-             + " |", "|---" * len(EPSILONS) + "|"]
+    rows = [header + " |", "|---" * (2 + len(EPSILONS)) + "|"]
     for config, model in MODELS.items():
         for tier, gcl in GCL.items():
-            accuracy.append(f"| {model} | {gcl} | "
-                            + " | ".join(fmt(*cell(runs, e, config, tier)) for e in EPSILONS) + " |")
+            rows.append(f"| {model} | {gcl} | " + " | ".join(fmt(*cell(runs, e, config, tier, key)) for e in EPSILONS)
+                        + " |")
+    return "\n".join(rows)
+
+
+def drop_table(runs) -> str:
+    noisy = list(EPSILONS.values())[1:]
+    drops = ["| model | " + " | ".join(f"drop at ε = {e:g}: without → with GRACE" for e in noisy) + " |",
+             "|---" * len(EPSILONS) + "|"]
+    for config, model in MODELS.items():
         row = []
         for eps_name in list(EPSILONS)[1:]:
             parts = []
@@ -70,7 +79,7 @@ def tables(runs) -> tuple[str, str]:
                 parts.append(f"{100 * (base - noisy):+.1f}")
             row.append(" → ".join(parts))
         drops.append(f"| {model} | " + " | ".join(row) + " |")
-    return "\n".join(accuracy), "\n".join(drops)
+    return "\n".join(drops)
 
 
 def plot(runs, path: Path) -> None:
@@ -104,13 +113,12 @@ def main() -> None:
     parser.add_argument("--out", required=True, type=Path)
     args = parser.parse_args()
     runs = load(args.root)
-    accuracy, drops = tables(runs)
     args.out.mkdir(parents=True, exist_ok=True)
     plot(runs, args.out / "accuracy_vs_epsilon.png")
     results = {"runs": {"/".join(k): v for k, v in sorted(runs.items())},
                "cells": {"/".join(k): dict(zip(("mean", "std", "n"), cell(runs, *k))) for k in sorted(runs)}}
     (args.out / "results.json").write_text(json.dumps(results, indent=1))
-    print(accuracy, "\n\n", drops, sep="")
+    print(accuracy_table(runs, "test_at_best_val"), drop_table(runs), accuracy_table(runs, "final_test"), sep="\n\n")
 
 
 if __name__ == "__main__":

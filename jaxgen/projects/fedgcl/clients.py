@@ -27,8 +27,7 @@ from jaxgen.projects.fedgcl import data as data_lib
 from jaxgen.projects.fedgcl import graphs, privacy
 from jaxgen.projects.fedgcl.federated import IID
 from jaxgen.projects.fedgcl.graphs import EmptyGraphError
-
-LEVELS = ("node", "graph")
+from jaxgen.projects.fedgcl.model import LEVELS
 
 
 @flax.struct.dataclass

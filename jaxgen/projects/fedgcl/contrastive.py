@@ -111,7 +111,8 @@ def _cosine(a: jax.Array, b: jax.Array) -> jax.Array:
 
 def _grace_side(u: jax.Array, v: jax.Array, mask: jax.Array, temperature: float) -> jax.Array:
     """-log(e^{s(u_i, v_i)} / (sum_k e^{s(u_i, v_k)} + sum_{k != i} e^{s(u_i, u_k)})) per node, s = cos / tau, the
-    sums over masked-in nodes k (in log space: a padding row stays finite, so its zero weight keeps gradients finite)."""
+    sums over masked-in nodes k (in log space: a padding row stays finite, so its zero weight keeps gradients
+    finite)."""
     between, within = _cosine(u, v) / temperature, _cosine(u, u) / temperature
     weights = jnp.concatenate([jnp.broadcast_to(mask[None, :], between.shape),
                                mask[None, :] * (1.0 - jnp.eye(mask.shape[0], dtype=mask.dtype))], axis=1)

@@ -180,7 +180,8 @@ def run(
     num_clients = federation.clients.num_clients
     per_round = num_clients if clients_per_round is None else clients_per_round
     if not 1 <= per_round <= num_clients:
-        raise ConfigError(f"clients_per_round must be in [1, {num_clients}] (the federation's clients); got {per_round}")
+        raise ConfigError(f"clients_per_round must be in [1, {num_clients}] (the federation's clients); "
+                          f"got {per_round}")
     if task.model.level != federation.level:
         raise ConfigError(f"The model classifies {task.model.level}s but the federation is a {federation.level} "
                           "classification task: set the model's level to match")

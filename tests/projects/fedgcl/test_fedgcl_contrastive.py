@@ -58,7 +58,8 @@ def test_nt_xent_is_simclr_over_both_views():
 
 def path_batch():
     """Two path graphs (5 and 3 nodes, both directions), batched and padded."""
-    paths = [graphs.from_edges(np.ones((n, 4)) * (k + 1), *graphs.undirected_edges(np.arange(n - 1), np.arange(1, n), n))
+    paths = [graphs.from_edges(np.ones((n, 4)) * (k + 1),
+                               *graphs.undirected_edges(np.arange(n - 1), np.arange(1, n), n))
              for k, n in enumerate((5, 3))]
     batch = graphs.batch(paths)
     padded = graphs.pad(batch, graphs.padded_sizes([batch]))

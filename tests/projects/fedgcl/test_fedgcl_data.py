@@ -89,8 +89,8 @@ def _stand_in_wheel(path):
         for subject in ("1", "2"):
             z.writestr(f"{data.MICE}edgelists/sub-{subject}_ses-1_dti.edgelist", "0 1 3.0\n1 331 7.0\n")
             rows = "".join(f"{r},{r * 10},{rng.random()},1,2,3,4,5,6,7\n" for r in regions)
-            z.writestr(f"{data.MICE}features/{subject}.csv", ",runno:,x\n\nROI,voxels,volume_mm3,adc,dwi,e1,e2,e3,fa,rd\n"
-                       + rows)
+            header = ",runno:,x\n\nROI,voxels,volume_mm3,adc,dwi,e1,e2,e3,fa,rd\n"
+            z.writestr(f"{data.MICE}features/{subject}.csv", header + rows)
 
 
 def test_connectomes_are_read_from_the_wheel_and_its_absence_names_the_pip_command(tmp_path, monkeypatch):

@@ -39,7 +39,8 @@ def test_gcn_layer_is_the_normalised_dense_propagation():
     params, out = init_apply(model.GCNLayer(OUT), graph)
     a_hat = a + np.eye(N)
     d = a_hat.sum(1)
-    expected = (a_hat / np.sqrt(d[:, None] * d[None, :])) @ graph.nodes[:N] @ params["linear"]["kernel"] + params["bias"]
+    propagation = a_hat / np.sqrt(d[:, None] * d[None, :])
+    expected = propagation @ graph.nodes[:N] @ params["linear"]["kernel"] + params["bias"]
     np.testing.assert_allclose(out, expected, rtol=1e-5, atol=1e-5)
 
 

@@ -72,5 +72,6 @@ def test_bad_epsilons_and_matrices_are_refused_with_the_reason(mechanism):
 
 
 def test_guarantee_states_epsilon_and_mechanism():
-    assert privacy.guarantee("edge_rand", 2.0).startswith("2-edge-DP") and "0.1192" in privacy.guarantee("edge_rand", 2.0)
+    text = privacy.guarantee("edge_rand", 2.0)
+    assert text.startswith("2-edge-DP") and "0.1192" in text  # 1 / (1 + e^2)
     assert "epsilon = inf" in privacy.guarantee(None, None)
