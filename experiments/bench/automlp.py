@@ -105,6 +105,17 @@ class TrainSteps:
         return (time.perf_counter() - start) / self.inner
 
 
+def host_cpu() -> str:
+    """The CPU's model name (Linux), else what `platform` knows."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
 def loglog_slope(lengths, times) -> float | None:
     """Least-squares slope of log(time) against log(L) (1: linear, 2: quadratic); None with fewer than 2 points."""
     if len(lengths) < 2:
@@ -160,7 +171,7 @@ def main(argv=None) -> dict:
         "benchmark": "automlp train-step time vs history length",
         "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         "device": {"kind": device.device_kind, "backend": jax.default_backend(), "count": jax.device_count(),
-                   "host": platform.processor() or platform.machine()},
+                   "host_cpu": host_cpu()},
         "versions": {"jax": jax.__version__, "python": platform.python_version()},
         "settings": {k: v for k, v in vars(args).items() if k != "out"},
         "results": results,
