@@ -48,6 +48,16 @@ class WeightGenerator(Protocol):
     def kernels(self, layer: nn.Module, kernel: jax.Array, cond: jax.Array) -> jax.Array: ...
 
 
+def _in_compute_dtype(layer: nn.Module, *arrays: jax.Array) -> tuple[jax.Array, ...]:
+    """Casts the generator's operands to the layer's compute dtype before the per-sample kernels are formed.
+
+    The `[batch, *kernel.shape]` stack is the one large tensor CAN adds, written once and read by the product: in
+    float32 under a bfloat16 layer it doubles that memory traffic for nothing, since the product casts it anyway.
+    """
+    dtype = getattr(layer, "dtype", None) or layer.param_dtype
+    return tuple(a.astype(dtype) for a in arrays)
+
+
 def _check_cond(cond: jax.Array, layer: nn.Module) -> None:
     if cond.ndim != 2:
         raise ValueError(f"the condition of condition-aware layer {'/'.join(layer.path) or type(layer).__name__} must "
@@ -75,6 +85,7 @@ class CAN:
             h = h @ layer.param("can_project", nn.initializers.lecun_normal(), (cond.shape[-1], self.rank),
                                 layer.param_dtype)
         generator = layer.param("can_generator", nn.initializers.zeros, (h.shape[-1], kernel.size), layer.param_dtype)
+        h, generator, kernel = _in_compute_dtype(layer, h, generator, kernel)
         return kernel[None] + (h @ generator).reshape(cond.shape[0], *kernel.shape)
 
 
@@ -99,6 +110,7 @@ class AKS:
                              layer.param_dtype)
         bank = layer.param("aks_bank", nn.initializers.zeros, (self.num_kernels, *kernel.shape), layer.param_dtype)
         mixture = jax.nn.softmax(cond.astype(layer.param_dtype) @ router, axis=-1)
+        mixture, bank, kernel = _in_compute_dtype(layer, mixture, bank, kernel)
         return kernel[None] + jnp.tensordot(mixture, bank, axes=1)
 
 
