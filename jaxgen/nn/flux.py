@@ -414,10 +414,10 @@ def _table(module: FluxTransformer) -> porting.NameTable:
                  "transformer_blocks/txt_attn": (blk + "attn.add_{}_proj", blk + "attn.norm_added_{}"),
                  "single_transformer_blocks/attn": (single + "attn.to_{}", single + "attn.norm_{}")}
     for ours, (proj, norm) in attention.items():
-        table[f"{ours}/qkv/kernel"] = ([proj.format(n) + ".weight" for n in "qkv"], _qkv_kernel)
-        table[f"{ours}/qkv/bias"] = ([proj.format(n) + ".bias" for n in "qkv"], _qkv_bias)
-        table[f"{ours}/q_norm/scale"] = ([norm.format("q") + ".weight"], same)
-        table[f"{ours}/k_norm/scale"] = ([norm.format("k") + ".weight"], same)
+        table[f"{ours}/qkv/kernel"] = ([proj.replace("{}", n) + ".weight" for n in "qkv"], _qkv_kernel)
+        table[f"{ours}/qkv/bias"] = ([proj.replace("{}", n) + ".bias" for n in "qkv"], _qkv_bias)
+        table[f"{ours}/q_norm/scale"] = ([norm.replace("{}", "q") + ".weight"], same)
+        table[f"{ours}/k_norm/scale"] = ([norm.replace("{}", "k") + ".weight"], same)
     # the single block's proj_out over concat(attention, GELU output), split by input columns
     table["single_transformer_blocks/attn/out/kernel"] = ([single + "proj_out.weight"], lambda w: w[:, :width].T)
     table["single_transformer_blocks/attn/out/bias"] = ([single + "proj_out.bias"], same)
