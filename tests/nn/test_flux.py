@@ -45,7 +45,7 @@ def test_rope_tables_rotate_each_axis_by_its_own_frequencies():
 
 
 def test_packing_puts_each_2x2_patch_in_one_token():
-    latents = jax.random.normal(jax.random.key(0), (2, 4, 6, 3))
+    latents = np.random.default_rng(0).normal(size=(2, 4, 6, 3)).astype(np.float32)
     tokens = flux.pack_latents(latents)
     assert tokens.shape == (2, 6, 12)
     # token (row 1, column 2) = index 1 * 3 + 2; feature (channel c, dy, dx) = c * 4 + dy * 2 + dx
@@ -71,17 +71,15 @@ def test_inputs_are_checked():
 def test_sampling_integrates_a_constant_velocity_to_noise_minus_velocity():
     """With proj_out's kernel zeroed the model's velocity is proj_out's bias whatever the input, so Euler from
     sigma 1 to 0 lands on `noise - unpack(bias)`: proves the packing, the ids, the schedule and the loop together."""
-    module = flux.flux("tiny", dtype=jnp.bfloat16, remat=True)  # the bench's settings, at tiny size
+    module = flux.flux("tiny")
     batch, height, width = 2, 4, 6
-    text = jax.random.normal(jax.random.key(1), (batch, 3, module.joint_attention_dim))
-    pooled = jax.random.normal(jax.random.key(2), (batch, module.pooled_projection_dim))
-    noise = jax.random.normal(jax.random.key(3), (batch, height, width, module.in_channels // 4))
-    params = module.init(jax.random.key(0), flux.pack_latents(noise), text, pooled, jnp.ones((batch,)),
-                         flux.image_ids(height, width), flux.text_ids(3), jnp.ones((batch,)))
-    bias = jnp.arange(module.output_channels, dtype=jnp.float32) / 8  # exact in bf16
-    params = jax.tree_util.tree_map_with_path(
-        lambda path, x: (jnp.zeros_like(x) if path[-1].key == "kernel" else bias) if "proj_out" in str(path) else x,
-        nn.unbox(params))
+    rng = np.random.default_rng(0)
+    text = rng.normal(size=(batch, 3, module.joint_attention_dim)).astype(np.float32)
+    pooled = rng.normal(size=(batch, module.pooled_projection_dim)).astype(np.float32)
+    noise = rng.normal(size=(batch, height, width, module.in_channels // 4)).astype(np.float32)
+    bias = jnp.arange(module.output_channels, dtype=jnp.float32) / 8
+    params = flux.random_params(module, seed=0)
+    params["params"]["proj_out"] = {"kernel": jnp.zeros_like(params["params"]["proj_out"]["kernel"]), "bias": bias}
     sigmas = flux.schedule(3, height * width // 4)
     out = jax.jit(lambda p: flux.sample(module, p, noise, text, pooled, sigmas, guidance_scale=3.5))(params)
     expected = noise - flux.unpack_latents(jnp.broadcast_to(bias, (batch, 6, 16)), height, width)
