@@ -36,6 +36,7 @@ dtype; parameters keep the dtype they are given (`from_diffusers(dtype=...)`). N
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Mapping
 from pathlib import Path
@@ -355,7 +356,8 @@ CONFIGS: dict[str, dict[str, Any]] = {
 
 
 def flux(name: str, **overrides) -> FluxTransformer:
-    """`FluxTransformer` of the named config (`CONFIGS`); `overrides` set any field (dtype, attention_backend, remat)."""
+    """`FluxTransformer` of the named config (`CONFIGS`); `overrides` set any field (dtype, attention_backend,
+    remat)."""
     if name not in CONFIGS:
         raise ValueError(f"unknown FLUX config {name!r}; known: {sorted(CONFIGS)}")
     return FluxTransformer(**{**CONFIGS[name], **overrides})
@@ -373,42 +375,51 @@ def example_inputs(module: FluxTransformer, *, batch: int = 1, image_tokens: int
 
 
 def random_params(module: FluxTransformer, seed: int = 0, dtype: Any = jnp.float32) -> dict:
-    """`{"params": ...}` of random weights in `dtype`, made in one jit without running the model (`module.init`
-    would trace and compile the whole forward pass too): kernels uniform with std 1/sqrt(fan_in), so activations
-    keep their scale through the blocks; biases uniform with std 0.02; norm scales one. For benchmarks and tests
-    where no checkpoint exists; on an accelerator each weight is created on the device, never on the host.
+    """`{"params": ...}` of random weights in `dtype`, made without running the model (`module.init` would trace and
+    compile the whole forward pass too): kernels uniform with std 1/sqrt(fan_in), so activations keep their scale
+    through the blocks; biases uniform with std 0.02; norm scales one. For benchmarks and tests where no checkpoint
+    exists; on an accelerator every weight is made on the device, never on the host.
 
-    The weights are slices of a few long uniform draws (one per ~2^30 values) rather than one draw per tensor: XLA
-    on CPU took about 0.2-0.5 s to compile each random op, so ~60 draws cost 10-25 s at the tiny size.
+    The weights are slices of a few long uniform draws, one jit per ~2^30 values (so a 12B model needs one draw's
+    worth of scratch memory beside its weights), rather than one draw per tensor: XLA on CPU took about 0.2-0.5 s
+    to compile each random op, so ~60 draws cost 10-25 s at the tiny size.
     """
     abstract = nn.unbox(jax.eval_shape(module.init, jax.random.key(0), *example_inputs(module)))
     leaves, treedef = jax.tree_util.tree_flatten_with_path(abstract)
-    drawn = [i for i, (path, _) in enumerate(leaves) if path[-1].key != "scale"]
+    specs = []  # (shape, std or None for a norm scale of ones), per leaf
+    for path, leaf in leaves:
+        kind = path[-1].key
+        std = None if kind == "scale" else 0.02 if kind == "bias" else leaf.shape[-2] ** -0.5
+        specs.append((tuple(leaf.shape), std))
     groups, size = [[]], 0
-    for i in drawn:
-        count = math.prod(leaves[i][1].shape)
-        if groups[-1] and size + count > _DRAW_SIZE:
+    for i, (shape, _) in enumerate(specs):
+        if groups[-1] and size + math.prod(shape) > _DRAW_SIZE:
             groups, size = groups + [[]], 0
         groups[-1].append(i)
-        size += count
-
-    def make(key):
-        values = [jnp.ones(leaf.shape, dtype) for _, leaf in leaves]  # norm scales; the rest is overwritten
-        for g, group in enumerate(groups):
-            shapes = [leaves[i][1].shape for i in group]
-            flat = jax.random.uniform(jax.random.fold_in(key, g), (sum(math.prod(s) for s in shapes),), dtype, -1, 1)
-            offset = 0
-            for i, shape in zip(group, shapes):
-                std = 0.02 if leaves[i][0][-1].key == "bias" else shape[-2] ** -0.5
-                values[i] = flat[offset:offset + math.prod(shape)].reshape(shape) * jnp.asarray(math.sqrt(3) * std,
-                                                                                                 dtype)
-                offset += math.prod(shape)
-        return jax.tree_util.tree_unflatten(treedef, values)
-
-    return jax.jit(make)(jax.random.key(seed, impl="rbg"))
+        size += math.prod(shape)
+    key, values = jax.random.key(seed, impl="rbg"), [None] * len(specs)
+    for g, group in enumerate(groups):
+        drawn = _draw(jax.random.fold_in(key, g), tuple(specs[i] for i in group), jnp.dtype(dtype))
+        for i, value in zip(group, drawn):
+            values[i] = value
+    return jax.tree_util.tree_unflatten(treedef, values)
 
 
 _DRAW_SIZE = 2 ** 30
+
+
+@functools.partial(jax.jit, static_argnums=(1, 2))
+def _draw(key, specs, dtype):
+    """Arrays of `specs` ((shape, std) pairs; std None: ones) cut from one uniform draw."""
+    total = sum(math.prod(shape) for shape, std in specs if std is not None)
+    flat, offset, out = jax.random.uniform(key, (total,), dtype, -1.0, 1.0), 0, []
+    for shape, std in specs:
+        if std is None:
+            out.append(jnp.ones(shape, dtype))
+            continue
+        out.append(flat[offset:offset + math.prod(shape)].reshape(shape) * jnp.asarray(math.sqrt(3) * std, dtype))
+        offset += math.prod(shape)
+    return out
 
 
 def num_params(module: FluxTransformer) -> int:
