@@ -17,6 +17,7 @@ from tests.support.parity import require
 torch = require("torch")
 diffusers = require("diffusers")
 
+from jaxgen.core import mesh as mesh_lib  # noqa: E402
 from jaxgen.diffusion.flow_matching import resolution_shift  # noqa: E402
 from jaxgen.nn import flux  # noqa: E402
 
@@ -66,8 +67,14 @@ def test_matches_diffusers(tmp_path, guidance_embeds, shard):
     assert rel_err(out, expected) <= 1e-5, rel_err(out, expected)
 
 
-def test_wrong_class_and_mismatched_shapes_are_refused(tmp_path):
+def test_loads_into_bfloat16_on_a_mesh_and_refuses_wrong_folders(tmp_path):
     reference_model(guidance_embeds=False).save_pretrained(tmp_path)
+    mesh = mesh_lib.make_mesh(mesh_lib.MeshConfig(data=1, fsdp=-1))
+    _, params = flux.from_diffusers(tmp_path, dtype=jnp.bfloat16, mesh=mesh)
+    leaves = jax.tree.leaves(params)
+    assert {leaf.dtype for leaf in leaves} == {jnp.dtype(jnp.bfloat16)}
+    assert all(leaf.sharding.mesh.shape == mesh.shape for leaf in leaves)
+
     config_path = tmp_path / "config.json"
     config = json.loads(config_path.read_text())
 
