@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import math
 
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -61,10 +62,38 @@ def test_matches_diffusers(tmp_path, guidance_embeds, shard):
     args = inputs(guidance_embeds)
     with torch.no_grad():
         expected = model(**{k: None if v is None else torch.from_numpy(v) for k, v in args.items()}).sample.numpy()
-    out = jax.jit(module.apply)(params, **{k: None if v is None else jnp.asarray(v) for k, v in args.items()})
+    out, input_minima = jax.jit(apply_seeing_dense_inputs, static_argnums=0)(
+        module, params, {k: None if v is None else jnp.asarray(v) for k, v in args.items()})
     assert out.shape == expected.shape == (2, 12, CONFIG["in_channels"])
     # bar 1e-4; measured 9.5e-7 (dev) here. A transposed qkv or swapped stream is O(1).
     assert rel_err(out, expected) <= 1e-5, rel_err(out, expected)
+
+    # As SVDQuant's calibration will see the model: every weight belongs to a plain Dense whose inputs an
+    # interceptor sees under its parameter path, and every mlp/fc2 reads a GELU output (tanh GELU >= -0.1700).
+    kernels = {path[:-len("/kernel")] for path in _paths(params["params"]) if path.endswith("/kernel")}
+    assert set(input_minima) == kernels
+    post_gelu = {path for path in kernels if path.endswith("mlp/fc2")}
+    assert len(post_gelu) == 3 and all(float(input_minima[p].min()) >= -0.1701 for p in post_gelu)
+    assert all(float(input_minima[p.replace("fc2", "fc1")].min()) < -0.5 for p in post_gelu)
+
+
+def apply_seeing_dense_inputs(module, params, args):
+    """`module.apply` with every `nn.Dense` call intercepted; returns (output, {Dense path: min of its input}),
+    the minima stacked over layers inside the scanned blocks."""
+    def record(next_fun, call_args, kwargs, context):
+        if isinstance(context.module, nn.Dense) and context.method_name == "__call__":
+            context.module.sow("intermediates", "input_min", jnp.min(call_args[0]))
+        return next_fun(*call_args, **kwargs)
+
+    with nn.intercept_methods(record):
+        out, state = module.apply(params, **args, mutable=["intermediates"])
+    minima = {path[:-len("/input_min/0")]: value for path, value in _paths(state["intermediates"]).items()}
+    return out, minima
+
+
+def _paths(tree) -> dict:
+    return {"/".join(str(getattr(k, "key", getattr(k, "idx", k))) for k in path): leaf
+            for path, leaf in jax.tree_util.tree_flatten_with_path(tree)[0]}
 
 
 def test_loads_into_bfloat16_on_a_mesh_and_refuses_wrong_folders(tmp_path):
