@@ -26,12 +26,17 @@ Every projection is a plain `nn.Dense` whose input is exactly the activation it 
 projects `concat(attention, GELU(fc1 x))` with one Linear `proj_out`; here that Linear is split by input columns into
 `attn/out` (with the bias) and `mlp/fc2` (no bias) whose outputs are summed: the same function, with the post-GELU
 activation visible on its own, as nunchaku (SVDQuant's engine) splits it. q, k and v share one fused Dense (one GEMM;
-one smoothing vector for SVDQuant, as nunchaku fuses them).
+one smoothing vector for SVDQuant, as nunchaku fuses them). A calibration pass sees every Dense's input under its
+parameter path with `nn.intercept_methods` (inside the scans too: values sown there come back stacked over layers);
+tests/nn/flux_vs_reference_test.py does exactly that. Logical axes: "embed" for the width, "mlp" for fused or widened
+outputs (q/k/v, modulation, MLP hidden), "heads" for the attention output's input, "kv" for the per-head norms,
+"layers" for the scan axis.
 
 Blocks run as two `nn.scan`s (parameters stacked on a leading "layers" axis; optional `remat`), and attention goes
 through `jaxgen.nn.attention` backends by name ("dense" on CPU, "cudnn" on GPU in bf16). `dtype` is the compute
-dtype; parameters keep the dtype they are given (`from_diffusers(dtype=...)`). Named configs: `CONFIGS` ("dev",
-"schnell", "tiny"), built with `flux(name, **overrides)`.
+dtype; `init` makes float32 parameters, `from_diffusers(dtype=...)` and `random_params(dtype=...)` any dtype (the
+model computes in `dtype` whatever they are). Named configs: `CONFIGS` ("dev", "schnell", "tiny"), built with
+`flux(name, **overrides)`; FLUX.1-dev has 11,901,408,320 parameters.
 """
 
 from __future__ import annotations
