@@ -16,10 +16,11 @@ embedding; 11.90 B parameters) with random weights (`flux.random_params`, made o
 (4,096 × 64 features), 512 T5 tokens (× 4096), a pooled CLIP vector (768), sigma, guidance 3.5, and the position ids.
 --quick runs the "tiny" config with 16 image and 8 text tokens instead.
 
-Variants: `VARIANTS` maps a name to `(module, bf16 params) -> (params, apply)`, `apply(params, *inputs)` the forward
-to time; "bf16" is the identity. SVDQuant's quantized models register theirs (`VARIANTS["svdquant_w4a4"] = ...`,
-quantizing the bf16 params they are given) and `--variants bf16 svdquant_w4a4 w4a16` times them one after the other
-on the same inputs, bf16 first.
+Variants: `VARIANTS` maps a name to `(module, bf16 params, inputs) -> (params, apply)`, `apply(params, *inputs)`
+the forward to time; "bf16" is the identity. SVDQuant's quantized models register theirs
+(`VARIANTS["svdquant_w4a4"] = ...`, quantizing the bf16 params they are given, calibrating on the inputs if they
+wish; build time is reported) and `--variants bf16 svdquant_w4a4 w4a16` times them one after the other on the same
+inputs, bf16 first; each later variant's output is compared with bf16's (relative Frobenius error).
 
 Timing (`time_forward`): `jax.jit(apply)` compiled ahead of time (compile seconds reported), 2 warm-up calls, then
 `--windows` windows of `--iters` back-to-back calls, synchronised at each window's end; ms per forward = median over
@@ -57,10 +58,10 @@ import jax.numpy as jnp  # noqa: E402
 from jaxgen.nn import flux  # noqa: E402
 
 Apply = Callable[..., jax.Array]
-Variant = Callable[[flux.FluxTransformer, Any], tuple[Any, Apply]]
+Variant = Callable[[flux.FluxTransformer, Any, tuple], tuple[Any, Apply]]
 
 VARIANTS: dict[str, Variant] = {
-    "bf16": lambda module, params: (params, module.apply),
+    "bf16": lambda module, params, inputs: (params, module.apply),
 }
 
 # Dense bf16 tensor-core peak by device name (first match wins: the PCIe and NVL parts before plain "H100").
@@ -111,17 +112,18 @@ def time_forward(apply: Apply, params, inputs, *, iters: int, windows: int, warm
         - analysis.alias_size_in_bytes)
     return {"compile_s": compile_s, "ms": 1e3 * statistics.median(per_call), "ms_windows": [1e3 * t for t in per_call],
             "xla_forward_peak_gib": None if xla_bytes is None else xla_bytes / 2**30,
-            "output_finite": bool(jnp.isfinite(out).all())}
+            "output_finite": bool(jnp.isfinite(out).all()), "output": out}
 
 
 def tree_bytes(tree) -> int:
     return sum(leaf.size * leaf.dtype.itemsize for leaf in jax.tree.leaves(tree))
 
 
-def run_variant(name: str, module, bf16_params, inputs, flops: float, peak: float | None, args) -> dict[str, Any]:
-    """Build variant `name` from the bf16 params and time its forward; one JSON row."""
+def run_variant(name: str, module, bf16_params, inputs, flops: float, peak: float | None, args,
+                baseline: jax.Array | None) -> dict[str, Any]:
+    """Build variant `name` from the bf16 params and time its forward; one JSON row (its output under "output")."""
     start = time.perf_counter()
-    params, apply = VARIANTS[name](module, bf16_params)
+    params, apply = VARIANTS[name](module, bf16_params, inputs)
     jax.block_until_ready(params)
     row = {"variant": name, "build_s": time.perf_counter() - start, "param_gib": tree_bytes(params) / 2**30,
            **time_forward(apply, params, inputs, iters=args.iters, windows=args.windows)}
@@ -129,6 +131,9 @@ def run_variant(name: str, module, bf16_params, inputs, flops: float, peak: floa
     row["process_peak_gib"] = stats["peak_bytes_in_use"] / 2**30 if "peak_bytes_in_use" in stats else None
     row["tflops"] = flops * args.batch / (row["ms"] / 1e3) / 1e12
     row["mfu"] = row["tflops"] * 1e12 / peak if peak else None
+    if baseline is not None:
+        diff = row["output"].astype(jnp.float32) - baseline.astype(jnp.float32)
+        row["rel_err_vs_bf16"] = float(jnp.linalg.norm(diff) / jnp.linalg.norm(baseline.astype(jnp.float32)))
     return row
 
 
@@ -167,15 +172,19 @@ def main(argv=None) -> dict[str, Any]:
               "config": "tiny" if args.quick else "dev", "batch": args.batch, "image_tokens": image_tokens,
               "text_tokens": args.text_tokens, "attention": backend, "tflop_per_image": flops / 1e12,
               "random_weights_s": weights_s, "rows": []}
+    baseline = None
     for name in ["bf16"] + [v for v in args.variants if v != "bf16"]:
-        row = run_variant(name, module, bf16_params, inputs, flops, peak, args)
+        row = run_variant(name, module, bf16_params, inputs, flops, peak, args, baseline)
+        output = row.pop("output")
+        baseline = output if baseline is None else baseline
         result["rows"].append(row)
         mfu = f", MFU {100 * row['mfu']:.1f} %" if row["mfu"] else ""
         xla = row["xla_forward_peak_gib"]
         print(f"{name}: {row['ms']:.2f} ms/forward ({row['tflops']:.1f} TFLOP/s{mfu}), weights "
               f"{row['param_gib']:.2f} GiB, forward peak (XLA) {'n/a' if xla is None else f'{xla:.2f} GiB'}, "
               f"process peak {row['process_peak_gib'] or float('nan'):.2f} GiB, compile {row['compile_s']:.1f} s, "
-              f"finite {row['output_finite']}", flush=True)
+              f"finite {row['output_finite']}"
+              + (f", rel. error vs bf16 {row['rel_err_vs_bf16']:.2e}" if "rel_err_vs_bf16" in row else ""), flush=True)
 
     out = args.out or (None if args.quick else Path(os.environ["OUT"]) / "flux_forward.json" if "OUT" in os.environ
                        else Path(__file__).with_name("flux_forward.json"))
