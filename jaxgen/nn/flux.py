@@ -300,27 +300,25 @@ class FluxTransformer(nn.Module):
 
     def _check_inputs(self, hidden_states, encoder_hidden_states, pooled_projections, timestep, img_ids, txt_ids,
                       guidance):
-        batch, n_axes = hidden_states.shape[0], len(self.axes_dims_rope)
-        expected = {
-            "hidden_states": ((batch, hidden_states.shape[1], self.in_channels), hidden_states),
-            "encoder_hidden_states": ((batch, encoder_hidden_states.shape[1], self.joint_attention_dim),
-                                      encoder_hidden_states),
-            "pooled_projections": ((batch, self.pooled_projection_dim), pooled_projections),
-            "timestep": ((batch,), timestep),
-            "img_ids": ((hidden_states.shape[1], n_axes), img_ids),
-            "txt_ids": ((encoder_hidden_states.shape[1], n_axes), txt_ids),
-        }
-        if self.guidance_embeds:
-            expected["guidance"] = ((batch,), guidance)
-        elif guidance is not None:
+        if hidden_states.ndim != 3 or encoder_hidden_states.ndim != 3:
+            raise ValueError(f"FLUX takes hidden_states and encoder_hidden_states as [batch, tokens, channels]; got "
+                             f"{hidden_states.shape} and {encoder_hidden_states.shape}")
+        if guidance is not None and not self.guidance_embeds:
             raise ValueError(f"this FLUX transformer has no guidance embedding (guidance_embeds=False, like "
                              f"FLUX.1-schnell); got guidance {jnp.shape(guidance)}")
-        wrong = {name: (want, None if x is None else tuple(x.shape)) for name, (want, x) in expected.items()
-                 if x is None or x.ndim != len(want) or tuple(x.shape) != want}
-        if hidden_states.ndim != 3 or encoder_hidden_states.ndim != 3 or wrong:
-            raise ValueError(f"FLUX inputs (name: (expected, got)): {wrong or 'hidden_states and encoder_hidden_states '
-                             f'must be [batch, tokens, channels]'}; hidden_states {hidden_states.shape}, "
-                             f"encoder_hidden_states {encoder_hidden_states.shape}")
+        (batch, image_tokens, _), text_tokens = hidden_states.shape, encoder_hidden_states.shape[1]
+        n_axes = len(self.axes_dims_rope)
+        expected = {"hidden_states": (hidden_states, (batch, image_tokens, self.in_channels)),
+                    "encoder_hidden_states": (encoder_hidden_states, (batch, text_tokens, self.joint_attention_dim)),
+                    "pooled_projections": (pooled_projections, (batch, self.pooled_projection_dim)),
+                    "timestep": (timestep, (batch,)), "img_ids": (img_ids, (image_tokens, n_axes)),
+                    "txt_ids": (txt_ids, (text_tokens, n_axes))}
+        if self.guidance_embeds:
+            expected["guidance"] = (guidance, (batch,))
+        wrong = {name: f"expected {want}, got {None if x is None else tuple(x.shape)}"
+                 for name, (x, want) in expected.items() if x is None or tuple(x.shape) != want}
+        if wrong:
+            raise ValueError(f"FLUX inputs of the wrong shape: {wrong}")
 
     @nn.compact
     def __call__(self, hidden_states: jax.Array, encoder_hidden_states: jax.Array, pooled_projections: jax.Array,
