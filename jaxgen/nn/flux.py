@@ -120,11 +120,17 @@ class TimeTextEmbedding(nn.Module):
 
     @nn.compact
     def __call__(self, timestep: jax.Array, guidance: jax.Array | None, pooled: jax.Array) -> jax.Array:
-        c = TimestepEmbedding(self.width, freq_shift=0.0, dtype=self.dtype, name="timestep_embedder")(timestep * 1000)
+        c = TimestepEmbedding(self.width, freq_shift=0.0, dtype=self.dtype, name="timestep_embedder")(
+            self._scaled(timestep))
         if self.guidance_embeds:
             c = c + TimestepEmbedding(self.width, freq_shift=0.0, dtype=self.dtype,
-                                      name="guidance_embedder")(guidance * 1000)
+                                      name="guidance_embedder")(self._scaled(guidance))
         return c + TextProjection(self.width, self.dtype, name="text_embedder")(pooled)
+
+    def _scaled(self, t: jax.Array) -> jax.Array:
+        """`1000 t` after rounding t to the compute dtype, as diffusers (`timestep.to(hidden_states.dtype)`) and BFL's
+        sampler (`torch.full(..., t, dtype=img.dtype)`) both feed it: in bf16, sigma 0.7 becomes 699.2, not 700."""
+        return t.astype(self.dtype).astype(jnp.float32) * 1000
 
 
 class AttentionProjections(nn.Module):
