@@ -8,6 +8,8 @@ because neighbouring tokens share their noise-free content.
 
 from __future__ import annotations
 
+import math
+
 import jax
 import jax.numpy as jnp
 
@@ -44,3 +46,13 @@ def shift_times(t: jax.Array, shift: float) -> jax.Array:
 def sample_times(rng: jax.Array, batch: int, shift: float = 1.0) -> jax.Array:
     """Training times `[batch]`: uniform on [0, 1), then shifted like the sampler's schedule."""
     return shift_times(jax.random.uniform(rng, (batch,)), shift)
+
+
+def resolution_shift(image_tokens: int, base_tokens: int = 256, max_tokens: int = 4096, base_shift: float = 0.5,
+                     max_shift: float = 1.15) -> float:
+    """The `shift` diffusers' FLUX/SD3 pipelines pick from the image token count (their "dynamic shifting"):
+    `exp(mu)`, `mu` linear in the count from `base_shift` at `base_tokens` to `max_shift` at `max_tokens`
+    (`calculate_shift`). Their scheduler's exponential `time_shift(mu, 1, t) = e^mu / (e^mu + 1/t - 1)` is
+    `shift_times(t, e^mu)`. FLUX.1 at 1024 px (4,096 tokens) gets e^1.15 ≈ 3.16."""
+    slope = (max_shift - base_shift) / (max_tokens - base_tokens)
+    return math.exp(base_shift + slope * (image_tokens - base_tokens))

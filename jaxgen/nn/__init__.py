@@ -1,4 +1,5 @@
 """Layers used by two or more papers: `attention` dispatches to dense / cuDNN / block-sparse / SVG backends by name;
 `transformer` holds the one adaLN-Zero block of the diffusion transformers (image DiT, SVG's video DiT, benchmarks);
 `embeddings` the timestep, class and 2D position embeddings; `dit` the image DiT and its diffusers loader
-(`safetensors_io` reads the weights lazily); `classifiers` the small MLP/CNN image classifiers."""
+(`safetensors_io` reads the weights lazily, `porting` maps them by name table); `flux` FLUX.1's transformer and
+its pipeline helpers; `classifiers` the small MLP/CNN image classifiers."""

@@ -26,7 +26,6 @@ captions: `y=None` uses the timestep alone for adaLN, as PixArt does.
 
 from __future__ import annotations
 
-import json
 import math
 from collections.abc import Mapping
 from pathlib import Path
@@ -37,9 +36,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxgen.core import sharding as sharding_lib
 from jaxgen.nn import attention as nn_attention
-from jaxgen.nn import safetensors_io
+from jaxgen.nn import porting, safetensors_io
 from jaxgen.nn.embeddings import LabelEmbedding, TimestepEmbedding, sincos_2d
 from jaxgen.nn.transformer import XAVIER, partitioned, scanned_blocks
 
@@ -169,10 +167,6 @@ class DiT(nn.Module):
 # diffusers weights
 # ---------------------------------------------------------------------------------------------------------------------
 
-def _linear(w):  # torch Linear weight [out, in] -> Dense kernel [in, out]
-    return w.T
-
-
 def _patch_conv(w):  # Conv2d [width, c, p, p] -> Dense on patches ordered (row, column, channel)
     return w.transpose(2, 3, 1, 0).reshape(-1, w.shape[0])
 
@@ -189,10 +183,6 @@ def _out_kernel(heads):
     return lambda w: w.T.reshape(heads, -1, w.shape[0])
 
 
-def _same(x):
-    return x
-
-
 # Our parameter path <- diffusers tensor names (`{i}`: the block index; those rows are stacked over blocks) and the
 # conversion. diffusers gives every block its own copy of the timestep and class embeddings (the official conversion
 # writes the same tensors into each); we read block 0's, and `from_diffusers` checks that the copies agree.
@@ -203,26 +193,26 @@ def _table(heads: int) -> dict[str, tuple[list[str], Any]]:
     blk = "transformer_blocks.{i}."
     rows = [
         ("patch_embed/kernel", ["pos_embed.proj.weight"], _patch_conv),
-        ("patch_embed/bias", ["pos_embed.proj.bias"], _same),
-        ("t_embed/linear_1/kernel", [_EMB + "timestep_embedder.linear_1.weight"], _linear),
-        ("t_embed/linear_1/bias", [_EMB + "timestep_embedder.linear_1.bias"], _same),
-        ("t_embed/linear_2/kernel", [_EMB + "timestep_embedder.linear_2.weight"], _linear),
-        ("t_embed/linear_2/bias", [_EMB + "timestep_embedder.linear_2.bias"], _same),
-        ("class_embed/embedding", [_EMB + "class_embedder.embedding_table.weight"], _same),
-        ("blocks/adaln/kernel", [blk + "norm1.linear.weight"], _linear),
-        ("blocks/adaln/bias", [blk + "norm1.linear.bias"], _same),
+        ("patch_embed/bias", ["pos_embed.proj.bias"], porting.same),
+        ("t_embed/linear_1/kernel", [_EMB + "timestep_embedder.linear_1.weight"], porting.linear),
+        ("t_embed/linear_1/bias", [_EMB + "timestep_embedder.linear_1.bias"], porting.same),
+        ("t_embed/linear_2/kernel", [_EMB + "timestep_embedder.linear_2.weight"], porting.linear),
+        ("t_embed/linear_2/bias", [_EMB + "timestep_embedder.linear_2.bias"], porting.same),
+        ("class_embed/embedding", [_EMB + "class_embedder.embedding_table.weight"], porting.same),
+        ("blocks/adaln/kernel", [blk + "norm1.linear.weight"], porting.linear),
+        ("blocks/adaln/bias", [blk + "norm1.linear.bias"], porting.same),
         ("blocks/attn/qkv/kernel", [blk + f"attn1.to_{n}.weight" for n in "qkv"], _qkv_kernel(heads)),
         ("blocks/attn/qkv/bias", [blk + f"attn1.to_{n}.bias" for n in "qkv"], _qkv_bias(heads)),
         ("blocks/attn/out/kernel", [blk + "attn1.to_out.0.weight"], _out_kernel(heads)),
-        ("blocks/attn/out/bias", [blk + "attn1.to_out.0.bias"], _same),
-        ("blocks/Dense_0/kernel", [blk + "ff.net.0.proj.weight"], _linear),
-        ("blocks/Dense_0/bias", [blk + "ff.net.0.proj.bias"], _same),
-        ("blocks/Dense_1/kernel", [blk + "ff.net.2.weight"], _linear),
-        ("blocks/Dense_1/bias", [blk + "ff.net.2.bias"], _same),
-        ("final_adaln/kernel", ["proj_out_1.weight"], _linear),
-        ("final_adaln/bias", ["proj_out_1.bias"], _same),
-        ("unpatchify/kernel", ["proj_out_2.weight"], _linear),
-        ("unpatchify/bias", ["proj_out_2.bias"], _same),
+        ("blocks/attn/out/bias", [blk + "attn1.to_out.0.bias"], porting.same),
+        ("blocks/Dense_0/kernel", [blk + "ff.net.0.proj.weight"], porting.linear),
+        ("blocks/Dense_0/bias", [blk + "ff.net.0.proj.bias"], porting.same),
+        ("blocks/Dense_1/kernel", [blk + "ff.net.2.weight"], porting.linear),
+        ("blocks/Dense_1/bias", [blk + "ff.net.2.bias"], porting.same),
+        ("final_adaln/kernel", ["proj_out_1.weight"], porting.linear),
+        ("final_adaln/bias", ["proj_out_1.bias"], porting.same),
+        ("unpatchify/kernel", ["proj_out_2.weight"], porting.linear),
+        ("unpatchify/bias", ["proj_out_2.bias"], porting.same),
     ]
     return {path: (names, convert) for path, names, convert in rows}
 
@@ -268,36 +258,14 @@ def from_diffusers(model_dir: str | Path, *, dtype: Any = jnp.float32, mesh: jax
     fields (`dtype` of compute, `attention_backend`, `remat`); parameter shapes do not depend on them.
     Returns params as `{"params": ...}`, ready for `module.apply(params, x, t, y)`.
     """
-    model_dir = Path(model_dir)
-    config_path = model_dir / "config.json"
-    if not config_path.is_file():
-        raise FileNotFoundError(f"from_diffusers: no config.json in {model_dir} (expected a save_pretrained folder)")
-    config = json.loads(config_path.read_text())
+    config = porting.read_config(model_dir, ["DiTTransformer2DModel"])
     module = module_from_config(config, **overrides)
     reader = safetensors_io.open_checkpoint(model_dir, "diffusion_pytorch_model")
     _check_tied_embeddings(reader, module.depth)
-
-    table = _table(module.num_heads)
     boxed = jax.eval_shape(module.init, jax.random.key(0), *_example_inputs(module, 2 * module.patch_size))["params"]
-    abstract = nn.unbox(boxed)
-    flat_shardings = _flatten(sharding_lib.variable_shardings(boxed, mesh)) if mesh is not None else {}
-    params = {}
-    for key_path, leaf in jax.tree_util.tree_flatten_with_path(abstract)[0]:
-        path = "/".join(k.key for k in key_path)
-        if path not in table:
-            raise ValueError(f"from_diffusers: parameter {path} {leaf.shape} has no entry in the name table")
-        names, convert = table[path]
-        if "{i}" in names[0]:  # one tensor per block, stacked on the scan's "layers" axis
-            value = np.stack([convert(*(reader.get(n.format(i=i)) for n in names)) for i in range(module.depth)])
-        else:
-            value = convert(*(reader.get(n) for n in names))
-        if value.shape != leaf.shape:
-            raise ValueError(f"from_diffusers: {path} converts to {value.shape}, the module expects {leaf.shape}")
-        params[path] = _place(value.astype(dtype), flat_shardings.get(path))
-    leftover = sorted(set(reader.names) - reader.used)
-    if leftover:
-        raise ValueError(f"from_diffusers: {len(leftover)} tensors in {model_dir} map to nothing: {leftover[:5]}")
-    return module, {"params": _unflatten(params)}
+    params = porting.load_params(reader, boxed, _table(module.num_heads), lambda path: module.depth, dtype=dtype,
+                                 mesh=mesh, source=str(model_dir))
+    return module, params
 
 
 def _example_inputs(module: DiT, size: int):
@@ -313,28 +281,6 @@ def _check_tied_embeddings(reader, depth: int) -> None:
                 raise ValueError(f"from_diffusers: block {i}'s {name[len(_EMB):]} differs from block 0's; this DiT "
                                  f"keeps one timestep/class embedding shared by all blocks (the official checkpoints "
                                  f"tie them)")
-
-
-def _place(value: np.ndarray, sharding):
-    if sharding is None:
-        return jnp.asarray(value)
-    return jax.make_array_from_callback(value.shape, sharding, lambda index: value[index])
-
-
-def _flatten(tree) -> dict[str, Any]:
-    leaves = jax.tree_util.tree_flatten_with_path(tree, is_leaf=lambda x: isinstance(x, jax.sharding.Sharding))[0]
-    return {"/".join(k.key for k in key_path): leaf for key_path, leaf in leaves}
-
-
-def _unflatten(flat: Mapping[str, Any]) -> dict:
-    tree: dict = {}
-    for path, value in flat.items():
-        *parents, leaf = path.split("/")
-        node = tree
-        for part in parents:
-            node = node.setdefault(part, {})
-        node[leaf] = value
-    return tree
 
 
 def num_params(module: DiT, image_size: int) -> int:
