@@ -1,0 +1,52 @@
+"""The Flax port of Wan2.1 (`jaxgen.projects.svg.wan`) against diffusers' `WanTransformer3DModel` on random weights,
+through `from_diffusers` (float32, CPU); the named configs' sizes from shapes alone."""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from tests.support.numerics import rel_err
+from tests.support.parity import require
+
+torch = require("torch")
+diffusers = require("diffusers")
+
+from jaxgen.projects.svg import from_diffusers, ports, wan  # noqa: E402
+
+
+def reference_model(seed: int = 0):
+    """A tiny diffusers Wan with every tensor random (norm weights and tables included), so a mapping that swapped
+    or dropped one could not pass by their default values."""
+    torch.manual_seed(seed)
+    model = diffusers.WanTransformer3DModel(patch_size=(1, 2, 2), **wan.CONFIGS["tiny"]).eval()
+    with torch.no_grad():
+        for param in model.parameters():
+            param.copy_(torch.randn_like(param) * 0.3)
+    return model
+
+
+def test_matches_diffusers_through_a_sharded_checkpoint(tmp_path):
+    model = reference_model()
+    model.save_pretrained(tmp_path, max_shard_size="20KB")
+    assert (tmp_path / "diffusion_pytorch_model.safetensors.index.json").is_file()
+    module, params = from_diffusers(tmp_path)
+    assert isinstance(module, wan.WanTransformer)
+
+    rng = np.random.default_rng(0)
+    latents = rng.normal(size=(2, 3, 6, 8, 4)).astype(np.float32)  # [batch, frames, height, width, channels]
+    text = rng.normal(size=(2, 5, 16)).astype(np.float32)
+    timestep = np.array([999.0, 137.5], np.float32)
+    with torch.no_grad():
+        expected = model(torch.from_numpy(latents.transpose(0, 4, 1, 2, 3)), torch.from_numpy(timestep),
+                         torch.from_numpy(text)).sample.numpy().transpose(0, 2, 3, 4, 1)
+    out = jax.jit(module.apply)(params, jnp.asarray(latents), jnp.asarray(timestep), jnp.asarray(text))
+    assert out.shape == latents.shape == expected.shape
+    assert rel_err(out, expected) <= 1e-5, rel_err(out, expected)  # the bar is 1e-4; measured 2.9e-7
+
+
+def test_named_configs_have_the_released_sizes():
+    """Wan2.1-T2V-1.3B and -14B, counted from shapes with jax.eval_shape (nothing allocated)."""
+    assert ports.num_params(wan.named("1.3B"), wan.PORT) == 1_418_996_800
+    assert ports.num_params(wan.named("14B"), wan.PORT) == 14_288_491_584
