@@ -224,7 +224,8 @@ class WanTransformer(nn.Module):
 
 
 def from_config(config: Mapping[str, Any], **overrides) -> WanTransformer:
-    """Our module for a diffusers `WanTransformer3DModel` config.json (text-to-video); `overrides` set run-time fields."""
+    """Our module for a diffusers `WanTransformer3DModel` config.json (text-to-video); `overrides` set run-time
+    fields."""
     unsupported = {key: config[key] for key in ("image_dim", "added_kv_proj_dim", "pos_embed_seq_len")
                    if config.get(key) is not None}
     if config.get("qk_norm", "rms_norm_across_heads") != "rms_norm_across_heads":
