@@ -37,7 +37,7 @@ from jaxgen.nn import attention as nn_attention
 from jaxgen.projects.svg import masks
 from jaxgen.projects.svg.gating import DenseGate
 from jaxgen.projects.svg.layout import VideoLayout, heads_to_frame_major, heads_to_token_major
-from jaxgen.projects.svg.profiling import CRITERIA, profile_heads, sample_rows
+from jaxgen.projects.svg.profiling import CRITERIA, profile_heads_and_recall, sample_rows
 from pallas_kernels.block_sparse_attention import block_sparse_attention
 
 
@@ -67,21 +67,21 @@ class MaskOptions:
                                              "implementation", "mask_options"))
 def _svg(q, k, v, density, rng, *, layout: VideoLayout, num_sampled_rows: int, block_q: int, block_kv: int,
          sm_scale: float, implementation: str | None, mask_options: MaskOptions):
-    """Returns (out, head_is_temporal [batch, heads], the density the kernel ran at)."""
+    """Returns (out, head_is_temporal [batch, heads], the density the kernel ran at, recall [batch, heads])."""
     sink = layout.frame_tokens if mask_options.sink_first_frame else 0
     band = masks.band_for_density(layout, density, block_q=block_q, block_kv=block_kv, sink_tokens=sink)
     band_mask = masks.band_block_mask(layout, band, block_q=block_q, block_kv=block_kv, sink_tokens=sink)
     rows = sample_rows(rng, layout, num_sampled_rows)
-    head_is_temporal, _ = profile_heads(q, k, v, rows, band_mask, layout, block_q=block_q, block_kv=block_kv,
-                                        sm_scale=sm_scale, criterion=mask_options.profile,
-                                        official_frames=mask_options.official_frames, sink_tokens=sink)
+    head_is_temporal, _, recall = profile_heads_and_recall(
+        q, k, v, rows, band_mask, layout, block_q=block_q, block_kv=block_kv, sm_scale=sm_scale,
+        criterion=mask_options.profile, official_frames=mask_options.official_frames, sink_tokens=sink)
     q, k, v = (heads_to_token_major(x, head_is_temporal, layout) for x in (q, k, v))
     block_mask = jnp.broadcast_to(band_mask, (1, q.shape[2], *band_mask.shape))
     out = block_sparse_attention(q, k, v, block_mask, block_q=block_q, block_kv=block_kv, sm_scale=sm_scale,
                                  implementation=implementation)
     out = heads_to_frame_major(out, head_is_temporal, layout)
     density_run = masks.block_mask_density(band_mask, layout, block_q=block_q, block_kv=block_kv)
-    return out, head_is_temporal, density_run
+    return out, head_is_temporal, density_run, recall
 
 
 def _run(q, k, v, layout, density, num_sampled_rows, rng, block_q, block_kv, sm_scale, implementation,
@@ -114,7 +114,7 @@ def svg_attention(q: jax.Array, k: jax.Array, v: jax.Array, layout: VideoLayout,
     Returns:
       `(out [batch, seq, heads, head_dim] in q's dtype, head_is_temporal bool [batch, heads])`.
     """
-    out, head_is_temporal, _ = _run(q, k, v, layout, density, num_sampled_rows, rng, block_q, block_kv, sm_scale,
+    out, head_is_temporal, _, _ = _run(q, k, v, layout, density, num_sampled_rows, rng, block_q, block_kv, sm_scale,
                                     implementation, mask_options)
     return out, head_is_temporal
 
@@ -127,7 +127,8 @@ def svg_backend(q, k, v, *, bias=None, mask=None, context: nn_attention.Attentio
 
     Reads context.video_layout and context.rng; with a gate that can fire, also context.step/num_steps/layer/
     num_layers. Gated calls run `dense_backend` ("cudnn" on GPU) under `lax.cond`, so a traced step or layer index
-    picks the branch at run time. aux: `head_is_temporal` `[batch, heads]` (all False on dense calls) and `density`
+    picks the branch at run time. aux: `head_is_temporal` `[batch, heads]` (all False on dense calls), `recall`
+    `[batch, heads]` (the softmax mass the computed mask keeps on the profiled rows; 1.0 on dense calls) and `density`
     (what was computed, 1.0 on dense calls).
     """
     nn_attention.reject_bias_and_mask("svg", q, bias, mask)
@@ -140,7 +141,7 @@ def svg_backend(q, k, v, *, bias=None, mask=None, context: nn_attention.Attentio
                     sm_scale, implementation, mask_options)
 
     if gate.never_dense:
-        out, head_is_temporal, density_run = sparse(q, k, v)
+        out, head_is_temporal, density_run, recall = sparse(q, k, v)
     else:
         missing = [f for f in ("step", "num_steps", "layer", "num_layers") if getattr(context, f) is None]
         if missing:
@@ -148,12 +149,13 @@ def svg_backend(q, k, v, *, bias=None, mask=None, context: nn_attention.Attentio
 
         def dense(q, k, v):
             out, _ = nn_attention.get_backend(dense_backend)(q, k, v, context=context, sm_scale=sm_scale)
-            return out.astype(q.dtype), jnp.zeros((q.shape[0], q.shape[2]), bool), jnp.float32(1.0)
+            heads = (q.shape[0], q.shape[2])
+            return out.astype(q.dtype), jnp.zeros(heads, bool), jnp.float32(1.0), jnp.ones(heads, jnp.float32)
 
         is_dense = gate.is_dense(step=context.step, num_steps=context.num_steps, layer=context.layer,
                                  num_layers=context.num_layers)
-        out, head_is_temporal, density_run = lax.cond(is_dense, dense, sparse, q, k, v)
-    return out, {"head_is_temporal": head_is_temporal, "density": density_run}
+        out, head_is_temporal, density_run, recall = lax.cond(is_dense, dense, sparse, q, k, v)
+    return out, {"head_is_temporal": head_is_temporal, "density": density_run, "recall": recall}
 
 
 nn_attention.register_backend("svg", svg_backend)

@@ -106,6 +106,23 @@ def profile_heads(q: jax.Array, k: jax.Array, v: jax.Array, rows: jax.Array, ban
     """Returns (head_is_temporal bool `[batch, heads]`, mse f32 `[2, batch, heads]` for (spatial, temporal)).
 
     `criterion` names the candidate masks (`CRITERIA`); "official" reads `official_frames` and `sink_tokens`."""
+    head_is_temporal, mse, _ = profile_heads_and_recall(
+        q, k, v, rows, band_mask, layout, block_q=block_q, block_kv=block_kv, sm_scale=sm_scale, criterion=criterion,
+        official_frames=official_frames, sink_tokens=sink_tokens)
+    return head_is_temporal, mse
+
+
+def profile_heads_and_recall(q: jax.Array, k: jax.Array, v: jax.Array, rows: jax.Array, band_mask: jax.Array,
+                             layout: VideoLayout, *, block_q: int, block_kv: int, sm_scale: float,
+                             criterion: str = "kernel", official_frames: float = 2.0,
+                             sink_tokens: int = 0) -> tuple[jax.Array, jax.Array, jax.Array]:
+    """`profile_heads` plus the attention recall of the chosen masks, f32 `[batch, heads]`.
+
+    Recall (the paper's quality measure) is the share of each sampled row's exact softmax mass that falls inside the
+    keys the kernel will compute for that head (`band_mask`, seen through the head's chosen order), averaged over
+    the rows: 1.0 when nothing is cut. It reuses the profiling logits, so it costs one more reduction over
+    `[batch, heads, t, seq]`. Rows are video rows only; text rows are dense under every mask (recall 1).
+    """
     layout.check_seq_len(q.shape[1], f"q of shape {q.shape}")
     if criterion not in CRITERIA:
         raise ValueError(f"unknown SVG profiling criterion {criterion!r}; known: {sorted(CRITERIA)}")
@@ -115,4 +132,9 @@ def profile_heads(q: jax.Array, k: jax.Array, v: jax.Array, rows: jax.Array, ban
                                             frames=official_frames, sink_tokens=sink_tokens)
     mse = jnp.stack([jnp.mean((_attend(logits, v, mask) - exact) ** 2, axis=(2, 3))
                      for mask in (spatial, temporal)])
-    return mse[1] < mse[0], mse
+    head_is_temporal = mse[1] < mse[0]
+    if criterion != "kernel":  # recall is measured against what the kernel runs, whatever chose the class
+        spatial, temporal = row_masks(rows, band_mask, layout, block_q=block_q, block_kv=block_kv)
+    probabilities = jax.nn.softmax(logits, axis=-1)
+    kept = [jnp.mean(jnp.sum(jnp.where(mask, probabilities, 0.0), -1), -1) for mask in (spatial, temporal)]
+    return head_is_temporal, mse, jnp.where(head_is_temporal, kept[1], kept[0])

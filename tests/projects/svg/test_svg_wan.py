@@ -1,5 +1,5 @@
-"""SVG on the Wan2.1 port: density 1.0 equals dense attention on a sequence that is no multiple of the block, the
-first-frame sink keys and the official profiling candidates against numpy constructions."""
+"""SVG on the Wan2.1 port: density 1.0 equals dense attention on a sequence that is no multiple of the block; the
+first-frame sink keys, the official profiling candidates and attention recall against numpy constructions."""
 
 import flax.linen as nn
 import jax
@@ -10,7 +10,7 @@ import pytest
 import svg_brute_force as brute
 from jaxgen.projects.svg import VideoLayout, band_block_mask, band_for_density, svg_attention, wan
 from jaxgen.projects.svg.attention import MaskOptions
-from jaxgen.projects.svg.profiling import official_row_masks
+from jaxgen.projects.svg.profiling import official_row_masks, profile_heads_and_recall, sample_rows
 from support.numerics import rel_err
 
 WAN_LAYOUT = VideoLayout(num_frames=3, frame_tokens=16, text_tokens=0)
@@ -77,3 +77,24 @@ def test_official_candidates_are_the_official_masks(frames, sink):
     expected_spatial, expected_temporal = brute.official_candidates(layout, frames, sink)
     np.testing.assert_array_equal(spatial, expected_spatial[np.asarray(rows)])
     np.testing.assert_array_equal(temporal, expected_temporal[np.asarray(rows)])
+
+
+def test_recall_is_the_softmax_mass_inside_each_heads_kernel_mask():
+    classes = np.array([[0, 1, 1, 0]])
+    q, k, v = brute.planted_qkv(WAN_LAYOUT, classes, head_dim=16, strength=1.0, seed=1)
+    sink = WAN_LAYOUT.frame_tokens
+    band_mask = band_block_mask(WAN_LAYOUT, 5, block_q=8, block_kv=8, sink_tokens=sink)
+    rows = sample_rows(jax.random.key(0), WAN_LAYOUT, 12)
+    head_is_temporal, _, recall = profile_heads_and_recall(q, k, v, rows, band_mask, WAN_LAYOUT, block_q=8,
+                                                           block_kv=8, sm_scale=0.25, criterion="official",
+                                                           official_frames=2.0, sink_tokens=sink)
+    mask = brute.blocks_to_tokens(band_mask, WAN_LAYOUT.seq_len, 8, 8)
+    where = np.argsort(brute.token_major_source(WAN_LAYOUT))
+    logits = np.einsum("qhd,khd->hqk", q[0, np.asarray(rows)].astype(np.float64), k[0].astype(np.float64)) * 0.25
+    weights = np.exp(logits - logits.max(-1, keepdims=True))
+    weights /= weights.sum(-1, keepdims=True)
+    for h in range(4):
+        head_mask = mask[where][:, where] if head_is_temporal[0, h] else mask
+        expected = (weights[h] * head_mask[np.asarray(rows)]).sum(-1).mean()
+        np.testing.assert_allclose(recall[0, h], expected, rtol=1e-5)
+    assert 0.0 < float(recall.min()) < 0.99
