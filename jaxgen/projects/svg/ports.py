@@ -69,16 +69,17 @@ def read_config(model_dir: str | Path) -> dict:
 
 
 def from_diffusers(model_dir: str | Path, *, dtype: Any = jnp.float32, mesh: jax.sharding.Mesh | None = None,
-                   **overrides) -> tuple[nn.Module, dict]:
+                   compute_dtype: Any = None, **overrides) -> tuple[nn.Module, dict]:
     """`(module, {"params": ...})` from a diffusers `save_pretrained` folder, the port chosen by `_class_name`.
 
-    Parameters come as `dtype` arrays. With `mesh`, each goes straight into the shards its logical axes give it
-    (`jaxgen.core.sharding.LOGICAL_AXIS_RULES`); without, onto the default device. `overrides` set module fields
-    that create no parameters (compute `dtype`, `attention_backend`, `attention_options`, `remat`).
+    Parameters come as `dtype` arrays, and the module computes in `compute_dtype` (default: `dtype`). With `mesh`,
+    each parameter goes straight into the shards its logical axes give it (`jaxgen.core.sharding.LOGICAL_AXIS_RULES`);
+    without, onto the default device. `overrides` set module fields that create no parameters
+    (`attention_backend`, `attention_options`, `remat`).
     """
     config = read_config(model_dir)
     port = get_port(config["_class_name"])
-    module = port.module_from_config(config, **overrides)
+    module = port.module_from_config(config, **{"dtype": compute_dtype or dtype, **overrides})
     reader = safetensors_io.open_checkpoint(model_dir, "diffusion_pytorch_model")
     boxed = jax.eval_shape(module.init, jax.random.key(0), *port.example_inputs(module))["params"]
     shardings = _flatten(sharding_lib.variable_shardings(boxed, mesh)) if mesh is not None else {}
