@@ -18,11 +18,14 @@ frame, which is exactly what the official code computes too (its mask is built o
 shared by both kinds of head, for the kernel and for profiling alike).
 
 `density` is the fraction of the `seq x seq` attention map the kernel computes, i.e. the token area of the active
-blocks, sink and text included. The official flag called "sparsity" is close to it but not the same number: the
-official code turns it into a band width (`sparsity_to_width`, in frames, after subtracting the text rows and
-columns) and rounds that band up to whole 128-token blocks, then adds the sink on top; it never measures the area
-its block mask ends up with. jaxgen instead searches for the narrowest band whose block mask reaches `density`
-(sink and text counted), so the density computed is at least `density`, and it reports it (`block_mask_density`).
+blocks, sink and text included. The official flag called "sparsity" is close to it but not the same number. The
+official code (`sparsity_to_width`) subtracts the text rows and columns from `sparsity * seq^2`, takes the half-width
+`w = seq (1 - sqrt(1 - s))` whose token-level band has that area, and then rounds `w` to a multiple of 128 tokens
+per model: down, with `|i - j| < w` (HunyuanVideo: the area lands a little below `s`, e.g. 0.2489 for 0.25 at 720p
+as measured when the two codes were compared), or up, with `|i - j| <= w` and the sink added on top (Wan: above).
+It never measures the area of the blocks its kernel then computes. jaxgen instead searches for the narrowest band
+whose block mask reaches `density` (sink and text counted), so the density computed is at least `density`, and it
+reports it (`block_mask_density`).
 """
 
 from __future__ import annotations
