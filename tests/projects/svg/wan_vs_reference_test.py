@@ -3,6 +3,8 @@ through `from_diffusers` (float32, CPU); the named configs' sizes from shapes al
 
 from __future__ import annotations
 
+import json
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -53,18 +55,24 @@ def test_named_configs_have_the_released_sizes():
 
 
 def test_generate_samples_dense_and_svg_from_a_saved_model(tmp_path):
-    """The `jaxgen run` entry of the wan_* recipes on the tiny model: files written, SVG at density 1.0 = dense."""
-    from jaxgen.projects.svg import generate
+    """The `jaxgen run` entry of the wan_* recipes on the tiny model: SVG with the official warm-up (the first of two
+    steps dense) next to dense, from the same noise; files and the diagnostics in metrics.json."""
+    from jaxgen.projects.svg import DenseGate, generate
     from jaxgen.projects.svg.sampling import FlowSchedule
 
     reference_model().save_pretrained(tmp_path / "model")
     np.savez(tmp_path / "prompt.npz", prompt_embeds=np.random.default_rng(0).normal(size=(1, 3, 16)))
     result = generate.run(workdir=tmp_path / "run", model_dir=str(tmp_path / "model"),
-                          embeddings=str(tmp_path / "prompt.npz"), latent_shape=(2, 4, 4),
-                          schedule=FlowSchedule(num_steps=2, shift=3.0, guidance_scale=1.0), densities=(1.0,),
-                          svg_options={"block_q": 8, "block_kv": 8, "implementation": "reference"},
+                          embeddings=str(tmp_path / "prompt.npz"), latent_shape=(2, 4, 6),
+                          schedule=FlowSchedule(num_steps=2, shift=3.0, guidance_scale=1.0), densities=(0.3,),
+                          svg_options={"block_q": 8, "block_kv": 8, "implementation": "reference",
+                                       "gate": DenseGate(dense_step_fraction=0.5)},
                           dense_backend="dense", dtype="float32")
-    metrics = result.eval_results["generate"]
-    assert metrics["relative_l2_to_dense_d1"] < 1e-5 and metrics["recall_d1"] == 1.0
-    latents = np.load(tmp_path / "run" / "latents_svg_d1.npy")
-    assert latents.shape == (1, 2, 4, 4, 4) and np.isfinite(latents).all()
+    metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())["d0.3"]
+    assert metrics["sparse_call_fraction"] == 0.5  # step 0 of 2 dense, in both layers
+    assert metrics["computed_density_sparse_calls"] < 1.0 and 0.0 < metrics["recall"] < 1.0
+    assert len(metrics["recall_by_layer"]) == 2
+    assert 0.0 < result.eval_results["generate"]["relative_l2_to_dense_d0.3"] < 1.0
+    for name in ("latents_dense.npy", "latents_svg_d0.3.npy"):
+        latents = np.load(tmp_path / "run" / name)
+        assert latents.shape == (1, 2, 4, 6, 4) and np.isfinite(latents).all()
