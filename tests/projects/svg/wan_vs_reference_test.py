@@ -15,6 +15,7 @@ from tests.support.parity import require
 torch = require("torch")
 diffusers = require("diffusers")
 
+from jaxgen.core import mesh as mesh_lib  # noqa: E402
 from jaxgen.projects.svg import from_diffusers, ports, wan  # noqa: E402
 
 
@@ -46,6 +47,14 @@ def test_matches_diffusers_through_a_sharded_checkpoint(tmp_path):
     out = jax.jit(module.apply)(params, jnp.asarray(latents), jnp.asarray(timestep), jnp.asarray(text))
     assert out.shape == latents.shape == expected.shape
     assert rel_err(out, expected) <= 1e-5, rel_err(out, expected)  # the bar is 1e-4; measured 2.9e-7
+
+    # The same shards straight into bfloat16 on a mesh (one CPU device here: the code path, not the split).
+    mesh = mesh_lib.make_mesh(mesh_lib.MeshConfig(data=1, fsdp=-1))
+    module16, params16 = from_diffusers(tmp_path, dtype=jnp.bfloat16, mesh=mesh)
+    assert module16.dtype == jnp.bfloat16
+    for leaf, leaf16 in zip(jax.tree.leaves(params), jax.tree.leaves(params16)):
+        assert leaf16.dtype == jnp.bfloat16 and leaf16.sharding.mesh.shape == mesh.shape
+        np.testing.assert_array_equal(np.asarray(leaf16), np.asarray(leaf).astype(leaf16.dtype))
 
 
 def test_named_configs_have_the_released_sizes():
