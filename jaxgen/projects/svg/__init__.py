@@ -6,11 +6,12 @@
 (online head classification), `gating` (dense steps/layers), `attention` (the op and the backend). To run it on:
 `model` (a CogVideoX/Hunyuan-style video DiT trained here), `task` (flow-matching training, dense vs SVG sampling and
 comparison; PSNR/SSIM from `jaxgen.metrics.image`), `media` (GIFs, frame strips, head maps), and the real models:
-`ports.from_diffusers` loads a diffusers video transformer into its Flax port (`wan`: Wan2.1), `sampling` runs
-their flow-matching samplers from precomputed text embeddings.
+`ports.from_diffusers` loads a diffusers video transformer into its Flax port (`wan`: Wan2.1, `cogvideox`:
+CogVideoX-1.5), `sampling` runs flow-matching samplers from precomputed text embeddings, `generate` is the recipes'
+`jaxgen run` entry.
 """
 
-from jaxgen.projects.svg import wan  # noqa: F401  (registers its port)
+from jaxgen.projects.svg import cogvideox, wan  # noqa: F401  (each registers its port)
 from jaxgen.projects.svg.attention import svg_attention, svg_backend
 from jaxgen.projects.svg.gating import DenseGate
 from jaxgen.projects.svg.layout import VideoLayout, to_frame_major, to_token_major
