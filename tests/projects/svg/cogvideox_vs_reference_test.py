@@ -1,5 +1,6 @@
 """The Flax port of CogVideoX-1.5 (`jaxgen.projects.svg.cogvideox`) against diffusers' `CogVideoXTransformer3DModel`
-on random weights, through `from_diffusers` (float32, CPU), with the pipeline's rotary embeddings."""
+on random weights, through `from_diffusers` (float32, CPU), with the pipeline's rotary embeddings; SVG at density 1.0
+on the port equals its dense forward."""
 
 from __future__ import annotations
 
@@ -38,9 +39,20 @@ def test_matches_diffusers_with_the_pipelines_rotary_embeddings(tmp_path):
     with torch.no_grad():
         expected = model(torch.from_numpy(latents.transpose(0, 1, 4, 2, 3)), torch.from_numpy(text),
                          torch.from_numpy(timestep), image_rotary_emb=rope).sample.numpy().transpose(0, 1, 3, 4, 2)
-    out = jax.jit(module.apply)(params, jnp.asarray(latents), jnp.asarray(timestep), jnp.asarray(text))
+    svg = module.clone(attention_backend="svg", attention_options=dict(density=1.0, block_q=8, block_kv=8,
+                                                                       implementation="reference"))
+
+    @jax.jit
+    def both(params, latents, timestep, text):
+        return module.apply(params, latents, timestep, text), svg.apply(params, latents, timestep, text,
+                                                                        rng=jax.random.key(0))
+
+    out, svg_out = both(params, jnp.asarray(latents), jnp.asarray(timestep), jnp.asarray(text))
     assert out.shape == latents.shape == expected.shape
     assert rel_err(out, expected) <= 1e-5, rel_err(out, expected)  # the bar is 1e-4; measured 2.9e-7
+    # SVG at density 1.0 on the joint sequence (5 text tokens first, 24 video tokens; blocks of 8) is the dense model.
+    assert module.layout(latents.shape, 5).seq_len == 29
+    assert rel_err(svg_out, out) < 1e-5
 
 
 def test_the_1_5_config_has_the_released_size():

@@ -64,24 +64,35 @@ def test_named_configs_have_the_released_sizes():
 
 
 def test_generate_samples_dense_and_svg_from_a_saved_model(tmp_path):
-    """The `jaxgen run` entry of the wan_* recipes on the tiny model: SVG with the official warm-up (the first of two
-    steps dense) next to dense, from the same noise; files and the diagnostics in metrics.json."""
+    """The `jaxgen run` entry of the wan_* recipes on the tiny model. Dense: two guided Euler steps at the shifted
+    times, checked against direct model calls. SVG, from the same noise, with the official warm-up (the first of the
+    two steps dense): files and diagnostics in metrics.json."""
     from jaxgen.projects.svg import DenseGate, generate
     from jaxgen.projects.svg.sampling import FlowSchedule
 
     reference_model().save_pretrained(tmp_path / "model")
-    np.savez(tmp_path / "prompt.npz", prompt_embeds=np.random.default_rng(0).normal(size=(1, 3, 16)))
+    rng = np.random.default_rng(0)
+    text, negative = (rng.normal(size=(1, 3, 16)).astype(np.float32) for _ in range(2))
+    np.savez(tmp_path / "prompt.npz", prompt_embeds=text, negative_prompt_embeds=negative)
     result = generate.run(workdir=tmp_path / "run", model_dir=str(tmp_path / "model"),
                           embeddings=str(tmp_path / "prompt.npz"), latent_shape=(2, 4, 6),
-                          schedule=FlowSchedule(num_steps=2, shift=3.0, guidance_scale=1.0), densities=(0.3,),
+                          schedule=FlowSchedule(num_steps=2, shift=3.0, guidance_scale=4.0), densities=(0.3,),
                           svg_options={"block_q": 8, "block_kv": 8, "implementation": "reference",
                                        "gate": DenseGate(dense_step_fraction=0.5)},
-                          dense_backend="dense", dtype="float32")
+                          dense_backend="dense", dtype="float32", seed=5)
+
+    module, params = from_diffusers(tmp_path / "model")
+    velocity = jax.jit(module.apply)
+    by_hand = jax.random.normal(jax.random.key(5), (1, 2, 4, 6, 4))  # the driver's noise for seed 5
+    for t, t_next in [(1.0, 0.75), (0.75, 0.0)]:  # shift 3: t = 3 s / (1 + 2 s) at s = 1, 0.5, 0
+        cond, uncond = (velocity(params, by_hand, jnp.array([1000.0 * t]), c) for c in (text, negative))
+        by_hand = by_hand + (t_next - t) * (uncond + 4.0 * (cond - uncond))
+    assert rel_err(np.load(tmp_path / "run" / "latents_dense.npy"), by_hand) < 1e-5
+
     metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())["d0.3"]
     assert metrics["sparse_call_fraction"] == 0.5  # step 0 of 2 dense, in both layers
     assert metrics["computed_density_sparse_calls"] < 1.0 and 0.0 < metrics["recall"] < 1.0
     assert len(metrics["recall_by_layer"]) == 2
     assert 0.0 < result.eval_results["generate"]["relative_l2_to_dense_d0.3"] < 1.0
-    for name in ("latents_dense.npy", "latents_svg_d0.3.npy"):
-        latents = np.load(tmp_path / "run" / name)
-        assert latents.shape == (1, 2, 4, 6, 4) and np.isfinite(latents).all()
+    latents = np.load(tmp_path / "run" / "latents_svg_d0.3.npy")
+    assert latents.shape == (1, 2, 4, 6, 4) and np.isfinite(latents).all()
