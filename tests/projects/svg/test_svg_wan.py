@@ -8,9 +8,10 @@ import numpy as np
 import pytest
 
 import svg_brute_force as brute
-from jaxgen.projects.svg import VideoLayout, band_block_mask, band_for_density, svg_attention, wan
+from jaxgen.nn.attention import AttentionContext
+from jaxgen.projects.svg import VideoLayout, band_block_mask, band_for_density, svg_backend, wan
 from jaxgen.projects.svg.attention import MaskOptions
-from jaxgen.projects.svg.profiling import official_row_masks, profile_heads_and_recall, sample_rows
+from jaxgen.projects.svg.profiling import official_row_masks
 from support.numerics import rel_err
 
 WAN_LAYOUT = VideoLayout(num_frames=3, frame_tokens=16, text_tokens=0)
@@ -44,21 +45,25 @@ def test_svg_at_density_one_is_the_dense_wan_forward():
 
 def test_first_frame_sink_is_every_row_seeing_the_first_frame_tokens():
     layout = VideoLayout(4, 16, 8, text_first=True)  # with text, which the sink must not count (Wan's: next test)
-    for band, block_q, block_kv in [(0, 8, 8), (5, 16, 8), (20, 8, 24)]:
+    block_q, block_kv = 8, 12  # kv blocks straddle the sink's end
+    masks = jax.jit(lambda band: band_block_mask(layout, band, block_q=block_q, block_kv=block_kv,
+                                                 sink_tokens=layout.frame_tokens))
+    for band in (0, 5, 20):
         token = brute.with_sink(brute.band_token_mask(layout, band), layout, layout.frame_tokens)
-        got = band_block_mask(layout, band, block_q=block_q, block_kv=block_kv, sink_tokens=layout.frame_tokens)
-        np.testing.assert_array_equal(got, brute.any_per_block(token, block_q, block_kv), err_msg=f"band={band}")
+        np.testing.assert_array_equal(masks(band), brute.any_per_block(token, block_q, block_kv), err_msg=f"{band=}")
 
 
-def test_heads_with_the_sink_attend_under_their_masks():
-    """Planted spatial/temporal heads with the sink: each head's output is brute-force attention under its mask
-    (for temporal heads the sink is the first frame_tokens keys in token-major order, as in the official code)."""
+def test_heads_with_the_sink_attend_under_their_masks_and_report_their_recall():
+    """Planted spatial/temporal heads with the sink, through the "svg" backend: each head's output is brute-force
+    attention under its mask (for temporal heads the sink is the first frame_tokens keys in token-major order, as in
+    the official code), and its recall is the softmax mass inside that mask (64 rows > 48 video tokens: all rows)."""
     classes = np.array([[0, 1, 1, 0]])
     q, k, v = brute.planted_qkv(WAN_LAYOUT, classes, head_dim=16, strength=3.0, seed=0)
-    options = MaskOptions(sink_first_frame=True)
-    out, head_is_temporal = svg_attention(q, k, v, WAN_LAYOUT, density=0.5, rng=jax.random.key(0), block_q=8,
-                                          block_kv=8, implementation="interpret", mask_options=options)
-    np.testing.assert_array_equal(head_is_temporal, classes.astype(bool))
+    context = AttentionContext(rng=jax.random.key(0), video_layout=WAN_LAYOUT)
+    out, aux = jax.jit(lambda q, k, v: svg_backend(q, k, v, context=context, density=0.5, block_q=8, block_kv=8,
+                                                   implementation="reference",
+                                                   mask_options=MaskOptions(sink_first_frame=True)))(q, k, v)
+    np.testing.assert_array_equal(aux["head_is_temporal"], classes.astype(bool))
     sink = WAN_LAYOUT.frame_tokens
     band = band_for_density(WAN_LAYOUT, 0.5, block_q=8, block_kv=8, sink_tokens=sink)
     mask = brute.blocks_to_tokens(band_block_mask(WAN_LAYOUT, band, block_q=8, block_kv=8, sink_tokens=sink),
@@ -67,6 +72,12 @@ def test_heads_with_the_sink_attend_under_their_masks():
     where = np.argsort(brute.token_major_source(WAN_LAYOUT))
     token_masks = np.where(classes.astype(bool)[:, :, None, None], mask[where][:, where], mask)
     assert rel_err(out, brute.masked_attention(q, k, v, token_masks)) < 2e-5
+
+    logits = np.einsum("qhd,khd->hqk", q[0].astype(np.float64), k[0].astype(np.float64)) / 4.0
+    weights = np.exp(logits - logits.max(-1, keepdims=True))
+    weights /= weights.sum(-1, keepdims=True)
+    np.testing.assert_allclose(aux["recall"][0], (weights * token_masks[0]).sum(-1).mean(-1), rtol=1e-5)
+    assert float(aux["recall"].min()) < 0.999
 
 
 @pytest.mark.parametrize("frames, sink", [(2.0, 0), (1.5, 176)])
@@ -78,23 +89,3 @@ def test_official_candidates_are_the_official_masks(frames, sink):
     np.testing.assert_array_equal(spatial, expected_spatial[np.asarray(rows)])
     np.testing.assert_array_equal(temporal, expected_temporal[np.asarray(rows)])
 
-
-def test_recall_is_the_softmax_mass_inside_each_heads_kernel_mask():
-    classes = np.array([[0, 1, 1, 0]])
-    q, k, v = brute.planted_qkv(WAN_LAYOUT, classes, head_dim=16, strength=1.0, seed=1)
-    sink = WAN_LAYOUT.frame_tokens
-    band_mask = band_block_mask(WAN_LAYOUT, 5, block_q=8, block_kv=8, sink_tokens=sink)
-    rows = sample_rows(jax.random.key(0), WAN_LAYOUT, 12)
-    head_is_temporal, _, recall = profile_heads_and_recall(q, k, v, rows, band_mask, WAN_LAYOUT, block_q=8,
-                                                           block_kv=8, sm_scale=0.25, criterion="official",
-                                                           official_frames=2.0, sink_tokens=sink)
-    mask = brute.blocks_to_tokens(band_mask, WAN_LAYOUT.seq_len, 8, 8)
-    where = np.argsort(brute.token_major_source(WAN_LAYOUT))
-    logits = np.einsum("qhd,khd->hqk", q[0, np.asarray(rows)].astype(np.float64), k[0].astype(np.float64)) * 0.25
-    weights = np.exp(logits - logits.max(-1, keepdims=True))
-    weights /= weights.sum(-1, keepdims=True)
-    for h in range(4):
-        head_mask = mask[where][:, where] if head_is_temporal[0, h] else mask
-        expected = (weights[h] * head_mask[np.asarray(rows)]).sum(-1).mean()
-        np.testing.assert_allclose(recall[0, h], expected, rtol=1e-5)
-    assert 0.0 < float(recall.min()) < 0.99
