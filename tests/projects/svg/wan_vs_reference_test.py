@@ -4,6 +4,10 @@ through `from_diffusers` (float32, CPU); the named configs' sizes from shapes al
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
+from pathlib import Path
 
 import jax
 import jax.numpy as jnp
@@ -17,6 +21,9 @@ diffusers = require("diffusers")
 
 from jaxgen.core import mesh as mesh_lib  # noqa: E402
 from jaxgen.projects.svg import from_diffusers, ports, wan  # noqa: E402
+
+
+REPO = Path(__file__).resolve().parents[3]
 
 
 def reference_model(seed: int = 0):
@@ -55,6 +62,34 @@ def test_matches_diffusers_through_a_sharded_checkpoint(tmp_path):
     for leaf, leaf16 in zip(jax.tree.leaves(params), jax.tree.leaves(params16)):
         assert leaf16.dtype == jnp.bfloat16 and leaf16.sharding.mesh.shape == mesh.shape
         np.testing.assert_array_equal(np.asarray(leaf16), np.asarray(leaf).astype(leaf16.dtype))
+
+
+FOUR_DEVICE_LOAD = """
+import sys
+import jax, numpy as np
+from jaxgen.core import mesh as mesh_lib
+from jaxgen.projects.svg import from_diffusers
+assert jax.device_count() == 4
+mesh = mesh_lib.make_mesh(mesh_lib.MeshConfig(data=1, fsdp=4))
+_, whole = from_diffusers(sys.argv[1])
+_, sharded = from_diffusers(sys.argv[1], mesh=mesh)
+split = 0
+for (path, a), b in zip(jax.tree_util.tree_leaves_with_path(whole), jax.tree.leaves(sharded)):
+    assert len(b.sharding.device_set) == 4, path
+    np.testing.assert_array_equal(np.asarray(b), np.asarray(a), err_msg=str(path))
+    split += len({shard.index for shard in b.addressable_shards}) == 4
+assert split >= 10, split  # the embed axis (24 = 4 x 6) is split over fsdp, not just replicated
+"""
+
+
+def test_a_sharded_load_on_four_devices_equals_the_unsharded_one(tmp_path):
+    """In a subprocess: XLA's host device count is fixed when jax starts."""
+    reference_model(seed=1).save_pretrained(tmp_path)
+    environment = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=4", "JAX_PLATFORMS": "cpu",
+                   "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")])}
+    done = subprocess.run([sys.executable, "-c", FOUR_DEVICE_LOAD, str(tmp_path)], cwd=REPO, env=environment,
+                          capture_output=True, text=True, timeout=280)
+    assert done.returncode == 0, done.stderr[-3000:]
 
 
 def test_named_configs_have_the_released_sizes():
