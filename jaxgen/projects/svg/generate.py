@@ -73,10 +73,12 @@ def run(*, workdir: str | Path, model_dir: str, embeddings: str, latent_shape: S
     attention_rng = jax.random.key(seed + 1)
 
     def timed(model):
-        compiled = jax.jit(lambda p: sample(model, p, noise, text, negative, schedule=schedule,
-                                            rng=attention_rng)).lower(params).compile()
+        """Inputs are arguments, not closed-over constants (XLA would fold a 40 MB noise tensor into the program)."""
+        run_model = jax.jit(lambda p, x, c, u, key: sample(model, p, x, c, u, schedule=schedule, rng=key))
+        inputs = (params, noise, text, negative, attention_rng)
+        compiled = run_model.lower(*inputs).compile()
         start = time.perf_counter()
-        latents, aux = jax.block_until_ready(compiled(params))
+        latents, aux = jax.block_until_ready(compiled(*inputs))
         return np.asarray(latents), jax.device_get(aux), time.perf_counter() - start
 
     dense, _, dense_seconds = timed(module.clone(attention_backend=dense_backend))
