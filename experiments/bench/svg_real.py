@@ -21,7 +21,9 @@ What one step is: the transformer called once on the guided batch (prompt and ne
                     does for patch_t 2): 44,880 video tokens + 226 text tokens first = 45,106; text [2, 226, 4096].
 Variants, each jitted once outside the timing loop, median of --reps after a warm-up call:
   dense   attention by cuDNN (XLA with --quick);
-  svg     attention by SVG at --density, 64 profiled rows (the dense warm-up is left out: this times a sparse step).
+  svg     attention by SVG at --density, 64 profiled rows (the dense warm-up is left out: this times a sparse step),
+          heads classified by jaxgen's default criterion (the kernel's own mask) and, as a second SVG variant, by the
+          official fixed candidates (2 frames for Wan, 1.5 for CogVideoX): class agreement, recall and time of both.
 Reported: ms per step, speed-up, the relative L2 distance of SVG's output to dense, the density computed, the attention
 recall per layer (softmax mass the computed masks keep on the profiled rows, mean over batch and heads), the share of
 heads classified temporal, peak GPU memory, and a projection of the 50-step transformer time with the official warm-up
@@ -66,14 +68,17 @@ class Setting:
     latents: dict[str, tuple[int, int, int]]
     text_len: int
     sink_first_frame: bool
+    official_frames: float  # the band of the official profiling candidates, in frames
     dense_layers: int  # layers the official warm-up keeps dense on every step
     quick_latents: tuple[int, int, int]
 
 
 MODELS = {
-    "wan-1.3B": Setting(wan.named, "1.3B", {"480p": (21, 60, 104), "720p": (21, 90, 160)}, 512, True, 1, (3, 8, 10)),
-    "wan-14B": Setting(wan.named, "14B", {"480p": (21, 60, 104), "720p": (21, 90, 160)}, 512, True, 1, (3, 8, 10)),
-    "cogvideox-1.5": Setting(cogvideox.named, "1.5-5B", {"768p": (22, 96, 170)}, 226, False, 0, (4, 8, 10)),
+    "wan-1.3B": Setting(wan.named, "1.3B", {"480p": (21, 60, 104), "720p": (21, 90, 160)}, 512, True, 2.0, 1,
+                        (3, 8, 10)),
+    "wan-14B": Setting(wan.named, "14B", {"480p": (21, 60, 104), "720p": (21, 90, 160)}, 512, True, 2.0, 1,
+                        (3, 8, 10)),
+    "cogvideox-1.5": Setting(cogvideox.named, "1.5-5B", {"768p": (22, 96, 170)}, 226, False, 1.5, 0, (4, 8, 10)),
 }
 
 
@@ -191,6 +196,18 @@ def main():
     run_dense, run_svg = step_functions(module, svg_options, dense_backend)
     dense_ms, dense_first, dense_out = median_ms(run_dense, params, latents, timestep, text, reps=args.reps)
     svg_ms, svg_first, (svg_out, aux) = median_ms(run_svg, params, latents, timestep, text, keys[2], reps=args.reps)
+    # The official profiling criterion (fixed candidates) on the same inputs: its head classes, recall, time.
+    official_options = {**svg_options, "mask_options": MaskOptions(sink_first_frame=setting.sink_first_frame,
+                                                                   profile="official",
+                                                                   official_frames=setting.official_frames)}
+    _, run_official = step_functions(module, official_options, dense_backend)
+    official_ms, _, (official_out, official_aux) = median_ms(run_official, params, latents, timestep, text, keys[2],
+                                                             reps=args.reps)
+    agreement = float(np.mean(np.asarray(official_aux["head_is_temporal"]) == np.asarray(aux["head_is_temporal"])))
+    result["official_profiling"] = dict(
+        ms=official_ms, recall=float(np.mean(official_aux["recall"])),
+        temporal_fraction=float(np.mean(official_aux["head_is_temporal"])), class_agreement_with_kernel=agreement,
+        vs_dense_relative_l2=rel_err(official_out, dense_out))
     recall = np.asarray(aux["recall"], np.float64)  # [layers, batch, heads]
     result.update(dense_ms=dense_ms, svg_ms=svg_ms, speedup=dense_ms / svg_ms, dense_first_call_s=dense_first,
                   svg_first_call_s=svg_first, svg_vs_dense_relative_l2=rel_err(svg_out, dense_out),
@@ -211,6 +228,10 @@ def main():
         json.dump(result, f, indent=1)
     print(f"| variant | ms / step | speed-up |\n|---|---|---|\n| dense ({dense_backend}) | {dense_ms:.1f} | 1.00 |\n"
           f"| SVG d{args.density:g} | {svg_ms:.1f} | {dense_ms / svg_ms:.2f} |")
+    official = result["official_profiling"]
+    print(f"| SVG d{args.density:g}, official profiling | {official_ms:.1f} | {dense_ms / official_ms:.2f} |")
+    print(f"official criterion: recall {official['recall']:.4f}, temporal heads {official['temporal_fraction']:.2f}, "
+          f"same class as jaxgen's for {official['class_agreement_with_kernel']:.2f} of (layer, row, head)")
     print(f"50 steps, first {dense_steps} dense (projected from the step times): {projected / 1e3:.1f} s against "
           f"{NUM_STEPS * dense_ms / 1e3:.1f} s dense ({result['projected_50_step_speedup']:.2f}x)")
     print(f"computed density {result['computed_density']:.4f}, recall {result['recall']:.4f} (per layer "
