@@ -25,7 +25,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxgen.projects.svg import ports
-from jaxgen.projects.svg.sampling import FlowSchedule, sample
+from jaxgen.projects.svg.sampling import FlowSchedule, VPredictionDdim, sample
 
 
 @dataclasses.dataclass
@@ -53,7 +53,7 @@ def _summary(aux: Mapping[str, np.ndarray]) -> dict[str, Any]:
 
 
 def run(*, workdir: str | Path, model_dir: str, embeddings: str, latent_shape: Sequence[int],
-        schedule: FlowSchedule = FlowSchedule(), densities: Sequence[float] = (0.25,),
+        schedule: FlowSchedule | VPredictionDdim = FlowSchedule(), densities: Sequence[float] = (0.25,),
         svg_options: Mapping[str, Any] | None = None, dense_backend: str = "cudnn", dtype: str = "bfloat16",
         seed: int = 0, restore_step: int | None = None, progress: bool = True, mode: str = "train") -> GenerateResult:
     """Samples `latent_shape` (frames, height, width) latents dense and with SVG at each density; see the module

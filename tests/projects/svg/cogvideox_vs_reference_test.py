@@ -59,3 +59,24 @@ def test_the_1_5_config_has_the_released_size():
     """CogVideoX1.5-5B's transformer, counted from shapes with jax.eval_shape: 5,570,676,352 here."""
     count = ports.num_params(cogvideox.named("1.5-5B"), cogvideox.PORT)
     assert 5.0e9 < count < 5.8e9, count
+
+
+def test_the_ddim_sampler_follows_cogvideox_ddim_scheduler():
+    """VPredictionDdim against diffusers' CogVideoXDDIMScheduler (zero terminal SNR, trailing timesteps, v-prediction)
+    over a whole 10-step loop, with a stand-in model whose output depends on x and the timestep."""
+    from jaxgen.projects.svg.sampling import VPredictionDdim
+
+    schedule = VPredictionDdim(num_steps=10, snr_shift_scale=3.0)
+    reference = diffusers.CogVideoXDDIMScheduler(beta_schedule="scaled_linear", prediction_type="v_prediction",
+                                                 rescale_betas_zero_snr=True, snr_shift_scale=3.0,
+                                                 timestep_spacing="trailing", set_alpha_to_one=True)
+    reference.set_timesteps(10)
+    np.testing.assert_array_equal(schedule.timesteps(), reference.timesteps.numpy())
+    np.testing.assert_allclose(schedule.noise_schedule().alphas_cumprod, reference.alphas_cumprod.numpy(), atol=1e-6)
+
+    noise = np.random.default_rng(0).normal(size=(1, 2, 4, 4, 3)).astype(np.float32)
+    out, _ = schedule.run(lambda x, t, step: (0.5 * x + 1e-3 * t[:, None, None, None, None], {}), jnp.asarray(noise))
+    x = torch.from_numpy(noise)
+    for t in reference.timesteps:
+        x = reference.step(0.5 * x + 1e-3 * t.float(), t, x).prev_sample
+    assert rel_err(out, x.numpy()) < 1e-5
