@@ -124,6 +124,8 @@ def rel_err(x, ref) -> float:
 
 
 def step_functions(module, svg_options, dense_backend):
+    if hasattr(module, "cross_attention_backend"):  # Wan's text cross-attention runs dense_backend in both variants
+        module = module.clone(cross_attention_backend=dense_backend)
     dense = module.clone(attention_backend=dense_backend)
     sparse = module.clone(attention_backend="svg", attention_options=svg_options)
 

@@ -69,6 +69,8 @@ def run(*, workdir: str | Path, model_dir: str, embeddings: str, latent_shape: S
         text = jnp.asarray(data["prompt_embeds"], dtype)
         negative = jnp.asarray(data["negative_prompt_embeds"], dtype) if "negative_prompt_embeds" in data else None
     module, params = ports.from_diffusers(model_dir, dtype=jnp.dtype(dtype))
+    if hasattr(module, "cross_attention_backend"):  # Wan's text cross-attention: never sparse, dense_backend always
+        module = module.clone(cross_attention_backend=dense_backend)
     noise = jax.random.normal(jax.random.key(seed), (text.shape[0], *latent_shape, module.in_channels))
     attention_rng = jax.random.key(seed + 1)
 
