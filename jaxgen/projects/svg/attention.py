@@ -25,6 +25,7 @@ Profiling and its cost are described in `profiling.py` (`2 t / S` of dense FLOPs
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import math
 
@@ -36,7 +37,7 @@ from jaxgen.nn import attention as nn_attention
 from jaxgen.projects.svg import masks
 from jaxgen.projects.svg.gating import DenseGate
 from jaxgen.projects.svg.layout import VideoLayout, heads_to_frame_major, heads_to_token_major
-from jaxgen.projects.svg.profiling import profile_heads, sample_rows
+from jaxgen.projects.svg.profiling import CRITERIA, profile_heads_and_recall, sample_rows
 from pallas_kernels.block_sparse_attention import block_sparse_attention
 
 
@@ -51,35 +52,53 @@ def _validate(q, k, v, layout: VideoLayout, num_sampled_rows: int, density) -> N
         raise ValueError(f"density must be in (0, 1]; got {density}")
 
 
+@dataclasses.dataclass(frozen=True)
+class MaskOptions:
+    """Per-model choices of the official code (static): `sink_first_frame` (Wan: every row also sees the first
+    `frame_tokens` keys, `masks.py`), `profile` ("kernel" or "official", `profiling.CRITERIA`) and
+    `official_frames` (the official candidates' band in frames: 2 for Wan, 1.5 for HunyuanVideo)."""
+
+    sink_first_frame: bool = False
+    profile: str = "kernel"
+    official_frames: float = 2.0
+
+
 @functools.partial(jax.jit, static_argnames=("layout", "num_sampled_rows", "block_q", "block_kv", "sm_scale",
-                                             "implementation"))
+                                             "implementation", "mask_options"))
 def _svg(q, k, v, density, rng, *, layout: VideoLayout, num_sampled_rows: int, block_q: int, block_kv: int,
-         sm_scale: float, implementation: str | None):
-    """Returns (out, head_is_temporal [batch, heads], the density the kernel ran at)."""
-    band = masks.band_for_density(layout, density, block_q=block_q, block_kv=block_kv)
-    band_mask = masks.band_block_mask(layout, band, block_q=block_q, block_kv=block_kv)
+         sm_scale: float, implementation: str | None, mask_options: MaskOptions):
+    """Returns (out, head_is_temporal [batch, heads], the density the kernel ran at, recall [batch, heads])."""
+    sink = layout.frame_tokens if mask_options.sink_first_frame else 0
+    band = masks.band_for_density(layout, density, block_q=block_q, block_kv=block_kv, sink_tokens=sink)
+    band_mask = masks.band_block_mask(layout, band, block_q=block_q, block_kv=block_kv, sink_tokens=sink)
     rows = sample_rows(rng, layout, num_sampled_rows)
-    head_is_temporal, _ = profile_heads(q, k, v, rows, band_mask, layout, block_q=block_q, block_kv=block_kv,
-                                        sm_scale=sm_scale)
+    head_is_temporal, _, recall = profile_heads_and_recall(
+        q, k, v, rows, band_mask, layout, block_q=block_q, block_kv=block_kv, sm_scale=sm_scale,
+        criterion=mask_options.profile, official_frames=mask_options.official_frames, sink_tokens=sink)
     q, k, v = (heads_to_token_major(x, head_is_temporal, layout) for x in (q, k, v))
     block_mask = jnp.broadcast_to(band_mask, (1, q.shape[2], *band_mask.shape))
     out = block_sparse_attention(q, k, v, block_mask, block_q=block_q, block_kv=block_kv, sm_scale=sm_scale,
                                  implementation=implementation)
     out = heads_to_frame_major(out, head_is_temporal, layout)
     density_run = masks.block_mask_density(band_mask, layout, block_q=block_q, block_kv=block_kv)
-    return out, head_is_temporal, density_run
+    return out, head_is_temporal, density_run, recall
 
 
-def _run(q, k, v, layout, density, num_sampled_rows, rng, block_q, block_kv, sm_scale, implementation):
+def _run(q, k, v, layout, density, num_sampled_rows, rng, block_q, block_kv, sm_scale, implementation,
+         mask_options):
     _validate(q, k, v, layout, num_sampled_rows, density)
+    if mask_options.profile not in CRITERIA:
+        raise ValueError(f"unknown SVG profiling criterion {mask_options.profile!r}; known: {sorted(CRITERIA)}")
     scale = float(1.0 / math.sqrt(q.shape[-1]) if sm_scale is None else sm_scale)
     return _svg(q, k, v, jnp.asarray(density, jnp.float32), rng, layout=layout, num_sampled_rows=num_sampled_rows,
-                block_q=block_q, block_kv=block_kv, sm_scale=scale, implementation=implementation)
+                block_q=block_q, block_kv=block_kv, sm_scale=scale, implementation=implementation,
+                mask_options=mask_options)
 
 
 def svg_attention(q: jax.Array, k: jax.Array, v: jax.Array, layout: VideoLayout, *, density=0.25,
                   num_sampled_rows: int = 64, rng: jax.Array, block_q: int = 128, block_kv: int = 128,
-                  sm_scale: float | None = None, implementation: str | None = None) -> tuple[jax.Array, jax.Array]:
+                  sm_scale: float | None = None, implementation: str | None = None,
+                  mask_options: MaskOptions = MaskOptions()) -> tuple[jax.Array, jax.Array]:
     """Sparse VideoGen attention.
 
     Args:
@@ -90,24 +109,26 @@ def svg_attention(q: jax.Array, k: jax.Array, v: jax.Array, layout: VideoLayout,
       rng: key for drawing the profiled rows.
       block_q, block_kv, implementation: passed to the block-sparse kernel ("interpret"/"reference" on CPU).
       sm_scale: logits scale, 1 / sqrt(head_dim) by default.
+      mask_options: the official per-model choices (first-frame sink, profiling criterion); defaults: neither.
 
     Returns:
       `(out [batch, seq, heads, head_dim] in q's dtype, head_is_temporal bool [batch, heads])`.
     """
-    out, head_is_temporal, _ = _run(q, k, v, layout, density, num_sampled_rows, rng, block_q, block_kv, sm_scale,
-                                    implementation)
+    out, head_is_temporal, _, _ = _run(q, k, v, layout, density, num_sampled_rows, rng, block_q, block_kv, sm_scale,
+                                    implementation, mask_options)
     return out, head_is_temporal
 
 
 def svg_backend(q, k, v, *, bias=None, mask=None, context: nn_attention.AttentionContext, density=0.25,
                 num_sampled_rows: int = 64, gate: DenseGate = DenseGate(), dense_backend: str = "dense",
                 block_q: int = 128, block_kv: int = 128, sm_scale: float | None = None,
-                implementation: str | None = None):
+                implementation: str | None = None, mask_options: MaskOptions = MaskOptions()):
     """The "svg" entry of `jaxgen.nn.attention.BACKENDS`.
 
     Reads context.video_layout and context.rng; with a gate that can fire, also context.step/num_steps/layer/
     num_layers. Gated calls run `dense_backend` ("cudnn" on GPU) under `lax.cond`, so a traced step or layer index
-    picks the branch at run time. aux: `head_is_temporal` `[batch, heads]` (all False on dense calls) and `density`
+    picks the branch at run time. aux: `head_is_temporal` `[batch, heads]` (all False on dense calls), `recall`
+    `[batch, heads]` (the softmax mass the computed mask keeps on the profiled rows; 1.0 on dense calls) and `density`
     (what was computed, 1.0 on dense calls).
     """
     nn_attention.reject_bias_and_mask("svg", q, bias, mask)
@@ -117,10 +138,10 @@ def svg_backend(q, k, v, *, bias=None, mask=None, context: nn_attention.Attentio
 
     def sparse(q, k, v):
         return _run(q, k, v, context.video_layout, density, num_sampled_rows, context.rng, block_q, block_kv,
-                    sm_scale, implementation)
+                    sm_scale, implementation, mask_options)
 
     if gate.never_dense:
-        out, head_is_temporal, density_run = sparse(q, k, v)
+        out, head_is_temporal, density_run, recall = sparse(q, k, v)
     else:
         missing = [f for f in ("step", "num_steps", "layer", "num_layers") if getattr(context, f) is None]
         if missing:
@@ -128,12 +149,13 @@ def svg_backend(q, k, v, *, bias=None, mask=None, context: nn_attention.Attentio
 
         def dense(q, k, v):
             out, _ = nn_attention.get_backend(dense_backend)(q, k, v, context=context, sm_scale=sm_scale)
-            return out.astype(q.dtype), jnp.zeros((q.shape[0], q.shape[2]), bool), jnp.float32(1.0)
+            heads = (q.shape[0], q.shape[2])
+            return out.astype(q.dtype), jnp.zeros(heads, bool), jnp.float32(1.0), jnp.ones(heads, jnp.float32)
 
         is_dense = gate.is_dense(step=context.step, num_steps=context.num_steps, layer=context.layer,
                                  num_layers=context.num_layers)
-        out, head_is_temporal, density_run = lax.cond(is_dense, dense, sparse, q, k, v)
-    return out, {"head_is_temporal": head_is_temporal, "density": density_run}
+        out, head_is_temporal, density_run, recall = lax.cond(is_dense, dense, sparse, q, k, v)
+    return out, {"head_is_temporal": head_is_temporal, "density": density_run, "recall": recall}
 
 
 nn_attention.register_backend("svg", svg_backend)

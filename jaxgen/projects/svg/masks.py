@@ -11,8 +11,21 @@ gap between the two blocks' video-index intervals is at most `band`. Each of tho
 mask costs `O(num_q_blocks * num_kv_blocks)`, which is what lets it be rebuilt on device inside jit with a traced
 `band` or `density` (runtime data: a new density does not recompile the kernel).
 
+Sink keys (`sink_tokens`, the official Wan setting): every query row also sees the first `sink_tokens` video keys
+in the current order. With `sink_tokens = frame_tokens` that is the first frame for spatial (frame-major) heads; for
+temporal heads, whose keys are in token-major order, it is the first `frame_tokens / num_frames` patches of every
+frame, which is exactly what the official code computes too (its mask is built once in the permuted order and
+shared by both kinds of head, for the kernel and for profiling alike).
+
 `density` is the fraction of the `seq x seq` attention map the kernel computes, i.e. the token area of the active
-blocks (the official flag called "sparsity" is this density).
+blocks, sink and text included. The official flag called "sparsity" is close to it but not the same number. The
+official code (`sparsity_to_width`) subtracts the text rows and columns from `sparsity * seq^2`, takes the half-width
+`w = seq (1 - sqrt(1 - s))` whose token-level band has that area, and then rounds `w` to a multiple of 128 tokens
+per model: down, with `|i - j| < w` (HunyuanVideo: the area lands a little below `s`, e.g. 0.2489 for 0.25 at 720p
+as measured when the two codes were compared), or up, with `|i - j| <= w` and the sink added on top (Wan: above).
+It never measures the area of the blocks its kernel then computes. jaxgen instead searches for the narrowest band
+whose block mask reaches `density` (sink and text counted), so the density computed is at least `density`, and it
+reports it (`block_mask_density`).
 """
 
 from __future__ import annotations
@@ -47,15 +60,16 @@ def _check_blocks(block_q: int, block_kv: int) -> None:
         raise ValueError(f"block sizes must be positive; got block_q={block_q}, block_kv={block_kv}")
 
 
-def band_block_mask(layout: VideoLayout, band, *, block_q: int, block_kv: int) -> jax.Array:
+def band_block_mask(layout: VideoLayout, band, *, block_q: int, block_kv: int, sink_tokens: int = 0) -> jax.Array:
     """Bool `[ceil(seq / block_q), ceil(seq / block_kv)]`: the band of half-width `band` video tokens plus text rows
-    and columns; `band` may be a traced integer."""
+    and columns, plus the columns of the first `sink_tokens` video keys; `band` may be a traced integer."""
     _check_blocks(block_q, block_kv)
     _, q_first, q_last, q_video, q_text = _block_spans(layout, block_q)
     _, k_first, k_last, k_video, k_text = _block_spans(layout, block_kv)
     gap = jnp.maximum(q_first[:, None] - k_last[None, :], k_first[None, :] - q_last[:, None])
     in_band = q_video[:, None] & k_video[None, :] & (gap <= band)
-    return in_band | q_text[:, None] | k_text[None, :]
+    sink = k_video & (k_first < sink_tokens)
+    return in_band | q_text[:, None] | (k_text | sink)[None, :]
 
 
 def block_mask_density(block_mask: jax.Array, layout: VideoLayout, *, block_q: int, block_kv: int) -> jax.Array:
@@ -72,18 +86,19 @@ def block_mask_density(block_mask: jax.Array, layout: VideoLayout, *, block_q: i
     return area / float(layout.seq_len) ** 2
 
 
-def band_for_density(layout: VideoLayout, density, *, block_q: int, block_kv: int) -> jax.Array:
+def band_for_density(layout: VideoLayout, density, *, block_q: int, block_kv: int,
+                     sink_tokens: int = 0) -> jax.Array:
     """The narrowest band (int32, in video tokens) whose block mask reaches `density`; `density` may be traced.
 
     Density grows with the band, so a binary search over `[0, video_tokens - 1]` finds it in a fixed number of
     steps (jit-friendly). The widest band is the full map, so `density=1.0` gives exactly dense attention; a
-    density below the band-0 mask (text rows/columns and the diagonal blocks) gives band 0.
+    density below the band-0 mask (text rows/columns, sink columns, diagonal blocks) gives band 0.
     """
     if isinstance(density, (int, float)) and not 0.0 < density <= 1.0:
         raise ValueError(f"density must be in (0, 1]; got {density}")
 
     def reaches(band):
-        mask = band_block_mask(layout, band, block_q=block_q, block_kv=block_kv)
+        mask = band_block_mask(layout, band, block_q=block_q, block_kv=block_kv, sink_tokens=sink_tokens)
         return block_mask_density(mask, layout, block_q=block_q, block_kv=block_kv) >= density
 
     def step(_, bounds):

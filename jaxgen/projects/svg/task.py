@@ -4,7 +4,8 @@ Training predicts the straight-path velocity (`jaxgen.diffusion`) with dense att
 all-padding with probability `caption_dropout`, which teaches the unconditional model that classifier-free guidance
 needs. The "sample" evaluator reruns the same Euler sampler (same noise, same captions) with the "svg" backend at
 each configured density and reports what SVG is judged by: PSNR / SSIM of the sparse video against the dense one,
-the density actually computed, and the fraction of heads classified temporal per layer (plus a `note` when the two
+the density actually computed, the attention recall per layer (softmax mass the computed masks keep on the profiled
+rows, over the sparse calls) and the fraction of heads classified temporal per layer (plus a `note` when the two
 videos are the same, as after a few training steps).
 """
 
@@ -133,6 +134,13 @@ class VideoFlowTask:
             results[f"computed_density_{key}"] = float(np.mean(aux["density"]))
             results[f"temporal_fraction_{key}"] = float(temporal.mean())
             results[f"temporal_fraction_by_layer_{key}"] = [float(x) for x in temporal.mean(1)]
+            # Attention recall on the sparse calls only (dense-gated calls keep everything): [steps, layers] -> layers
+            sparse_calls = np.asarray(aux["density"]) < 1.0
+            recall = np.asarray(aux["recall"], np.float64).mean(axis=(2, 3))
+            by_layer = [float(recall[sparse_calls[:, i], i].mean()) if sparse_calls[:, i].any() else 1.0
+                        for i in range(recall.shape[1])]
+            results[f"recall_by_layer_{key}"] = by_layer
+            results[f"recall_{key}"] = float(np.mean(by_layer))
         same = [f"d{d:g}" for d in self.densities if results[f"psnr_d{d:g}"] >= SAME_VIDEO_PSNR_DB]
         if same:
             results["note"] = (

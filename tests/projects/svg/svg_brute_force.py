@@ -101,3 +101,32 @@ def planted_qkv(layout, classes, head_dim, strength, seed):
                 q[b, s, h, key[s]] += strength
                 k[b, s, h, key[s]] += strength
     return tuple(x.astype(np.float32) for x in (q, k, v))
+
+
+def with_sink(mask, layout, sink_tokens):
+    """`mask` [S, S] plus the columns of the first `sink_tokens` video tokens (in the current order), for all rows."""
+    is_text, _, _ = token_coordinates(layout)
+    video_index = np.cumsum(~is_text) - 1
+    out = mask.copy()
+    for j in range(layout.seq_len):
+        if not is_text[j] and video_index[j] < sink_tokens:
+            out[:, j] = True
+    return out
+
+
+def official_candidates(layout, frames, sink_tokens):
+    """(spatial, temporal) [S, S] as the official code builds its profiling masks (video only, no text): blocks of
+    128 video tokens within `floor(frames * frame_tokens / 128)` blocks of each other, the first `sink_tokens`
+    columns; for temporal the same matrix built in token-major order and moved to frame-major positions (the
+    official reshape(frame_tokens, frames, ...).permute(1, 0, 3, 2)), so both come back in frame-major positions."""
+    n = layout.video_tokens
+    block, width = 128, int(frames * layout.frame_tokens // 128)
+    pixel = np.zeros((n, n), bool)
+    pixel[:, :sink_tokens] = True
+    for i in range(-(-n // block)):
+        for j in range(-(-n // block)):
+            if abs(i - j) < width:
+                pixel[i * block:(i + 1) * block, j * block:(j + 1) * block] = True
+    f, p = layout.num_frames, layout.frame_tokens
+    temporal = pixel.reshape(p, f, p, f).transpose(1, 0, 3, 2).reshape(n, n)
+    return pixel, temporal

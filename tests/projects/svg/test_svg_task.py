@@ -53,7 +53,8 @@ def test_the_evaluator_says_when_svg_and_dense_videos_are_the_same(tmp_path):
     batch = {"video": np.zeros((1, 4, 16, 16, 3), np.uint8), "caption": np.array([[3, 8, 12, 0] * 2])}
     context = EvalContext(step=0, rng=jax.random.key(2), outdir=tmp_path, batches=lambda: iter([batch]),
                           is_main_process=False)
-    aux = {"head_is_temporal": np.zeros((2, 2, 2, 2), bool), "density": np.full((2, 2), 0.28)}
+    aux = {"head_is_temporal": np.zeros((2, 2, 2, 2), bool), "density": np.array([[1.0, 1.0], [0.28, 0.28]]),
+           "recall": np.stack([np.ones((2, 2, 2)), np.stack([np.full((2, 2), 0.9), np.full((2, 2), 0.7)])])}
 
     def report(svg_offset):
         task.sample = lambda variables, caption, rng, *, video_shape, density=None: (
@@ -62,5 +63,7 @@ def test_the_evaluator_says_when_svg_and_dense_videos_are_the_same(tmp_path):
 
     same = report(1e-6)
     assert same["psnr_d0.25"] > 100 and "adaLN-Zero gates" in same["note"] and "d0.25" in same["note"]
+    np.testing.assert_allclose(same["recall_by_layer_d0.25"], [0.9, 0.7])  # the dense-gated first step left out
+    np.testing.assert_allclose(same["recall_d0.25"], 0.8)
     different = report(0.05)
     assert different["psnr_d0.25"] < 60 and "note" not in different

@@ -1,0 +1,103 @@
+"""`jaxgen run` for a real video model: load a diffusers transformer, sample dense and SVG from the same noise and
+prompt embeddings, and report what SVG changed and what it cost.
+
+Inference only, so it forks the trainer's entry (`config.trainer.run = @generate.run` in the recipe) rather than
+being a Task. Inputs: a diffusers transformer folder (`model_dir`, any port in `ports.PORTS`) and an `.npz` of
+precomputed embeddings, `prompt_embeds` `[batch, text_len, text_dim]` and, for guidance, `negative_prompt_embeds`
+(the text encoder stays outside; see `sampling.py`). Outputs in the workdir: `latents_dense.npy`,
+`latents_svg_d<density>.npy` (decode them with the model's VAE) and `metrics.json`: per density, the relative L2
+distance of SVG's latents to the dense ones, the density computed and the attention recall on the sparse calls (per
+layer), the share of heads classified temporal, and the wall time of each whole sampling loop (compiled ahead,
+so compilation is not in it).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import time
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from jaxgen.projects.svg import ports
+from jaxgen.projects.svg.sampling import FlowSchedule, VPredictionDdim, sample
+
+
+@dataclasses.dataclass
+class GenerateResult:
+    """What `jaxgen run` prints: no training, one "generate" entry of results."""
+
+    workdir: Path
+    eval_results: dict[str, dict]
+    step: int = 0
+    last_train_record: dict | None = None
+
+
+def _summary(aux: Mapping[str, np.ndarray]) -> dict[str, Any]:
+    """Diagnostics stacked `[steps, layers, ...]` -> the numbers a reader compares across densities."""
+    density = np.asarray(aux["density"], np.float64)
+    sparse_calls = density < 1.0
+    recall = np.asarray(aux["recall"], np.float64).mean(axis=(2, 3))
+    by_layer = [float(recall[sparse_calls[:, i], i].mean()) if sparse_calls[:, i].any() else 1.0
+                for i in range(recall.shape[1])]
+    return {"computed_density_sparse_calls": float(density[sparse_calls].mean()) if sparse_calls.any() else 1.0,
+            "sparse_call_fraction": float(sparse_calls.mean()), "recall": float(np.mean(by_layer)),
+            "recall_by_layer": by_layer,
+            "temporal_fraction": float(np.asarray(aux["head_is_temporal"], np.float64)[sparse_calls].mean())
+            if sparse_calls.any() else 0.0}
+
+
+def run(*, workdir: str | Path, model_dir: str, embeddings: str, latent_shape: Sequence[int],
+        schedule: FlowSchedule | VPredictionDdim = FlowSchedule(), densities: Sequence[float] = (0.25,),
+        svg_options: Mapping[str, Any] | None = None, dense_backend: str = "cudnn", dtype: str = "bfloat16",
+        seed: int = 0, restore_step: int | None = None, progress: bool = True, mode: str = "train") -> GenerateResult:
+    """Samples `latent_shape` (frames, height, width) latents dense and with SVG at each density; see the module
+    docstring. `svg_options` are the "svg" backend's options except `density`; `restore_step`, `progress` and
+    `mode` are the trainer's keywords, accepted and unused (nothing is trained or restored)."""
+    del restore_step, progress, mode
+    workdir = Path(workdir)
+    workdir.mkdir(parents=True, exist_ok=True)
+    with np.load(embeddings) as data:
+        if "prompt_embeds" not in data:
+            raise ValueError(f"{embeddings} holds {sorted(data)}; expected 'prompt_embeds' (and "
+                             f"'negative_prompt_embeds' for guidance)")
+        text = jnp.asarray(data["prompt_embeds"], dtype)
+        negative = jnp.asarray(data["negative_prompt_embeds"], dtype) if "negative_prompt_embeds" in data else None
+    module, params = ports.from_diffusers(model_dir, dtype=jnp.dtype(dtype))
+    if hasattr(module, "cross_attention_backend"):  # Wan's text cross-attention: never sparse, dense_backend always
+        module = module.clone(cross_attention_backend=dense_backend)
+    noise = jax.random.normal(jax.random.key(seed), (text.shape[0], *latent_shape, module.in_channels))
+    attention_rng = jax.random.key(seed + 1)
+
+    def timed(model):
+        """Inputs are arguments, not closed-over constants (XLA would fold a 40 MB noise tensor into the program)."""
+        run_model = jax.jit(lambda p, x, c, u, key: sample(model, p, x, c, u, schedule=schedule, rng=key))
+        inputs = (params, noise, text, negative, attention_rng)
+        compiled = run_model.lower(*inputs).compile()
+        start = time.perf_counter()
+        latents, aux = jax.block_until_ready(compiled(*inputs))
+        return np.asarray(latents), jax.device_get(aux), time.perf_counter() - start
+
+    dense, _, dense_seconds = timed(module.clone(attention_backend=dense_backend))
+    np.save(workdir / "latents_dense.npy", dense)
+    results: dict[str, Any] = {"device": jax.devices()[0].device_kind, "dense_seconds": dense_seconds,
+                               "latent_shape": list(latent_shape), "schedule": dataclasses.asdict(schedule)}
+    for density in densities:
+        options = {**dict(svg_options or {}), "density": float(density)}
+        latents, aux, seconds = timed(module.clone(attention_backend="svg", attention_options=options))
+        key = f"d{density:g}"
+        np.save(workdir / f"latents_svg_{key}.npy", latents)
+        results[key] = {"seconds": seconds, "speedup": dense_seconds / seconds,
+                        "relative_l2_to_dense": float(np.linalg.norm(latents - dense) / np.linalg.norm(dense)),
+                        **_summary(aux)}
+    (workdir / "metrics.json").write_text(json.dumps(results, indent=1))
+    flat = {k: v for k, v in results.items() if isinstance(v, (int, float, str))}
+    for density in densities:
+        key = f"d{density:g}"
+        flat.update({f"{name}_{key}": results[key][name] for name in ("speedup", "relative_l2_to_dense", "recall")})
+    return GenerateResult(workdir=workdir, eval_results={"generate": flat})

@@ -1,0 +1,298 @@
+"""Wan2.1's video transformer (diffusers' `WanTransformer3DModel`) in Flax, with SVG-ready self-attention.
+
+Layout: latents `[batch, frames, height, width, channels]` (the VAE's latent video, channels last), timestep `[batch]`
+in diffusers' units (`1000 * t` of the flow-matching time, as the Wan pipeline passes it), `encoder_hidden_states`
+`[batch, text_len, text_dim]` (umT5 states, zero-padded to 512 by the pipeline; the padding is attended, as in the
+original). The output is the velocity in the latents' layout, float32.
+
+Per block (diffusers' `WanTransformerBlock`): six modulation vectors from a per-block table plus the projected time
+embedding; LayerNorm (no affine) -> shift/scale -> self-attention over the video tokens only (QK RMSNorm across all
+heads, Wan's 3D RoPE) -> gated residual; then LayerNorm (affine, `cross_attn_norm`) -> cross-attention to the text
+(QK RMSNorm, no RoPE, ungated residual); then LayerNorm -> shift/scale -> GELU-tanh MLP -> gated residual.
+Wan's self-attention holds no text tokens, so its `VideoLayout` is the patch grid alone (`WanTransformer.layout`).
+
+RoPE: the head dim splits into time / height / width pairs, `h = w = 2 * (head_dim // 6)` channels, time the rest
+(44/42/42 at head dim 128), each axis at `theta ** (-2i / axis_dim)`: `jaxgen.projects.svg.model.rope_3d` with those
+dims. Blocks are one `nn.scan` (optionally rematerialised), parameters stacked on a "layers" axis. Self-attention runs
+the `attention_backend` ("dense", "cudnn", "svg"); cross-attention `cross_attention_backend` (never SVG: it has no
+video layout). Norms and modulation run in float32 whatever `dtype` is, as diffusers keeps them.
+
+Not ported: image conditioning (the I2V models' `image_dim` / `added_kv_proj_dim`) and Wan2.2's per-token timesteps.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from jaxgen.nn import attention as nn_attention
+from jaxgen.nn.dit import CaptionProjection
+from jaxgen.nn.embeddings import TimestepEmbedding
+from jaxgen.nn.transformer import XAVIER, apply_rope, partitioned
+from jaxgen.projects.svg import ports
+from jaxgen.projects.svg.layout import VideoLayout
+from jaxgen.projects.svg.model import patchify, rope_3d, unpatchify
+
+# diffusers config.json fields of the released models (Wan-AI/Wan2.1-T2V-{1.3B,14B}-Diffusers) and a CPU-tiny one.
+CONFIGS: dict[str, dict[str, Any]] = {
+    "1.3B": dict(num_attention_heads=12, attention_head_dim=128, ffn_dim=8960, num_layers=30),
+    "14B": dict(num_attention_heads=40, attention_head_dim=128, ffn_dim=13824, num_layers=40),
+    "tiny": dict(num_attention_heads=2, attention_head_dim=12, ffn_dim=32, num_layers=2, text_dim=16, freq_dim=16,
+                 in_channels=4, out_channels=4, rope_max_seq_len=32),
+}
+
+
+def rope_dims(head_dim: int) -> tuple[int, int, int]:
+    """Wan's (time, height, width) split of the head dim."""
+    height = 2 * (head_dim // 6)
+    time = head_dim - 2 * height
+    if head_dim % 2 or time <= 0:
+        raise ValueError(f"Wan's 3D RoPE needs an even head_dim >= 6; got {head_dim}")
+    return time, height, height
+
+
+class WanAttention(nn.Module):
+    """Self- (`context_tokens=None`) or cross-attention with Wan's QK RMSNorm over all heads together."""
+
+    num_heads: int
+    head_dim: int
+    eps: float
+    backend: str
+    backend_options: Mapping[str, Any] | None = None
+    dtype: Any = jnp.float32
+
+    @nn.compact
+    def __call__(self, x, context_tokens=None, *, rope=None, context: nn_attention.AttentionContext | None = None):
+        source = x if context_tokens is None else context_tokens
+
+        def project(name, inputs):
+            return nn.DenseGeneral((self.num_heads, self.head_dim), dtype=self.dtype, name=name,
+                                   kernel_init=partitioned(XAVIER, "embed", "heads", "kv"),
+                                   bias_init=partitioned(nn.initializers.zeros, "heads", "kv"))(inputs)
+
+        def rms_norm(name, inputs):  # over heads x head_dim: diffusers' RMSNorm of the flat projection
+            return nn.RMSNorm(self.eps, dtype=self.dtype, reduction_axes=(-2, -1), feature_axes=(-2, -1), name=name,
+                              scale_init=partitioned(nn.initializers.ones, "heads", "kv"))(inputs)
+
+        q, k, v = project("to_q", x), project("to_k", source), project("to_v", source)
+        q, k = rms_norm("norm_q", q), rms_norm("norm_k", k)
+        if rope is not None:
+            q, k = apply_rope(q, *rope), apply_rope(k, *rope)
+        out, aux = nn_attention.attention(q, k, v, backend=self.backend, context=context,
+                                          **dict(self.backend_options or {}))
+        for name, value in aux.items():
+            self.sow("intermediates", name, value)
+        return nn.DenseGeneral(x.shape[-1], axis=(-2, -1), dtype=self.dtype, name="to_out",
+                               kernel_init=partitioned(XAVIER, "heads", "kv", "embed"),
+                               bias_init=partitioned(nn.initializers.zeros, "embed"))(out.astype(self.dtype))
+
+
+class WanBlock(nn.Module):
+    """One Wan block; `(x, layer, time_mod [batch, 6, width], text, rope, context) -> (x, None)` for `nn.scan`."""
+
+    width: int
+    num_heads: int
+    ffn_dim: int
+    eps: float = 1e-6
+    cross_attn_norm: bool = True
+    backend: str = "dense"
+    backend_options: Mapping[str, Any] | None = None
+    cross_attention_backend: str = "dense"
+    dtype: Any = jnp.float32
+
+    @nn.compact
+    def __call__(self, x, layer, time_mod, text, rope, context: nn_attention.AttentionContext):
+        table = self.param("scale_shift_table", partitioned(nn.initializers.normal(self.width ** -0.5), None, "embed"),
+                           (6, self.width))
+        modulation = table + time_mod.astype(jnp.float32)  # [batch, 6, width]
+        shift1, scale1, gate1, shift2, scale2, gate2 = (modulation[:, i:i + 1] for i in range(6))
+        rng = None if context.rng is None else jax.random.fold_in(context.rng, layer)
+        context = context.replace(layer=layer, rng=rng)
+        head_dim = self.width // self.num_heads
+
+        def norm(inputs, affine=False, name=None):
+            return nn.LayerNorm(self.eps, use_scale=affine, use_bias=affine, dtype=jnp.float32, name=name,
+                                scale_init=partitioned(nn.initializers.ones, "embed"),
+                                bias_init=partitioned(nn.initializers.zeros, "embed"))(inputs.astype(jnp.float32))
+
+        h = (norm(x) * (1 + scale1) + shift1).astype(self.dtype)
+        h = WanAttention(self.num_heads, head_dim, self.eps, self.backend, self.backend_options, self.dtype,
+                         name="attn1")(h, rope=rope, context=context)
+        x = (x.astype(jnp.float32) + h * gate1).astype(self.dtype)
+        h = (norm(x, True, "norm2") if self.cross_attn_norm else x).astype(self.dtype)
+        x = x + WanAttention(self.num_heads, head_dim, self.eps, self.cross_attention_backend, None, self.dtype,
+                             name="attn2")(h, text)
+        h = (norm(x) * (1 + scale2) + shift2).astype(self.dtype)
+        h = nn.Dense(self.ffn_dim, dtype=self.dtype, name="ffn_in", kernel_init=partitioned(XAVIER, "embed", "mlp"),
+                     bias_init=partitioned(nn.initializers.zeros, "mlp"))(h)
+        h = nn.Dense(self.width, dtype=self.dtype, name="ffn_out", kernel_init=partitioned(XAVIER, "mlp", "embed"),
+                     bias_init=partitioned(nn.initializers.zeros, "embed"))(nn.gelu(h, approximate=True))
+        return (x.astype(jnp.float32) + h.astype(jnp.float32) * gate2).astype(self.dtype), None
+
+
+class WanTransformer(nn.Module):
+    """`WanTransformer3DModel`; fields are its config's (`from_config` maps names), plus run-time settings:
+    `attention_backend` / `attention_options` for self-attention (SVG here), `cross_attention_backend`, compute
+    `dtype`, `remat`."""
+
+    num_heads: int = 40
+    head_dim: int = 128
+    in_channels: int = 16
+    out_channels: int = 16
+    text_dim: int = 4096
+    freq_dim: int = 256
+    ffn_dim: int = 13824
+    depth: int = 40
+    patch: tuple[int, int, int] = (1, 2, 2)
+    cross_attn_norm: bool = True
+    eps: float = 1e-6
+    rope_max_seq_len: int = 1024
+    attention_backend: str = "dense"
+    attention_options: Mapping[str, Any] | None = None
+    cross_attention_backend: str = "dense"
+    dtype: Any = jnp.float32
+    remat: bool = False
+
+    @property
+    def width(self) -> int:
+        return self.num_heads * self.head_dim
+
+    def grid(self, latents_shape: Sequence[int]) -> tuple[int, int, int]:
+        """Token grid (frames, height, width) of latents `[batch, frames, height, width, in_channels]`."""
+        if len(latents_shape) != 5 or latents_shape[-1] != self.in_channels or any(
+                n % p for n, p in zip(latents_shape[1:4], self.patch)):
+            raise ValueError(f"Wan takes latents [batch, frames, height, width, {self.in_channels}] with frames/height/"
+                             f"width divisible by patch {self.patch}; got {tuple(latents_shape)}")
+        grid = tuple(n // p for n, p in zip(latents_shape[1:4], self.patch))
+        if max(grid) > self.rope_max_seq_len:
+            raise ValueError(f"token grid {grid} exceeds Wan's RoPE table of {self.rope_max_seq_len} positions")
+        return grid
+
+    def layout(self, latents_shape: Sequence[int]) -> VideoLayout:
+        """SVG's view of the self-attention sequence: frame-major patches, no text tokens."""
+        frames, height, width = self.grid(latents_shape)
+        return VideoLayout(num_frames=frames, frame_tokens=height * width, text_tokens=0)
+
+    @nn.compact
+    def __call__(self, latents: jax.Array, timestep: jax.Array, encoder_hidden_states: jax.Array, *, step=None,
+                 num_steps: int | None = None, rng: jax.Array | None = None) -> jax.Array:
+        """`step` / `num_steps` / `rng` feed the attention context (SVG's dense gate and profiling rows)."""
+        batch = latents.shape[0]
+        grid = self.grid(latents.shape)
+        if timestep.shape != (batch,) or encoder_hidden_states.ndim != 3 or encoder_hidden_states.shape[::2] != (
+                batch, self.text_dim):
+            raise ValueError(f"Wan takes timestep [{batch}] and encoder_hidden_states [{batch}, text_len, "
+                             f"{self.text_dim}] for latents {latents.shape}; got timestep {timestep.shape}, "
+                             f"encoder_hidden_states {encoder_hidden_states.shape}")
+        x = nn.Dense(self.width, dtype=self.dtype, name="patch_embedding",
+                     kernel_init=partitioned(XAVIER, None, "embed"),
+                     bias_init=partitioned(nn.initializers.zeros, "embed"))(
+            patchify(latents, self.patch).astype(self.dtype))
+
+        temb = TimestepEmbedding(self.width, frequency_dim=self.freq_dim, freq_shift=0.0, name="time_embedder")(
+            timestep)
+        time_mod = nn.Dense(6 * self.width, name="time_proj", kernel_init=partitioned(XAVIER, "embed", "mlp"),
+                            bias_init=partitioned(nn.initializers.zeros, "mlp"))(nn.silu(temb))
+        text = CaptionProjection(self.width, self.dtype, name="text_embedder")(
+            encoder_hidden_states.astype(self.dtype))
+
+        rope = rope_3d(grid, rope_dims(self.head_dim))
+        context = nn_attention.AttentionContext(rng=rng, step=step, video_layout=self.layout(latents.shape),
+                                                num_steps=num_steps, num_layers=self.depth)
+        block = nn.remat(WanBlock) if self.remat else WanBlock
+        blocks = nn.scan(block, variable_axes={"params": 0, "intermediates": 0}, split_rngs={"params": True},
+                         in_axes=(0,) + (nn.broadcast,) * 4, length=self.depth,
+                         metadata_params={nn.PARTITION_NAME: "layers"})(
+            self.width, self.num_heads, self.ffn_dim, self.eps, self.cross_attn_norm, self.attention_backend,
+            self.attention_options, self.cross_attention_backend, self.dtype, name="blocks")
+        x, _ = blocks(x, jnp.arange(self.depth), time_mod.reshape(batch, 6, self.width), text, rope, context)
+
+        table = self.param("scale_shift_table", partitioned(nn.initializers.normal(self.width ** -0.5), None, "embed"),
+                           (2, self.width))
+        shift, scale = jnp.split((table + temb[:, None].astype(jnp.float32)), 2, axis=1)
+        h = nn.LayerNorm(self.eps, use_scale=False, use_bias=False, dtype=jnp.float32)(x.astype(jnp.float32))
+        h = (h * (1 + scale) + shift).astype(self.dtype)
+        h = nn.Dense(math.prod(self.patch) * self.out_channels, dtype=jnp.float32, name="proj_out",
+                     kernel_init=partitioned(nn.initializers.zeros, "embed", None),
+                     bias_init=partitioned(nn.initializers.zeros, None))(h)
+        return unpatchify(h, grid, self.patch, self.out_channels).astype(jnp.float32)
+
+
+def from_config(config: Mapping[str, Any], **overrides) -> WanTransformer:
+    """Our module for a diffusers `WanTransformer3DModel` config.json (text-to-video); `overrides` set run-time
+    fields."""
+    unsupported = {key: config[key] for key in ("image_dim", "added_kv_proj_dim", "pos_embed_seq_len")
+                   if config.get(key) is not None}
+    if config.get("qk_norm", "rms_norm_across_heads") != "rms_norm_across_heads":
+        unsupported["qk_norm"] = config["qk_norm"]
+    if unsupported:
+        raise ValueError(f"WanTransformer3DModel config not supported: {unsupported} (ported: text-to-video Wan2.1, "
+                         f"qk_norm 'rms_norm_across_heads'; image conditioning is not)")
+    heads, head_dim = config.get("num_attention_heads", 40), config.get("attention_head_dim", 128)
+    rope_dims(head_dim)
+    fields = dict(num_heads=heads, head_dim=head_dim, in_channels=config.get("in_channels", 16),
+                  out_channels=config.get("out_channels") or config.get("in_channels", 16),
+                  text_dim=config.get("text_dim", 4096), freq_dim=config.get("freq_dim", 256),
+                  ffn_dim=config.get("ffn_dim", 13824), depth=config.get("num_layers", 40),
+                  patch=tuple(config.get("patch_size", (1, 2, 2))), cross_attn_norm=config.get("cross_attn_norm", True),
+                  eps=config.get("eps", 1e-6), rope_max_seq_len=config.get("rope_max_seq_len", 1024))
+    return WanTransformer(**{**fields, **overrides})
+
+
+def named(name: str, **overrides) -> WanTransformer:
+    """`WanTransformer` of a named config ("1.3B", "14B", "tiny")."""
+    if name not in CONFIGS:
+        raise ValueError(f"unknown Wan config {name!r}; known: {sorted(CONFIGS)}")
+    return from_config(CONFIGS[name], **overrides)
+
+
+def example_inputs(module: WanTransformer, batch: int = 1, text_len: int = 2) -> tuple:
+    return (jnp.zeros((batch, module.patch[0], 2 * module.patch[1], 2 * module.patch[2], module.in_channels)),
+            jnp.zeros((batch,)), jnp.zeros((batch, text_len, module.text_dim)))
+
+
+def name_table(module: WanTransformer) -> ports.NameTable:
+    heads = module.num_heads
+    blk = "blocks.{i}."
+    rows = [
+        ("patch_embedding/kernel", ["patch_embedding.weight"], ports.conv3d_patch),
+        ("patch_embedding/bias", ["patch_embedding.bias"], ports.same),
+        ("time_embedder/linear_1/kernel", ["condition_embedder.time_embedder.linear_1.weight"], ports.linear),
+        ("time_embedder/linear_1/bias", ["condition_embedder.time_embedder.linear_1.bias"], ports.same),
+        ("time_embedder/linear_2/kernel", ["condition_embedder.time_embedder.linear_2.weight"], ports.linear),
+        ("time_embedder/linear_2/bias", ["condition_embedder.time_embedder.linear_2.bias"], ports.same),
+        ("time_proj/kernel", ["condition_embedder.time_proj.weight"], ports.linear),
+        ("time_proj/bias", ["condition_embedder.time_proj.bias"], ports.same),
+        ("text_embedder/Dense_0/kernel", ["condition_embedder.text_embedder.linear_1.weight"], ports.linear),
+        ("text_embedder/Dense_0/bias", ["condition_embedder.text_embedder.linear_1.bias"], ports.same),
+        ("text_embedder/Dense_1/kernel", ["condition_embedder.text_embedder.linear_2.weight"], ports.linear),
+        ("text_embedder/Dense_1/bias", ["condition_embedder.text_embedder.linear_2.bias"], ports.same),
+        ("blocks/scale_shift_table", [blk + "scale_shift_table"], lambda t: t[0]),
+        ("blocks/norm2/scale", [blk + "norm2.weight"], ports.same),
+        ("blocks/norm2/bias", [blk + "norm2.bias"], ports.same),
+        ("blocks/ffn_in/kernel", [blk + "ffn.net.0.proj.weight"], ports.linear),
+        ("blocks/ffn_in/bias", [blk + "ffn.net.0.proj.bias"], ports.same),
+        ("blocks/ffn_out/kernel", [blk + "ffn.net.2.weight"], ports.linear),
+        ("blocks/ffn_out/bias", [blk + "ffn.net.2.bias"], ports.same),
+        ("scale_shift_table", ["scale_shift_table"], lambda t: t[0]),
+        ("proj_out/kernel", ["proj_out.weight"], ports.linear),
+        ("proj_out/bias", ["proj_out.bias"], ports.same),
+    ]
+    for attn in ("attn1", "attn2"):
+        for proj in ("to_q", "to_k", "to_v"):
+            rows += [(f"blocks/{attn}/{proj}/kernel", [f"{blk}{attn}.{proj}.weight"], ports.heads_in(heads)),
+                     (f"blocks/{attn}/{proj}/bias", [f"{blk}{attn}.{proj}.bias"], ports.heads_bias(heads))]
+        rows += [(f"blocks/{attn}/to_out/kernel", [f"{blk}{attn}.to_out.0.weight"], ports.heads_out(heads)),
+                 (f"blocks/{attn}/to_out/bias", [f"{blk}{attn}.to_out.0.bias"], ports.same)]
+        rows += [(f"blocks/{attn}/{norm}/scale", [f"{blk}{attn}.{norm}.weight"], ports.heads_bias(heads))
+                 for norm in ("norm_q", "norm_k")]
+    return {path: (names, convert) for path, names, convert in rows}
+
+
+PORT = ports.Port(module_from_config=from_config, name_table=name_table, example_inputs=example_inputs)
+ports.register_port("WanTransformer3DModel", PORT)
