@@ -5,5 +5,8 @@ that a rule selects and runs the model with the quantized layers (`pallas_kernel
 """
 
 from jaxgen.projects.svdquant.linear import GELU_SHIFT, METHODS, QuantizedLinear, quantize_linear
+from jaxgen.projects.svdquant.model import (SCHEMES, QuantizedModel, Scheme, apply_quantized, collect_inputs, dit_rules,
+                                            model_bytes, quantize_model)
 
-__all__ = ["GELU_SHIFT", "METHODS", "QuantizedLinear", "quantize_linear"]
+__all__ = ["GELU_SHIFT", "METHODS", "SCHEMES", "QuantizedLinear", "QuantizedModel", "Scheme", "apply_quantized",
+           "collect_inputs", "dit_rules", "model_bytes", "quantize_linear", "quantize_model"]

@@ -216,11 +216,18 @@ def _refine_lowrank(w_s, x_s, reference, rank, group_size, signed, svd, max_iter
     return best[0], best[1], errors
 
 
-def _calibrate(w, x, span_x, *, method_name, rank, group_size, signed, svd, num_grids, candidate_batch, max_iters):
-    """The jitted calibration of one layer: `(smooth, L_1, L_2, candidate_errors, lowrank_errors)`."""
+def _calibrate(w, x, span_x, bias, *, method_name, rank, group_size, shift, svd, num_grids, candidate_batch,
+               max_iters):
+    """One layer's calibration, all of it traced: `(QuantizedLinear arrays, candidate errors, low-rank errors)`."""
     method = METHODS[method_name]
+    signed = not shift
+    if shift:
+        x, span_x = x + shift, span_x + shift
+        bias = (jnp.zeros((w.shape[1],), jnp.float32) if bias is None else bias) - shift * jnp.sum(w, axis=0)
     reference = jnp.dot(x, w, precision=_HIGHEST)
     span_w = jnp.max(jnp.abs(w), axis=1)
+    errors = jnp.zeros((0,), jnp.float32)
+    s = jnp.ones_like(span_x)
     if method.smooth:
         candidates = jnp.asarray(smoothing_candidates(num_grids), jnp.float32)
         errors = jax.lax.map(lambda ab: _candidate_error(w, x, reference, span_x, span_w, ab, method=method, rank=rank,
@@ -228,18 +235,29 @@ def _calibrate(w, x, span_x, *, method_name, rank, group_size, signed, svd, num_
                              candidates, batch_size=candidate_batch)
         best = candidates[jnp.argmin(errors)]
         s = smooth_scale(span_x, span_w, best[0], best[1])
-    else:
-        errors = jnp.zeros((0,), jnp.float32)
-        s = jnp.ones_like(span_x)
-    if not method.lowrank:
-        return s, None, None, errors, jnp.zeros((0,), jnp.float32)
-    down, up, lowrank_errors = _refine_lowrank(w * s[:, None], x / s, reference, rank, group_size, signed, svd,
-                                               max_iters)
-    return s, down, up, errors, lowrank_errors
+    w_s = w * s[:, None]
+    down = up = None
+    lowrank_errors = jnp.zeros((0,), jnp.float32)
+    if method.lowrank:
+        down, up, lowrank_errors = _refine_lowrank(w_s, x / s, reference, rank, group_size, signed, svd, max_iters)
+        w_s = w_s - jnp.dot(down, up, precision=_HIGHEST)
+        down = down / s[:, None]
+    w_packed, w_scales = int4_ref.quantize_int4(w_s, group_size, axis=0)
+    arrays = dict(w_packed=w_packed, w_scales=w_scales, bias=bias, smooth=s if method.smooth else None,
+                  lowrank_down=down, lowrank_up=up)
+    return arrays, errors, lowrank_errors
 
 
-_calibrate_jit = jax.jit(_calibrate, static_argnames=("method_name", "rank", "group_size", "signed", "svd", "num_grids",
-                                                      "candidate_batch", "max_iters"))
+_STATIC = ("method_name", "rank", "group_size", "shift", "svd", "num_grids", "candidate_batch", "max_iters")
+_calibrate_jit = jax.jit(_calibrate, static_argnames=_STATIC)
+
+
+def _calibrate_stacked(w, x, span_x, bias, **static):
+    """Layers stacked on a leading axis (a scanned block), each on its own inputs, through one compiled function.
+    A loop, not `vmap`: the batched SVD and while-loop of a vmapped calibration ran ~3x slower on CPU."""
+    results = [jax.device_get(_calibrate_jit(w[i], x[i], span_x[i], None if bias is None else bias[i], **static))
+               for i in range(w.shape[0])]
+    return jax.device_put(jax.tree.map(lambda *leaves: np.stack(leaves), *results))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -282,44 +300,49 @@ def quantize_linear(w: jax.Array, x_calib: jax.Array, *, method: str = "svdquant
                     implementation: str | None = None, return_calibration: bool = False) -> Any:
     """A `QuantizedLinear` for `y = x w + bias` (`w [K, N]`), calibrated on `x_calib [tokens, K]`.
 
+    Layers stacked on a leading axis (`w [layers, K, N]`, `x_calib [layers, tokens, K]`, the blocks of an `nn.scan`)
+    calibrate one by one into one QuantizedLinear with stacked arrays.
+
     method: "svdquant" (smoothing + low rank + W4A4), "smoothquant" (smoothing + W4A4), "naive" (W4A4 round to
         nearest), "w4a16" (weights only).
     shift: add it to inputs and quantize them unsigned (post-GELU inputs: `GELU_SHIFT`); the bias compensates.
-    x_span: per-channel absolute maxima of the inputs over more tokens than `x_calib` holds (calibration statistics
-        of a whole model); default: those of `x_calib`.
+    x_span: per-channel absolute maxima of the inputs (before any shift) over more tokens than `x_calib` holds
+        (calibration statistics of a whole model); default: those of `x_calib`.
     svd: "exact" or "randomized" (large layers). num_grids, lowrank_iters: the search sizes (official: 20, 100).
     candidate_batch: smoothing candidates evaluated at once (memory: about `candidate_batch` copies of w and x).
     implementation: the `pallas_kernels.int4_matmul.ops` backend the layer runs on (None: the platform default).
     return_calibration: also return a `Calibration` with the search's errors.
     """
-    w, x_calib = jnp.asarray(w, jnp.float32), jnp.asarray(x_calib, jnp.float32)
-    bias = None if bias is None else jnp.asarray(bias, jnp.float32)
-    _check(w, x_calib, method, rank, group_size, svd, shift, bias)
-    shift = float(shift or 0.0)
-    signed = not shift
-    if shift:
-        x_calib = x_calib + shift
-        bias = (jnp.zeros((w.shape[1],), jnp.float32) if bias is None else bias) - shift * jnp.sum(w, axis=0)
-    span_x = jnp.max(jnp.abs(x_calib), axis=0) if x_span is None else jnp.asarray(x_span, jnp.float32) + shift
-    if span_x.shape != (w.shape[0],):
-        raise ValueError(f"x_span must be [K={w.shape[0]}], got {span_x.shape}")
+    # Host-side preparation in numpy: each eager jnp op would compile once per shape.
+    w, x_calib = np.asarray(w, np.float32), np.asarray(x_calib, np.float32)
+    bias = None if bias is None else np.asarray(bias, np.float32)
+    x_span = np.abs(x_calib).max(axis=-2) if x_span is None else np.asarray(x_span, np.float32)
+    stacked = w.ndim == 3
+    if stacked:  # layers of a scan: check one, calibrate all
+        if x_calib.ndim != 3 or x_calib.shape[0] != w.shape[0] or x_span.shape != (w.shape[0], w.shape[1]):
+            raise ValueError(f"stacked w {w.shape} needs x_calib [{w.shape[0]}, tokens, {w.shape[1]}] and x_span "
+                             f"[{w.shape[0]}, {w.shape[1]}]; got {x_calib.shape} and {x_span.shape}")
+        _check(w[0], x_calib[0], method, rank, group_size, svd, shift, None if bias is None else bias[0])
+    else:
+        _check(w, x_calib, method, rank, group_size, svd, shift, bias)
+        if x_span.shape != (w.shape[0],):
+            raise ValueError(f"x_span must be [K={w.shape[0]}], got {x_span.shape}")
     spec = METHODS[method]
-    s, down, up, candidate_errors, lowrank_errors = _calibrate_jit(
-        w, x_calib, span_x, method_name=method, rank=rank if spec.lowrank else 0, group_size=group_size,
-        signed=signed, svd=svd, num_grids=num_grids, candidate_batch=candidate_batch, max_iters=lowrank_iters)
-    w_s = w * s[:, None]
-    residual = w_s if down is None else w_s - jnp.dot(down, up, precision=_HIGHEST)
-    w_packed, w_scales = int4_ref.quantize_int4(residual, group_size, axis=0)
-    layer = QuantizedLinear(
-        w_packed=w_packed, w_scales=w_scales, bias=bias, smooth=s if spec.smooth else None,
-        lowrank_down=None if down is None else down / s[:, None], lowrank_up=up,
-        activations=("int4" if signed else "uint4") if spec.quantize_activations else "float",
-        shift=shift, group_size=group_size, method=method, implementation=implementation)
+    shift = float(shift or 0.0)
+    # Products that matter are spelled HIGHEST; a global "highest" default (the test suite's) made the SVD and QR
+    # internals several times slower on CPU, so they get the platform default here.
+    with jax.default_matmul_precision("default"):
+        arrays, candidate_errors, lowrank_errors = (_calibrate_stacked if stacked else _calibrate_jit)(
+            w, x_calib, x_span, bias, method_name=method, rank=rank if spec.lowrank else 0, group_size=group_size,
+            shift=shift, svd=svd, num_grids=num_grids, candidate_batch=candidate_batch, max_iters=lowrank_iters)
+    layer = QuantizedLinear(**arrays, activations=("uint4" if shift else "int4") if spec.quantize_activations
+                            else "float", shift=shift, group_size=group_size, method=method,
+                            implementation=implementation)
     if not return_calibration:
         return layer
     candidate_errors = np.asarray(candidate_errors)
     alpha_beta = (tuple(float(v) for v in smoothing_candidates(num_grids)[int(np.argmin(candidate_errors))])
-                  if spec.smooth else None)
+                  if spec.smooth and not stacked else None)
     return layer, Calibration(alpha_beta, candidate_errors, np.asarray(lowrank_errors))
 
 
