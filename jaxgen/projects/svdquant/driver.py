@@ -153,10 +153,11 @@ def quantize_and_compare(module: nn.Module, variables, *, image_shape: Sequence[
 
 def run(*, workdir: str | Path, model: nn.Module, image_shape: Sequence[int], num_classes: int,
         restore_from: str | None = None, restore_key: str = "ema_params", random_seed: int = 0,
-        random_scale: float = 0.05, restore_step: int | None = None, progress: bool = True, mode: str = "train",
-        **experiment):
-    """`jaxgen run` entry point (`config.trainer.run = @driver.run`): `quantize_and_compare` on the DiT `model`,
-    writing `results.json` and `samples.png` to `workdir`. `experiment`: `quantize_and_compare`'s keywords."""
+        random_scale: float = 0.05, compare=quantize_and_compare, restore_step: int | None = None,
+        progress: bool = True, mode: str = "train"):
+    """`jaxgen run` entry point (`config.trainer.run = @driver.run`): `compare` (`quantize_and_compare`, its settings
+    bound by the experiment file as `@driver.quantize_and_compare`) on the DiT `model`, writing `results.json` and
+    `samples.png` to `workdir`."""
     from jaxgen.train import RunResult
 
     del restore_step, progress, mode  # one pass, nothing to resume
@@ -166,11 +167,10 @@ def run(*, workdir: str | Path, model: nn.Module, image_shape: Sequence[int], nu
         variables = restore_variables(model, image_shape, restore_from, restore_key)
     else:
         variables = random_variables(model, image_shape, random_seed, random_scale)
-    results, images = quantize_and_compare(model, variables, image_shape=image_shape, num_classes=num_classes,
-                                           **experiment)
+    results, images = compare(model, variables, image_shape=image_shape, num_classes=num_classes)
     results["settings"] = {"restore_from": restore_from, "restore_key": restore_key if restore_from else None,
                            "random_seed": None if restore_from else random_seed, "date": time.strftime("%Y-%m-%d"),
-                           "devices": [str(d) for d in jax.devices()], **{k: v for k, v in experiment.items()}}
+                           "devices": [str(d) for d in jax.devices()]}
     (workdir / "results.json").write_text(json.dumps(results, indent=2, default=str))
     rows = list(images)
     save_png(workdir / "samples.png", class_grid(np.stack([images[r] for r in rows]), [NAMES.get(r, r) for r in rows],
