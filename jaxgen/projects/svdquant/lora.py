@@ -81,7 +81,7 @@ def read_lora_safetensors(path: str | Path) -> dict[str, Lora]:
 
 
 def merge_into_layer(layer: QuantizedLinear, down: jax.Array, up: jax.Array) -> QuantizedLinear:
-    """`layer` plus `x down up` (already scaled; stacked like the layer's arrays), concatenated to its low-rank branch."""
+    """`layer` plus `x down up` (already scaled; stacked like the layer's arrays), joined to its low-rank branch."""
     if layer.activations == "float":
         raise ValueError(f"a W4A16 layer ({layer.method}) has no low-rank branch in its kernel to merge a LoRA into; "
                          f"re-quantize it with the LoRA fused, or quantize the layer with a W4A4 scheme")
