@@ -229,11 +229,15 @@ def _calibrate(w, x, span_x, bias, *, method_name, rank, group_size, shift, svd,
     errors = jnp.zeros((0,), jnp.float32)
     s = jnp.ones_like(span_x)
     if method.smooth:
-        candidates = jnp.asarray(smoothing_candidates(num_grids), jnp.float32)
+        candidates = smoothing_candidates(num_grids)
+        count = len(candidates)
+        # Padded with copies of (0, 0) to whole chunks: lax.map then compiles one chunk body, not a remainder too;
+        # argmin returns the first minimum, so a copy never wins over the original.
+        padded = np.concatenate([candidates, np.zeros((-count % candidate_batch, 2))]).astype(np.float32)
         errors = jax.lax.map(lambda ab: _candidate_error(w, x, reference, span_x, span_w, ab, method=method, rank=rank,
                                                          group_size=group_size, signed=signed, svd=svd),
-                             candidates, batch_size=candidate_batch)
-        best = candidates[jnp.argmin(errors)]
+                             jnp.asarray(padded), batch_size=min(candidate_batch, count))[:count]
+        best = jnp.asarray(candidates, jnp.float32)[jnp.argmin(errors)]
         s = smooth_scale(span_x, span_w, best[0], best[1])
     w_s = w * s[:, None]
     down = up = None
