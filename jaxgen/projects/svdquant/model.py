@@ -103,24 +103,23 @@ def _layer_info(module: nn.Module, x: jax.Array, path: str) -> LayerInfo | None:
     return None
 
 
-def _called_layer(context, prefix: tuple[str, ...]) -> tuple[nn.Module, str] | None:
+def _called_layer(context) -> tuple[nn.Module, str] | None:
+    """The Dense/DenseGeneral layer being called and its path (from the root module), or None."""
     module = context.module
     if context.method_name != "__call__" or type(module) not in (nn.Dense, nn.DenseGeneral):
         return None
-    if tuple(module.path[:len(prefix)]) != prefix or len(module.path) <= len(prefix):
-        return None
-    return module, "/".join(module.path[len(prefix):])
+    return module, "/".join(module.path)
 
 
 class _Recorder:
     """Interceptor: sows a strided sample of each layer's input tokens and their per-channel absolute maxima."""
 
-    def __init__(self, tokens_per_call: int, prefix: tuple[str, ...]):
-        self.tokens_per_call, self.prefix = tokens_per_call, prefix
+    def __init__(self, tokens_per_call: int):
+        self.tokens_per_call = tokens_per_call
         self.layers: dict[str, LayerInfo] = {}
 
     def __call__(self, next_fun, args, kwargs, context):
-        called = _called_layer(context, self.prefix)
+        called = _called_layer(context)
         if called is None:
             return next_fun(*args, **kwargs)
         module, path = called
@@ -155,7 +154,7 @@ def collect_inputs(module: nn.Module, variables: Mapping, calib_batches: Iterabl
     """Runs `module.apply(variables, *args, **kwargs)` for each `(args, kwargs)` of `calib_batches` and returns every
     Dense/DenseGeneral layer's inputs: up to `tokens_per_call` evenly strided tokens per call and batch, and the
     absolute maxima per input channel over all tokens."""
-    recorder = _Recorder(tokens_per_call, ())
+    recorder = _Recorder(tokens_per_call)
 
     @jax.jit
     def run(variables, args, kwargs):
@@ -273,7 +272,7 @@ class _Runner:
     """Interceptor: a layer holding a `svdquant` parameter is answered by its QuantizedLinear."""
 
     def __call__(self, next_fun, args, kwargs, context):
-        called = _called_layer(context, ())
+        called = _called_layer(context)
         if called is None or not called[0].has_variable("params", VARIABLE):
             return next_fun(*args, **kwargs)
         module, path = called

@@ -43,7 +43,7 @@ def quantized():
     module, variables = tiny_dit()
     inputs = sq_model.collect_inputs(module, variables, calib_batches(0), tokens_per_call=32)
     q = sq_model.quantize_model(module, variables, None, RULES, inputs=inputs)
-    return module, variables, inputs, q
+    return jax.jit(module.apply), variables, inputs, q
 
 
 def test_calibration_collects_every_layer_input(quantized):
@@ -59,14 +59,14 @@ def test_calibration_collects_every_layer_input(quantized):
 
 
 def test_quantized_dit_runs_close_to_16_bit(quantized):
-    module, variables, _, q = quantized
+    apply_16bit, variables, _, q = quantized
     assert q.schemes["blocks/attn/out"] == sq_model.SCHEMES["smoothquant"]
     assert q.schemes["t_embed/linear_1"].method is None
     layer = q.params["params"]["blocks"]["attn"]["out"]["svdquant"]
     assert layer.w_packed.shape == (2, 32, 64) and layer.rank == 0 and layer.smooth.shape == (2, 64)
     assert q.params["params"]["blocks"]["Dense_1"]["svdquant"].activations == "uint4"
     (x, t, y), _ = next(calib_batches(1))
-    reference = jax.jit(module.apply)(variables, x, t, y)
+    reference = apply_16bit(variables, x, t, y)
     out = jax.jit(q.apply)(q.params, x, t, y)
     relative = float(np.mean((out - reference) ** 2) / np.mean(reference ** 2))
     assert 0 < relative < 0.01, relative
@@ -74,12 +74,12 @@ def test_quantized_dit_runs_close_to_16_bit(quantized):
 
 def test_16_bit_layers_are_untouched(quantized):
     """16-bit layers keep their parameters, and the interceptor leaves layers without a quantized one alone."""
-    module, variables, _, q = quantized
+    apply_16bit, variables, _, q = quantized
     np.testing.assert_array_equal(q.params["params"]["patch_embed"]["kernel"],
                                   variables["params"]["patch_embed"]["kernel"])
     (x, t, y), _ = next(calib_batches(1))
     np.testing.assert_array_equal(np.asarray(jax.jit(q.apply)(variables, x, t, y)),
-                                  np.asarray(jax.jit(module.apply)(variables, x, t, y)))
+                                  np.asarray(apply_16bit(variables, x, t, y)))
 
 
 def test_model_bytes(quantized):
@@ -98,6 +98,6 @@ def test_model_bytes(quantized):
     (((r"blocks/(", "w4a4"),), "not a valid regular expression"),
 ])
 def test_bad_rules_are_refused(quantized, rules, message):
-    module, variables, inputs, _ = quantized
+    _, variables, inputs, q = quantized
     with pytest.raises(ValueError, match=message):
-        sq_model.quantize_model(module, variables, None, rules, inputs=inputs)
+        sq_model.quantize_model(q.module, variables, None, rules, inputs=inputs)
