@@ -233,10 +233,11 @@ def _calibrate(w, x, span_x, bias, *, method_name, rank, group_size, shift, svd,
         count = len(candidates)
         # Padded with copies of (0, 0) to whole chunks: lax.map then compiles one chunk body, not a remainder too;
         # argmin returns the first minimum, so a copy never wins over the original.
-        padded = np.concatenate([candidates, np.zeros((-count % candidate_batch, 2))]).astype(np.float32)
+        chunk = min(candidate_batch, count)
+        padded = np.concatenate([candidates, np.zeros((-count % chunk, 2))]).astype(np.float32)
         errors = jax.lax.map(lambda ab: _candidate_error(w, x, reference, span_x, span_w, ab, method=method, rank=rank,
                                                          group_size=group_size, signed=signed, svd=svd),
-                             jnp.asarray(padded), batch_size=min(candidate_batch, count))[:count]
+                             jnp.asarray(padded), batch_size=chunk)[:count]
         best = jnp.asarray(candidates, jnp.float32)[jnp.argmin(errors)]
         s = smooth_scale(span_x, span_w, best[0], best[1])
     w_s = w * s[:, None]
