@@ -13,8 +13,8 @@ from jaxgen.nn import dit
 from jaxgen.projects.svdquant import model as sq_model
 
 RULES = (
-    (r"patch_embed|t_embed/.*|unpatchify", "float"),
-    (r"blocks/adaln|final_adaln", "w4a16"),
+    (r"patch_embed|t_embed/.*|unpatchify|final_adaln|blocks/Dense_0", "float"),
+    (r"blocks/adaln", "w4a16"),
     (r"blocks/attn/out", "smoothquant"),  # svdquant's own compile is tests/.../test_svdquant_linear.py's
     (r"blocks/Dense_1", "w4a4_gelu"),
     (r"blocks/.*", "w4a4"),
@@ -61,7 +61,7 @@ def test_calibration_collects_every_layer_input(quantized):
 def test_quantized_dit_runs_close_to_16_bit(quantized):
     apply_16bit, variables, _, q = quantized
     assert q.schemes["blocks/attn/out"] == sq_model.SCHEMES["smoothquant"]
-    assert q.schemes["t_embed/linear_1"].method is None
+    assert q.schemes["t_embed/linear_1"].method is None and q.schemes["blocks/Dense_0"].method is None
     layer = q.params["params"]["blocks"]["attn"]["out"]["svdquant"]
     assert layer.w_packed.shape == (2, 32, 64) and layer.rank == 0 and layer.smooth.shape == (2, 64)
     assert q.params["params"]["blocks"]["Dense_1"]["svdquant"].activations == "uint4"
@@ -74,20 +74,22 @@ def test_quantized_dit_runs_close_to_16_bit(quantized):
 
 def test_16_bit_layers_are_untouched(quantized):
     """16-bit layers keep their parameters, and the interceptor leaves layers without a quantized one alone."""
-    apply_16bit, variables, _, q = quantized
+    _, variables, _, q = quantized
     np.testing.assert_array_equal(q.params["params"]["patch_embed"]["kernel"],
                                   variables["params"]["patch_embed"]["kernel"])
-    (x, t, y), _ = next(calib_batches(1))
-    np.testing.assert_array_equal(np.asarray(jax.jit(q.apply)(variables, x, t, y)),
-                                  np.asarray(apply_16bit(variables, x, t, y)))
+    dense = nn.Dense(8)
+    dense_variables = {"params": {"kernel": np.arange(32.0).reshape(4, 8), "bias": np.ones(8)}}
+    x = np.linspace(-1, 1, 12).reshape(3, 4)
+    np.testing.assert_array_equal(sq_model.apply_quantized(dense, dense_variables, x), dense.apply(dense_variables, x))
 
 
 def test_model_bytes(quantized):
     _, variables, _, q = quantized
-    # A W4A16 layer [K, N] = [64, 128] with bias: packed codes K N / 2, one 16-bit scale per 64 rows and column, bias.
-    final = {"params": q.params["params"]["final_adaln"]}
-    assert sq_model.model_bytes(final) == 64 * 128 // 2 + 128 * 2 + 128 * 2
-    assert sq_model.model_bytes(q.params) < 0.5 * sq_model.model_bytes(variables)
+    # 2 stacked W4A16 layers [K, N] = [64, 384] with bias: packed codes K N / 2, a 16-bit scale per 64 rows and
+    # column, the bias.
+    adaln = {"params": q.params["params"]["blocks"]["adaln"]}
+    assert sq_model.model_bytes(adaln) == 2 * (64 * 384 // 2 + 384 * 2 + 384 * 2)
+    assert sq_model.model_bytes(q.params) < 0.6 * sq_model.model_bytes(variables)
 
 
 @pytest.mark.parametrize("rules, message", [
