@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from jaxgen.nn import dit
-from jaxgen.projects.svdquant import model as sq_model
+from jaxgen.projects.svdquant import driver, model as sq_model
 
 RULES = (
     (r"patch_embed|t_embed/.*|unpatchify|final_adaln|blocks/Dense_0", "float"),
@@ -22,13 +22,10 @@ RULES = (
 
 
 def tiny_dit():
-    """A 2-block DiT of width 64 with random weights everywhere (adaLN-Zero layers start at zero otherwise)."""
+    """A 2-block DiT of width 64 with random weights everywhere (adaLN-Zero layers start at zero otherwise), drawn from
+    shapes alone (nothing compiled)."""
     module = dit.DiT(num_classes=4, width=64, depth=2, num_heads=4, patch_size=2, in_channels=3, sample_size=8)
-    x = np.zeros((1, 8, 8, 3), np.float32)
-    variables = jax.jit(module.init)(jax.random.key(0), x, np.zeros((1,), np.float32), np.zeros((1,), np.int32))
-    rng = np.random.default_rng(1)
-    return module, nn.unbox(jax.tree.map(lambda a: a + 0.05 * rng.normal(size=a.shape).astype(np.float32),
-                                         jax.device_get(variables)))
+    return module, driver.random_variables(module, (8, 8, 3), seed=1, scale=0.05)
 
 
 def calib_batches(seed, timesteps=(50, 500, 950)):
