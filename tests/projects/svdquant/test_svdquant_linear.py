@@ -35,6 +35,7 @@ def layers():
     w, x_calib, x_test = _outlier_data()
     bias = np.linspace(-1, 1, N).astype(np.float32)
     made = {method: linear.quantize_linear(w, x_calib, method=method, rank=RANK, bias=bias, lowrank_iters=10,
+                                           candidate_batch=39,  # all candidates in one vmapped call: one compile
                                            return_calibration=True)
             for method in ("naive", "smoothquant", "svdquant")}
     return w, bias, x_test, made
@@ -73,12 +74,11 @@ def test_lowrank_refinement_never_keeps_a_worse_branch(layers):
     assert ran[:-1].min() <= ran[0]  # the stopping iterate is the first that did not improve (or the cap)
 
 
-def test_randomized_svd_matches_exact_on_a_low_rank_matrix():
+def test_randomized_svd_recovers_a_low_rank_matrix():
     rng = np.random.default_rng(3)
     m = (rng.normal(size=(48, 6)) @ rng.normal(size=(6, 40))).astype(np.float32)
-    for svd in linear.SVDS:
-        down, up = jax.jit(linear.lowrank, static_argnums=(1, 2))(jnp.asarray(m), 6, svd)
-        np.testing.assert_allclose(np.asarray(down @ up), m, atol=1e-3)
+    down, up = jax.jit(linear.lowrank, static_argnums=(1, 2))(jnp.asarray(m), 6, "randomized")
+    np.testing.assert_allclose(np.asarray(down @ up), m, atol=1e-3)
 
 
 def test_shifted_unsigned_inputs_keep_the_linear_map():
