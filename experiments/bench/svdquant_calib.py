@@ -6,8 +6,8 @@ Recipe:
   hardware  one H100 (the CPU --quick run checks the script only)
   wall time not yet measured on an H100
   expected  not yet measured; goal (issue 24): a whole FLUX.1-dev calibration <= 1 h on one H100, i.e. about
-            3.5 s per linear layer (FLUX.1-dev: ~1,000 quantized linears counting each double block's image and text
-            streams), against deepcompressor's ~12 h
+            7 s per linear layer (diffusers' FLUX.1-dev has ~500 linears in its blocks: 14 per double-stream block
+            x 19, 6 per single-stream block x 38), against deepcompressor's ~12 h
 
 What is timed: `jaxgen.projects.svdquant.quantize_linear` on one layer, `w [K, N]` with two planted outlier input rows
 (x10) and calibration inputs `x [tokens, K]` with 16 outlier channels (x30), as diffusion transformers have them, for
