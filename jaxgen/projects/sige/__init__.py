@@ -1,0 +1,7 @@
+"""SIGE (Li et al., NeurIPS 2022): spatially sparse incremental inference for edited images — cached features,
+gather / sparse conv / scatter, for diffusion UNets. See experiments/sige/README.md."""
+
+from jaxgen.projects.sige.engine import EditPlan, IncrementalEngine
+from jaxgen.projects.sige.unet import SigeUNet, ddpm_unet, sd_unet, tiny_unet
+
+__all__ = ["EditPlan", "IncrementalEngine", "SigeUNet", "ddpm_unet", "sd_unet", "tiny_unet"]
