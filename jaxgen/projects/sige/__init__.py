@@ -2,6 +2,6 @@
 gather / sparse conv / scatter, for diffusion UNets. See experiments/sige/README.md."""
 
 from jaxgen.projects.sige.engine import EditPlan, IncrementalEngine
-from jaxgen.projects.sige.unet import SigeUNet, ddpm_unet, sd_unet, tiny_unet
+from jaxgen.projects.sige.unet import SigeUNet, ddpm_unet, random_params, sd_unet, tiny_unet
 
-__all__ = ["EditPlan", "IncrementalEngine", "SigeUNet", "ddpm_unet", "sd_unet", "tiny_unet"]
+__all__ = ["EditPlan", "IncrementalEngine", "SigeUNet", "ddpm_unet", "random_params", "sd_unet", "tiny_unet"]

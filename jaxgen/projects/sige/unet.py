@@ -13,6 +13,7 @@ from typing import Any
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from jaxgen.nn.embeddings import timestep_embedding
 from jaxgen.projects.sige.layers import SigeAttnBlock, SigeConv, SigeGroupNorm, SigeTransformer, _parts
@@ -168,3 +169,28 @@ def sd_unet(dtype: Any = jnp.float32) -> SigeUNet:
     return SigeUNet(in_channels=4, out_channels=4, block_out_channels=(320, 640, 1280, 1280), layers_per_block=2,
                     attention_levels=(True, True, True, False), mid_attention=True, groups=32, eps=1e-5,
                     num_heads=8, cross_attention_dim=768, flip_sin_to_cos=True, freq_shift=0.0, dtype=dtype)
+
+
+def random_params(module: nn.Module, *args, seed: int = 0, **kwargs) -> dict:
+    """Parameters for `module.apply(params, *args, **kwargs)` drawn with numpy from their shapes alone: kernels
+    `N(0, 1/fan_in)`, norm scales `1 + N(0, 0.1²)`, biases `N(0, 0.1²)`.
+
+    Why not `module.init`: compiling the initialisers of a UNet's ~100 tensors (threefry, truncated normals) takes
+    tens of seconds on a CPU (measured 25 s for the tiny UNet on 2 loaded cores), more than the whole test budget.
+    Timing and equality tests need any weights, not those initialisers; norm scales and biases are perturbed so a
+    test also sees them.
+    """
+    shapes = nn.unbox(jax.eval_shape(module.init, jax.random.key(0), *args, **kwargs))
+    rng = np.random.default_rng(seed)
+
+    def draw(path, leaf):
+        name = path[-1].key
+        if name == "scale":
+            value = 1 + 0.1 * rng.standard_normal(leaf.shape)
+        elif name == "bias":
+            value = 0.1 * rng.standard_normal(leaf.shape)
+        else:
+            value = rng.standard_normal(leaf.shape) / np.sqrt(max(1, int(np.prod(leaf.shape[:-1]))))
+        return jnp.asarray(value, leaf.dtype)
+
+    return jax.tree_util.tree_map_with_path(draw, shapes)
