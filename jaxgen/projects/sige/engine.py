@@ -24,13 +24,14 @@ from jaxgen.projects.sige.layers import CACHE, Cost, Pass, running
 @dataclasses.dataclass
 class EditPlan:
     """What `edit` ran: `level` (bucket fraction, None for the dense fallback), the mask pyramid, per site key its
-    active tile grid and slot count; `arrays` is what the sparse pass reads."""
+    active tile grid and slot count; `arrays` is what the sparse pass reads (`device`: the same, on the device)."""
 
     level: float | None
     pyramid: dict[tuple[int, int], np.ndarray]
     active: dict[str, np.ndarray]
     slots: dict[str, int]
     arrays: dict[str, dict[str, np.ndarray]]
+    device: Any = None
 
 
 class IncrementalEngine:
@@ -49,8 +50,9 @@ class IncrementalEngine:
         self.levels = tuple(sorted(levels)) if levels is not None else masks_lib.bucket_levels()
         self.compiles = 0
         self.last_plan: EditPlan | None = None
-        self._original: np.ndarray | None = None
-        self._cache = None
+        self._originals: dict[Any, np.ndarray] = {}
+        self._caches: dict[Any, Any] = {}
+        self._last_mask: np.ndarray | None = None
         self._sites: dict = {}
         self._costs: list[Cost] = []
         self._full = jax.jit(self._full_pass)
@@ -68,31 +70,52 @@ class IncrementalEngine:
         with running(Pass("sparse", plan=plan)):
             return self.module.apply({**params, CACHE: cache}, x, **cond)
 
-    def full(self, original, **cond) -> jax.Array:
-        """Run densely on `original`, cache what edits reuse, return the output."""
-        out, self._cache = self._full(self.params, original, cond)
-        self._original = np.asarray(original)
+    def full(self, original, *, cache_id: Any = 0, **cond) -> jax.Array:
+        """Run densely on `original`, cache what edits reuse under `cache_id` (one per denoising step in SDEdit),
+        return the output."""
+        if self._originals and np.shape(original) != next(iter(self._originals.values())).shape:
+            raise ValueError(f"IncrementalEngine.full: shape {np.shape(original)} differs from the cached originals' "
+                             f"{next(iter(self._originals.values())).shape}; use one engine per shape")
+        out, self._caches[cache_id] = self._full(self.params, original, cond)
+        self._originals[cache_id] = np.asarray(original)
         return out
 
-    def edit(self, edited, **cond) -> jax.Array:
-        """The output on `edited`, recomputing only where it differs from the original given to `full`."""
-        if self._original is None:
-            raise ValueError("IncrementalEngine.edit: call full(original) first; there is no cached original")
-        if tuple(np.shape(edited)) != self._original.shape:
+    def edit(self, edited, *, mask=None, cache_id: Any = 0, **cond) -> jax.Array:
+        """The output on `edited`, recomputing only where it differs from the original given to `full` under
+        `cache_id` — or, with `mask` ([H, W] bool), only where `mask` says (SDEdit keeps the mask of the clean
+        images for every noisy step). The plan of the last mask is reused when the mask repeats."""
+        if cache_id not in self._originals:
+            raise ValueError(f"IncrementalEngine.edit: call full(original, cache_id={cache_id!r}) first; there is no "
+                             f"cached original under that id")
+        original = self._originals[cache_id]
+        if tuple(np.shape(edited)) != original.shape:
             raise ValueError(f"IncrementalEngine.edit: the edit has shape {tuple(np.shape(edited))}, the original "
-                             f"given to full() {self._original.shape}; run full() on an original of this shape")
-        self.last_plan = self.plan(masks_lib.difference_mask(self._original, edited, self.threshold))
-        return self._sparse(self.params, self._cache, edited, self.last_plan.arrays, cond)
+                             f"given to full() {original.shape}; run full() on an original of this shape")
+        if mask is None:
+            mask = masks_lib.difference_mask(original, edited, self.threshold)
+        mask = np.asarray(mask, bool)
+        if mask.shape != original.shape[1:3]:
+            raise ValueError(f"IncrementalEngine.edit: mask {mask.shape} does not match the images' "
+                             f"{original.shape[1:3]}")
+        if self.last_plan is None or self._last_mask is None or not np.array_equal(mask, self._last_mask):
+            self.last_plan, self._last_mask = self.plan(mask), mask
+        return self._sparse(self.params, self._caches[cache_id], edited, self.last_plan.device, cond)
 
-    def dense_with_cached_statistics(self, x, **cond) -> jax.Array:
-        """The model on `x` run densely but with the full pass's GroupNorm statistics and cross-attention keys /
-        values: the reference the sparse pass approximates nothing against (what `edit` falls back to)."""
-        if self._original is None:
-            raise ValueError("IncrementalEngine: call full(original) first")
-        return self._sparse(self.params, self._cache, x, {}, cond)
+    def dense_with_cached_statistics(self, x, *, cache_id: Any = 0, **cond) -> jax.Array:
+        """The model on `x` run densely but with the full pass's GroupNorm statistics and attention keys / values
+        where they are cached: what the sparse pass equals where the edit reached (and what `edit` falls back to)."""
+        if cache_id not in self._caches:
+            raise ValueError(f"IncrementalEngine: call full(original, cache_id={cache_id!r}) first")
+        return self._sparse(self.params, self._caches[cache_id], x, {}, cond)
 
     def plan(self, mask: np.ndarray) -> EditPlan:
-        """Active tiles of every sparse site for the `[H, W]` edit mask, padded to the smallest bucket they fit."""
+        """Active tiles of every sparse site for the `[H, W]` edit mask, padded to the smallest bucket they fit.
+
+        One bucket level `f` sizes every site: `f · 2^k` of its tiles for a site `k` halvings below the finest one
+        (an edit covers a larger share of a coarser map: its halo is a fixed number of pixels at every resolution),
+        and a site whose share exceeds the largest level runs dense. The program's shapes thus depend on `f` alone:
+        at most `len(levels)` sparse compiles, plus the all-dense fallback when even the largest level is too small.
+        """
         if not self._sites:
             raise ValueError("IncrementalEngine.plan: call full(original) first; no conv sites are recorded")
         sizes = {(h, w) for h, w, _ in self._sites.values()}
@@ -107,19 +130,28 @@ class IncrementalEngine:
                 continue
             active[key] = masks_lib.active_tiles(pyramid[(h, w)], geometry)
             counts[key] = int(active[key].sum())
-        level = next((f for f in self.levels
-                      if all(n <= masks_lib.capacity(f, active[k].size) for k, n in counts.items())), None)
+        finest = max(h for h, _, _ in self._sites.values())
+        growth = {key: finest / h for key, (h, _, _) in self._sites.items()}
+        dense_from = self.levels[-1]
+
+        def fits(level: float) -> bool:
+            return all(level * growth[k] > dense_from or n <= masks_lib.capacity(level * growth[k], active[k].size)
+                       for k, n in counts.items())
+
+        level = next((f for f in self.levels if fits(f)), None)
         if level is None:
-            return EditPlan(None, pyramid, active, {}, {})
+            return EditPlan(None, pyramid, active, {}, {}, {})
         slots, arrays = {}, {}
         for key, grid in active.items():
+            if level * growth[key] > dense_from:
+                continue
             h, w, geometry = self._sites[key]
             indices = masks_lib.tile_indices(grid)
-            slots[key] = masks_lib.capacity(level, grid.size)
+            slots[key] = masks_lib.capacity(level * growth[key], grid.size)
             arrays[key] = {"idx": masks_lib.pad_indices(indices, slots[key]),
                            "map": masks_lib.scatter_map(indices, geometry.output_size(h), geometry.output_size(w),
                                                         geometry.tile)}
-        return EditPlan(level, pyramid, active, slots, arrays)
+        return EditPlan(level, pyramid, active, slots, arrays, jax.device_put(arrays))
 
     def macs(self, plan: EditPlan | None = None) -> dict[str, Any]:
         """Dense and sparse MACs of the recorded layers for `plan` (default: the last edit's). `sparse` counts the
