@@ -2,8 +2,9 @@
 
 Recipe:
   command   GPU: PYTHONPATH=. python3 experiments/bench/sige.py --out experiments/bench/sige.json
-            CPU (reduced widths and sizes, see --quick): PYTHONPATH=. nice -n 10 python3 experiments/bench/sige.py \
-                --quick --reps 3 --out experiments/bench/sige_cpu.json
+            CPU (reduced widths and sizes, see --quick; bf16 is emulated on CPU, so float32 only):
+            PYTHONPATH=. nice -n 10 python3 experiments/bench/sige.py --quick --reps 5 --dtypes float32 \
+                --out experiments/bench/sige_cpu.json
   hardware  one GPU (H100) for the full sizes; --quick runs on CPU
   wall time --quick: a few minutes on 2 shared CPU cores (2026-12-07); full sizes on an H100: not yet run
   expected  goals from the paper's claim: at ~1.2 % edit area ≥ 5× fewer MACs and ≥ 2× lower latency than dense;
@@ -22,7 +23,7 @@ with the mask of the clean images), dilated by one pixel per resolution (the off
 dtype and area, in one process: the dense jitted `module.apply` on the edited input, and `IncrementalEngine.edit`
 after `full` on the original (the plan of a mask is built once per edit and reused by every denoising step, so it
 is timed separately as `plan_ms`). Latencies: median of --reps after one warm-up call (which compiles), each ended by
-block_until_ready. MACs: convs, attention and projections from shapes (`IncrementalEngine.macs`): `sparse` counts
+block_until_ready, dense and sparse calls alternating. MACs: convs, attention and projections from shapes (`IncrementalEngine.macs`): `sparse` counts
 active tiles, `executed` the padded bucket slots the program runs. Writes JSON and prints a markdown table.
 Imports jax, flax, numpy and jaxgen.projects.sige only (no gin, no TFDS, no diffusers).
 """
@@ -64,14 +65,17 @@ def square_mask(height: int, width: int, area: float) -> np.ndarray:
     return mask
 
 
-def timed(fn, reps: int) -> float:
-    jax.block_until_ready(fn())
-    times = []
+def timed_pair(first, second, reps: int) -> tuple[float, float]:
+    """Median ms of each function over `reps` alternating calls (drift on a shared machine hits both alike)."""
+    jax.block_until_ready(first())
+    jax.block_until_ready(second())
+    times = ([], [])
     for _ in range(reps):
-        start = time.perf_counter()
-        jax.block_until_ready(fn())
-        times.append(time.perf_counter() - start)
-    return 1e3 * statistics.median(times)
+        for fn, out in zip((first, second), times):
+            start = time.perf_counter()
+            jax.block_until_ready(fn())
+            out.append(time.perf_counter() - start)
+    return 1e3 * statistics.median(times[0]), 1e3 * statistics.median(times[1])
 
 
 def run(quick: bool, reps: int, dtypes: list[str], areas: tuple[float, ...]) -> list[dict]:
@@ -93,8 +97,8 @@ def run(quick: bool, reps: int, dtypes: list[str], areas: tuple[float, ...]) -> 
                 start = time.perf_counter()
                 plan = engine.plan(mask)
                 plan_ms = 1e3 * (time.perf_counter() - start)
-                dense_ms = timed(lambda: dense(params, edited, t, **cond), reps)
-                sparse_ms = timed(lambda: engine.edit(edited, mask=mask, timesteps=t, **cond), reps)
+                dense_ms, sparse_ms = timed_pair(lambda: dense(params, edited, t, **cond),
+                                                 lambda: engine.edit(edited, mask=mask, timesteps=t, **cond), reps)
                 macs = engine.macs(plan)
                 row = {"model": name, "dtype": dtype_name, "area": area, "mask_area": float(mask.mean()),
                        "bucket": plan.level, "macs_dense": macs["dense"], "macs_sparse": macs["sparse"],

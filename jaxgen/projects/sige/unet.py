@@ -88,7 +88,8 @@ class SigeUNet(nn.Module):
         heads = self.num_heads or (h.shape[-1] // self.head_dim if self.head_dim else 1)
         if self.cross_attention_dim is None:
             return SigeAttnBlock(heads, self.groups, self.eps, dtype=self.dtype, name=name)(h)
-        return SigeTransformer(heads, self.groups, self.eps, dtype=self.dtype, name=name)(h, context)
+        # diffusers' Transformer2DModel fixes its GroupNorm eps at 1e-6, whatever the UNet's norm_eps.
+        return SigeTransformer(heads, self.groups, 1e-6, dtype=self.dtype, name=name)(h, context)
 
     def _time(self, timesteps, batch: int):
         if not self.time_embedding:
