@@ -24,7 +24,9 @@ dtype and area, in one process: the dense jitted `module.apply` on the edited in
 after `full` on the original (the plan of a mask is built once per edit and reused by every denoising step, so it
 is timed separately as `plan_ms`). Latencies: median of --reps after one warm-up call (which compiles), each ended by
 block_until_ready, dense and sparse calls alternating. MACs: convs, attention and projections from shapes (`IncrementalEngine.macs`): `sparse` counts
-active tiles, `executed` the padded bucket slots the program runs. Writes JSON and prints a markdown table.
+active tiles, `executed` the padded bucket slots the program runs. First, the merge alone at the DDPM UNet's
+finest site: tiles written into the cached map through the scatter map (a gather, as the engine does) against XLA's
+scatter with unique indices — the reason the engine gathers. Writes JSON and prints a markdown table.
 Imports jax, flax, numpy and jaxgen.projects.sige only (no gin, no TFDS, no diffusers).
 """
 
@@ -41,6 +43,8 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxgen.projects.sige import IncrementalEngine, SigeUNet, ddpm_unet, random_params, sd_unet
+from jaxgen.projects.sige import masks as masks_lib
+from jaxgen.projects.sige.layers import merge_tiles
 
 AREAS = (0.012, 0.05, 0.15, 0.30)
 
@@ -110,6 +114,32 @@ def run(quick: bool, reps: int, dtypes: list[str], areas: tuple[float, ...]) -> 
     return rows
 
 
+def merge_variants(quick: bool, reps: int, areas: tuple[float, ...]) -> list[dict]:
+    """Writing 4×4 tiles into a cached map, at the DDPM UNet's finest site: through the scatter map (a gather,
+    what the engine does) and through XLA's scatter (`.at[].set`, unique indices promised)."""
+    size, channels = (128, 32) if quick else (256, 128)
+    rng = np.random.default_rng(0)
+    cached = jnp.asarray(rng.standard_normal((1, size, size, channels)), jnp.float32)
+    rows = []
+    for area in areas:
+        grid = masks_lib.active_tiles(masks_lib.dilate(square_mask(size, size, area), 1), masks_lib.CONV3)
+        indices = masks_lib.tile_indices(grid)
+        tiles = jnp.asarray(rng.standard_normal((1, len(indices), 4, 4, channels)), jnp.float32)
+        scatter_map = jnp.asarray(masks_lib.scatter_map(indices, size, size, 4))
+        ty, tx = indices[:, 0, None, None] * 4 + np.arange(4)[:, None], indices[:, 1, None, None] * 4 + np.arange(4)
+        pixels = jnp.asarray((ty * size + tx).reshape(-1))
+        gather = jax.jit(merge_tiles)
+        scatter = jax.jit(lambda t, p, c: c.reshape(1, size * size, channels).at[:, p].set(
+            t.reshape(1, -1, channels), unique_indices=True, indices_are_sorted=False).reshape(c.shape))
+        gather_ms, scatter_ms = timed_pair(lambda: gather(tiles, scatter_map, cached),
+                                           lambda: scatter(tiles, pixels, cached), reps)
+        same = bool(jnp.array_equal(gather(tiles, scatter_map, cached), scatter(tiles, pixels, cached)))
+        rows.append({"area": area, "tiles": len(indices), "map_shape": [size, size, channels],
+                     "gather_map_ms": gather_ms, "xla_scatter_ms": scatter_ms, "equal": same})
+        print(json.dumps(rows[-1]), flush=True)
+    return rows
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="reduced widths and sizes (CPU)")
@@ -120,10 +150,12 @@ def main():
     args = parser.parse_args()
     device = jax.devices()[0]
     print(f"device: {device.device_kind} ({device.platform}), jax {jax.__version__}", flush=True)
-    rows = run(args.quick, args.reps, args.dtypes.split(","), tuple(float(a) for a in args.areas.split(",")))
+    areas = tuple(float(a) for a in args.areas.split(","))
+    merge = merge_variants(args.quick, args.reps, areas)
+    rows = run(args.quick, args.reps, args.dtypes.split(","), areas)
     result = {"device": device.device_kind, "platform": device.platform, "jax": jax.__version__,
               "quick": args.quick, "reps": args.reps, "date": time.strftime("%Y-%m-%d", time.gmtime()),
-              "rows": rows}
+              "rows": rows, "merge": merge}
     with open(args.out, "w") as f:
         json.dump(result, f, indent=1)
     print("\n| model | dtype | area | bucket | MACs dense (G) | MACs sparse (G) | MACs ratio | dense ms | sparse ms "
