@@ -31,13 +31,13 @@ def setup():
     original = jax.random.normal(jax.random.key(0), (2, 32, 32, 3))
     edited = original.at[:, 4:8, 6:10, :].set(1.0)
     params = random_params(module, original, jnp.zeros((2,)))
-    return module, params, original, edited
+    engine = IncrementalEngine(module, params, dilation=1, min_sparse_res=8)  # shared: its passes compile once
+    return module, params, original, edited, engine
 
 
 def test_a_full_mask_is_ddim_on_the_edited_image(setup):
-    module, params, original, edited = setup
+    module, params, original, edited, engine = setup
     schedule, timesteps, rng = linear_schedule(), jnp.array([500, 300, 100]), jax.random.key(3)
-    engine = IncrementalEngine(module, params, min_sparse_res=8)
     _, result = sdedit(engine, schedule, original, edited, np.ones((32, 32), bool), timesteps, rng)
     start = add_noise(schedule, edited, jax.random.normal(rng, edited.shape), jnp.full((2,), 500))
     expected, _ = ddim_sample(lambda x, t, i: (module.apply(params, x, t), None), schedule, start, timesteps)
@@ -46,10 +46,9 @@ def test_a_full_mask_is_ddim_on_the_edited_image(setup):
 
 @pytest.mark.parametrize("sampler", ["ddim", "ddpm"])
 def test_outside_the_mask_is_the_original_trajectory(setup, sampler):
-    module, params, original, edited = setup
+    module, params, original, edited, engine = setup
     mask = np.zeros((32, 32), bool)
     mask[4:8, 6:10] = True
-    engine = IncrementalEngine(module, params, dilation=1, min_sparse_res=8)
     ours, theirs = sdedit(engine, linear_schedule(), original, edited, mask, [400, 200], jax.random.key(1),
                           sampler=sampler)
     assert engine.last_plan.level is not None
