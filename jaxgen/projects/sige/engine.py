@@ -41,10 +41,12 @@ class IncrementalEngine:
     every resolution (the halo the stacked convs spread an edit over; larger is closer to the dense result).
     `min_sparse_res`: sites whose input is smaller than this on either side always run dense. `levels`: capacity
     fractions of each site's tiles (`masks.bucket_levels()`); the largest is the dense-fallback threshold.
+    `compiler_options`: XLA options for both passes' `jax.jit` (the tests compile with
+    `{"xla_backend_optimization_level": 0}`, 2.4× faster on CPU for programs whose run time does not matter).
     """
 
     def __init__(self, module, params, *, threshold: float = 2e-2, dilation: int = 1, min_sparse_res: int = 8,
-                 levels: tuple[float, ...] | None = None):
+                 levels: tuple[float, ...] | None = None, compiler_options: dict | None = None):
         self.module, self.params = module, params
         self.threshold, self.dilation, self.min_sparse_res = threshold, dilation, min_sparse_res
         self.levels = tuple(sorted(levels)) if levels is not None else masks_lib.bucket_levels()
@@ -55,8 +57,8 @@ class IncrementalEngine:
         self._last_mask: np.ndarray | None = None
         self._sites: dict = {}
         self._costs: list[Cost] = []
-        self._full = jax.jit(self._full_pass)
-        self._sparse = jax.jit(self._sparse_pass)
+        self._full = jax.jit(self._full_pass, compiler_options=compiler_options)
+        self._sparse = jax.jit(self._sparse_pass, compiler_options=compiler_options)
 
     def _full_pass(self, params, x, cond):
         state = Pass("full")

@@ -15,6 +15,7 @@ diffusers = require("diffusers")
 
 from jaxgen.projects.sige.port import from_diffusers  # noqa: E402
 
+FAST = {"xla_backend_optimization_level": 0}  # LLVM at -O0: compiles 2.4× faster on CPU; the run is tiny
 DDPM = dict(sample_size=16, in_channels=3, out_channels=3, block_out_channels=(8, 16), layers_per_block=1,
             down_block_types=("DownBlock2D", "AttnDownBlock2D"), up_block_types=("AttnUpBlock2D", "UpBlock2D"),
             norm_num_groups=4, attention_head_dim=8, norm_eps=1e-6, flip_sin_to_cos=False, freq_shift=1)
@@ -43,7 +44,7 @@ def test_ddpm_unet_matches_diffusers(tmp_path):
     with torch.no_grad():
         expected = reference(torch.from_numpy(x.transpose(0, 3, 1, 2)), torch.from_numpy(t)).sample
     expected = expected.numpy().transpose(0, 2, 3, 1)
-    out = jax.jit(module.apply)(params, jnp.asarray(x), jnp.asarray(t))
+    out = jax.jit(module.apply, compiler_options=FAST)(params, jnp.asarray(x), jnp.asarray(t))
     assert rel_err(out, expected) <= 1e-4, rel_err(out, expected)
 
 
@@ -60,5 +61,6 @@ def test_sd_unet_matches_diffusers(tmp_path):
         expected = reference(torch.from_numpy(x.transpose(0, 3, 1, 2)), torch.from_numpy(t),
                              encoder_hidden_states=torch.from_numpy(context)).sample
     expected = expected.numpy().transpose(0, 2, 3, 1)
-    out = jax.jit(module.apply)(params, jnp.asarray(x), jnp.asarray(t), jnp.asarray(context))
+    out = jax.jit(module.apply, compiler_options=FAST)(params, jnp.asarray(x), jnp.asarray(t),
+                                                       jnp.asarray(context))
     assert rel_err(out, expected) <= 1e-4, rel_err(out, expected)

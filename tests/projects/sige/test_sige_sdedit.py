@@ -31,7 +31,9 @@ def setup():
     original = jax.random.normal(jax.random.key(0), (2, 32, 32, 3))
     edited = original.at[:, 4:8, 6:10, :].set(1.0)
     params = random_params(module, original, jnp.zeros((2,)))
-    engine = IncrementalEngine(module, params, dilation=1, min_sparse_res=8)  # shared: its passes compile once
+    # Shared by the tests, so its passes compile once; LLVM at -O0 compiles faster and runs fast enough here.
+    engine = IncrementalEngine(module, params, dilation=1, min_sparse_res=8,
+                               compiler_options={"xla_backend_optimization_level": 0})
     return module, params, original, edited, engine
 
 
