@@ -6,7 +6,7 @@ Recipe:
             PYTHONPATH=. nice -n 10 python3 experiments/bench/sige.py --quick --reps 5 --dtypes float32 \
                 --out experiments/bench/sige_cpu.json
   hardware  one GPU (H100) for the full sizes; --quick runs on CPU
-  wall time --quick: a few minutes on 2 shared CPU cores (2026-12-07); full sizes on an H100: not yet run
+  wall time --quick: about 6 minutes on 2 shared CPU cores (2026-12-07); full sizes on an H100: not yet run
   expected  goals from the paper's claim: at ~1.2 % edit area ≥ 5× fewer MACs and ≥ 2× lower latency than dense;
             at 30 % never slower than 1.1× dense
 
@@ -22,11 +22,11 @@ The edit is a square of the given area fraction placed off-centre; its mask is g
 with the mask of the clean images), dilated by one pixel per resolution (the official default). For each model,
 dtype and area, in one process: the dense jitted `module.apply` on the edited input, and `IncrementalEngine.edit`
 after `full` on the original (the plan of a mask is built once per edit and reused by every denoising step, so it
-is timed separately as `plan_ms`). Latencies: median of --reps after one warm-up call (which compiles), each ended by
-block_until_ready, dense and sparse calls alternating. MACs: convs, attention and projections from shapes (`IncrementalEngine.macs`): `sparse` counts
-active tiles, `executed` the padded bucket slots the program runs. First, the merge alone at the DDPM UNet's
-finest site: tiles written into the cached map through the scatter map (a gather, as the engine does) against XLA's
-scatter with unique indices — the reason the engine gathers. Writes JSON and prints a markdown table.
+is timed separately as `plan_ms`). Latencies: median of --reps after one warm-up call (which compiles), each ended
+by block_until_ready, dense and sparse calls alternating. MACs: convs, attention and projections from shapes
+(`IncrementalEngine.macs`): `sparse` counts active tiles, `executed` the padded bucket slots the program runs.
+First, the merge alone at the DDPM UNet's finest site: tiles written into the cached map through the scatter map
+(a gather, as the engine does) against XLA's scatter with unique indices. Writes JSON, prints a markdown table.
 Imports jax, flax, numpy and jaxgen.projects.sige only (no gin, no TFDS, no diffusers).
 """
 
