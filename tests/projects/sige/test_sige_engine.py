@@ -46,18 +46,22 @@ def test_conv_only_sparse_equals_dense_on_the_edit():
 
 
 def test_groupnorm_sparse_equals_dense_on_cached_statistics():
-    # One level (cheaper to compile), GroupNorm on every conv input including the skip concatenations; no
-    # attention, which would spread the edit everywhere. Dilation 12 covers its receptive-field growth.
+    # One level (cheaper to compile), GroupNorm on every conv input including the skip concatenations, and a
+    # timestep embedding added before norm2 (folded into the cached shift); no attention, which would spread the
+    # edit everywhere. Dilation 12 covers its receptive-field growth.
     module = SigeUNet(block_out_channels=(8,), layers_per_block=1, attention_levels=(False,), mid_attention=False,
-                      groups=4, time_embedding=False)
+                      groups=4)
     x, edited = images()
-    params = random_params(module, x)
+    t = jnp.array([10.0, 700.0])
+    params = random_params(module, x, t)
     engine = IncrementalEngine(module, params, dilation=12, min_sparse_res=SIZE, levels=(0.5, 1.0),
                                compiler_options=FAST)
-    engine.full(x)
-    out = engine.edit(edited)
+    original = engine.full(x, timesteps=t)
+    # On the original, cached statistics (shift recomposed with the time embedding) are the fresh ones.
+    np.testing.assert_allclose(engine.dense_with_cached_statistics(x, timesteps=t), original, atol=1e-5)
+    out = engine.edit(edited, timesteps=t)
     assert engine.last_plan.level == 0.5
-    np.testing.assert_allclose(out, engine.dense_with_cached_statistics(edited), atol=1e-4)
+    np.testing.assert_allclose(out, engine.dense_with_cached_statistics(edited, timesteps=t), atol=1e-4)
 
 
 class Attentions(nn.Module):
