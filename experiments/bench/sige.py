@@ -16,7 +16,7 @@ Models (random weights; timing does not depend on their values):
         (sparse_resolution_threshold 64); --quick: ch 32 at 128 px, sites below 32² dense
   sd    a Stable-Diffusion-1.x-shaped latent UNet (`sd_unet`: 320/640/1280/1280, transformer blocks with self- and
         cross-attention on 77 × 768 text tokens, 64² latents), sites below 16² dense; --quick: 64/128/256/256
-        channels, 32² latents, sites below 8² dense
+        channels, same latents and threshold
 
 The edit is a square of the given area fraction placed off-centre; its mask is given to the engine (as SDEdit does
 with the mask of the clean images), dilated by one pixel per resolution (the official default). For each model,
@@ -56,7 +56,7 @@ def models(quick: bool, dtype):
         sd = SigeUNet(in_channels=4, out_channels=4, block_out_channels=(64, 128, 256, 256),
                       attention_levels=(True, True, True, False), groups=32, eps=1e-5, num_heads=8,
                       cross_attention_dim=768, flip_sin_to_cos=True, freq_shift=0.0, dtype=dtype)
-        return {"ddpm": (ddpm, (1, 128, 128, 3), {}, 32), "sd": (sd, (1, 32, 32, 4), {"context": (1, 77, 768)}, 8)}
+        return {"ddpm": (ddpm, (1, 128, 128, 3), {}, 32), "sd": (sd, (1, 64, 64, 4), {"context": (1, 77, 768)}, 16)}
     return {"ddpm": (ddpm_unet(dtype), (1, 256, 256, 3), {}, 64),
             "sd": (sd_unet(dtype), (1, 64, 64, 4), {"context": (1, 77, 768)}, 16)}
 
