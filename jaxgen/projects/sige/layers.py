@@ -94,7 +94,8 @@ def _full() -> bool:
     return state is not None and state.mode == "full"
 
 
-def _parts(x) -> tuple[Array, ...]:
+def channel_parts(x) -> tuple[Array, ...]:
+    """A map, or a tuple of maps meant concatenated on channels (a skip connection), as a tuple."""
     return tuple(x) if isinstance(x, (tuple, list)) else (x,)
 
 
@@ -179,7 +180,7 @@ class SigeConv(nn.Module):
 
     @nn.compact
     def __call__(self, x, scale=None, shift=None, act=None, residual=None):
-        parts = _parts(x)
+        parts = channel_parts(x)
         channels = sum(p.shape[-1] for p in parts)
         kernel = self.param("kernel", _init((None, None, "embed", "mlp")),
                             (self.kernel, self.kernel, channels, self.features)).astype(self.dtype)
@@ -222,7 +223,7 @@ class SigeGroupNorm(nn.Module):
 
     @nn.compact
     def __call__(self, x, bias=None) -> tuple[Array, Array]:
-        parts = _parts(x)
+        parts = channel_parts(x)
         channels = sum(p.shape[-1] for p in parts)
         if channels % self.groups:
             raise ValueError(f"SigeGroupNorm: {channels} channels do not split into {self.groups} groups")

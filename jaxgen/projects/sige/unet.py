@@ -16,7 +16,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxgen.nn.embeddings import timestep_embedding
-from jaxgen.projects.sige.layers import SigeAttnBlock, SigeConv, SigeGroupNorm, SigeTransformer, _parts
+from jaxgen.projects.sige.layers import SigeAttnBlock, SigeConv, SigeGroupNorm, SigeTransformer, channel_parts
 
 
 class ResnetBlock(nn.Module):
@@ -30,7 +30,7 @@ class ResnetBlock(nn.Module):
 
     @nn.compact
     def __call__(self, x, temb=None):
-        parts = _parts(x)
+        parts = channel_parts(x)
         in_channels = sum(p.shape[-1] for p in parts)
         bias = None
         if temb is not None:
