@@ -1,0 +1,170 @@
+"""SIGE: one UNet pass on an edited input, dense vs spatially sparse incremental, at edit areas 1.2 / 5 / 15 / 30 %.
+
+Recipe:
+  command   GPU: PYTHONPATH=. python3 experiments/bench/sige.py --out experiments/bench/sige.json
+            CPU (reduced widths and sizes, see --quick; bf16 is emulated on CPU, so float32 only):
+            PYTHONPATH=. nice -n 10 python3 experiments/bench/sige.py --quick --reps 5 --dtypes float32 \
+                --out experiments/bench/sige_cpu.json
+  hardware  one GPU (H100) for the full sizes; --quick runs on CPU
+  wall time --quick: about 6 minutes on 2 shared CPU cores (2026-12-07); full sizes on an H100: not yet run
+  expected  goals from the paper's claim: at ~1.2 % edit area ≥ 5× fewer MACs and ≥ 2× lower latency than dense;
+            at 30 % never slower than 1.1× dense
+
+Models (random weights; timing does not depend on their values):
+  ddpm  the DDPM UNet of google/ddpm-church-256 (`ddpm_unet`: ch 128, mult 1,1,2,2,4,4, two resnets per level,
+        attention at 16², 256 px, timestep input), sites below 64² dense as in the official config
+        (sparse_resolution_threshold 64); --quick: ch 32 at 128 px, sites below 32² dense
+  sd    a Stable-Diffusion-1.x-shaped latent UNet (`sd_unet`: 320/640/1280/1280, transformer blocks with self- and
+        cross-attention on 77 × 768 text tokens, 64² latents), sites below 16² dense; --quick: 64/128/256/256
+        channels, same latents and threshold
+
+The edit is a square of the given area fraction placed off-centre; its mask is given to the engine (as SDEdit does
+with the mask of the clean images), dilated by one pixel per resolution (the official default). For each model,
+dtype and area, in one process: the dense jitted `module.apply` on the edited input, and `IncrementalEngine.edit`
+after `full` on the original (the plan of a mask is built once per edit and reused by every denoising step, so it
+is timed separately as `plan_ms`). Latencies: median of --reps after one warm-up call (which compiles), each ended
+by block_until_ready, dense and sparse calls alternating. MACs: convs, attention and projections from shapes
+(`IncrementalEngine.macs`): `sparse` counts active tiles, `executed` the padded bucket slots the program runs.
+First, the merge alone at the DDPM UNet's finest site: tiles written into the cached map through the scatter map
+(a gather, as the engine does) against XLA's scatter with unique indices. Writes JSON, prints a markdown table.
+Imports jax, flax, numpy and jaxgen.projects.sige only (no gin, no TFDS, no diffusers).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import statistics
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from jaxgen.projects.sige import IncrementalEngine, SigeUNet, ddpm_unet, random_params, sd_unet
+from jaxgen.projects.sige import masks as masks_lib
+from jaxgen.projects.sige.layers import merge_tiles
+
+AREAS = (0.012, 0.05, 0.15, 0.30)
+
+
+def models(quick: bool, dtype):
+    """name -> (module, input shape, conditioning shapes, min_sparse_res)."""
+    if quick:
+        ddpm = SigeUNet(block_out_channels=(32, 32, 64, 64, 128, 128), dtype=dtype)
+        sd = SigeUNet(in_channels=4, out_channels=4, block_out_channels=(64, 128, 256, 256),
+                      attention_levels=(True, True, True, False), groups=32, eps=1e-5, num_heads=8,
+                      cross_attention_dim=768, flip_sin_to_cos=True, freq_shift=0.0, dtype=dtype)
+        return {"ddpm": (ddpm, (1, 128, 128, 3), {}, 32), "sd": (sd, (1, 64, 64, 4), {"context": (1, 77, 768)}, 16)}
+    return {"ddpm": (ddpm_unet(dtype), (1, 256, 256, 3), {}, 64),
+            "sd": (sd_unet(dtype), (1, 64, 64, 4), {"context": (1, 77, 768)}, 16)}
+
+
+def square_mask(height: int, width: int, area: float) -> np.ndarray:
+    side_h, side_w = max(1, round(math.sqrt(area) * height)), max(1, round(math.sqrt(area) * width))
+    top, left = int(0.3 * (height - side_h)), int(0.6 * (width - side_w))
+    mask = np.zeros((height, width), bool)
+    mask[top:top + side_h, left:left + side_w] = True
+    return mask
+
+
+def timed_pair(first, second, reps: int) -> tuple[float, float]:
+    """Median ms of each function over `reps` alternating calls (drift on a shared machine hits both alike)."""
+    jax.block_until_ready(first())
+    jax.block_until_ready(second())
+    times = ([], [])
+    for _ in range(reps):
+        for fn, out in zip((first, second), times):
+            start = time.perf_counter()
+            jax.block_until_ready(fn())
+            out.append(time.perf_counter() - start)
+    return 1e3 * statistics.median(times[0]), 1e3 * statistics.median(times[1])
+
+
+def run(quick: bool, reps: int, dtypes: list[str], areas: tuple[float, ...]) -> list[dict]:
+    rows = []
+    for dtype_name in dtypes:
+        dtype = jnp.dtype(dtype_name)
+        for name, (module, shape, cond_shapes, min_res) in models(quick, dtype).items():
+            rng = np.random.default_rng(0)
+            x = jnp.asarray(rng.standard_normal(shape), dtype)
+            cond = {k: jnp.asarray(rng.standard_normal(s), dtype) for k, s in cond_shapes.items()}
+            t = jnp.full((shape[0],), 500.0)
+            params = random_params(module, x, t, **cond)
+            dense = jax.jit(module.apply)
+            engine = IncrementalEngine(module, params, dilation=1, min_sparse_res=min_res)
+            engine.full(x, timesteps=t, **cond)
+            for area in areas:
+                mask = square_mask(shape[1], shape[2], area)
+                edited = jnp.where(jnp.asarray(mask)[None, :, :, None], x + 1.0, x).astype(dtype)
+                start = time.perf_counter()
+                plan = engine.plan(mask)
+                plan_ms = 1e3 * (time.perf_counter() - start)
+                dense_ms, sparse_ms = timed_pair(lambda: dense(params, edited, t, **cond),
+                                                 lambda: engine.edit(edited, mask=mask, timesteps=t, **cond), reps)
+                macs = engine.macs(plan)
+                row = {"model": name, "dtype": dtype_name, "area": area, "mask_area": float(mask.mean()),
+                       "bucket": plan.level, "macs_dense": macs["dense"], "macs_sparse": macs["sparse"],
+                       "macs_executed": macs["executed"], "macs_ratio": macs["dense"] / macs["sparse"],
+                       "dense_ms": dense_ms, "sparse_ms": sparse_ms, "speedup": dense_ms / sparse_ms,
+                       "plan_ms": plan_ms}
+                rows.append(row)
+                print(json.dumps(row), flush=True)
+    return rows
+
+
+def merge_variants(quick: bool, reps: int, areas: tuple[float, ...]) -> list[dict]:
+    """Writing 4×4 tiles into a cached map, at the DDPM UNet's finest site: through the scatter map (a gather,
+    what the engine does) and through XLA's scatter (`.at[].set`, unique indices promised)."""
+    size, channels = (128, 32) if quick else (256, 128)
+    rng = np.random.default_rng(0)
+    cached = jnp.asarray(rng.standard_normal((1, size, size, channels)), jnp.float32)
+    rows = []
+    for area in areas:
+        grid = masks_lib.active_tiles(masks_lib.dilate(square_mask(size, size, area), 1), masks_lib.CONV3)
+        indices = masks_lib.tile_indices(grid)
+        tiles = jnp.asarray(rng.standard_normal((1, len(indices), 4, 4, channels)), jnp.float32)
+        scatter_map = jnp.asarray(masks_lib.scatter_map(indices, size, size, 4))
+        ty, tx = indices[:, 0, None, None] * 4 + np.arange(4)[:, None], indices[:, 1, None, None] * 4 + np.arange(4)
+        pixels = jnp.asarray((ty * size + tx).reshape(-1))
+        gather = jax.jit(merge_tiles)
+        scatter = jax.jit(lambda t, p, c: c.reshape(1, size * size, channels).at[:, p].set(
+            t.reshape(1, -1, channels), unique_indices=True, indices_are_sorted=False).reshape(c.shape))
+        gather_ms, scatter_ms = timed_pair(lambda: gather(tiles, scatter_map, cached),
+                                           lambda: scatter(tiles, pixels, cached), reps)
+        same = bool(jnp.array_equal(gather(tiles, scatter_map, cached), scatter(tiles, pixels, cached)))
+        rows.append({"area": area, "tiles": len(indices), "map_shape": [size, size, channels],
+                     "gather_map_ms": gather_ms, "xla_scatter_ms": scatter_ms, "equal": same})
+        print(json.dumps(rows[-1]), flush=True)
+    return rows
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--quick", action="store_true", help="reduced widths and sizes (CPU)")
+    parser.add_argument("--reps", type=int, default=10)
+    parser.add_argument("--dtypes", default="float32,bfloat16")
+    parser.add_argument("--areas", default=",".join(str(a) for a in AREAS))
+    parser.add_argument("--out", default="experiments/bench/sige.json")
+    args = parser.parse_args()
+    device = jax.devices()[0]
+    print(f"device: {device.device_kind} ({device.platform}), jax {jax.__version__}", flush=True)
+    areas = tuple(float(a) for a in args.areas.split(","))
+    merge = merge_variants(args.quick, args.reps, areas)
+    rows = run(args.quick, args.reps, args.dtypes.split(","), areas)
+    result = {"device": device.device_kind, "platform": device.platform, "jax": jax.__version__,
+              "quick": args.quick, "reps": args.reps, "date": time.strftime("%Y-%m-%d", time.gmtime()),
+              "rows": rows, "merge": merge}
+    with open(args.out, "w") as f:
+        json.dump(result, f, indent=1)
+    print("\n| model | dtype | area | bucket | MACs dense (G) | MACs sparse (G) | MACs ratio | dense ms | sparse ms "
+          "| speed-up |\n| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |")
+    for r in rows:
+        print(f"| {r['model']} | {r['dtype']} | {100 * r['area']:.1f} % | {r['bucket']} | {r['macs_dense'] / 1e9:.1f} "
+              f"| {r['macs_sparse'] / 1e9:.2f} | {r['macs_ratio']:.1f}× | {r['dense_ms']:.1f} | {r['sparse_ms']:.1f} "
+              f"| {r['speedup']:.2f}× |")
+
+
+if __name__ == "__main__":
+    main()
