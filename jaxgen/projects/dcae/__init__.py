@@ -1,0 +1,10 @@
+"""DC-AE (Chen et al., 2025): deep-compression autoencoders (f32c32 / f64c128 / f128c512) with residual autoencoding.
+
+- `model`: the architecture (`DCAE`, the named `CONFIGS`, the shortcut ops);
+- `weights`: `from_diffusers(model_dir) -> (module, variables)` for diffusers `AutoencoderDC` folders.
+"""
+
+from jaxgen.projects.dcae.model import CONFIGS, DCAE, config, dcae, latent_shape
+from jaxgen.projects.dcae.weights import from_diffusers
+
+__all__ = ["CONFIGS", "DCAE", "config", "dcae", "from_diffusers", "latent_shape"]
