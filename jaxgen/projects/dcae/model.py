@@ -531,16 +531,20 @@ def dcae(name: str, **overrides) -> DCAE:
     return DCAE(**{**config(name), **overrides})
 
 
-def init(module: DCAE, rng: jax.Array, images: jax.Array) -> dict:
-    """`module.init` with the parameters drawn from an RBG key derived from `rng` (any key).
+def rbg_key(rng: jax.Array) -> jax.Array:
+    """An RBG key derived from `rng` (any key), for drawing initial parameters.
 
-    Why not `module.init(rng, images)`: each of the model's ~100-300 parameters is drawn by its own threefry
-    computation, and XLA on CPU compiles those several times slower than the forward pass itself (the tiny config's
-    init took 35 s to compile on 2 loaded cores with threefry, 14 s with RBG). The derived key is a pure function
-    of `rng`, so runs stay reproducible.
+    Why: Flax draws each of the model's ~100-300 parameters with its own threefry computation, and XLA on CPU
+    compiles those several times slower than the forward pass itself (the tiny config's init took 35 s to compile on
+    2 loaded cores with threefry keys, 3.6 s with RBG). The derived key is a pure function of `rng`: runs stay
+    reproducible.
     """
-    key = jax.random.wrap_key_data(jax.random.bits(rng, (4,), jnp.uint32), impl="rbg")
-    return module.init(key, images)
+    return jax.random.wrap_key_data(jax.random.bits(rng, (4,), jnp.uint32), impl="rbg")
+
+
+def init(module: DCAE, rng: jax.Array, images: jax.Array) -> dict:
+    """`module.init` with parameters drawn from `rbg_key(rng)`."""
+    return module.init(rbg_key(rng), images)
 
 
 def latent_shape(module: DCAE, image_shape: tuple[int, int, int, int]) -> tuple[int, ...]:

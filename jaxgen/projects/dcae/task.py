@@ -147,9 +147,9 @@ class AutoencoderTask:
         return phase_frozen(self.phase_name, self.model)
 
     def init(self, rng, batch):
-        ae_rng, disc_rng = jax.random.split(rng)
+        ae_rng, disc_rng = jax.random.split(model_lib.rbg_key(rng))  # RBG: see model_lib.rbg_key
         x = preprocess(batch["image"])
-        ae = model_lib.init(self.model, ae_rng, x)
+        ae = self.model.init(ae_rng, x)
         disc = self.discriminator.init(disc_rng, x)
         variables = {"params": {"autoencoder": ae["params"], "discriminator": disc["params"]}}
         for collection in set(ae) - {"params"}:
