@@ -509,9 +509,9 @@ CONFIGS: dict[str, dict[str, Any]] = {
     "f32c32": _official((128, 256, 512, 512, 1024, 1024), 32),
     "f64c128": _official((128, 256, 512, 512, 1024, 1024, 2048), 128),
     "f128c512": _official((128, 256, 512, 512, 1024, 1024, 2048, 2048), 512),
-    # CPU tiers for the shortcut ablation: same compression and latent channel ratio, narrow stages.
-    "f32c32_cpu": _small((16, 32, 64, 64, 128, 128), 32, 16, res_stages=3),
-    "f64c128_cpu": _small((16, 32, 64, 64, 128, 128, 256), 128, 16, res_stages=3),
+    # CPU tiers for the shortcut ablation: the paper's compression and latent channels, 1/16 of its widths.
+    "f32c32_cpu": _small((8, 16, 32, 32, 64, 64), 32, 16, res_stages=3),
+    "f64c128_cpu": _small((8, 16, 32, 32, 64, 64, 128), 128, 16, res_stages=3),
     # Tests, smoke runs and the notebook: f8, 4 latent channels, a few thousand parameters per stage.
     "tiny": _small((8, 16, 16, 32), 4, 8),
 }
