@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
@@ -62,8 +63,9 @@ def test_encode_and_decode_match_diffusers(config, tmp_path):
         decoded_ref = model.decode(latents_ref).sample
     latents_ref, decoded_ref = (t.numpy().transpose(0, 2, 3, 1) for t in (latents_ref, decoded_ref))
 
-    latents = module.apply(variables, jnp.asarray(images), method="encode")
-    decoded = module.apply(variables, jnp.asarray(latents_ref), method="decode")
+    encode = jax.jit(lambda v, x: module.apply(v, x, method="encode"))
+    decode = jax.jit(lambda v, z: module.apply(v, z, method="decode"))
+    latents, decoded = encode(variables, jnp.asarray(images)), decode(variables, jnp.asarray(latents_ref))
     f = 2 ** (len(config["encoder_block_out_channels"]) - 1)
     assert latents.shape == (2, 32 // f, 32 // f, config["latent_channels"]) == latents_ref.shape
     assert decoded.shape == images.shape == decoded_ref.shape

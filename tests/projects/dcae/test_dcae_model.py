@@ -85,14 +85,12 @@ def test_with_zero_weights_a_resampling_block_is_its_shortcut(block):
     np.testing.assert_array_equal(np.asarray(jax.jit(ablated.apply)(zeros, x)), 0.0)
 
 
-def test_the_ablation_has_the_same_parameters_and_other_outputs():
-    with_shortcuts, without = model.dcae("tiny"), model.dcae("tiny", residual_shortcuts=False)
-    x = jax.random.uniform(jax.random.key(1), (1, 8, 8, 3), minval=-1, maxval=1)
-    variables = jax.jit(lambda k, x: model.init(with_shortcuts, k, x))(jax.random.key(0), x)
-    shapes = jax.tree.map(jnp.shape, jax.eval_shape(without.init, jax.random.key(0), x))
-    assert jax.tree.map(jnp.shape, variables) == shapes
-    outputs = [jax.jit(m.apply)(variables, x) for m in (with_shortcuts, without)]
-    assert outputs[0].shape == x.shape and np.abs(np.asarray(outputs[0] - outputs[1])).max() > 1e-3
+def test_the_ablation_has_the_same_parameters():
+    """Removing the shortcuts removes no parameter: the two variants differ only in the shortcut additions."""
+    x = jax.ShapeDtypeStruct((1, 8, 8, 3), jnp.float32)
+    shapes = [jax.tree.map(jnp.shape, jax.eval_shape(model.dcae("tiny", residual_shortcuts=s).init,
+                                                     jax.random.key(0), x)) for s in (True, False)]
+    assert shapes[0] == shapes[1]
 
 
 def test_bad_inputs_are_named():
@@ -104,8 +102,8 @@ def test_bad_inputs_are_named():
 
     with pytest.raises(ValueError, match=r"\[batch, height, width, 3\].*\(8, 8, 3\)"):
         apply((8, 8, 3), "encode")
-    with pytest.raises(ValueError, match="multiples of the spatial compression 8; got 12 x 8"):
-        apply((1, 12, 8, 3), "encode")
+    with pytest.raises(ValueError, match="multiples of the spatial compression 4; got 10 x 8"):
+        apply((1, 10, 8, 3), "encode")
     with pytest.raises(ValueError, match=r"latents \[batch, height, width, 4\]"):
         apply((1, 2, 2, 3), "decode")
     with pytest.raises(ValueError, match=r"Unknown DC-AE config 'f32c23'.*'f32c32'"):

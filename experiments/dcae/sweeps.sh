@@ -1,0 +1,33 @@
+#!/usr/bin/env bash
+# The CPU runs behind experiments/dcae/README.md, exactly as run: the shortcut ablation of the CPU-sized f32c32
+# (f32c32_cpu_textures64.gin with and without residual shortcuts, seeds 0-2, one at a time, interleaved so a cut-short
+# sweep stays balanced), then phases 2 and 3 on seed 0's full model. Finished runs are skipped on a rerun. The runs
+# compile the same programs, so JAX's persistent compilation cache (ROOT/jax_cache) spares most compiles.
+# Usage: nice -n 10 experiments/dcae/sweeps.sh ROOT; then python3 experiments/dcae/summarize.py --root ROOT
+set -euo pipefail
+root=${1:?usage: sweeps.sh ROOT}
+jaxgen=${JAXGEN:-jaxgen}
+export JAX_COMPILATION_CACHE_DIR=${JAX_COMPILATION_CACHE_DIR:-$root/jax_cache}
+export JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS=${JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS:-0.5}
+
+run() {  # workdir, then jaxgen run arguments
+  local workdir=$1; shift
+  [ -f "$workdir/eval/$(steps "$@")/metrics.json" ] && return 0
+  $jaxgen run "$@" --workdir "$workdir" --no-progress
+}
+steps() { grep -o -- '--gin.TRAIN_STEPS=[0-9]*' <<<"$*" | cut -d= -f2 || true; }
+
+for seed in 0 1 2; do
+  for variant in "" _noshortcut; do
+    run "$root/f32c32_cpu${variant}_s$seed" "configs/dcae/f32c32_cpu_textures64${variant}.gin" \
+      --gin.SEED=$seed --gin.TRAIN_STEPS=300
+  done
+done
+# Phase 2 (high-resolution latent adaptation at 128 px) from seed 0, with its starting point measured at 128 px
+# (learning rate 0: one step that changes nothing), then phase 3 (decoder head + PatchGAN at 64 px).
+run "$root/f32c32_cpu_phase1_at128_s0" configs/dcae/f32c32_cpu_adapt128.gin --gin.TRAIN_STEPS=1 \
+  --gin.LEARNING_RATE=0.0 --gin.PHASE1_WORKDIR="'$root/f32c32_cpu_s0'"
+run "$root/f32c32_cpu_adapt128_s0" configs/dcae/f32c32_cpu_adapt128.gin --gin.TRAIN_STEPS=200 \
+  --gin.PHASE1_WORKDIR="'$root/f32c32_cpu_s0'"
+run "$root/f32c32_cpu_refine64_s0" configs/dcae/f32c32_cpu_refine64.gin --gin.TRAIN_STEPS=200 \
+  --gin.PHASE2_WORKDIR="'$root/f32c32_cpu_adapt128_s0'"
