@@ -36,7 +36,6 @@ from pathlib import Path
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 
 from jaxgen.nn.uvit import UViT
 from jaxgen.projects.dcae import model as dcae_model
@@ -147,5 +146,4 @@ def main(argv=None) -> dict:
 
 
 if __name__ == "__main__":
-    np.set_printoptions(precision=3)
     main()

@@ -78,7 +78,8 @@ ACTIVATIONS: dict[str, Callable[[jax.Array], jax.Array]] = {
 }
 
 
-def _lookup(registry: Mapping[str, Any], kind: str, name: str):
+def lookup(registry: Mapping[str, Any], kind: str, name: str):
+    """`registry[name]`, or a ValueError listing the known names (and the closest one)."""
     if name not in registry:
         close = difflib.get_close_matches(name, registry, n=1)
         hint = f" Did you mean {close[0]!r}?" if close else ""
@@ -133,7 +134,7 @@ NORMS: dict[str, Callable[..., nn.Module]] = {"rms_norm": RMSNorm2d, "batch_norm
 
 
 def _norm(norm_type: str, name: str, dtype: Any) -> nn.Module:
-    return _lookup(NORMS, "norm type", norm_type)(dtype=dtype, name=name)
+    return lookup(NORMS, "norm type", norm_type)(dtype=dtype, name=name)
 
 
 def _apply_norm(norm: nn.Module, x, train: bool):
@@ -151,7 +152,7 @@ class ResBlock(nn.Module):
     @nn.compact
     def __call__(self, x, train: bool = False):
         h = _conv(self.channels, 3, "conv1", dtype=self.dtype)(x)
-        h = _lookup(ACTIVATIONS, "activation", self.act_fn)(h)
+        h = lookup(ACTIVATIONS, "activation", self.act_fn)(h)
         h = _conv(self.channels, 3, "conv2", bias=False, dtype=self.dtype)(h)
         return _apply_norm(_norm(self.norm_type, "norm", self.dtype), h, train) + x
 
@@ -375,7 +376,7 @@ class Decoder(nn.Module):
                            norm_type=self.norm_types[i], act_fn=self.act_fns[i], dtype=dtype,
                            name=f"up_blocks_{i}_{j + opened}")(x, train)
         x = RMSNorm2d(dtype=dtype, name="norm_out")(x)
-        x = _lookup(ACTIVATIONS, "activation", self.conv_act_fn)(x)
+        x = lookup(ACTIVATIONS, "activation", self.conv_act_fn)(x)
         if depths[0] > 0:
             return _conv(self.out_channels, 3, "conv_out", dtype=dtype)(x)
         return UpBlock(self.out_channels, self.upsample_block_type, shortcut=False, dtype=dtype, name="conv_out")(x)
@@ -520,7 +521,7 @@ CONFIGS: dict[str, dict[str, Any]] = {
 
 def config(name: str) -> dict[str, Any]:
     """The fields of the named configuration (a copy)."""
-    return dict(_lookup(CONFIGS, "DC-AE config", name))
+    return dict(lookup(CONFIGS, "DC-AE config", name))
 
 
 def dcae(name: str, **overrides) -> DCAE:

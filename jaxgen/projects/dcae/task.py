@@ -24,7 +24,7 @@ through `stop_gradient`, and the generator's adversarial term sees the discrimin
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import flax.linen as nn
@@ -32,6 +32,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from jaxgen.core.optim import group_labels
 from jaxgen.core.task import EvalContext
 from jaxgen.data import sources
 from jaxgen.diffusion.task import class_grid, save_png, to_uint8
@@ -44,7 +45,7 @@ class Phase:
     """What one training phase optimises: `trainable(model)` lists regexes over "/"-joined parameter paths;
     `gan_weight > 0` adds the PatchGAN loss."""
 
-    trainable: Any
+    trainable: Callable[[model_lib.DCAE], tuple[str, ...]]
     gan_weight: float = 0.0
     description: str = ""
 
@@ -78,7 +79,7 @@ PHASES: dict[str, Phase] = {
 
 
 def phase(name: str) -> Phase:
-    return model_lib._lookup(PHASES, "DC-AE training phase", name)
+    return model_lib.lookup(PHASES, "DC-AE training phase", name)
 
 
 def phase_frozen(phase_name: str, model: model_lib.DCAE) -> tuple[str, ...]:
@@ -254,7 +255,5 @@ class AutoencoderTask:
 
 def trainable_mask(params, patterns: Sequence[str]):
     """True for the parameters a phase trains (the complement of `phase_frozen`), for tests and inspection."""
-    from jaxgen.core.optim import group_labels
-
     return jax.tree.map(lambda label: label == "train",
                         group_labels(params, {"frozen": patterns}, default="train"))
