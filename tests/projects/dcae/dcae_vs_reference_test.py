@@ -69,8 +69,9 @@ def test_encode_and_decode_match_diffusers(config, tmp_path):
     f = 2 ** (len(config["encoder_block_out_channels"]) - 1)
     assert latents.shape == (2, 32 // f, 32 // f, config["latent_channels"]) == latents_ref.shape
     assert decoded.shape == images.shape == decoded_ref.shape
-    assert rel_err(latents, latents_ref) <= 1e-4, rel_err(latents, latents_ref)
-    assert rel_err(decoded, decoded_ref) <= 1e-4, rel_err(decoded, decoded_ref)
+    # The port's bar is 1e-4; both measured about 4e-7 here (2026-12-07).
+    assert rel_err(latents, latents_ref) <= 1e-5, rel_err(latents, latents_ref)
+    assert rel_err(decoded, decoded_ref) <= 1e-5, rel_err(decoded, decoded_ref)
 
 
 def test_a_tensor_the_module_does_not_use_is_an_error(tmp_path):
