@@ -34,7 +34,7 @@ for variant in "" _noshortcut; do
   run "$root/f32c32_cpu${variant}_s0" "configs/dcae/f32c32_cpu_textures64${variant}.gin" --gin.SEED=0 --gin.TRAIN_STEPS=300
 done
 # Frozen parameters bit-identical across phases 2 and 3 (counts into the README).
-python=${PYTHON:-python3}
+python=${PYTHON:-python3}  # an interpreter with jax and jaxgen (the venv's)
 $python experiments/dcae/check_frozen.py --before "$root/tiny_s0" --after "$root/tiny_adapt64_s0" \
   --phase latent_adaptation --config tiny > "$root/frozen_phase2.json"
 $python experiments/dcae/check_frozen.py --before "$root/tiny_adapt64_s0" --after "$root/tiny_refine32_s0" \
