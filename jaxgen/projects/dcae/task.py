@@ -1,0 +1,259 @@
+"""Training DC-AE in the paper's three phases, as one Task whose phase picks the loss and the trainable parameters.
+
+The paper's decoupled high-resolution adaptation (the official autoencoder training code was never released):
+
+1. `full`: low-resolution training of the whole autoencoder with L1 + a perceptual loss. LPIPS needs VGG weights
+   that cannot be downloaded here, so the perceptual term is `1 - SSIM` (`jaxgen.metrics.image.ssim`, on [0, 1]);
+2. `latent_adaptation`: high-resolution images, only the encoder's head (its last stage and project-out) and the
+   decoder's input (project-in and its first, deepest stage) trainable: the latent space adapts to large images
+   while the low-resolution layers, which see only local detail, stay as phase 1 left them;
+3. `refinement`: low-resolution, only the decoder's head (its highest-resolution stage, output norm and project-out)
+   trainable, adding a PatchGAN hinge loss for local detail.
+
+Trainable subsets are optax masks: `phase_frozen(phase, model)` gives the regexes of the frozen parameters for
+`OptimizerConfig.frozen`, whose `set_to_zero` group gives them exactly zero updates and no optimizer state, so they
+stay bit-identical. Each phase is a run of the shared trainer started from the previous phase's checkpoint
+(`init_from`); the parameter tree is the same in all three (the discriminator exists, frozen and unused, in phases 1
+and 2), so checkpoints carry over without conversion.
+
+Phase 3's GAN runs in the shared trainer's single-loss step: the discriminator's hinge loss sees the reconstruction
+through `stop_gradient`, and the generator's adversarial term sees the discriminator's parameters through
+`stop_gradient`, so one gradient of the sum gives each side the gradient of its own loss (simultaneous updates).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from jaxgen.core.optim import group_labels
+from jaxgen.core.task import EvalContext
+from jaxgen.data import sources
+from jaxgen.diffusion.task import class_grid, save_png, to_uint8
+from jaxgen.metrics import image as image_metrics
+from jaxgen.projects.dcae import model as model_lib
+
+
+@dataclasses.dataclass(frozen=True)
+class Phase:
+    """What one training phase optimises: `trainable(model)` lists regexes over "/"-joined parameter paths;
+    `gan_weight > 0` adds the PatchGAN loss."""
+
+    trainable: Callable[[model_lib.DCAE], tuple[str, ...]]
+    gan_weight: float = 0.0
+    description: str = ""
+
+
+def _last_stage(prefix: str, stage: int) -> str:
+    return f"^autoencoder/{prefix}_{stage}_\\d+/"
+
+
+def _full(m: model_lib.DCAE) -> tuple[str, ...]:
+    return ("^autoencoder/",)
+
+
+def _latent_adaptation(m: model_lib.DCAE) -> tuple[str, ...]:
+    encoder_last = len(m.encoder_block_out_channels) - 1
+    decoder_last = len(m.decoder_block_out_channels) - 1
+    return (_last_stage("encoder/down_blocks", encoder_last), "^autoencoder/encoder/conv_out/",
+            "^autoencoder/decoder/conv_in/", _last_stage("decoder/up_blocks", decoder_last))
+
+
+def _refinement(m: model_lib.DCAE) -> tuple[str, ...]:
+    head = next(i for i, depth in enumerate(m.decoder_layers_per_block) if depth > 0)
+    return (_last_stage("decoder/up_blocks", head), "^autoencoder/decoder/norm_out/",
+            "^autoencoder/decoder/conv_out/", "^discriminator/")
+
+
+PHASES: dict[str, Phase] = {
+    "full": Phase(_full, description="low resolution, the whole autoencoder, L1 + perceptual"),
+    "latent_adaptation": Phase(_latent_adaptation, description="high resolution, encoder head + decoder input"),
+    "refinement": Phase(_refinement, gan_weight=0.1, description="low resolution, decoder head + PatchGAN"),
+}
+
+
+def phase(name: str) -> Phase:
+    return model_lib.lookup(PHASES, "DC-AE training phase", name)
+
+
+def phase_frozen(phase_name: str, model: model_lib.DCAE) -> tuple[str, ...]:
+    """Regexes (for `OptimizerConfig.frozen`) matching every parameter that `phase_name` does not train: one
+    negative lookahead over the phase's trainable patterns."""
+    trainable = phase(phase_name).trainable(model)
+    return (f"^(?!(?:{'|'.join(p.removeprefix('^') for p in trainable)}))",)
+
+
+class PatchDiscriminator(nn.Module):
+    """PatchGAN (Isola et al., 2017): strided 4x4 convs with LeakyReLU, one logit per overlapping patch.
+    GroupNorm rather than BatchNorm: no running statistics to carry through the shared trainer."""
+
+    width: int = 32
+    layers: int = 3
+
+    @nn.compact
+    def __call__(self, x):
+        for i in range(self.layers):
+            x = nn.Conv(self.width * 2 ** i, (4, 4), strides=(2, 2), padding=((1, 1), (1, 1)), name=f"conv_{i}")(x)
+            if i > 0:
+                x = nn.GroupNorm(num_groups=min(8, self.width * 2 ** i), name=f"norm_{i}")(x)
+            x = nn.leaky_relu(x, 0.2)
+        return nn.Conv(1, (3, 3), padding=((1, 1), (1, 1)), name="logits")(x)
+
+
+def preprocess(image: jax.Array) -> jax.Array:
+    """uint8 [0, 255] -> float32 [-1, 1]."""
+    return image.astype(jnp.float32) / 127.5 - 1.0
+
+
+def _unit(x: jax.Array) -> jax.Array:
+    return (jnp.clip(x, -1.0, 1.0) + 1.0) / 2.0
+
+
+class AutoencoderTask:
+    """Reconstruction training of a `DCAE` in one of `PHASES`; batches hold `image` uint8 `[b, h, w, 3]`.
+
+    Loss: `l1 + perceptual_weight * (1 - SSIM)`, plus in the refinement phase `gan_weight * adversarial` for the
+    decoder and the discriminator's hinge loss. Evaluators: `reconstruction` (PSNR / SSIM on the eval split, at most
+    `max_eval_batches` batches, and `reconstructions.png`: originals over reconstructions) and, with `holdout`
+    (a dataset name such as "skimage_photos/256", never trained on), `holdout` with the same numbers and picture
+    on those images, cropped to `holdout_size` around the centre.
+    """
+
+    partition_rules = ()
+
+    def __init__(self, model: model_lib.DCAE, phase_name: str = "full", *, perceptual_weight: float = 1.0,
+                 gan_weight: float | None = None, discriminator: PatchDiscriminator = PatchDiscriminator(),
+                 max_eval_batches: int = 4, grid_images: int = 8, holdout: str | None = None,
+                 holdout_size: int | None = None, data_dir: str | None = None):
+        self.model = model
+        self.phase_name = phase_name
+        self.phase = phase(phase_name)
+        self.perceptual_weight = perceptual_weight
+        self.gan_weight = self.phase.gan_weight if gan_weight is None else gan_weight
+        self.discriminator = discriminator
+        self.max_eval_batches = max_eval_batches
+        self.grid_images = grid_images
+        self.holdout = holdout
+        self.holdout_size = holdout_size
+        self.data_dir = data_dir
+        self._reconstruct_jit = jax.jit(self._reconstruct)
+
+    def frozen_patterns(self) -> tuple[str, ...]:
+        return phase_frozen(self.phase_name, self.model)
+
+    def init(self, rng, batch):
+        ae_rng, disc_rng = jax.random.split(model_lib.rbg_key(rng))  # RBG: see model_lib.rbg_key
+        x = preprocess(batch["image"])
+        ae = self.model.init(ae_rng, x)
+        disc = self.discriminator.init(disc_rng, x)
+        variables = {"params": {"autoencoder": ae["params"], "discriminator": disc["params"]}}
+        for collection in set(ae) - {"params"}:
+            variables[collection] = {"autoencoder": ae[collection]}
+        return variables
+
+    @staticmethod
+    def _autoencoder(variables) -> dict:
+        return {collection: tree["autoencoder"] for collection, tree in variables.items()}
+
+    def loss(self, variables, batch, rng):
+        x = preprocess(batch["image"])
+        ae = self._autoencoder(variables)
+        # BatchNorm statistics (official-layout decoders) are updated in the full phase only; the later phases run
+        # their frozen layers as inference does.
+        updates_stats = "batch_stats" in ae and self.phase_name == "full"
+        if updates_stats:
+            recon, new_stats = self.model.apply(ae, x, train=True, mutable=["batch_stats"])
+        else:
+            recon = self.model.apply(ae, x)
+        l1 = jnp.mean(jnp.abs(recon - x))
+        ssim = jnp.mean(image_metrics.ssim(_unit(recon), _unit(x)))
+        loss = l1 + self.perceptual_weight * (1.0 - ssim)
+        metrics = {"l1": l1, "ssim": ssim, "psnr": jnp.mean(image_metrics.psnr(_unit(recon), _unit(x)))}
+        if self.gan_weight > 0:
+            disc_params = variables["params"]["discriminator"]
+            disc = lambda params, images: self.discriminator.apply({"params": params}, images)  # noqa: E731
+            adversarial = -jnp.mean(disc(jax.lax.stop_gradient(disc_params), recon))
+            real, fake = disc(disc_params, x), disc(disc_params, jax.lax.stop_gradient(recon))
+            disc_loss = jnp.mean(nn.relu(1.0 - real)) + jnp.mean(nn.relu(1.0 + fake))
+            loss = loss + self.gan_weight * adversarial + disc_loss
+            metrics = {**metrics, "adversarial": adversarial, "discriminator_loss": disc_loss,
+                       "discriminator_accuracy": 0.5 * (jnp.mean(real > 0) + jnp.mean(fake < 0))}
+        if updates_stats:
+            return loss, metrics, {"batch_stats": {"autoencoder": new_stats["batch_stats"]}}
+        return loss, metrics
+
+    # ---------------------------------------------------------------------------------------------------- evaluation
+    def evaluators(self):
+        evaluators = {"reconstruction": self.evaluate_reconstruction}
+        if self.holdout:
+            evaluators["holdout"] = self.evaluate_holdout
+        return evaluators
+
+    def _reconstruct(self, variables, images):
+        """(reconstructions in [-1, 1], per-image PSNR, per-image SSIM) of uint8 images."""
+        x = preprocess(images)
+        recon = self.model.apply(self._autoencoder(variables), x)
+        unit_recon, unit_x = _unit(recon), _unit(x)
+        return recon, image_metrics.psnr(unit_recon, unit_x), image_metrics.ssim(unit_recon, unit_x)
+
+    def _evaluate(self, variables, batches, outdir, is_main) -> Mapping[str, Any]:
+        psnr, ssim, shown, count = 0.0, 0.0, None, 0
+        for images, valid in batches:
+            recon, p, s = self._reconstruct_jit(variables, images)
+            valid = np.asarray(jax.device_get(valid), np.float64)
+            psnr += float(np.asarray(p) @ valid)
+            ssim += float(np.asarray(s) @ valid)
+            count += int(valid.sum())
+            if shown is None:
+                n = min(self.grid_images, images.shape[0])
+                shown = np.stack([np.asarray(jax.device_get(images[:n])), to_uint8(recon[:n])])
+        if not count:
+            raise ValueError("The DC-AE evaluator read no valid example: is the split empty?")
+        if is_main:
+            save_png(outdir / "reconstructions.png", class_grid(shown, ["original", "DC-AE"], scale=1))
+        return {"psnr": psnr / count, "ssim": ssim / count, "num_images": count}
+
+    def evaluate_reconstruction(self, variables, context: EvalContext) -> Mapping[str, Any]:
+        def batches():
+            for index, batch in enumerate(context.batches()):
+                if index == self.max_eval_batches:
+                    return
+                yield batch["image"], batch["valid"]
+
+        return self._evaluate(variables, batches(), context.outdir, context.is_main_process)
+
+    def holdout_images(self) -> np.ndarray:
+        """The held-out images, uint8 `[n, s, s, 3]`, centre-cropped to `holdout_size` (a multiple of the
+        compression) when set."""
+        source = sources.source(self.holdout, "test", self.data_dir)
+        images = sources.read_batch(source, np.arange(len(source)))["image"]
+        size = self.holdout_size or images.shape[1]
+        f = self.model.spatial_compression
+        if size % f or size > min(images.shape[1:3]):
+            raise ValueError(f"holdout_size {size} must be a multiple of the compression {f} and fit the "
+                             f"{images.shape[1]} x {images.shape[2]} images of {self.holdout!r}")
+        top, left = (images.shape[1] - size) // 2, (images.shape[2] - size) // 2
+        return images[:, top:top + size, left:left + size]
+
+    def evaluate_holdout(self, variables, context: EvalContext) -> Mapping[str, Any]:
+        images = self.holdout_images()
+        batch = min(len(images), 4)
+        padded = np.concatenate([images, np.zeros((-len(images) % batch, *images.shape[1:]), images.dtype)])
+        valid = np.arange(len(padded)) < len(images)  # one batch shape: one compilation
+        chunks = ((padded[i:i + batch], valid[i:i + batch]) for i in range(0, len(padded), batch))
+        outdir = context.outdir / "holdout"
+        if context.is_main_process:
+            outdir.mkdir(parents=True, exist_ok=True)
+        return self._evaluate(variables, chunks, outdir, context.is_main_process)
+
+
+def trainable_mask(params, patterns: Sequence[str]):
+    """True for the parameters a phase trains (the complement of `phase_frozen`), for tests and inspection."""
+    return jax.tree.map(lambda label: label == "train",
+                        group_labels(params, {"frozen": patterns}, default="train"))

@@ -1,0 +1,118 @@
+"""`from_diffusers`: a diffusers `AutoencoderDC.save_pretrained` folder -> `(DCAE module, variables)`.
+
+The module's parameter names mirror diffusers' module names, so the name of every tensor follows from the parameter
+path by one rule: each "_<digits>" suffix of a module name is a list index (`down_blocks_1_0` -> `down_blocks.1.0`),
+`kernel`/`scale` are PyTorch's `weight`, and BatchNorm's `mean`/`var` its `running_mean`/`running_var`. Conv kernels
+go from `[out, in/groups, kh, kw]` to `[kh, kw, in/groups, out]` and linear ones from `[out, in]` to `[in, out]`.
+Every tensor of the checkpoint must be used (BatchNorm's `num_batches_tracked` counters aside), so a module that
+forgot a layer fails loudly instead of decoding with random weights.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import re
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from jaxgen.core import sharding as sharding_lib
+from jaxgen.nn import safetensors_io
+from jaxgen.projects.dcae.model import DCAE
+
+# config.json keys that do not shape the network: diffusers' bookkeeping, and the latent scaling factor (a diffusion
+# model's business: `scaling_factor(model_dir)` reads it).
+_IGNORED_KEYS = {"_class_name", "_diffusers_version", "_name_or_path", "scaling_factor"}
+# diffusers switches the project-out/project-in shortcuts separately from the blocks' (always on there).
+_PROJECT_SHORTCUTS = ("encoder_out_shortcut", "decoder_in_shortcut")
+_LEAF_NAMES = {("params", "kernel"): "weight", ("params", "scale"): "weight", ("params", "weight"): "weight",
+               ("params", "bias"): "bias", ("batch_stats", "mean"): "running_mean",
+               ("batch_stats", "var"): "running_var"}
+
+
+def _tuples(value):
+    return tuple(_tuples(v) for v in value) if isinstance(value, list) else value
+
+
+def module_from_config(config: Mapping[str, Any], **overrides) -> DCAE:
+    """Our `DCAE` for a diffusers `AutoencoderDC` config.json; `overrides` set `dtype` or `residual_shortcuts`."""
+    fields = {f.name for f in dataclasses.fields(DCAE)} - {"parent", "name", "dtype", "residual_shortcuts"}
+    unknown = sorted(set(config) - fields - _IGNORED_KEYS - set(_PROJECT_SHORTCUTS))
+    if unknown:
+        raise ValueError(f"from_diffusers: config keys {unknown} are not supported by DCAE (it reads {sorted(fields)})")
+    project_shortcuts = {k: config.get(k, True) for k in _PROJECT_SHORTCUTS}
+    if not all(project_shortcuts.values()):
+        raise ValueError(f"from_diffusers: {project_shortcuts} is not supported: diffusers keeps the down/up blocks' "
+                         f"shortcuts regardless, and DCAE switches all four shortcuts together (residual_shortcuts)")
+    return DCAE(**{k: _tuples(v) for k, v in config.items() if k in fields}, **overrides)
+
+
+def torch_name(collection: str, path: tuple[str, ...]) -> str:
+    """The diffusers tensor name of the variable at `path` in `collection` ("params" or "batch_stats")."""
+    *modules, leaf = path
+    if (collection, leaf) not in _LEAF_NAMES:
+        raise ValueError(f"from_diffusers: no PyTorch name for {collection}/{'/'.join(path)}")
+    return ".".join([re.sub(r"_(\d+)", r".\1", m) for m in modules] + [_LEAF_NAMES[collection, leaf]])
+
+
+def _to_flax(value: np.ndarray, leaf: str) -> np.ndarray:
+    if leaf == "kernel" and value.ndim == 4:
+        return value.transpose(2, 3, 1, 0)
+    if leaf == "kernel" and value.ndim == 2:
+        return value.T
+    return value
+
+
+def scaling_factor(model_dir: str | Path) -> float:
+    """The latent scaling factor stored in the folder's config.json (1.0 when absent): diffusion models train on
+    `latents * scaling_factor`."""
+    return float(json.loads((Path(model_dir) / "config.json").read_text()).get("scaling_factor", 1.0))
+
+
+def from_diffusers(model_dir: str | Path, *, dtype: Any = jnp.float32, mesh: jax.sharding.Mesh | None = None,
+                   **overrides) -> tuple[DCAE, dict]:
+    """`(module, variables)` from an `AutoencoderDC.save_pretrained` folder (config.json and
+    `diffusion_pytorch_model.safetensors`, or its sharded index).
+
+    Tensors are read, converted and placed one at a time (never the whole checkpoint in host memory), as `dtype`
+    arrays, sharded by their logical axes over `mesh` when given. `variables` holds "params" and, for configs with
+    BatchNorm (the official f32c32/f64c128/f128c512 decoders), "batch_stats": ready for
+    `module.apply(variables, images, method="encode")`.
+    """
+    model_dir = Path(model_dir)
+    config_path = model_dir / "config.json"
+    if not config_path.is_file():
+        raise FileNotFoundError(f"from_diffusers: no config.json in {model_dir} (expected a save_pretrained folder)")
+    module = module_from_config(json.loads(config_path.read_text()), **overrides)
+    reader = safetensors_io.open_checkpoint(model_dir, "diffusion_pytorch_model")
+
+    f = module.spatial_compression
+    example = jax.ShapeDtypeStruct((1, f, f, module.in_channels), jnp.float32)
+    boxed = jax.eval_shape(lambda x: module.init(jax.random.key(0), x), example)
+    shardings = sharding_lib.variable_shardings(boxed, mesh) if mesh is not None else None
+    abstract = nn.unbox(boxed)
+    flat_shardings = dict(jax.tree_util.tree_leaves_with_path(shardings)) if shardings is not None else {}
+
+    def load(key_path, leaf):
+        collection, *path = (k.key for k in key_path)
+        value = _to_flax(reader.get(torch_name(collection, tuple(path))), path[-1])
+        if value.shape != leaf.shape:
+            raise ValueError(f"from_diffusers: {'/'.join([collection, *path])} converts to {value.shape}; the module "
+                             f"expects {leaf.shape}")
+        value = value.astype(dtype)
+        sharding = flat_shardings.get(key_path)
+        if sharding is None:
+            return jnp.asarray(value)
+        return jax.make_array_from_callback(value.shape, sharding, lambda index: value[index])
+
+    variables = jax.tree_util.tree_map_with_path(load, abstract)
+    leftover = sorted(n for n in set(reader.names) - reader.used if not n.endswith("num_batches_tracked"))
+    if leftover:
+        raise ValueError(f"from_diffusers: {len(leftover)} tensors in {model_dir} map to nothing: {leftover[:5]}")
+    return module, dict(variables)
