@@ -29,6 +29,7 @@ import jax
 import jax.numpy as jnp
 
 from jaxgen.nn import attention as nn_attention
+from jaxgen.nn import porting
 from jaxgen.nn.embeddings import TimestepEmbedding
 from jaxgen.nn.transformer import XAVIER, apply_rope, partitioned
 from jaxgen.projects.svg import ports
@@ -250,10 +251,9 @@ def example_inputs(module: CogVideoXTransformer, batch: int = 1, text_len: int =
 
 
 def _patch_in(patch: Sequence[int]):
-    """Linear [width, c * pt * ph * pw] (features ordered channel first) -> Dense kernel on (pt, ph, pw, c) features."""
-    def convert(w):
-        return w.reshape(w.shape[0], -1, *patch).transpose(2, 3, 4, 1, 0).reshape(-1, w.shape[0])
-    return convert
+    """Linear [width, c * pt * ph * pw] (features ordered channel first) -> Dense kernel on (pt, ph, pw, c) features:
+    the Linear is the Conv3d of Wan's patch embedding, flattened."""
+    return lambda w: ports.conv3d_patch(w.reshape(w.shape[0], -1, *patch))
 
 
 def _patch_out(patch: Sequence[int], channels: int):
@@ -266,44 +266,44 @@ def _patch_out(patch: Sequence[int], channels: int):
     return kernel, bias
 
 
-def name_table(module: CogVideoXTransformer) -> ports.NameTable:
+def name_table(module: CogVideoXTransformer) -> porting.NameTable:
     heads, blk = module.num_heads, "transformer_blocks.{i}."
     out_kernel, out_bias = _patch_out(module.patch, module.out_channels)
     rows = [
         ("patch_proj/kernel", ["patch_embed.proj.weight"], _patch_in(module.patch)),
-        ("patch_proj/bias", ["patch_embed.proj.bias"], ports.same),
-        ("text_proj/kernel", ["patch_embed.text_proj.weight"], ports.linear),
-        ("text_proj/bias", ["patch_embed.text_proj.bias"], ports.same),
-        ("time_embedding/linear_1/kernel", ["time_embedding.linear_1.weight"], ports.linear),
-        ("time_embedding/linear_1/bias", ["time_embedding.linear_1.bias"], ports.same),
-        ("time_embedding/linear_2/kernel", ["time_embedding.linear_2.weight"], ports.linear),
-        ("time_embedding/linear_2/bias", ["time_embedding.linear_2.bias"], ports.same),
-        ("blocks/ff_in/kernel", [blk + "ff.net.0.proj.weight"], ports.linear),
-        ("blocks/ff_in/bias", [blk + "ff.net.0.proj.bias"], ports.same),
-        ("blocks/ff_out/kernel", [blk + "ff.net.2.weight"], ports.linear),
-        ("blocks/ff_out/bias", [blk + "ff.net.2.bias"], ports.same),
-        ("blocks/attn1/to_out/kernel", [blk + "attn1.to_out.0.weight"], ports.heads_out(heads)),
-        ("blocks/attn1/to_out/bias", [blk + "attn1.to_out.0.bias"], ports.same),
-        ("norm_final/scale", ["norm_final.weight"], ports.same),
-        ("norm_final/bias", ["norm_final.bias"], ports.same),
-        ("norm_out_linear/kernel", ["norm_out.linear.weight"], ports.linear),
-        ("norm_out_linear/bias", ["norm_out.linear.bias"], ports.same),
-        ("norm_out/scale", ["norm_out.norm.weight"], ports.same),
-        ("norm_out/bias", ["norm_out.norm.bias"], ports.same),
+        ("patch_proj/bias", ["patch_embed.proj.bias"], porting.same),
+        ("text_proj/kernel", ["patch_embed.text_proj.weight"], porting.linear),
+        ("text_proj/bias", ["patch_embed.text_proj.bias"], porting.same),
+        ("time_embedding/linear_1/kernel", ["time_embedding.linear_1.weight"], porting.linear),
+        ("time_embedding/linear_1/bias", ["time_embedding.linear_1.bias"], porting.same),
+        ("time_embedding/linear_2/kernel", ["time_embedding.linear_2.weight"], porting.linear),
+        ("time_embedding/linear_2/bias", ["time_embedding.linear_2.bias"], porting.same),
+        ("blocks/ff_in/kernel", [blk + "ff.net.0.proj.weight"], porting.linear),
+        ("blocks/ff_in/bias", [blk + "ff.net.0.proj.bias"], porting.same),
+        ("blocks/ff_out/kernel", [blk + "ff.net.2.weight"], porting.linear),
+        ("blocks/ff_out/bias", [blk + "ff.net.2.bias"], porting.same),
+        ("blocks/attn1/to_out/kernel", [blk + "attn1.to_out.0.weight"], porting.heads_out(heads)),
+        ("blocks/attn1/to_out/bias", [blk + "attn1.to_out.0.bias"], porting.same),
+        ("norm_final/scale", ["norm_final.weight"], porting.same),
+        ("norm_final/bias", ["norm_final.bias"], porting.same),
+        ("norm_out_linear/kernel", ["norm_out.linear.weight"], porting.linear),
+        ("norm_out_linear/bias", ["norm_out.linear.bias"], porting.same),
+        ("norm_out/scale", ["norm_out.norm.weight"], porting.same),
+        ("norm_out/bias", ["norm_out.norm.bias"], porting.same),
         ("proj_out/kernel", ["proj_out.weight"], out_kernel),
         ("proj_out/bias", ["proj_out.bias"], out_bias),
     ]
     for norm in ("norm1", "norm2"):
-        rows += [(f"blocks/{norm}_linear/kernel", [f"{blk}{norm}.linear.weight"], ports.linear),
-                 (f"blocks/{norm}_linear/bias", [f"{blk}{norm}.linear.bias"], ports.same),
-                 (f"blocks/{norm}/scale", [f"{blk}{norm}.norm.weight"], ports.same),
-                 (f"blocks/{norm}/bias", [f"{blk}{norm}.norm.bias"], ports.same)]
+        rows += [(f"blocks/{norm}_linear/kernel", [f"{blk}{norm}.linear.weight"], porting.linear),
+                 (f"blocks/{norm}_linear/bias", [f"{blk}{norm}.linear.bias"], porting.same),
+                 (f"blocks/{norm}/scale", [f"{blk}{norm}.norm.weight"], porting.same),
+                 (f"blocks/{norm}/bias", [f"{blk}{norm}.norm.bias"], porting.same)]
     for proj in ("to_q", "to_k", "to_v"):
-        rows += [(f"blocks/attn1/{proj}/kernel", [f"{blk}attn1.{proj}.weight"], ports.heads_in(heads)),
-                 (f"blocks/attn1/{proj}/bias", [f"{blk}attn1.{proj}.bias"], ports.heads_bias(heads))]
+        rows += [(f"blocks/attn1/{proj}/kernel", [f"{blk}attn1.{proj}.weight"], porting.heads_in(heads)),
+                 (f"blocks/attn1/{proj}/bias", [f"{blk}attn1.{proj}.bias"], porting.heads_bias(heads))]
     for norm in ("norm_q", "norm_k"):
-        rows += [(f"blocks/attn1/{norm}/scale", [f"{blk}attn1.{norm}.weight"], ports.same),
-                 (f"blocks/attn1/{norm}/bias", [f"{blk}attn1.{norm}.bias"], ports.same)]
+        rows += [(f"blocks/attn1/{norm}/scale", [f"{blk}attn1.{norm}.weight"], porting.same),
+                 (f"blocks/attn1/{norm}/bias", [f"{blk}attn1.{norm}.bias"], porting.same)]
     return {path: (names, convert) for path, names, convert in rows}
 
 

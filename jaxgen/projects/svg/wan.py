@@ -31,6 +31,7 @@ import jax
 import jax.numpy as jnp
 
 from jaxgen.nn import attention as nn_attention
+from jaxgen.nn import porting
 from jaxgen.nn.dit import CaptionProjection
 from jaxgen.nn.embeddings import TimestepEmbedding
 from jaxgen.nn.transformer import XAVIER, apply_rope, partitioned
@@ -256,40 +257,40 @@ def example_inputs(module: WanTransformer, batch: int = 1, text_len: int = 2) ->
             jnp.zeros((batch,)), jnp.zeros((batch, text_len, module.text_dim)))
 
 
-def name_table(module: WanTransformer) -> ports.NameTable:
+def name_table(module: WanTransformer) -> porting.NameTable:
     heads = module.num_heads
     blk = "blocks.{i}."
     rows = [
         ("patch_embedding/kernel", ["patch_embedding.weight"], ports.conv3d_patch),
-        ("patch_embedding/bias", ["patch_embedding.bias"], ports.same),
-        ("time_embedder/linear_1/kernel", ["condition_embedder.time_embedder.linear_1.weight"], ports.linear),
-        ("time_embedder/linear_1/bias", ["condition_embedder.time_embedder.linear_1.bias"], ports.same),
-        ("time_embedder/linear_2/kernel", ["condition_embedder.time_embedder.linear_2.weight"], ports.linear),
-        ("time_embedder/linear_2/bias", ["condition_embedder.time_embedder.linear_2.bias"], ports.same),
-        ("time_proj/kernel", ["condition_embedder.time_proj.weight"], ports.linear),
-        ("time_proj/bias", ["condition_embedder.time_proj.bias"], ports.same),
-        ("text_embedder/Dense_0/kernel", ["condition_embedder.text_embedder.linear_1.weight"], ports.linear),
-        ("text_embedder/Dense_0/bias", ["condition_embedder.text_embedder.linear_1.bias"], ports.same),
-        ("text_embedder/Dense_1/kernel", ["condition_embedder.text_embedder.linear_2.weight"], ports.linear),
-        ("text_embedder/Dense_1/bias", ["condition_embedder.text_embedder.linear_2.bias"], ports.same),
+        ("patch_embedding/bias", ["patch_embedding.bias"], porting.same),
+        ("time_embedder/linear_1/kernel", ["condition_embedder.time_embedder.linear_1.weight"], porting.linear),
+        ("time_embedder/linear_1/bias", ["condition_embedder.time_embedder.linear_1.bias"], porting.same),
+        ("time_embedder/linear_2/kernel", ["condition_embedder.time_embedder.linear_2.weight"], porting.linear),
+        ("time_embedder/linear_2/bias", ["condition_embedder.time_embedder.linear_2.bias"], porting.same),
+        ("time_proj/kernel", ["condition_embedder.time_proj.weight"], porting.linear),
+        ("time_proj/bias", ["condition_embedder.time_proj.bias"], porting.same),
+        ("text_embedder/Dense_0/kernel", ["condition_embedder.text_embedder.linear_1.weight"], porting.linear),
+        ("text_embedder/Dense_0/bias", ["condition_embedder.text_embedder.linear_1.bias"], porting.same),
+        ("text_embedder/Dense_1/kernel", ["condition_embedder.text_embedder.linear_2.weight"], porting.linear),
+        ("text_embedder/Dense_1/bias", ["condition_embedder.text_embedder.linear_2.bias"], porting.same),
         ("blocks/scale_shift_table", [blk + "scale_shift_table"], lambda t: t[0]),
-        ("blocks/norm2/scale", [blk + "norm2.weight"], ports.same),
-        ("blocks/norm2/bias", [blk + "norm2.bias"], ports.same),
-        ("blocks/ffn_in/kernel", [blk + "ffn.net.0.proj.weight"], ports.linear),
-        ("blocks/ffn_in/bias", [blk + "ffn.net.0.proj.bias"], ports.same),
-        ("blocks/ffn_out/kernel", [blk + "ffn.net.2.weight"], ports.linear),
-        ("blocks/ffn_out/bias", [blk + "ffn.net.2.bias"], ports.same),
+        ("blocks/norm2/scale", [blk + "norm2.weight"], porting.same),
+        ("blocks/norm2/bias", [blk + "norm2.bias"], porting.same),
+        ("blocks/ffn_in/kernel", [blk + "ffn.net.0.proj.weight"], porting.linear),
+        ("blocks/ffn_in/bias", [blk + "ffn.net.0.proj.bias"], porting.same),
+        ("blocks/ffn_out/kernel", [blk + "ffn.net.2.weight"], porting.linear),
+        ("blocks/ffn_out/bias", [blk + "ffn.net.2.bias"], porting.same),
         ("scale_shift_table", ["scale_shift_table"], lambda t: t[0]),
-        ("proj_out/kernel", ["proj_out.weight"], ports.linear),
-        ("proj_out/bias", ["proj_out.bias"], ports.same),
+        ("proj_out/kernel", ["proj_out.weight"], porting.linear),
+        ("proj_out/bias", ["proj_out.bias"], porting.same),
     ]
     for attn in ("attn1", "attn2"):
         for proj in ("to_q", "to_k", "to_v"):
-            rows += [(f"blocks/{attn}/{proj}/kernel", [f"{blk}{attn}.{proj}.weight"], ports.heads_in(heads)),
-                     (f"blocks/{attn}/{proj}/bias", [f"{blk}{attn}.{proj}.bias"], ports.heads_bias(heads))]
-        rows += [(f"blocks/{attn}/to_out/kernel", [f"{blk}{attn}.to_out.0.weight"], ports.heads_out(heads)),
-                 (f"blocks/{attn}/to_out/bias", [f"{blk}{attn}.to_out.0.bias"], ports.same)]
-        rows += [(f"blocks/{attn}/{norm}/scale", [f"{blk}{attn}.{norm}.weight"], ports.heads_bias(heads))
+            rows += [(f"blocks/{attn}/{proj}/kernel", [f"{blk}{attn}.{proj}.weight"], porting.heads_in(heads)),
+                     (f"blocks/{attn}/{proj}/bias", [f"{blk}{attn}.{proj}.bias"], porting.heads_bias(heads))]
+        rows += [(f"blocks/{attn}/to_out/kernel", [f"{blk}{attn}.to_out.0.weight"], porting.heads_out(heads)),
+                 (f"blocks/{attn}/to_out/bias", [f"{blk}{attn}.to_out.0.bias"], porting.same)]
+        rows += [(f"blocks/{attn}/{norm}/scale", [f"{blk}{attn}.{norm}.weight"], porting.heads_bias(heads))
                  for norm in ("norm_q", "norm_k")]
     return {path: (names, convert) for path, names, convert in rows}
 
