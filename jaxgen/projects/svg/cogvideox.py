@@ -31,10 +31,11 @@ import jax.numpy as jnp
 from jaxgen.nn import attention as nn_attention
 from jaxgen.nn import porting
 from jaxgen.nn.embeddings import TimestepEmbedding
-from jaxgen.nn.transformer import XAVIER, apply_rope, partitioned
+from jaxgen.nn.transformer import XAVIER, partitioned, scan_layers
 from jaxgen.projects.svg import ports
 from jaxgen.projects.svg.layout import VideoLayout
-from jaxgen.projects.svg.model import patchify, rope_3d, unpatchify
+from jaxgen.projects.svg.model import patch_grid, patchify, rope_3d, unpatchify
+from jaxgen.projects.svg.port_layers import VideoAttention, check_text_inputs
 
 CONFIGS: dict[str, dict[str, Any]] = {
     "1.5-5B": dict(num_attention_heads=48, attention_head_dim=64, num_layers=42, time_embed_dim=512,
@@ -51,35 +52,6 @@ def rope_dims(head_dim: int) -> tuple[int, int, int]:
     if head_dim % 16 or sum(dims) != head_dim:
         raise ValueError(f"CogVideoX's 3D RoPE needs head_dim divisible by 16; got {head_dim}")
     return dims
-
-
-class CogVideoXAttention(nn.Module):
-    num_heads: int
-    head_dim: int
-    backend: str
-    backend_options: Mapping[str, Any] | None = None
-    dtype: Any = jnp.float32
-
-    @nn.compact
-    def __call__(self, x, rope, context: nn_attention.AttentionContext):
-        def project(name):
-            return nn.DenseGeneral((self.num_heads, self.head_dim), dtype=self.dtype, name=name,
-                                   kernel_init=partitioned(XAVIER, "embed", "heads", "kv"),
-                                   bias_init=partitioned(nn.initializers.zeros, "heads", "kv"))(x)
-
-        def norm(name, inputs):  # per head, over head_dim, with scale and bias
-            return nn.LayerNorm(1e-6, dtype=self.dtype, name=name, scale_init=partitioned(nn.initializers.ones, "kv"),
-                                bias_init=partitioned(nn.initializers.zeros, "kv"))(inputs)
-
-        q, k, v = project("to_q"), project("to_k"), project("to_v")
-        q, k = apply_rope(norm("norm_q", q), *rope), apply_rope(norm("norm_k", k), *rope)
-        out, aux = nn_attention.attention(q, k, v, backend=self.backend, context=context,
-                                          **dict(self.backend_options or {}))
-        for name, value in aux.items():
-            self.sow("intermediates", name, value)
-        return nn.DenseGeneral(x.shape[-1], axis=(-2, -1), dtype=self.dtype, name="to_out",
-                               kernel_init=partitioned(XAVIER, "heads", "kv", "embed"),
-                               bias_init=partitioned(nn.initializers.zeros, "embed"))(out.astype(self.dtype))
 
 
 class CogVideoXBlock(nn.Module):
@@ -112,12 +84,11 @@ class CogVideoXBlock(nn.Module):
                                 scale_init=partitioned(nn.initializers.ones, "embed"),
                                 bias_init=partitioned(nn.initializers.zeros, "embed"))(inputs)
 
-        rng = None if context.rng is None else jax.random.fold_in(context.rng, layer)
-        context = context.replace(layer=layer, rng=rng)
+        context = context.at_layer(layer)
         shift, scale, gate = modulation("norm1_linear")
         h = norm("norm1", x) * (1 + scale) + shift
-        x = x + gate * CogVideoXAttention(self.num_heads, self.width // self.num_heads, self.backend,
-                                          self.backend_options, self.dtype, name="attn1")(h, rope, context)
+        x = x + gate * VideoAttention(self.num_heads, self.width // self.num_heads, "layer_norm", 1e-6, self.backend,
+                                      self.backend_options, self.dtype, name="attn1")(h, rope=rope, context=context)
         shift, scale, gate = modulation("norm2_linear")
         h = norm("norm2", x) * (1 + scale) + shift
         h = nn.Dense(self.ffn_dim, dtype=self.dtype, name="ff_in", kernel_init=partitioned(XAVIER, "embed", "mlp"),
@@ -150,11 +121,7 @@ class CogVideoXTransformer(nn.Module):
         return self.num_heads * self.head_dim
 
     def grid(self, latents_shape: Sequence[int]) -> tuple[int, int, int]:
-        if len(latents_shape) != 5 or latents_shape[-1] != self.in_channels or any(
-                n % p for n, p in zip(latents_shape[1:4], self.patch)):
-            raise ValueError(f"CogVideoX takes latents [batch, frames, height, width, {self.in_channels}] with frames/"
-                             f"height/width divisible by patch {self.patch}; got {tuple(latents_shape)}")
-        return tuple(n // p for n, p in zip(latents_shape[1:4], self.patch))
+        return patch_grid(latents_shape, self.patch, self.in_channels, "CogVideoX's latents")
 
     def layout(self, latents_shape: Sequence[int], text_tokens: int) -> VideoLayout:
         """SVG's view of the joint sequence: text first, then the frame-major patches."""
@@ -164,13 +131,8 @@ class CogVideoXTransformer(nn.Module):
     @nn.compact
     def __call__(self, latents: jax.Array, timestep: jax.Array, encoder_hidden_states: jax.Array, *, step=None,
                  num_steps: int | None = None, rng: jax.Array | None = None) -> jax.Array:
-        batch = latents.shape[0]
         grid = self.grid(latents.shape)
-        if timestep.shape != (batch,) or encoder_hidden_states.ndim != 3 or encoder_hidden_states.shape[::2] != (
-                batch, self.text_dim):
-            raise ValueError(f"CogVideoX takes timestep [{batch}] and encoder_hidden_states [{batch}, text_len, "
-                             f"{self.text_dim}] for latents {latents.shape}; got timestep {timestep.shape}, "
-                             f"encoder_hidden_states {encoder_hidden_states.shape}")
+        check_text_inputs("CogVideoX", latents, timestep, encoder_hidden_states, self.text_dim)
         layout = self.layout(latents.shape, encoder_hidden_states.shape[1])
         emb = TimestepEmbedding(self.time_embed_dim, frequency_dim=self.width, freq_shift=self.freq_shift,
                                 name="time_embedding")(timestep)
@@ -188,10 +150,7 @@ class CogVideoXTransformer(nn.Module):
                 jnp.concatenate([jnp.zeros((layout.text_tokens, sin.shape[1])), sin]))
         context = nn_attention.AttentionContext(rng=rng, step=step, video_layout=layout, num_steps=num_steps,
                                                 num_layers=self.depth)
-        block = nn.remat(CogVideoXBlock) if self.remat else CogVideoXBlock
-        blocks = nn.scan(block, variable_axes={"params": 0, "intermediates": 0}, split_rngs={"params": True},
-                         in_axes=(0,) + (nn.broadcast,) * 3, length=self.depth,
-                         metadata_params={nn.PARTITION_NAME: "layers"})(
+        blocks = scan_layers(CogVideoXBlock, self.depth, remat=self.remat, broadcast_inputs=3)(
             self.width, self.num_heads, 4 * self.width, layout.text_tokens, self.eps, self.attention_backend,
             self.attention_options, self.dtype, name="blocks")
         x, _ = blocks(x, jnp.arange(self.depth), emb, rope, context)

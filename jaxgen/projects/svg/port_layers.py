@@ -1,0 +1,82 @@
+"""What the diffusers video ports (`wan`, `cogvideox`) share: diffusers' attention layout and the input checks.
+
+Both originals run diffusers' attention with separate `to_q` / `to_k` / `to_v` projections (bias on), a norm on q and
+k, RoPE, and `to_out`; they differ only in that norm (diffusers' `qk_norm`): Wan's "rms_norm_across_heads" (one
+RMSNorm over the flat projection, all heads together), CogVideoX's "layer_norm" (a LayerNorm per head, with bias).
+`VideoAttention` is that layout with the norm chosen by name; parameter names are diffusers' (`to_q`, `norm_q`, ...),
+so the ports' name tables stay one row per tensor.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from jaxgen.nn import attention as nn_attention
+from jaxgen.nn.transformer import XAVIER, attend, partitioned
+
+
+def _rms_norm_across_heads(eps: float, dtype: Any, name: str) -> nn.Module:
+    return nn.RMSNorm(eps, dtype=dtype, reduction_axes=(-2, -1), feature_axes=(-2, -1), name=name,
+                      scale_init=partitioned(nn.initializers.ones, "heads", "kv"))
+
+
+def _layer_norm(eps: float, dtype: Any, name: str) -> nn.Module:
+    return nn.LayerNorm(eps, dtype=dtype, name=name, scale_init=partitioned(nn.initializers.ones, "kv"),
+                        bias_init=partitioned(nn.initializers.zeros, "kv"))
+
+
+# diffusers' `qk_norm` name -> the norm applied to q and k `[batch, seq, heads, head_dim]`
+QK_NORMS: dict[str, Callable[[float, Any, str], nn.Module]] = {
+    "rms_norm_across_heads": _rms_norm_across_heads,
+    "layer_norm": _layer_norm,
+}
+
+
+class VideoAttention(nn.Module):
+    """Self-attention (`context_tokens=None`) or cross-attention to `context_tokens`, in diffusers' layout; the core is
+    the `jaxgen.nn.attention` backend `backend` (SVG's "svg" on self-attention)."""
+
+    num_heads: int
+    head_dim: int
+    qk_norm: str
+    eps: float
+    backend: str
+    backend_options: Mapping[str, Any] | None = None
+    dtype: Any = jnp.float32
+
+    @nn.compact
+    def __call__(self, x, context_tokens=None, *, rope=None, context: nn_attention.AttentionContext | None = None):
+        if self.qk_norm not in QK_NORMS:
+            raise ValueError(f"unknown qk_norm {self.qk_norm!r}; known: {sorted(QK_NORMS)}")
+        source = x if context_tokens is None else context_tokens
+
+        def project(name, inputs):
+            return nn.DenseGeneral((self.num_heads, self.head_dim), dtype=self.dtype, name=name,
+                                   kernel_init=partitioned(XAVIER, "embed", "heads", "kv"),
+                                   bias_init=partitioned(nn.initializers.zeros, "heads", "kv"))(inputs)
+
+        norm = QK_NORMS[self.qk_norm]
+        q = norm(self.eps, self.dtype, "norm_q")(project("to_q", x))
+        k = norm(self.eps, self.dtype, "norm_k")(project("to_k", source))
+        out = attend(self, q, k, project("to_v", source), rope=rope, backend=self.backend,
+                     backend_options=self.backend_options, context=context)
+        return nn.DenseGeneral(x.shape[-1], axis=(-2, -1), dtype=self.dtype, name="to_out",
+                               kernel_init=partitioned(XAVIER, "heads", "kv", "embed"),
+                               bias_init=partitioned(nn.initializers.zeros, "embed"))(out.astype(self.dtype))
+
+
+def check_text_inputs(model: str, latents: jax.Array, timestep: jax.Array, encoder_hidden_states: jax.Array,
+                      text_dim: int) -> None:
+    """A ValueError naming `model` unless timestep is `[batch]` and encoder_hidden_states `[batch, text_len,
+    text_dim]` for latents of `batch`."""
+    batch = latents.shape[0]
+    if timestep.shape != (batch,) or encoder_hidden_states.ndim != 3 or encoder_hidden_states.shape[::2] != (
+            batch, text_dim):
+        raise ValueError(f"{model} takes timestep [{batch}] and encoder_hidden_states [{batch}, text_len, {text_dim}] "
+                         f"for latents {latents.shape}; got timestep {timestep.shape}, encoder_hidden_states "
+                         f"{encoder_hidden_states.shape}")
