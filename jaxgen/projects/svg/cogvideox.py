@@ -20,7 +20,6 @@ model's `ofs` embedding.
 
 from __future__ import annotations
 
-import math
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -34,8 +33,8 @@ from jaxgen.nn.embeddings import TimestepEmbedding
 from jaxgen.nn.transformer import XAVIER, partitioned, scan_layers
 from jaxgen.projects.svg import ports
 from jaxgen.projects.svg.layout import VideoLayout
-from jaxgen.projects.svg.model import patch_grid, patchify, rope_3d, unpatchify
-from jaxgen.projects.svg.port_layers import VideoAttention, check_text_inputs
+from jaxgen.projects.svg.model import patch_grid, patchify, rope_3d
+from jaxgen.projects.svg.port_layers import VideoAttention, check_text_inputs, project_out
 
 CONFIGS: dict[str, dict[str, Any]] = {
     "1.5-5B": dict(num_attention_heads=48, attention_head_dim=64, num_layers=42, time_embed_dim=512,
@@ -166,10 +165,7 @@ class CogVideoXTransformer(nn.Module):
                                           bias_init=partitioned(nn.initializers.zeros, "mlp"))(nn.silu(emb))[:, None],
                                  2, axis=-1)
         h = (norm("norm_out", h) * (1 + scale) + shift).astype(self.dtype)
-        h = nn.Dense(math.prod(self.patch) * self.out_channels, dtype=jnp.float32, name="proj_out",
-                     kernel_init=partitioned(nn.initializers.zeros, "embed", None),
-                     bias_init=partitioned(nn.initializers.zeros, None))(h)
-        return unpatchify(h, grid, self.patch, self.out_channels).astype(jnp.float32)
+        return project_out(h, grid, self.patch, self.out_channels)
 
 
 def from_config(config: Mapping[str, Any], **overrides) -> CogVideoXTransformer:

@@ -4,12 +4,14 @@ Both originals run diffusers' attention with separate `to_q` / `to_k` / `to_v` p
 k, RoPE, and `to_out`; they differ only in that norm (diffusers' `qk_norm`): Wan's "rms_norm_across_heads" (one
 RMSNorm over the flat projection, all heads together), CogVideoX's "layer_norm" (a LayerNorm per head, with bias).
 `VideoAttention` is that layout with the norm chosen by name; parameter names are diffusers' (`to_q`, `norm_q`, ...),
-so the ports' name tables stay one row per tensor.
+so the ports' name tables stay one row per tensor. Both end in `proj_out`, a Linear from the video tokens to their
+patches (`project_out`).
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+import math
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import flax.linen as nn
@@ -18,6 +20,7 @@ import jax.numpy as jnp
 
 from jaxgen.nn import attention as nn_attention
 from jaxgen.nn.transformer import XAVIER, attend, partitioned
+from jaxgen.projects.svg.model import unpatchify
 
 
 def _rms_norm_across_heads(eps: float, dtype: Any, name: str) -> nn.Module:
@@ -80,3 +83,12 @@ def check_text_inputs(model: str, latents: jax.Array, timestep: jax.Array, encod
         raise ValueError(f"{model} takes timestep [{batch}] and encoder_hidden_states [{batch}, text_len, {text_dim}] "
                          f"for latents {latents.shape}; got timestep {timestep.shape}, encoder_hidden_states "
                          f"{encoder_hidden_states.shape}")
+
+
+def project_out(h: jax.Array, grid: Sequence[int], patch: Sequence[int], channels: int) -> jax.Array:
+    """The video tokens `h` `[batch, tokens, width]` through `proj_out` (zero-initialised, float32) to their patches,
+    back to `[batch, frames, height, width, channels]` float32; call it inside the port's compact `__call__`."""
+    h = nn.Dense(math.prod(patch) * channels, dtype=jnp.float32, name="proj_out",
+                 kernel_init=partitioned(nn.initializers.zeros, "embed", None),
+                 bias_init=partitioned(nn.initializers.zeros, None))(h)
+    return unpatchify(h, grid, patch, channels).astype(jnp.float32)

@@ -22,7 +22,6 @@ Not ported: image conditioning (the I2V models' `image_dim` / `added_kv_proj_dim
 
 from __future__ import annotations
 
-import math
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -37,8 +36,8 @@ from jaxgen.nn.embeddings import TimestepEmbedding
 from jaxgen.nn.transformer import XAVIER, partitioned, scan_layers
 from jaxgen.projects.svg import ports
 from jaxgen.projects.svg.layout import VideoLayout
-from jaxgen.projects.svg.model import patch_grid, patchify, rope_3d, unpatchify
-from jaxgen.projects.svg.port_layers import VideoAttention, check_text_inputs
+from jaxgen.projects.svg.model import patch_grid, patchify, rope_3d
+from jaxgen.projects.svg.port_layers import VideoAttention, check_text_inputs, project_out
 
 # diffusers config.json fields of the released models (Wan-AI/Wan2.1-T2V-{1.3B,14B}-Diffusers) and a CPU-tiny one.
 CONFIGS: dict[str, dict[str, Any]] = {
@@ -171,10 +170,7 @@ class WanTransformer(nn.Module):
         shift, scale = jnp.split((table + temb[:, None].astype(jnp.float32)), 2, axis=1)
         h = nn.LayerNorm(self.eps, use_scale=False, use_bias=False, dtype=jnp.float32)(x.astype(jnp.float32))
         h = (h * (1 + scale) + shift).astype(self.dtype)
-        h = nn.Dense(math.prod(self.patch) * self.out_channels, dtype=jnp.float32, name="proj_out",
-                     kernel_init=partitioned(nn.initializers.zeros, "embed", None),
-                     bias_init=partitioned(nn.initializers.zeros, None))(h)
-        return unpatchify(h, grid, self.patch, self.out_channels).astype(jnp.float32)
+        return project_out(h, grid, self.patch, self.out_channels)
 
 
 def from_config(config: Mapping[str, Any], **overrides) -> WanTransformer:
