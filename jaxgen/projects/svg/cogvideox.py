@@ -34,7 +34,8 @@ from jaxgen.nn.transformer import XAVIER, partitioned, scan_layers
 from jaxgen.projects.svg import ports
 from jaxgen.projects.svg.layout import VideoLayout
 from jaxgen.projects.svg.model import patch_grid, patchify, rope_3d
-from jaxgen.projects.svg.port_layers import VideoAttention, check_text_inputs, project_out
+from jaxgen.projects.svg.port_layers import (FeedForward, VideoAttention, attention_rows, check_text_inputs,
+                                              feed_forward_rows, project_out)
 
 CONFIGS: dict[str, dict[str, Any]] = {
     "1.5-5B": dict(num_attention_heads=48, attention_head_dim=64, num_layers=42, time_embed_dim=512,
@@ -90,10 +91,7 @@ class CogVideoXBlock(nn.Module):
                                       self.backend_options, self.dtype, name="attn1")(h, rope=rope, context=context)
         shift, scale, gate = modulation("norm2_linear")
         h = norm("norm2", x) * (1 + scale) + shift
-        h = nn.Dense(self.ffn_dim, dtype=self.dtype, name="ff_in", kernel_init=partitioned(XAVIER, "embed", "mlp"),
-                     bias_init=partitioned(nn.initializers.zeros, "mlp"))(h)
-        h = nn.Dense(self.width, dtype=self.dtype, name="ff_out", kernel_init=partitioned(XAVIER, "mlp", "embed"),
-                     bias_init=partitioned(nn.initializers.zeros, "embed"))(nn.gelu(h, approximate=True))
+        h = FeedForward(self.ffn_dim, self.dtype, name="ff")(h)
         return (x + gate * h).astype(self.dtype), None
 
 
@@ -222,7 +220,7 @@ def _patch_out(patch: Sequence[int], channels: int):
 
 
 def name_table(module: CogVideoXTransformer) -> porting.NameTable:
-    heads, blk = module.num_heads, "transformer_blocks.{i}."
+    blk = "transformer_blocks.{i}."
     out_kernel, out_bias = _patch_out(module.patch, module.out_channels)
     rows = [
         ("patch_proj/kernel", ["patch_embed.proj.weight"], _patch_in(module.patch)),
@@ -233,12 +231,6 @@ def name_table(module: CogVideoXTransformer) -> porting.NameTable:
         ("time_embedding/linear_1/bias", ["time_embedding.linear_1.bias"], porting.same),
         ("time_embedding/linear_2/kernel", ["time_embedding.linear_2.weight"], porting.linear),
         ("time_embedding/linear_2/bias", ["time_embedding.linear_2.bias"], porting.same),
-        ("blocks/ff_in/kernel", [blk + "ff.net.0.proj.weight"], porting.linear),
-        ("blocks/ff_in/bias", [blk + "ff.net.0.proj.bias"], porting.same),
-        ("blocks/ff_out/kernel", [blk + "ff.net.2.weight"], porting.linear),
-        ("blocks/ff_out/bias", [blk + "ff.net.2.bias"], porting.same),
-        ("blocks/attn1/to_out/kernel", [blk + "attn1.to_out.0.weight"], porting.heads_out(heads)),
-        ("blocks/attn1/to_out/bias", [blk + "attn1.to_out.0.bias"], porting.same),
         ("norm_final/scale", ["norm_final.weight"], porting.same),
         ("norm_final/bias", ["norm_final.bias"], porting.same),
         ("norm_out_linear/kernel", ["norm_out.linear.weight"], porting.linear),
@@ -253,12 +245,8 @@ def name_table(module: CogVideoXTransformer) -> porting.NameTable:
                  (f"blocks/{norm}_linear/bias", [f"{blk}{norm}.linear.bias"], porting.same),
                  (f"blocks/{norm}/scale", [f"{blk}{norm}.norm.weight"], porting.same),
                  (f"blocks/{norm}/bias", [f"{blk}{norm}.norm.bias"], porting.same)]
-    for proj in ("to_q", "to_k", "to_v"):
-        rows += [(f"blocks/attn1/{proj}/kernel", [f"{blk}attn1.{proj}.weight"], porting.heads_in(heads)),
-                 (f"blocks/attn1/{proj}/bias", [f"{blk}attn1.{proj}.bias"], porting.heads_bias(heads))]
-    for norm in ("norm_q", "norm_k"):
-        rows += [(f"blocks/attn1/{norm}/scale", [f"{blk}attn1.{norm}.weight"], porting.same),
-                 (f"blocks/attn1/{norm}/bias", [f"{blk}attn1.{norm}.bias"], porting.same)]
+    rows += feed_forward_rows("blocks/ff", blk + "ff")
+    rows += attention_rows("blocks/attn1", blk + "attn1", module.num_heads, "layer_norm")
     return {path: (names, convert) for path, names, convert in rows}
 
 

@@ -37,7 +37,8 @@ from jaxgen.nn.transformer import XAVIER, partitioned, scan_layers
 from jaxgen.projects.svg import ports
 from jaxgen.projects.svg.layout import VideoLayout
 from jaxgen.projects.svg.model import patch_grid, patchify, rope_3d
-from jaxgen.projects.svg.port_layers import VideoAttention, check_text_inputs, project_out
+from jaxgen.projects.svg.port_layers import (FeedForward, VideoAttention, attention_rows, check_text_inputs,
+                                              feed_forward_rows, project_out)
 
 # diffusers config.json fields of the released models (Wan-AI/Wan2.1-T2V-{1.3B,14B}-Diffusers) and a CPU-tiny one.
 CONFIGS: dict[str, dict[str, Any]] = {
@@ -92,10 +93,7 @@ class WanBlock(nn.Module):
         x = x + VideoAttention(self.num_heads, head_dim, "rms_norm_across_heads", self.eps,
                                self.cross_attention_backend, None, self.dtype, name="attn2")(h, text)
         h = (norm(x) * (1 + scale2) + shift2).astype(self.dtype)
-        h = nn.Dense(self.ffn_dim, dtype=self.dtype, name="ffn_in", kernel_init=partitioned(XAVIER, "embed", "mlp"),
-                     bias_init=partitioned(nn.initializers.zeros, "mlp"))(h)
-        h = nn.Dense(self.width, dtype=self.dtype, name="ffn_out", kernel_init=partitioned(XAVIER, "mlp", "embed"),
-                     bias_init=partitioned(nn.initializers.zeros, "embed"))(nn.gelu(h, approximate=True))
+        h = FeedForward(self.ffn_dim, self.dtype, name="ffn")(h)
         return (x.astype(jnp.float32) + h.astype(jnp.float32) * gate2).astype(self.dtype), None
 
 
@@ -207,7 +205,6 @@ def example_inputs(module: WanTransformer, batch: int = 1, text_len: int = 2) ->
 
 
 def name_table(module: WanTransformer) -> porting.NameTable:
-    heads = module.num_heads
     blk = "blocks.{i}."
     rows = [
         ("patch_embedding/kernel", ["patch_embedding.weight"], ports.conv3d_patch),
@@ -225,22 +222,13 @@ def name_table(module: WanTransformer) -> porting.NameTable:
         ("blocks/scale_shift_table", [blk + "scale_shift_table"], lambda t: t[0]),
         ("blocks/norm2/scale", [blk + "norm2.weight"], porting.same),
         ("blocks/norm2/bias", [blk + "norm2.bias"], porting.same),
-        ("blocks/ffn_in/kernel", [blk + "ffn.net.0.proj.weight"], porting.linear),
-        ("blocks/ffn_in/bias", [blk + "ffn.net.0.proj.bias"], porting.same),
-        ("blocks/ffn_out/kernel", [blk + "ffn.net.2.weight"], porting.linear),
-        ("blocks/ffn_out/bias", [blk + "ffn.net.2.bias"], porting.same),
         ("scale_shift_table", ["scale_shift_table"], lambda t: t[0]),
         ("proj_out/kernel", ["proj_out.weight"], porting.linear),
         ("proj_out/bias", ["proj_out.bias"], porting.same),
     ]
+    rows += feed_forward_rows("blocks/ffn", blk + "ffn")
     for attn in ("attn1", "attn2"):
-        for proj in ("to_q", "to_k", "to_v"):
-            rows += [(f"blocks/{attn}/{proj}/kernel", [f"{blk}{attn}.{proj}.weight"], porting.heads_in(heads)),
-                     (f"blocks/{attn}/{proj}/bias", [f"{blk}{attn}.{proj}.bias"], porting.heads_bias(heads))]
-        rows += [(f"blocks/{attn}/to_out/kernel", [f"{blk}{attn}.to_out.0.weight"], porting.heads_out(heads)),
-                 (f"blocks/{attn}/to_out/bias", [f"{blk}{attn}.to_out.0.bias"], porting.same)]
-        rows += [(f"blocks/{attn}/{norm}/scale", [f"{blk}{attn}.{norm}.weight"], porting.heads_bias(heads))
-                 for norm in ("norm_q", "norm_k")]
+        rows += attention_rows(f"blocks/{attn}", blk + attn, module.num_heads, "rms_norm_across_heads")
     return {path: (names, convert) for path, names, convert in rows}
 
 
