@@ -116,4 +116,3 @@ def _unflatten(flat: Mapping[str, Any]) -> dict:
             node = node.setdefault(part, {})
         node[leaf] = value
     return tree
-
