@@ -51,6 +51,12 @@ class AttentionContext:
     num_steps: int | None = flax.struct.field(pytree_node=False, default=None)
     num_layers: int | None = flax.struct.field(pytree_node=False, default=None)
 
+    def at_layer(self, layer) -> AttentionContext:
+        """This context inside layer `layer` of a scan: the index written in, and the key (if any) folded with it so
+        that sampling backends draw fresh rows in every layer."""
+        rng = None if self.rng is None else jax.random.fold_in(self.rng, layer)
+        return self.replace(layer=layer, rng=rng)
+
 
 def reject_bias_and_mask(backend: str, q: jax.Array, bias, mask) -> None:
     """For backends whose sparsity pattern is the whole mask: a dense bias/mask would be silently dropped."""

@@ -172,15 +172,11 @@ def _patch_conv(w):  # Conv2d [width, c, p, p] -> Dense on patches ordered (row,
 
 
 def _qkv_kernel(heads):
-    return lambda q, k, v: np.stack([w.T.reshape(w.shape[1], heads, -1) for w in (q, k, v)], axis=1)
+    return lambda q, k, v: np.stack([porting.heads_in(heads)(w) for w in (q, k, v)], axis=1)
 
 
 def _qkv_bias(heads):
-    return lambda q, k, v: np.stack([b.reshape(heads, -1) for b in (q, k, v)])
-
-
-def _out_kernel(heads):
-    return lambda w: w.T.reshape(heads, -1, w.shape[0])
+    return lambda q, k, v: np.stack([porting.heads_bias(heads)(b) for b in (q, k, v)])
 
 
 # Our parameter path <- diffusers tensor names (`{i}`: the block index; those rows are stacked over blocks) and the
@@ -203,7 +199,7 @@ def _table(heads: int) -> dict[str, tuple[list[str], Any]]:
         ("blocks/adaln/bias", [blk + "norm1.linear.bias"], porting.same),
         ("blocks/attn/qkv/kernel", [blk + f"attn1.to_{n}.weight" for n in "qkv"], _qkv_kernel(heads)),
         ("blocks/attn/qkv/bias", [blk + f"attn1.to_{n}.bias" for n in "qkv"], _qkv_bias(heads)),
-        ("blocks/attn/out/kernel", [blk + "attn1.to_out.0.weight"], _out_kernel(heads)),
+        ("blocks/attn/out/kernel", [blk + "attn1.to_out.0.weight"], porting.heads_out(heads)),
         ("blocks/attn/out/bias", [blk + "attn1.to_out.0.bias"], porting.same),
         ("blocks/Dense_0/kernel", [blk + "ff.net.0.proj.weight"], porting.linear),
         ("blocks/Dense_0/bias", [blk + "ff.net.0.proj.bias"], porting.same),

@@ -57,7 +57,7 @@ from jaxgen.diffusion.sampling import euler_sample, euler_timesteps
 from jaxgen.nn import attention as nn_attention
 from jaxgen.nn import porting, safetensors_io
 from jaxgen.nn.embeddings import TimestepEmbedding
-from jaxgen.nn.transformer import XAVIER, apply_rope, partitioned
+from jaxgen.nn.transformer import XAVIER, attend, partitioned, scan_layers
 
 _EPS = 1e-6  # every LayerNorm and RMSNorm of FLUX
 
@@ -175,11 +175,6 @@ class MLP(nn.Module):
         return _dense(self.width, ("mlp", "embed"), self.dtype, "fc2", use_bias=self.out_bias)(h)
 
 
-def _joint_attention(q, k, v, rope, *, backend, backend_options, context):
-    q, k = apply_rope(q, *rope), apply_rope(k, *rope)
-    return nn_attention.attention(q, k, v, backend=backend, context=context, **dict(backend_options or {}))
-
-
 class DoubleStreamBlock(nn.Module):
     """MMDiT block (diffusers' `FluxTransformerBlock`): per-stream adaLN-Zero, joint attention over [text; image],
     per-stream MLP. `(carry=(img, txt), layer, temb, rope, context) -> ((img, txt), None)`, the `nn.scan` signature."""
@@ -202,11 +197,9 @@ class DoubleStreamBlock(nn.Module):
         txt_attn = AttentionProjections(self.width, self.num_heads, self.head_dim, self.dtype, name="txt_attn")
         img_q, img_k, img_v = img_attn.project(_modulate(img, img_mod[0], img_mod[1]))
         txt_q, txt_k, txt_v = txt_attn.project(_modulate(txt, txt_mod[0], txt_mod[1]))
-        out, aux = _joint_attention(jnp.concatenate([txt_q, img_q], 1), jnp.concatenate([txt_k, img_k], 1),
-                                    jnp.concatenate([txt_v, img_v], 1), rope, backend=self.backend,
-                                    backend_options=self.backend_options, context=context.replace(layer=layer))
-        for name, value in aux.items():
-            self.sow("intermediates", name, value)
+        out = attend(self, jnp.concatenate([txt_q, img_q], 1), jnp.concatenate([txt_k, img_k], 1),
+                     jnp.concatenate([txt_v, img_v], 1), rope=rope, backend=self.backend,
+                     backend_options=self.backend_options, context=context.replace(layer=layer))
         text_len, hidden = txt.shape[1], int(self.mlp_ratio * self.width)
 
         img = img + img_mod[2][:, None] * img_attn.output(out[:, text_len:])
@@ -238,22 +231,10 @@ class SingleStreamBlock(nn.Module):
                                        axis=-1)
         h = _modulate(x, shift, scale)
         attn = AttentionProjections(self.width, self.num_heads, self.head_dim, self.dtype, name="attn")
-        out, aux = _joint_attention(*attn.project(h), rope, backend=self.backend,
-                                    backend_options=self.backend_options, context=context.replace(layer=layer))
-        for name, value in aux.items():
-            self.sow("intermediates", name, value)
+        out = attend(self, *attn.project(h), rope=rope, backend=self.backend, backend_options=self.backend_options,
+                     context=context.replace(layer=layer))
         mlp = MLP(int(self.mlp_ratio * self.width), self.width, out_bias=False, dtype=self.dtype, name="mlp")
         return (x + gate[:, None] * (attn.output(out) + mlp(h))).astype(x.dtype), None
-
-
-def _scanned(block: type[nn.Module], depth: int, remat: bool, name: str, **fields) -> nn.Module:
-    """`depth` blocks as one `nn.scan` over `(carry, layer index)`, temb/rope/context broadcast, params stacked on a
-    leading "layers" axis."""
-    block = nn.remat(block) if remat else block
-    scanned = nn.scan(block, variable_axes={"params": 0, "intermediates": 0}, split_rngs={"params": True},
-                      in_axes=(0, nn.broadcast, nn.broadcast, nn.broadcast), length=depth,
-                      metadata_params={nn.PARTITION_NAME: "layers"})
-    return scanned(name=name, **fields)
 
 
 class FluxTransformer(nn.Module):
@@ -342,9 +323,11 @@ class FluxTransformer(nn.Module):
         context = nn_attention.AttentionContext(num_layers=depth)
         fields = dict(width=self.width, num_heads=self.num_heads, head_dim=self.head_dim, mlp_ratio=self.mlp_ratio,
                       backend=self.attention_backend, backend_options=self.attention_options, dtype=self.dtype)
-        double = _scanned(DoubleStreamBlock, self.num_layers, self.remat, "transformer_blocks", **fields)
+        double = scan_layers(DoubleStreamBlock, self.num_layers, remat=self.remat, broadcast_inputs=3)(
+            name="transformer_blocks", **fields)
         (img, txt), _ = double((img, txt), jnp.arange(self.num_layers), temb, rope, context)
-        single = _scanned(SingleStreamBlock, self.num_single_layers, self.remat, "single_transformer_blocks", **fields)
+        single = scan_layers(SingleStreamBlock, self.num_single_layers, remat=self.remat, broadcast_inputs=3)(
+            name="single_transformer_blocks", **fields)
         x, _ = single(jnp.concatenate([txt, img], 1), jnp.arange(self.num_layers, depth), temb, rope, context)
         img = x[:, txt.shape[1]:]
 

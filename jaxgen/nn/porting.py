@@ -6,7 +6,10 @@ on the leading "layers" axis that `nn.scan` gives the port's blocks. `load_param
 parameters (from `jax.eval_shape`, nothing allocated), so a parameter the table forgets, a tensor that maps to
 nothing, or a conversion with the wrong shape is an error naming the parameter, never a silent zero or a dropped
 weight. Each value is cast to the target dtype and placed (onto its mesh shards when a mesh is given) before the
-next tensor is read, so a 12B checkpoint never sits whole in host memory twice.
+next tensor is read, so a 12B checkpoint never sits whole in host memory, let alone twice; a per-block tensor is cast
+block by block before the blocks are stacked, so the largest host buffer is one parameter stacked over the blocks
+in the target dtype (Wan-14B's MLP input kernel, 40 x 5120 x 13824 in bf16: 5.7 GB), never also a copy of it in the
+checkpoint's dtype.
 """
 
 from __future__ import annotations
@@ -36,6 +39,21 @@ def same(x: np.ndarray) -> np.ndarray:
     return x
 
 
+def heads_in(heads: int) -> Callable[[np.ndarray], np.ndarray]:
+    """Linear [heads * head_dim, in] (a q, k or v projection) -> DenseGeneral kernel [in, heads, head_dim]."""
+    return lambda w: w.T.reshape(w.shape[1], heads, -1)
+
+
+def heads_bias(heads: int) -> Callable[[np.ndarray], np.ndarray]:
+    """[heads * head_dim] -> [heads, head_dim] (a projection's bias, or a norm's scale over all heads)."""
+    return lambda b: b.reshape(heads, -1)
+
+
+def heads_out(heads: int) -> Callable[[np.ndarray], np.ndarray]:
+    """Linear [out, heads * head_dim] (attention's output projection) -> DenseGeneral kernel [heads, head_dim, out]."""
+    return lambda w: w.T.reshape(heads, -1, w.shape[0])
+
+
 def read_config(model_dir: str | Path, class_names: Sequence[str]) -> dict:
     """config.json of a diffusers `save_pretrained` folder, checked to be one of `class_names`."""
     config_path = Path(model_dir) / "config.json"
@@ -63,14 +81,15 @@ def load_params(reader: safetensors_io.Checkpoint, boxed_params, table: NameTabl
         if path not in table:
             raise ValueError(f"from_diffusers: parameter {path} {leaf.shape} has no entry in the name table")
         names, convert = table[path]
-        if "{i}" in names[0]:
-            value = np.stack([convert(*(reader.get(n.format(i=i)) for n in names)) for i in range(depth_of(path))])
+        if "{i}" in names[0]:  # each block cast on its own, so the stack is the only host copy of the parameter
+            value = np.stack([np.asarray(convert(*(reader.get(n.format(i=i)) for n in names))).astype(dtype)
+                              for i in range(depth_of(path))])
         else:
-            value = convert(*(reader.get(n) for n in names))
+            value = np.asarray(convert(*(reader.get(n) for n in names))).astype(dtype)
         if value.shape != leaf.shape:
             raise ValueError(f"from_diffusers: {path} converts to {value.shape} from {list(names)[:3]}, the module "
                              f"expects {leaf.shape}; config.json and the weights disagree")
-        params[path] = _place(value.astype(dtype), shardings.get(path))
+        params[path] = _place(value, shardings.get(path))
     leftover = sorted(set(reader.names) - reader.used)
     if leftover:
         raise ValueError(f"from_diffusers: {len(leftover)} tensors in {source} map to nothing: {leftover[:5]}")

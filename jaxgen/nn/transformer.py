@@ -38,6 +38,29 @@ def partitioned(init, *axes):
     return nn.with_logical_partitioning(init, axes)
 
 
+def scan_layers(block: type[nn.Module], depth: int, *, remat: bool = False, broadcast_inputs: int) -> type[nn.Module]:
+    """`block` as one `nn.scan` over `depth` layers (one compiled block; unrolled deep DiTs took minutes to compile on
+    an H100): its first input is the carry, its second the layer index (`jnp.arange(depth)`), the next
+    `broadcast_inputs` are the same in every layer. Parameters and sown "intermediates" are stacked on a leading
+    "layers" axis."""
+    block = nn.remat(block) if remat else block
+    return nn.scan(block, variable_axes={"params": 0, "intermediates": 0}, split_rngs={"params": True},
+                   in_axes=(0,) + (nn.broadcast,) * broadcast_inputs, length=depth,
+                   metadata_params={nn.PARTITION_NAME: "layers"})
+
+
+def attend(module: nn.Module, q, k, v, *, rope=None, backend: str, backend_options: Mapping[str, Any] | None = None,
+           context: nn_attention.AttentionContext | None = None) -> jax.Array:
+    """RoPE on q and k `[batch, seq, heads, head_dim]` (when `rope` is given), then the `jaxgen.nn.attention` backend
+    named `backend`; its diagnostics (SVG's `head_is_temporal`) are sown into `module`'s "intermediates"."""
+    if rope is not None:
+        q, k = apply_rope(q, *rope), apply_rope(k, *rope)
+    out, aux = nn_attention.attention(q, k, v, backend=backend, context=context, **dict(backend_options or {}))
+    for name, value in aux.items():
+        module.sow("intermediates", name, value)
+    return out
+
+
 def apply_rope(x: jax.Array, cos: jax.Array, sin: jax.Array) -> jax.Array:
     """Rotates channel pairs (2i, 2i+1) of `x` `[batch, seq, heads, head_dim]` by the angles of each position."""
     if x.shape[1] != cos.shape[0] or x.shape[-1] != 2 * cos.shape[-1]:
@@ -68,12 +91,8 @@ class Attention(nn.Module):
         if self.qk_norm:
             q = nn.RMSNorm(dtype=self.dtype, name="q_norm", scale_init=partitioned(nn.initializers.ones, "kv"))(q)
             k = nn.RMSNorm(dtype=self.dtype, name="k_norm", scale_init=partitioned(nn.initializers.ones, "kv"))(k)
-        if rope is not None:
-            q, k = apply_rope(q, *rope), apply_rope(k, *rope)
-        out, aux = nn_attention.attention(q, k, v, backend=self.backend, context=context,
-                                          **dict(self.backend_options or {}))
-        for name, value in aux.items():
-            self.sow("intermediates", name, value)
+        out = attend(self, q, k, v, rope=rope, backend=self.backend, backend_options=self.backend_options,
+                     context=context)
         return nn.DenseGeneral(x.shape[-1], axis=(-2, -1), dtype=self.dtype, name="out",
                                kernel_init=partitioned(XAVIER, "heads", "kv", "embed"),
                                bias_init=partitioned(nn.initializers.zeros, "embed"))(out)
@@ -155,8 +174,7 @@ class AdaLNZeroBlock(nn.Module):
                                  f"per token); got {None if groups is None else groups.shape}")
             per_token = modulation.reshape(x.shape[0], self.modulation_groups, -1)[:, groups]
         shift1, scale1, gate1, shift2, scale2, gate2 = jnp.split(per_token, 6, axis=-1)
-        rng = None if context.rng is None else jax.random.fold_in(context.rng, layer)
-        context = context.replace(layer=layer, rng=rng)
+        context = context.at_layer(layer)
         h = nn.LayerNorm(self.attn_norm_eps, use_scale=False, use_bias=False, dtype=self.dtype)(x)
         h = h * (1 + scale1) + shift1
         x = x + gate1 * Attention(self.num_heads, self.width // self.num_heads, self.backend, self.backend_options,
@@ -176,13 +194,7 @@ class AdaLNZeroBlock(nn.Module):
 
 
 def scanned_blocks(depth: int, remat: bool = False, **block_fields) -> AdaLNZeroBlock:
-    """`depth` blocks as one `nn.scan` (one compiled block; unrolled deep DiTs took minutes to compile on an H100),
-    parameters stacked on a leading "layers" axis; call it as `blocks(x, jnp.arange(depth), c, rope, groups, ctx)`,
-    with `cross_attention=True` as `blocks(..., ctx, captions, caption_mask)`. Backend diagnostics sown into
-    "intermediates" are stacked over layers too."""
-    block = nn.remat(AdaLNZeroBlock) if remat else AdaLNZeroBlock
+    """`depth` adaLN-Zero blocks as one scan (`scan_layers`); call it as `blocks(x, jnp.arange(depth), c, rope, groups,
+    ctx)`, with `cross_attention=True` as `blocks(..., ctx, captions, caption_mask)`."""
     broadcast_inputs = 6 if block_fields.get("cross_attention") else 4  # c, rope, groups, context (+ captions, mask)
-    scanned = nn.scan(block, variable_axes={"params": 0, "intermediates": 0}, split_rngs={"params": True},
-                      in_axes=(0,) + (nn.broadcast,) * broadcast_inputs, length=depth,
-                      metadata_params={nn.PARTITION_NAME: "layers"})
-    return scanned(**block_fields)
+    return scan_layers(AdaLNZeroBlock, depth, remat=remat, broadcast_inputs=broadcast_inputs)(**block_fields)

@@ -7,8 +7,8 @@
 `model` (a CogVideoX/Hunyuan-style video DiT trained here), `task` (flow-matching training, dense vs SVG sampling and
 comparison; PSNR/SSIM from `jaxgen.metrics.image`), `media` (GIFs, frame strips, head maps), and the real models:
 `ports.from_diffusers` loads a diffusers video transformer into its Flax port (`wan`: Wan2.1, `cogvideox`:
-CogVideoX-1.5), `sampling` runs flow-matching samplers from precomputed text embeddings, `generate` is the recipes'
-`jaxgen run` entry.
+CogVideoX-1.5, sharing `port_layers`), `sampling` runs flow-matching samplers from precomputed text embeddings,
+`generate` is the recipes' `jaxgen run` entry.
 """
 
 from jaxgen.projects.svg import cogvideox, wan  # noqa: F401  (each registers its port)

@@ -20,7 +20,6 @@ model's `ofs` embedding.
 
 from __future__ import annotations
 
-import math
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -29,11 +28,14 @@ import jax
 import jax.numpy as jnp
 
 from jaxgen.nn import attention as nn_attention
+from jaxgen.nn import porting
 from jaxgen.nn.embeddings import TimestepEmbedding
-from jaxgen.nn.transformer import XAVIER, apply_rope, partitioned
+from jaxgen.nn.transformer import XAVIER, partitioned, scan_layers
 from jaxgen.projects.svg import ports
 from jaxgen.projects.svg.layout import VideoLayout
-from jaxgen.projects.svg.model import patchify, rope_3d, unpatchify
+from jaxgen.projects.svg.model import patch_grid, patchify, rope_3d
+from jaxgen.projects.svg.port_layers import (FeedForward, VideoAttention, attention_rows, check_text_inputs,
+                                              feed_forward_rows, project_out)
 
 CONFIGS: dict[str, dict[str, Any]] = {
     "1.5-5B": dict(num_attention_heads=48, attention_head_dim=64, num_layers=42, time_embed_dim=512,
@@ -50,35 +52,6 @@ def rope_dims(head_dim: int) -> tuple[int, int, int]:
     if head_dim % 16 or sum(dims) != head_dim:
         raise ValueError(f"CogVideoX's 3D RoPE needs head_dim divisible by 16; got {head_dim}")
     return dims
-
-
-class CogVideoXAttention(nn.Module):
-    num_heads: int
-    head_dim: int
-    backend: str
-    backend_options: Mapping[str, Any] | None = None
-    dtype: Any = jnp.float32
-
-    @nn.compact
-    def __call__(self, x, rope, context: nn_attention.AttentionContext):
-        def project(name):
-            return nn.DenseGeneral((self.num_heads, self.head_dim), dtype=self.dtype, name=name,
-                                   kernel_init=partitioned(XAVIER, "embed", "heads", "kv"),
-                                   bias_init=partitioned(nn.initializers.zeros, "heads", "kv"))(x)
-
-        def norm(name, inputs):  # per head, over head_dim, with scale and bias
-            return nn.LayerNorm(1e-6, dtype=self.dtype, name=name, scale_init=partitioned(nn.initializers.ones, "kv"),
-                                bias_init=partitioned(nn.initializers.zeros, "kv"))(inputs)
-
-        q, k, v = project("to_q"), project("to_k"), project("to_v")
-        q, k = apply_rope(norm("norm_q", q), *rope), apply_rope(norm("norm_k", k), *rope)
-        out, aux = nn_attention.attention(q, k, v, backend=self.backend, context=context,
-                                          **dict(self.backend_options or {}))
-        for name, value in aux.items():
-            self.sow("intermediates", name, value)
-        return nn.DenseGeneral(x.shape[-1], axis=(-2, -1), dtype=self.dtype, name="to_out",
-                               kernel_init=partitioned(XAVIER, "heads", "kv", "embed"),
-                               bias_init=partitioned(nn.initializers.zeros, "embed"))(out.astype(self.dtype))
 
 
 class CogVideoXBlock(nn.Module):
@@ -111,18 +84,14 @@ class CogVideoXBlock(nn.Module):
                                 scale_init=partitioned(nn.initializers.ones, "embed"),
                                 bias_init=partitioned(nn.initializers.zeros, "embed"))(inputs)
 
-        rng = None if context.rng is None else jax.random.fold_in(context.rng, layer)
-        context = context.replace(layer=layer, rng=rng)
+        context = context.at_layer(layer)
         shift, scale, gate = modulation("norm1_linear")
         h = norm("norm1", x) * (1 + scale) + shift
-        x = x + gate * CogVideoXAttention(self.num_heads, self.width // self.num_heads, self.backend,
-                                          self.backend_options, self.dtype, name="attn1")(h, rope, context)
+        x = x + gate * VideoAttention(self.num_heads, self.width // self.num_heads, "layer_norm", 1e-6, self.backend,
+                                      self.backend_options, self.dtype, name="attn1")(h, rope=rope, context=context)
         shift, scale, gate = modulation("norm2_linear")
         h = norm("norm2", x) * (1 + scale) + shift
-        h = nn.Dense(self.ffn_dim, dtype=self.dtype, name="ff_in", kernel_init=partitioned(XAVIER, "embed", "mlp"),
-                     bias_init=partitioned(nn.initializers.zeros, "mlp"))(h)
-        h = nn.Dense(self.width, dtype=self.dtype, name="ff_out", kernel_init=partitioned(XAVIER, "mlp", "embed"),
-                     bias_init=partitioned(nn.initializers.zeros, "embed"))(nn.gelu(h, approximate=True))
+        h = FeedForward(self.ffn_dim, self.dtype, name="ff")(h)
         return (x + gate * h).astype(self.dtype), None
 
 
@@ -149,11 +118,7 @@ class CogVideoXTransformer(nn.Module):
         return self.num_heads * self.head_dim
 
     def grid(self, latents_shape: Sequence[int]) -> tuple[int, int, int]:
-        if len(latents_shape) != 5 or latents_shape[-1] != self.in_channels or any(
-                n % p for n, p in zip(latents_shape[1:4], self.patch)):
-            raise ValueError(f"CogVideoX takes latents [batch, frames, height, width, {self.in_channels}] with frames/"
-                             f"height/width divisible by patch {self.patch}; got {tuple(latents_shape)}")
-        return tuple(n // p for n, p in zip(latents_shape[1:4], self.patch))
+        return patch_grid(latents_shape, self.patch, self.in_channels, "CogVideoX's latents")
 
     def layout(self, latents_shape: Sequence[int], text_tokens: int) -> VideoLayout:
         """SVG's view of the joint sequence: text first, then the frame-major patches."""
@@ -163,13 +128,8 @@ class CogVideoXTransformer(nn.Module):
     @nn.compact
     def __call__(self, latents: jax.Array, timestep: jax.Array, encoder_hidden_states: jax.Array, *, step=None,
                  num_steps: int | None = None, rng: jax.Array | None = None) -> jax.Array:
-        batch = latents.shape[0]
         grid = self.grid(latents.shape)
-        if timestep.shape != (batch,) or encoder_hidden_states.ndim != 3 or encoder_hidden_states.shape[::2] != (
-                batch, self.text_dim):
-            raise ValueError(f"CogVideoX takes timestep [{batch}] and encoder_hidden_states [{batch}, text_len, "
-                             f"{self.text_dim}] for latents {latents.shape}; got timestep {timestep.shape}, "
-                             f"encoder_hidden_states {encoder_hidden_states.shape}")
+        check_text_inputs("CogVideoX", latents, timestep, encoder_hidden_states, self.text_dim)
         layout = self.layout(latents.shape, encoder_hidden_states.shape[1])
         emb = TimestepEmbedding(self.time_embed_dim, frequency_dim=self.width, freq_shift=self.freq_shift,
                                 name="time_embedding")(timestep)
@@ -187,10 +147,7 @@ class CogVideoXTransformer(nn.Module):
                 jnp.concatenate([jnp.zeros((layout.text_tokens, sin.shape[1])), sin]))
         context = nn_attention.AttentionContext(rng=rng, step=step, video_layout=layout, num_steps=num_steps,
                                                 num_layers=self.depth)
-        block = nn.remat(CogVideoXBlock) if self.remat else CogVideoXBlock
-        blocks = nn.scan(block, variable_axes={"params": 0, "intermediates": 0}, split_rngs={"params": True},
-                         in_axes=(0,) + (nn.broadcast,) * 3, length=self.depth,
-                         metadata_params={nn.PARTITION_NAME: "layers"})(
+        blocks = scan_layers(CogVideoXBlock, self.depth, remat=self.remat, broadcast_inputs=3)(
             self.width, self.num_heads, 4 * self.width, layout.text_tokens, self.eps, self.attention_backend,
             self.attention_options, self.dtype, name="blocks")
         x, _ = blocks(x, jnp.arange(self.depth), emb, rope, context)
@@ -206,10 +163,7 @@ class CogVideoXTransformer(nn.Module):
                                           bias_init=partitioned(nn.initializers.zeros, "mlp"))(nn.silu(emb))[:, None],
                                  2, axis=-1)
         h = (norm("norm_out", h) * (1 + scale) + shift).astype(self.dtype)
-        h = nn.Dense(math.prod(self.patch) * self.out_channels, dtype=jnp.float32, name="proj_out",
-                     kernel_init=partitioned(nn.initializers.zeros, "embed", None),
-                     bias_init=partitioned(nn.initializers.zeros, None))(h)
-        return unpatchify(h, grid, self.patch, self.out_channels).astype(jnp.float32)
+        return project_out(h, grid, self.patch, self.out_channels)
 
 
 def from_config(config: Mapping[str, Any], **overrides) -> CogVideoXTransformer:
@@ -250,10 +204,9 @@ def example_inputs(module: CogVideoXTransformer, batch: int = 1, text_len: int =
 
 
 def _patch_in(patch: Sequence[int]):
-    """Linear [width, c * pt * ph * pw] (features ordered channel first) -> Dense kernel on (pt, ph, pw, c) features."""
-    def convert(w):
-        return w.reshape(w.shape[0], -1, *patch).transpose(2, 3, 4, 1, 0).reshape(-1, w.shape[0])
-    return convert
+    """Linear [width, c * pt * ph * pw] (features ordered channel first) -> Dense kernel on (pt, ph, pw, c) features:
+    the Linear is the Conv3d of Wan's patch embedding, flattened."""
+    return lambda w: ports.conv3d_patch(w.reshape(w.shape[0], -1, *patch))
 
 
 def _patch_out(patch: Sequence[int], channels: int):
@@ -266,44 +219,34 @@ def _patch_out(patch: Sequence[int], channels: int):
     return kernel, bias
 
 
-def name_table(module: CogVideoXTransformer) -> ports.NameTable:
-    heads, blk = module.num_heads, "transformer_blocks.{i}."
+def name_table(module: CogVideoXTransformer) -> porting.NameTable:
+    blk = "transformer_blocks.{i}."
     out_kernel, out_bias = _patch_out(module.patch, module.out_channels)
     rows = [
         ("patch_proj/kernel", ["patch_embed.proj.weight"], _patch_in(module.patch)),
-        ("patch_proj/bias", ["patch_embed.proj.bias"], ports.same),
-        ("text_proj/kernel", ["patch_embed.text_proj.weight"], ports.linear),
-        ("text_proj/bias", ["patch_embed.text_proj.bias"], ports.same),
-        ("time_embedding/linear_1/kernel", ["time_embedding.linear_1.weight"], ports.linear),
-        ("time_embedding/linear_1/bias", ["time_embedding.linear_1.bias"], ports.same),
-        ("time_embedding/linear_2/kernel", ["time_embedding.linear_2.weight"], ports.linear),
-        ("time_embedding/linear_2/bias", ["time_embedding.linear_2.bias"], ports.same),
-        ("blocks/ff_in/kernel", [blk + "ff.net.0.proj.weight"], ports.linear),
-        ("blocks/ff_in/bias", [blk + "ff.net.0.proj.bias"], ports.same),
-        ("blocks/ff_out/kernel", [blk + "ff.net.2.weight"], ports.linear),
-        ("blocks/ff_out/bias", [blk + "ff.net.2.bias"], ports.same),
-        ("blocks/attn1/to_out/kernel", [blk + "attn1.to_out.0.weight"], ports.heads_out(heads)),
-        ("blocks/attn1/to_out/bias", [blk + "attn1.to_out.0.bias"], ports.same),
-        ("norm_final/scale", ["norm_final.weight"], ports.same),
-        ("norm_final/bias", ["norm_final.bias"], ports.same),
-        ("norm_out_linear/kernel", ["norm_out.linear.weight"], ports.linear),
-        ("norm_out_linear/bias", ["norm_out.linear.bias"], ports.same),
-        ("norm_out/scale", ["norm_out.norm.weight"], ports.same),
-        ("norm_out/bias", ["norm_out.norm.bias"], ports.same),
+        ("patch_proj/bias", ["patch_embed.proj.bias"], porting.same),
+        ("text_proj/kernel", ["patch_embed.text_proj.weight"], porting.linear),
+        ("text_proj/bias", ["patch_embed.text_proj.bias"], porting.same),
+        ("time_embedding/linear_1/kernel", ["time_embedding.linear_1.weight"], porting.linear),
+        ("time_embedding/linear_1/bias", ["time_embedding.linear_1.bias"], porting.same),
+        ("time_embedding/linear_2/kernel", ["time_embedding.linear_2.weight"], porting.linear),
+        ("time_embedding/linear_2/bias", ["time_embedding.linear_2.bias"], porting.same),
+        ("norm_final/scale", ["norm_final.weight"], porting.same),
+        ("norm_final/bias", ["norm_final.bias"], porting.same),
+        ("norm_out_linear/kernel", ["norm_out.linear.weight"], porting.linear),
+        ("norm_out_linear/bias", ["norm_out.linear.bias"], porting.same),
+        ("norm_out/scale", ["norm_out.norm.weight"], porting.same),
+        ("norm_out/bias", ["norm_out.norm.bias"], porting.same),
         ("proj_out/kernel", ["proj_out.weight"], out_kernel),
         ("proj_out/bias", ["proj_out.bias"], out_bias),
     ]
     for norm in ("norm1", "norm2"):
-        rows += [(f"blocks/{norm}_linear/kernel", [f"{blk}{norm}.linear.weight"], ports.linear),
-                 (f"blocks/{norm}_linear/bias", [f"{blk}{norm}.linear.bias"], ports.same),
-                 (f"blocks/{norm}/scale", [f"{blk}{norm}.norm.weight"], ports.same),
-                 (f"blocks/{norm}/bias", [f"{blk}{norm}.norm.bias"], ports.same)]
-    for proj in ("to_q", "to_k", "to_v"):
-        rows += [(f"blocks/attn1/{proj}/kernel", [f"{blk}attn1.{proj}.weight"], ports.heads_in(heads)),
-                 (f"blocks/attn1/{proj}/bias", [f"{blk}attn1.{proj}.bias"], ports.heads_bias(heads))]
-    for norm in ("norm_q", "norm_k"):
-        rows += [(f"blocks/attn1/{norm}/scale", [f"{blk}attn1.{norm}.weight"], ports.same),
-                 (f"blocks/attn1/{norm}/bias", [f"{blk}attn1.{norm}.bias"], ports.same)]
+        rows += [(f"blocks/{norm}_linear/kernel", [f"{blk}{norm}.linear.weight"], porting.linear),
+                 (f"blocks/{norm}_linear/bias", [f"{blk}{norm}.linear.bias"], porting.same),
+                 (f"blocks/{norm}/scale", [f"{blk}{norm}.norm.weight"], porting.same),
+                 (f"blocks/{norm}/bias", [f"{blk}{norm}.norm.bias"], porting.same)]
+    rows += feed_forward_rows("blocks/ff", blk + "ff")
+    rows += attention_rows("blocks/attn1", blk + "attn1", module.num_heads, "layer_norm")
     return {path: (names, convert) for path, names, convert in rows}
 
 

@@ -61,6 +61,16 @@ def rope_3d(grid: Sequence[int], axis_dims: Sequence[int],
     return jnp.cos(angles), jnp.sin(angles)
 
 
+def patch_grid(video_shape: Sequence[int], patch: Sequence[int], channels: int,
+               what: str = "video") -> tuple[int, int, int]:
+    """Token grid (frames, height, width) of a video `[batch, frames, height, width, channels]` cut into `patch`es; a
+    ValueError naming `what` if the shape is not that or does not divide."""
+    if len(video_shape) != 5 or video_shape[-1] != channels or any(n % p for n, p in zip(video_shape[1:4], patch)):
+        raise ValueError(f"{what} must be [batch, frames, height, width, {channels}] with frames/height/width "
+                         f"divisible by patch {tuple(patch)}; got {tuple(video_shape)}")
+    return tuple(n // p for n, p in zip(video_shape[1:4], patch))
+
+
 def patchify(video: jax.Array, patch: Sequence[int]) -> jax.Array:
     """`[batch, frames, height, width, c]` -> `[batch, tokens, pt * ph * pw * c]`, tokens frame-major: the token of
     patch (f, y, x) sits at `f * (height // ph) * (width // pw) + y * (width // pw) + x`."""
@@ -110,11 +120,7 @@ class VideoDiT(nn.Module):
 
     def grid(self, video_shape: Sequence[int]) -> tuple[int, int, int]:
         """Token grid (frames, height, width) of a video `[batch, frames, height, width, channels]`."""
-        if len(video_shape) != 5 or video_shape[-1] != self.in_channels or any(
-                n % p for n, p in zip(video_shape[1:4], self.patch)):
-            raise ValueError(f"video must be [batch, frames, height, width, {self.in_channels}] with frames/height/"
-                             f"width divisible by patch {self.patch}; got {tuple(video_shape)}")
-        return tuple(n // p for n, p in zip(video_shape[1:4], self.patch))
+        return patch_grid(video_shape, self.patch, self.in_channels)
 
     def layout(self, video_shape: Sequence[int], text_tokens: int) -> VideoLayout:
         """Where caption and video tokens sit in this model's attention sequence."""

@@ -22,7 +22,6 @@ Not ported: image conditioning (the I2V models' `image_dim` / `added_kv_proj_dim
 
 from __future__ import annotations
 
-import math
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -31,12 +30,15 @@ import jax
 import jax.numpy as jnp
 
 from jaxgen.nn import attention as nn_attention
+from jaxgen.nn import porting
 from jaxgen.nn.dit import CaptionProjection
 from jaxgen.nn.embeddings import TimestepEmbedding
-from jaxgen.nn.transformer import XAVIER, apply_rope, partitioned
+from jaxgen.nn.transformer import XAVIER, partitioned, scan_layers
 from jaxgen.projects.svg import ports
 from jaxgen.projects.svg.layout import VideoLayout
-from jaxgen.projects.svg.model import patchify, rope_3d, unpatchify
+from jaxgen.projects.svg.model import patch_grid, patchify, rope_3d
+from jaxgen.projects.svg.port_layers import (FeedForward, VideoAttention, attention_rows, check_text_inputs,
+                                              feed_forward_rows, project_out)
 
 # diffusers config.json fields of the released models (Wan-AI/Wan2.1-T2V-{1.3B,14B}-Diffusers) and a CPU-tiny one.
 CONFIGS: dict[str, dict[str, Any]] = {
@@ -54,42 +56,6 @@ def rope_dims(head_dim: int) -> tuple[int, int, int]:
     if head_dim % 2 or time <= 0:
         raise ValueError(f"Wan's 3D RoPE needs an even head_dim >= 6; got {head_dim}")
     return time, height, height
-
-
-class WanAttention(nn.Module):
-    """Self- (`context_tokens=None`) or cross-attention with Wan's QK RMSNorm over all heads together."""
-
-    num_heads: int
-    head_dim: int
-    eps: float
-    backend: str
-    backend_options: Mapping[str, Any] | None = None
-    dtype: Any = jnp.float32
-
-    @nn.compact
-    def __call__(self, x, context_tokens=None, *, rope=None, context: nn_attention.AttentionContext | None = None):
-        source = x if context_tokens is None else context_tokens
-
-        def project(name, inputs):
-            return nn.DenseGeneral((self.num_heads, self.head_dim), dtype=self.dtype, name=name,
-                                   kernel_init=partitioned(XAVIER, "embed", "heads", "kv"),
-                                   bias_init=partitioned(nn.initializers.zeros, "heads", "kv"))(inputs)
-
-        def rms_norm(name, inputs):  # over heads x head_dim: diffusers' RMSNorm of the flat projection
-            return nn.RMSNorm(self.eps, dtype=self.dtype, reduction_axes=(-2, -1), feature_axes=(-2, -1), name=name,
-                              scale_init=partitioned(nn.initializers.ones, "heads", "kv"))(inputs)
-
-        q, k, v = project("to_q", x), project("to_k", source), project("to_v", source)
-        q, k = rms_norm("norm_q", q), rms_norm("norm_k", k)
-        if rope is not None:
-            q, k = apply_rope(q, *rope), apply_rope(k, *rope)
-        out, aux = nn_attention.attention(q, k, v, backend=self.backend, context=context,
-                                          **dict(self.backend_options or {}))
-        for name, value in aux.items():
-            self.sow("intermediates", name, value)
-        return nn.DenseGeneral(x.shape[-1], axis=(-2, -1), dtype=self.dtype, name="to_out",
-                               kernel_init=partitioned(XAVIER, "heads", "kv", "embed"),
-                               bias_init=partitioned(nn.initializers.zeros, "embed"))(out.astype(self.dtype))
 
 
 class WanBlock(nn.Module):
@@ -111,8 +77,7 @@ class WanBlock(nn.Module):
                            (6, self.width))
         modulation = table + time_mod.astype(jnp.float32)  # [batch, 6, width]
         shift1, scale1, gate1, shift2, scale2, gate2 = (modulation[:, i:i + 1] for i in range(6))
-        rng = None if context.rng is None else jax.random.fold_in(context.rng, layer)
-        context = context.replace(layer=layer, rng=rng)
+        context = context.at_layer(layer)
         head_dim = self.width // self.num_heads
 
         def norm(inputs, affine=False, name=None):
@@ -121,17 +86,14 @@ class WanBlock(nn.Module):
                                 bias_init=partitioned(nn.initializers.zeros, "embed"))(inputs.astype(jnp.float32))
 
         h = (norm(x) * (1 + scale1) + shift1).astype(self.dtype)
-        h = WanAttention(self.num_heads, head_dim, self.eps, self.backend, self.backend_options, self.dtype,
-                         name="attn1")(h, rope=rope, context=context)
+        h = VideoAttention(self.num_heads, head_dim, "rms_norm_across_heads", self.eps, self.backend,
+                           self.backend_options, self.dtype, name="attn1")(h, rope=rope, context=context)
         x = (x.astype(jnp.float32) + h * gate1).astype(self.dtype)
         h = (norm(x, True, "norm2") if self.cross_attn_norm else x).astype(self.dtype)
-        x = x + WanAttention(self.num_heads, head_dim, self.eps, self.cross_attention_backend, None, self.dtype,
-                             name="attn2")(h, text)
+        x = x + VideoAttention(self.num_heads, head_dim, "rms_norm_across_heads", self.eps,
+                               self.cross_attention_backend, None, self.dtype, name="attn2")(h, text)
         h = (norm(x) * (1 + scale2) + shift2).astype(self.dtype)
-        h = nn.Dense(self.ffn_dim, dtype=self.dtype, name="ffn_in", kernel_init=partitioned(XAVIER, "embed", "mlp"),
-                     bias_init=partitioned(nn.initializers.zeros, "mlp"))(h)
-        h = nn.Dense(self.width, dtype=self.dtype, name="ffn_out", kernel_init=partitioned(XAVIER, "mlp", "embed"),
-                     bias_init=partitioned(nn.initializers.zeros, "embed"))(nn.gelu(h, approximate=True))
+        h = FeedForward(self.ffn_dim, self.dtype, name="ffn")(h)
         return (x.astype(jnp.float32) + h.astype(jnp.float32) * gate2).astype(self.dtype), None
 
 
@@ -164,11 +126,7 @@ class WanTransformer(nn.Module):
 
     def grid(self, latents_shape: Sequence[int]) -> tuple[int, int, int]:
         """Token grid (frames, height, width) of latents `[batch, frames, height, width, in_channels]`."""
-        if len(latents_shape) != 5 or latents_shape[-1] != self.in_channels or any(
-                n % p for n, p in zip(latents_shape[1:4], self.patch)):
-            raise ValueError(f"Wan takes latents [batch, frames, height, width, {self.in_channels}] with frames/height/"
-                             f"width divisible by patch {self.patch}; got {tuple(latents_shape)}")
-        grid = tuple(n // p for n, p in zip(latents_shape[1:4], self.patch))
+        grid = patch_grid(latents_shape, self.patch, self.in_channels, "Wan's latents")
         if max(grid) > self.rope_max_seq_len:
             raise ValueError(f"token grid {grid} exceeds Wan's RoPE table of {self.rope_max_seq_len} positions")
         return grid
@@ -184,11 +142,7 @@ class WanTransformer(nn.Module):
         """`step` / `num_steps` / `rng` feed the attention context (SVG's dense gate and profiling rows)."""
         batch = latents.shape[0]
         grid = self.grid(latents.shape)
-        if timestep.shape != (batch,) or encoder_hidden_states.ndim != 3 or encoder_hidden_states.shape[::2] != (
-                batch, self.text_dim):
-            raise ValueError(f"Wan takes timestep [{batch}] and encoder_hidden_states [{batch}, text_len, "
-                             f"{self.text_dim}] for latents {latents.shape}; got timestep {timestep.shape}, "
-                             f"encoder_hidden_states {encoder_hidden_states.shape}")
+        check_text_inputs("Wan", latents, timestep, encoder_hidden_states, self.text_dim)
         x = nn.Dense(self.width, dtype=self.dtype, name="patch_embedding",
                      kernel_init=partitioned(XAVIER, None, "embed"),
                      bias_init=partitioned(nn.initializers.zeros, "embed"))(
@@ -204,10 +158,7 @@ class WanTransformer(nn.Module):
         rope = rope_3d(grid, rope_dims(self.head_dim))
         context = nn_attention.AttentionContext(rng=rng, step=step, video_layout=self.layout(latents.shape),
                                                 num_steps=num_steps, num_layers=self.depth)
-        block = nn.remat(WanBlock) if self.remat else WanBlock
-        blocks = nn.scan(block, variable_axes={"params": 0, "intermediates": 0}, split_rngs={"params": True},
-                         in_axes=(0,) + (nn.broadcast,) * 4, length=self.depth,
-                         metadata_params={nn.PARTITION_NAME: "layers"})(
+        blocks = scan_layers(WanBlock, self.depth, remat=self.remat, broadcast_inputs=4)(
             self.width, self.num_heads, self.ffn_dim, self.eps, self.cross_attn_norm, self.attention_backend,
             self.attention_options, self.cross_attention_backend, self.dtype, name="blocks")
         x, _ = blocks(x, jnp.arange(self.depth), time_mod.reshape(batch, 6, self.width), text, rope, context)
@@ -217,10 +168,7 @@ class WanTransformer(nn.Module):
         shift, scale = jnp.split((table + temb[:, None].astype(jnp.float32)), 2, axis=1)
         h = nn.LayerNorm(self.eps, use_scale=False, use_bias=False, dtype=jnp.float32)(x.astype(jnp.float32))
         h = (h * (1 + scale) + shift).astype(self.dtype)
-        h = nn.Dense(math.prod(self.patch) * self.out_channels, dtype=jnp.float32, name="proj_out",
-                     kernel_init=partitioned(nn.initializers.zeros, "embed", None),
-                     bias_init=partitioned(nn.initializers.zeros, None))(h)
-        return unpatchify(h, grid, self.patch, self.out_channels).astype(jnp.float32)
+        return project_out(h, grid, self.patch, self.out_channels)
 
 
 def from_config(config: Mapping[str, Any], **overrides) -> WanTransformer:
@@ -256,41 +204,31 @@ def example_inputs(module: WanTransformer, batch: int = 1, text_len: int = 2) ->
             jnp.zeros((batch,)), jnp.zeros((batch, text_len, module.text_dim)))
 
 
-def name_table(module: WanTransformer) -> ports.NameTable:
-    heads = module.num_heads
+def name_table(module: WanTransformer) -> porting.NameTable:
     blk = "blocks.{i}."
     rows = [
         ("patch_embedding/kernel", ["patch_embedding.weight"], ports.conv3d_patch),
-        ("patch_embedding/bias", ["patch_embedding.bias"], ports.same),
-        ("time_embedder/linear_1/kernel", ["condition_embedder.time_embedder.linear_1.weight"], ports.linear),
-        ("time_embedder/linear_1/bias", ["condition_embedder.time_embedder.linear_1.bias"], ports.same),
-        ("time_embedder/linear_2/kernel", ["condition_embedder.time_embedder.linear_2.weight"], ports.linear),
-        ("time_embedder/linear_2/bias", ["condition_embedder.time_embedder.linear_2.bias"], ports.same),
-        ("time_proj/kernel", ["condition_embedder.time_proj.weight"], ports.linear),
-        ("time_proj/bias", ["condition_embedder.time_proj.bias"], ports.same),
-        ("text_embedder/Dense_0/kernel", ["condition_embedder.text_embedder.linear_1.weight"], ports.linear),
-        ("text_embedder/Dense_0/bias", ["condition_embedder.text_embedder.linear_1.bias"], ports.same),
-        ("text_embedder/Dense_1/kernel", ["condition_embedder.text_embedder.linear_2.weight"], ports.linear),
-        ("text_embedder/Dense_1/bias", ["condition_embedder.text_embedder.linear_2.bias"], ports.same),
+        ("patch_embedding/bias", ["patch_embedding.bias"], porting.same),
+        ("time_embedder/linear_1/kernel", ["condition_embedder.time_embedder.linear_1.weight"], porting.linear),
+        ("time_embedder/linear_1/bias", ["condition_embedder.time_embedder.linear_1.bias"], porting.same),
+        ("time_embedder/linear_2/kernel", ["condition_embedder.time_embedder.linear_2.weight"], porting.linear),
+        ("time_embedder/linear_2/bias", ["condition_embedder.time_embedder.linear_2.bias"], porting.same),
+        ("time_proj/kernel", ["condition_embedder.time_proj.weight"], porting.linear),
+        ("time_proj/bias", ["condition_embedder.time_proj.bias"], porting.same),
+        ("text_embedder/Dense_0/kernel", ["condition_embedder.text_embedder.linear_1.weight"], porting.linear),
+        ("text_embedder/Dense_0/bias", ["condition_embedder.text_embedder.linear_1.bias"], porting.same),
+        ("text_embedder/Dense_1/kernel", ["condition_embedder.text_embedder.linear_2.weight"], porting.linear),
+        ("text_embedder/Dense_1/bias", ["condition_embedder.text_embedder.linear_2.bias"], porting.same),
         ("blocks/scale_shift_table", [blk + "scale_shift_table"], lambda t: t[0]),
-        ("blocks/norm2/scale", [blk + "norm2.weight"], ports.same),
-        ("blocks/norm2/bias", [blk + "norm2.bias"], ports.same),
-        ("blocks/ffn_in/kernel", [blk + "ffn.net.0.proj.weight"], ports.linear),
-        ("blocks/ffn_in/bias", [blk + "ffn.net.0.proj.bias"], ports.same),
-        ("blocks/ffn_out/kernel", [blk + "ffn.net.2.weight"], ports.linear),
-        ("blocks/ffn_out/bias", [blk + "ffn.net.2.bias"], ports.same),
+        ("blocks/norm2/scale", [blk + "norm2.weight"], porting.same),
+        ("blocks/norm2/bias", [blk + "norm2.bias"], porting.same),
         ("scale_shift_table", ["scale_shift_table"], lambda t: t[0]),
-        ("proj_out/kernel", ["proj_out.weight"], ports.linear),
-        ("proj_out/bias", ["proj_out.bias"], ports.same),
+        ("proj_out/kernel", ["proj_out.weight"], porting.linear),
+        ("proj_out/bias", ["proj_out.bias"], porting.same),
     ]
+    rows += feed_forward_rows("blocks/ffn", blk + "ffn")
     for attn in ("attn1", "attn2"):
-        for proj in ("to_q", "to_k", "to_v"):
-            rows += [(f"blocks/{attn}/{proj}/kernel", [f"{blk}{attn}.{proj}.weight"], ports.heads_in(heads)),
-                     (f"blocks/{attn}/{proj}/bias", [f"{blk}{attn}.{proj}.bias"], ports.heads_bias(heads))]
-        rows += [(f"blocks/{attn}/to_out/kernel", [f"{blk}{attn}.to_out.0.weight"], ports.heads_out(heads)),
-                 (f"blocks/{attn}/to_out/bias", [f"{blk}{attn}.to_out.0.bias"], ports.same)]
-        rows += [(f"blocks/{attn}/{norm}/scale", [f"{blk}{attn}.{norm}.weight"], ports.heads_bias(heads))
-                 for norm in ("norm_q", "norm_k")]
+        rows += attention_rows(f"blocks/{attn}", blk + attn, module.num_heads, "rms_norm_across_heads")
     return {path: (names, convert) for path, names, convert in rows}
 
 
