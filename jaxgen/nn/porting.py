@@ -6,7 +6,9 @@ on the leading "layers" axis that `nn.scan` gives the port's blocks. `load_param
 parameters (from `jax.eval_shape`, nothing allocated), so a parameter the table forgets, a tensor that maps to
 nothing, or a conversion with the wrong shape is an error naming the parameter, never a silent zero or a dropped
 weight. Each value is cast to the target dtype and placed (onto its mesh shards when a mesh is given) before the
-next tensor is read, so a 12B checkpoint never sits whole in host memory twice.
+next tensor is read, so a 12B checkpoint never sits whole in host memory twice. Ports whose tensor names follow
+from the parameter path by a rule (DC-AE, SIGE's UNets) give `load_variables`, the walk under `load_params`, a
+lookup function instead of a table; it walks every collection (BatchNorm statistics too).
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ from typing import Any
 import flax.linen as nn
 import jax
 import numpy as np
+from flax import traverse_util
 
 from jaxgen.core import sharding as sharding_lib
 from jaxgen.nn import safetensors_io
@@ -55,45 +58,45 @@ def load_params(reader: safetensors_io.Checkpoint, boxed_params, table: NameTabl
     depth_of(path): how many blocks a `{i}` row of `path` stacks. With `mesh`, each parameter goes straight into the
     shards its logical axes give it (`jaxgen.core.sharding.LOGICAL_AXIS_RULES`); without, onto the default device.
     """
-    abstract = nn.unbox(boxed_params)
-    shardings = _flatten(sharding_lib.variable_shardings(boxed_params, mesh)) if mesh is not None else {}
-    params = {}
-    for key_path, leaf in jax.tree_util.tree_flatten_with_path(abstract)[0]:
-        path = "/".join(k.key for k in key_path)
+    def lookup(path: str, leaf) -> np.ndarray:
         if path not in table:
             raise ValueError(f"from_diffusers: parameter {path} {leaf.shape} has no entry in the name table")
         names, convert = table[path]
         if "{i}" in names[0]:
-            value = np.stack([convert(*(reader.get(n.format(i=i)) for n in names)) for i in range(depth_of(path))])
-        else:
-            value = convert(*(reader.get(n) for n in names))
+            return np.stack([convert(*(reader.get(n.format(i=i)) for n in names)) for i in range(depth_of(path))])
+        return convert(*(reader.get(n) for n in names))
+
+    return {"params": load_variables(reader, boxed_params, lookup, dtype=dtype, mesh=mesh, source=source)}
+
+
+def load_variables(reader: safetensors_io.Checkpoint, boxed_variables, lookup: Callable[[str, Any], np.ndarray], *,
+                   dtype: Any, mesh: jax.sharding.Mesh | None = None, source: str = "",
+                   unused_suffixes: tuple[str, ...] = ()) -> dict:
+    """The variables tree of the abstract (Flax-boxed) `boxed_variables`, each leaf read from `reader` by `lookup`.
+
+    lookup(path, leaf): the converted value of the leaf at the "/"-joined `path` (read through `reader.get`, so the
+    tensors it uses are counted); it raises for a path it cannot name. Each value must have the leaf's shape; it is
+    cast to `dtype` and placed (onto its shards over `mesh` when given) before the next is read. Every tensor of the
+    checkpoint must be used, except names ending in one of `unused_suffixes` (e.g. BatchNorm's counters).
+    The name-table ports go through `load_params`; ports whose tensor names follow from the path by rules call this.
+    """
+    abstract = traverse_util.flatten_dict(nn.unbox(boxed_variables), sep="/")
+    shardings = (traverse_util.flatten_dict(sharding_lib.variable_shardings(boxed_variables, mesh), sep="/")
+                 if mesh is not None else {})
+    variables = {}
+    for path, leaf in abstract.items():
+        value = lookup(path, leaf)
         if value.shape != leaf.shape:
-            raise ValueError(f"from_diffusers: {path} converts to {value.shape} from {list(names)[:3]}, the module "
-                             f"expects {leaf.shape}; config.json and the weights disagree")
-        params[path] = _place(value.astype(dtype), shardings.get(path))
-    leftover = sorted(set(reader.names) - reader.used)
+            raise ValueError(f"from_diffusers: {path} converts to {value.shape}, the module expects {leaf.shape}; "
+                             f"config.json and the weights disagree")
+        variables[path] = _place(value.astype(dtype), shardings.get(path))
+    leftover = sorted(n for n in set(reader.names) - reader.used if not n.endswith(unused_suffixes))
     if leftover:
         raise ValueError(f"from_diffusers: {len(leftover)} tensors in {source} map to nothing: {leftover[:5]}")
-    return {"params": _unflatten(params)}
+    return traverse_util.unflatten_dict(variables, sep="/")
 
 
 def _place(value: np.ndarray, sharding):
     if sharding is None:
         return jax.device_put(value)
     return jax.make_array_from_callback(value.shape, sharding, lambda index: value[index])
-
-
-def _flatten(tree) -> dict[str, Any]:
-    leaves = jax.tree_util.tree_flatten_with_path(tree, is_leaf=lambda x: isinstance(x, jax.sharding.Sharding))[0]
-    return {"/".join(k.key for k in key_path): leaf for key_path, leaf in leaves}
-
-
-def _unflatten(flat: Mapping[str, Any]) -> dict:
-    tree: dict = {}
-    for path, value in flat.items():
-        *parents, leaf = path.split("/")
-        node = tree
-        for part in parents:
-            node = node.setdefault(part, {})
-        node[leaf] = value
-    return tree
