@@ -35,6 +35,11 @@ def linear(w: np.ndarray) -> np.ndarray:
     return w.T
 
 
+def conv(w: np.ndarray) -> np.ndarray:
+    """torch Conv2d weight `[out, in/groups, kh, kw]` -> Conv kernel `[kh, kw, in/groups, out]`."""
+    return w.transpose(2, 3, 1, 0)
+
+
 def same(x: np.ndarray) -> np.ndarray:
     return x
 

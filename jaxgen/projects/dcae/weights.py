@@ -61,9 +61,9 @@ def torch_name(collection: str, path: tuple[str, ...]) -> str:
 
 def _to_flax(value: np.ndarray, leaf: str) -> np.ndarray:
     if leaf == "kernel" and value.ndim == 4:
-        return value.transpose(2, 3, 1, 0)
+        return porting.conv(value)
     if leaf == "kernel" and value.ndim == 2:
-        return value.T
+        return porting.linear(value)
     return value
 
 

@@ -95,12 +95,12 @@ def diffusers_name(path: tuple[str, ...]) -> str:
 
 
 def _convert(value: np.ndarray, target_ndim: int) -> np.ndarray:
-    if value.ndim == 4 and target_ndim == 4:           # conv OIHW -> HWIO
-        return value.transpose(2, 3, 1, 0)
+    if value.ndim == 4 and target_ndim == 4:
+        return porting.conv(value)
     if value.ndim == 4 and target_ndim == 2:           # a 1×1 conv used as a linear map (proj_in / proj_out)
-        return value[:, :, 0, 0].T
-    if value.ndim == 2:                                # linear (out, in) -> (in, out)
-        return value.T
+        return porting.linear(value[:, :, 0, 0])
+    if value.ndim == 2:
+        return porting.linear(value)
     return value
 
 
