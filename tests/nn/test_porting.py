@@ -35,7 +35,8 @@ def _lookup(reader):
 def _torch_tensors():
     rng = np.random.default_rng(0)
     return {"conv.weight": rng.normal(size=(4, 3, 3, 3)).astype(np.float32),
-            "conv.bias": np.arange(4, dtype=np.float32), "norm.weight": np.ones(4, np.float32), "norm.bias": np.zeros(4, np.float32),
+            "conv.bias": np.arange(4, dtype=np.float32),
+            "norm.weight": np.ones(4, np.float32), "norm.bias": np.zeros(4, np.float32),
             "norm.running_mean": np.full(4, 0.5, np.float32), "norm.running_var": np.full(4, 2.0, np.float32),
             "norm.num_batches_tracked": np.array(7, np.int64),
             "proj.weight": rng.normal(size=(2, 4)).astype(np.float32), "proj.bias": np.ones(2, np.float32)}
