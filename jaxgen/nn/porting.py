@@ -9,7 +9,9 @@ weight. Each value is cast to the target dtype and placed (onto its mesh shards 
 next tensor is read, so a 12B checkpoint never sits whole in host memory, let alone twice; a per-block tensor is cast
 block by block before the blocks are stacked, so the largest host buffer is one parameter stacked over the blocks
 in the target dtype (Wan-14B's MLP input kernel, 40 x 5120 x 13824 in bf16: 5.7 GB), never also a copy of it in the
-checkpoint's dtype.
+checkpoint's dtype. Ports whose tensor names follow from the parameter path by a rule (DC-AE, SIGE's UNets) give
+`load_variables`, the walk under `load_params`, a lookup function instead of a table; it walks every collection
+(BatchNorm statistics too).
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ from typing import Any
 import flax.linen as nn
 import jax
 import numpy as np
+from flax import traverse_util
 
 from jaxgen.core import sharding as sharding_lib
 from jaxgen.nn import safetensors_io
@@ -33,6 +36,11 @@ NameTable = Mapping[str, tuple[Sequence[str], Callable[..., np.ndarray]]]
 def linear(w: np.ndarray) -> np.ndarray:
     """torch Linear weight `[out, in]` -> Dense kernel `[in, out]`."""
     return w.T
+
+
+def conv(w: np.ndarray) -> np.ndarray:
+    """torch Conv2d weight `[out, in/groups, kh, kw]` -> Conv kernel `[kh, kw, in/groups, out]`."""
+    return w.transpose(2, 3, 1, 0)
 
 
 def same(x: np.ndarray) -> np.ndarray:
@@ -73,46 +81,46 @@ def load_params(reader: safetensors_io.Checkpoint, boxed_params, table: NameTabl
     depth_of(path): how many blocks a `{i}` row of `path` stacks. With `mesh`, each parameter goes straight into the
     shards its logical axes give it (`jaxgen.core.sharding.LOGICAL_AXIS_RULES`); without, onto the default device.
     """
-    abstract = nn.unbox(boxed_params)
-    shardings = _flatten(sharding_lib.variable_shardings(boxed_params, mesh)) if mesh is not None else {}
-    params = {}
-    for key_path, leaf in jax.tree_util.tree_flatten_with_path(abstract)[0]:
-        path = "/".join(k.key for k in key_path)
+    def lookup(path: str, leaf) -> np.ndarray:
         if path not in table:
             raise ValueError(f"from_diffusers: parameter {path} {leaf.shape} has no entry in the name table")
         names, convert = table[path]
         if "{i}" in names[0]:  # each block cast on its own, so the stack is the only host copy of the parameter
-            value = np.stack([np.asarray(convert(*(reader.get(n.format(i=i)) for n in names))).astype(dtype)
-                              for i in range(depth_of(path))])
-        else:
-            value = np.asarray(convert(*(reader.get(n) for n in names))).astype(dtype)
+            return np.stack([np.asarray(convert(*(reader.get(n.format(i=i)) for n in names))).astype(dtype)
+                             for i in range(depth_of(path))])
+        return np.asarray(convert(*(reader.get(n) for n in names))).astype(dtype)
+
+    return {"params": load_variables(reader, boxed_params, lookup, dtype=dtype, mesh=mesh, source=source)}
+
+
+def load_variables(reader: safetensors_io.Checkpoint, boxed_variables, lookup: Callable[[str, Any], np.ndarray], *,
+                   dtype: Any, mesh: jax.sharding.Mesh | None = None, source: str = "",
+                   unused_suffixes: tuple[str, ...] = ()) -> dict:
+    """The variables tree of the abstract (Flax-boxed) `boxed_variables`, each leaf read from `reader` by `lookup`.
+
+    lookup(path, leaf): the converted value of the leaf at the "/"-joined `path` (read through `reader.get`, so the
+    tensors it uses are counted); it raises for a path it cannot name. Each value must have the leaf's shape; it is
+    cast to `dtype` and placed (onto its shards over `mesh` when given) before the next is read. Every tensor of the
+    checkpoint must be used, except names ending in one of `unused_suffixes` (e.g. BatchNorm's counters).
+    The name-table ports go through `load_params`; ports whose tensor names follow from the path by rules call this.
+    """
+    abstract = traverse_util.flatten_dict(nn.unbox(boxed_variables), sep="/")
+    shardings = (traverse_util.flatten_dict(sharding_lib.variable_shardings(boxed_variables, mesh), sep="/")
+                 if mesh is not None else {})
+    variables = {}
+    for path, leaf in abstract.items():
+        value = lookup(path, leaf)
         if value.shape != leaf.shape:
-            raise ValueError(f"from_diffusers: {path} converts to {value.shape} from {list(names)[:3]}, the module "
-                             f"expects {leaf.shape}; config.json and the weights disagree")
-        params[path] = _place(value, shardings.get(path))
-    leftover = sorted(set(reader.names) - reader.used)
+            raise ValueError(f"from_diffusers: {path} converts to {value.shape}, the module expects {leaf.shape}; "
+                             f"config.json and the weights disagree")
+        variables[path] = _place(value.astype(dtype, copy=False), shardings.get(path))
+    leftover = sorted(n for n in set(reader.names) - reader.used if not n.endswith(unused_suffixes))
     if leftover:
         raise ValueError(f"from_diffusers: {len(leftover)} tensors in {source} map to nothing: {leftover[:5]}")
-    return {"params": _unflatten(params)}
+    return traverse_util.unflatten_dict(variables, sep="/")
 
 
 def _place(value: np.ndarray, sharding):
     if sharding is None:
         return jax.device_put(value)
     return jax.make_array_from_callback(value.shape, sharding, lambda index: value[index])
-
-
-def _flatten(tree) -> dict[str, Any]:
-    leaves = jax.tree_util.tree_flatten_with_path(tree, is_leaf=lambda x: isinstance(x, jax.sharding.Sharding))[0]
-    return {"/".join(k.key for k in key_path): leaf for key_path, leaf in leaves}
-
-
-def _unflatten(flat: Mapping[str, Any]) -> dict:
-    tree: dict = {}
-    for path, value in flat.items():
-        *parents, leaf = path.split("/")
-        node = tree
-        for part in parents:
-            node = node.setdefault(part, {})
-        node[leaf] = value
-    return tree

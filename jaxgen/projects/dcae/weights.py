@@ -11,21 +11,19 @@ forgot a layer fails loudly instead of decoding with random weights.
 from __future__ import annotations
 
 import dataclasses
-import json
 import re
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxgen.core import sharding as sharding_lib
-from jaxgen.nn import safetensors_io
+from jaxgen.nn import porting, safetensors_io
 from jaxgen.projects.dcae.model import DCAE
 
+_CLASS_NAMES = ("AutoencoderDC",)
 # config.json keys that do not shape the network: diffusers' bookkeeping, and the latent scaling factor (a diffusion
 # model's business: `scaling_factor(model_dir)` reads it).
 _IGNORED_KEYS = {"_class_name", "_diffusers_version", "_name_or_path", "scaling_factor"}
@@ -63,16 +61,16 @@ def torch_name(collection: str, path: tuple[str, ...]) -> str:
 
 def _to_flax(value: np.ndarray, leaf: str) -> np.ndarray:
     if leaf == "kernel" and value.ndim == 4:
-        return value.transpose(2, 3, 1, 0)
+        return porting.conv(value)
     if leaf == "kernel" and value.ndim == 2:
-        return value.T
+        return porting.linear(value)
     return value
 
 
 def scaling_factor(model_dir: str | Path) -> float:
     """The latent scaling factor stored in the folder's config.json (1.0 when absent): diffusion models train on
     `latents * scaling_factor`."""
-    return float(json.loads((Path(model_dir) / "config.json").read_text()).get("scaling_factor", 1.0))
+    return float(porting.read_config(model_dir, _CLASS_NAMES).get("scaling_factor", 1.0))
 
 
 def from_diffusers(model_dir: str | Path, *, dtype: Any = jnp.float32, mesh: jax.sharding.Mesh | None = None,
@@ -85,34 +83,15 @@ def from_diffusers(model_dir: str | Path, *, dtype: Any = jnp.float32, mesh: jax
     BatchNorm (the official f32c32/f64c128/f128c512 decoders), "batch_stats": ready for
     `module.apply(variables, images, method="encode")`.
     """
-    model_dir = Path(model_dir)
-    config_path = model_dir / "config.json"
-    if not config_path.is_file():
-        raise FileNotFoundError(f"from_diffusers: no config.json in {model_dir} (expected a save_pretrained folder)")
-    module = module_from_config(json.loads(config_path.read_text()), **overrides)
+    module = module_from_config(porting.read_config(model_dir, _CLASS_NAMES), **overrides)
     reader = safetensors_io.open_checkpoint(model_dir, "diffusion_pytorch_model")
-
     f = module.spatial_compression
     example = jax.ShapeDtypeStruct((1, f, f, module.in_channels), jnp.float32)
     boxed = jax.eval_shape(lambda x: module.init(jax.random.key(0), x), example)
-    shardings = sharding_lib.variable_shardings(boxed, mesh) if mesh is not None else None
-    abstract = nn.unbox(boxed)
-    flat_shardings = dict(jax.tree_util.tree_leaves_with_path(shardings)) if shardings is not None else {}
 
-    def load(key_path, leaf):
-        collection, *path = (k.key for k in key_path)
-        value = _to_flax(reader.get(torch_name(collection, tuple(path))), path[-1])
-        if value.shape != leaf.shape:
-            raise ValueError(f"from_diffusers: {'/'.join([collection, *path])} converts to {value.shape}; the module "
-                             f"expects {leaf.shape}")
-        value = value.astype(dtype)
-        sharding = flat_shardings.get(key_path)
-        if sharding is None:
-            return jnp.asarray(value)
-        return jax.make_array_from_callback(value.shape, sharding, lambda index: value[index])
+    def lookup(path: str, leaf) -> np.ndarray:
+        collection, *rest = path.split("/")
+        return _to_flax(reader.get(torch_name(collection, tuple(rest))), rest[-1])
 
-    variables = jax.tree_util.tree_map_with_path(load, abstract)
-    leftover = sorted(n for n in set(reader.names) - reader.used if not n.endswith("num_batches_tracked"))
-    if leftover:
-        raise ValueError(f"from_diffusers: {len(leftover)} tensors in {model_dir} map to nothing: {leftover[:5]}")
-    return module, dict(variables)
+    return module, porting.load_variables(reader, boxed, lookup, dtype=dtype, mesh=mesh, source=str(model_dir),
+                                          unused_suffixes=("num_batches_tracked",))

@@ -10,17 +10,15 @@ the field that differs, so a checkpoint never loads into a different network sil
 
 from __future__ import annotations
 
-import json
 import re
 from pathlib import Path
 from typing import Any
 
-import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxgen.nn import safetensors_io
+from jaxgen.nn import porting, safetensors_io
 from jaxgen.projects.sige.unet import SigeUNet
 
 # Fields the port builds only at one value: (field, value it must have; a missing field has diffusers' default).
@@ -97,12 +95,12 @@ def diffusers_name(path: tuple[str, ...]) -> str:
 
 
 def _convert(value: np.ndarray, target_ndim: int) -> np.ndarray:
-    if value.ndim == 4 and target_ndim == 4:           # conv OIHW -> HWIO
-        return value.transpose(2, 3, 1, 0)
+    if value.ndim == 4 and target_ndim == 4:
+        return porting.conv(value)
     if value.ndim == 4 and target_ndim == 2:           # a 1×1 conv used as a linear map (proj_in / proj_out)
-        return value[:, :, 0, 0].T
-    if value.ndim == 2:                                # linear (out, in) -> (in, out)
-        return value.T
+        return porting.linear(value[:, :, 0, 0])
+    if value.ndim == 2:
+        return porting.linear(value)
     return value
 
 
@@ -111,29 +109,16 @@ def from_diffusers(model_dir: str | Path, *, dtype: Any = jnp.float32, **overrid
     `diffusion_pytorch_model.safetensors`, or its sharded index), params as `dtype` arrays read one tensor at a time;
     `overrides` set module fields (e.g. the compute `dtype`). Call as `module.apply(params, x, timesteps)` for a
     `UNet2DModel`, `module.apply(params, x, timesteps, context)` for a `UNet2DConditionModel`; NHWC images."""
-    model_dir = Path(model_dir)
-    config_path = model_dir / "config.json"
-    if not config_path.is_file():
-        raise FileNotFoundError(f"from_diffusers: no config.json in {model_dir} (expected a save_pretrained folder)")
-    module = module_from_config(json.loads(config_path.read_text()), **overrides)
+    module = module_from_config(porting.read_config(model_dir, tuple(_ATTENTION_BLOCKS)), **overrides)
     reader = safetensors_io.open_checkpoint(model_dir, "diffusion_pytorch_model")
     size = 2 ** (len(module.block_out_channels) - 1)
     args = [jnp.zeros((1, size, size, module.in_channels)), jnp.zeros((1,))]
     if module.cross_attention_dim is not None:
         args.append(jnp.zeros((1, 1, module.cross_attention_dim)))
-    abstract = nn.unbox(jax.eval_shape(module.init, jax.random.key(0), *args))
+    boxed = jax.eval_shape(module.init, jax.random.key(0), *args)
 
-    def load(key_path, leaf):
-        path = tuple(k.key for k in key_path[1:])      # drop the "params" collection
-        name = diffusers_name(path)
-        value = _convert(reader.get(name), leaf.ndim)
-        if value.shape != leaf.shape:
-            raise ValueError(f"from_diffusers: {name} converts to {value.shape}, {'/'.join(path)} expects "
-                             f"{leaf.shape}")
-        return jnp.asarray(value, dtype)
+    def lookup(path: str, leaf) -> np.ndarray:
+        _, *rest = path.split("/")                      # drop the "params" collection
+        return _convert(reader.get(diffusers_name(tuple(rest))), leaf.ndim)
 
-    params = jax.tree_util.tree_map_with_path(load, abstract)
-    leftover = sorted(set(reader.names) - reader.used)
-    if leftover:
-        raise ValueError(f"from_diffusers: {len(leftover)} tensors in {model_dir} map to nothing: {leftover[:5]}")
-    return module, params
+    return module, porting.load_variables(reader, boxed, lookup, dtype=dtype, source=str(model_dir))

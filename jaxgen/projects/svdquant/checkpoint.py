@@ -16,6 +16,7 @@ from typing import Any
 
 import jax
 import numpy as np
+from flax import traverse_util
 
 from jaxgen.projects.svdquant.linear import QuantizedLinear
 from jaxgen.projects.svdquant.model import VARIABLE
@@ -29,21 +30,14 @@ _STATIC_FIELDS = ("activations", "shift", "group_size", "method")
 def flatten(variables: Mapping) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
     """`({path: array}, quantization_config)` of quantized variables (paths joined by "/")."""
     arrays, layers = {}, {}
-
-    def visit(node, prefix):
+    for path, node in traverse_util.flatten_dict(dict(variables), sep="/").items():
         if isinstance(node, QuantizedLinear):
-            layer_path = prefix.rsplit("/", 1)[0]
-            layers[layer_path] = {name: getattr(node, name) for name in _STATIC_FIELDS}
+            layers[path.rsplit("/", 1)[0]] = {name: getattr(node, name) for name in _STATIC_FIELDS}
             for name in _ARRAY_FIELDS:
                 if getattr(node, name) is not None:
-                    arrays[f"{prefix}/{name}"] = np.asarray(getattr(node, name))
-        elif isinstance(node, Mapping):
-            for key, child in node.items():
-                visit(child, f"{prefix}/{key}" if prefix else str(key))
+                    arrays[f"{path}/{name}"] = np.asarray(getattr(node, name))
         else:
-            arrays[prefix] = np.asarray(node)
-
-    visit(variables, "")
+            arrays[path] = np.asarray(node)
     return arrays, {"format": FORMAT, "layers": layers}
 
 
@@ -51,7 +45,7 @@ def unflatten(arrays: Mapping[str, np.ndarray], config: Mapping[str, Any]) -> di
     """The inverse of `flatten`."""
     if config.get("format") != FORMAT:
         raise ValueError(f"not a {FORMAT} quantized model: quantization_config format is {config.get('format')!r}")
-    tree = _nest({path: jax.numpy.asarray(value) for path, value in arrays.items()})
+    tree = traverse_util.unflatten_dict({path: jax.numpy.asarray(value) for path, value in arrays.items()}, sep="/")
     for layer_path, static in config["layers"].items():
         node = tree
         for part in layer_path.split("/"):
@@ -64,25 +58,6 @@ def unflatten(arrays: Mapping[str, np.ndarray], config: Mapping[str, Any]) -> di
     return tree
 
 
-def _nest(flat: Mapping[str, Any]) -> dict:
-    tree: dict = {}
-    for path, value in flat.items():
-        *parents, leaf = path.split("/")
-        node = tree
-        for part in parents:
-            node = node.setdefault(part, {})
-        node[leaf] = value
-    return tree
-
-
-def _paths(tree: Mapping, prefix: str = "") -> dict[str, Any]:
-    flat = {}
-    for key, value in tree.items():
-        path = f"{prefix}/{key}" if prefix else str(key)
-        flat.update(_paths(value, path) if isinstance(value, Mapping) else {path: value})
-    return flat
-
-
 def save_orbax(directory: str | Path, variables: Mapping) -> None:
     """An orbax checkpoint at `directory` (which must not exist): item `arrays` and JSON item `quantization_config`."""
     import orbax.checkpoint as ocp
@@ -90,7 +65,8 @@ def save_orbax(directory: str | Path, variables: Mapping) -> None:
     arrays, config = flatten(variables)
     with ocp.Checkpointer(ocp.CompositeCheckpointHandler()) as checkpointer:
         checkpointer.save(Path(directory).absolute(), ocp.args.Composite(
-            arrays=ocp.args.StandardSave(_nest(arrays)), **{CONFIG_KEY: ocp.args.JsonSave(config)}))
+            arrays=ocp.args.StandardSave(traverse_util.unflatten_dict(arrays, sep="/")),
+            **{CONFIG_KEY: ocp.args.JsonSave(config)}))
 
 
 def load_orbax(directory: str | Path) -> dict:
@@ -100,8 +76,8 @@ def load_orbax(directory: str | Path) -> dict:
     with ocp.Checkpointer(ocp.CompositeCheckpointHandler()) as checkpointer:
         restored = checkpointer.restore(Path(directory).absolute(), ocp.args.Composite(
             arrays=ocp.args.StandardRestore(), **{CONFIG_KEY: ocp.args.JsonRestore()}))
-    return unflatten({path: np.asarray(value) for path, value in _paths(restored["arrays"]).items()},
-                     restored[CONFIG_KEY])
+    arrays = traverse_util.flatten_dict(restored["arrays"], sep="/")
+    return unflatten({path: np.asarray(value) for path, value in arrays.items()}, restored[CONFIG_KEY])
 
 
 def export_safetensors(path: str | Path, variables: Mapping) -> None:
