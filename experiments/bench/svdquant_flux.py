@@ -19,9 +19,9 @@ reduced search in place of the official one (a pipeline check, not a measurement
 
 Quantization (`jaxgen.projects.svdquant`, rules `flux_rules`: embeddings and the final layer 16-bit, adaLN linears
 W4A16, every other block linear W4A4 + rank-32 branch, fc2 with GELU-shifted unsigned inputs): calibration on
-`--calib-batches` batch-1 forwards at sigmas spread over (0.1, 0.9), `--tokens-per-call` strided tokens per layer and
-call, the randomized SVD. The official search (deepcompressor): 39 smoothing candidates (`num_grids` 20), up to 100
-low-rank iterations with early stop.
+`--calib-batches` batch-1 forwards at sigmas spread over (0.1, 0.9), `--tokens-per-call` strided tokens per layer
+and call, the randomized SVD (`--svd`). The official search (deepcompressor): 39 smoothing candidates (`num_grids`
+20), up to 100 low-rank iterations with early stop.
 
 Calibration time, and what the W4A4 forward runs:
   1. collection (`collect_inputs`, one forward per calibration batch), timed;
@@ -37,12 +37,13 @@ Calibration time, and what the W4A4 forward runs:
   official whole-model time is then the extrapolation. `full` / `sampled` force either branch.
 W4A16 (weights only, no search) quantizes the whole model, timed.
 
-Timing and memory per variant (`flux_forward.run_variant`, bf16 first): AOT-compiled forward, ms per forward
-(median over windows); parameter bytes as stored (QuantizedLinear keeps scales, smoothing and branch in float32)
-and at 16 bit (`model_bytes`, a deployed model's); XLA's per-program figure (`memory_analysis`: arguments +
-outputs + temporaries - aliases) beside the process peak (`peak_bytes_in_use`, monotonic: calibration included,
-an upper bound); relative Frobenius error of the output vs bf16. The bf16 weights are freed before the quantized
-forwards run. A quantized forward that fails on the platform's default int4 kernels is recorded and rerun on
+Timing and memory per variant (`flux_forward.run_variant`; bf16 first, W4A16 once quantized, W4A4 last):
+AOT-compiled forward, ms per forward (median over windows); parameter bytes as stored (QuantizedLinear keeps scales,
+smoothing and branch in float32) and at 16 bit (`model_bytes`, a deployed model's); XLA's per-program figure
+(`memory_analysis`: arguments + outputs + temporaries - aliases) beside the process peak (`peak_bytes_in_use`,
+monotonic: calibration included, an upper bound); relative Frobenius error of the output vs bf16. The device bf16
+copies of the quantized layers are freed once their float32 host copies exist, before any quantized forward. A
+quantized forward that fails on the platform's default int4 kernels is recorded and rerun on
 `implementation="reference"` (XLA). JSON at --out (default $OUT/svdquant_flux.json when OUT is set, else beside this
 script; --quick writes only with --out), rewritten after every phase, so a run cut short keeps what it measured.
 Imports jax, flax, numpy, jaxgen and pallas_kernels (no gin, no diffusers, no torch).
@@ -154,8 +155,8 @@ def extrapolate(collect_s: float, per_block: dict[str, list[float]], depth: dict
         total += seconds[0] + (depth[kind] - 1) * later
         compile_s += seconds[0] - later
     return {"extrapolated": True, "whole_model_s": total, "compile_s": compile_s,
-            "formula": "collect + first double + (19 - 1) x mean(later doubles) + first single + "
-                       "(38 - 1) x mean(later singles)"}
+            "formula": f"collect + first double + ({depth['double']} - 1) x mean(later doubles) + first single + "
+                       f"({depth['single']} - 1) x mean(later singles)"}
 
 
 def with_implementation(params, implementation: str):
@@ -174,6 +175,7 @@ def main(argv=None) -> dict[str, Any]:
     parser.add_argument("--calib-batches", type=int, default=2)
     parser.add_argument("--tokens-per-call", type=int, default=256)
     parser.add_argument("--candidate-batch", type=int, default=8)
+    parser.add_argument("--svd", choices=sq_linear.SVDS, default="randomized")
     parser.add_argument("--sample-blocks", type=int, default=2, help="blocks of each kind timed for extrapolation")
     parser.add_argument("--calibration", choices=("auto", "full", "sampled"), default="auto")
     parser.add_argument("--reduced-grids", type=int, default=2)
@@ -220,6 +222,30 @@ def main(argv=None) -> dict[str, Any]:
             out_path.parent.mkdir(parents=True, exist_ok=True)
             out_path.write_text(json.dumps(result, indent=2, default=str) + "\n")
 
+    def time_quantized(name: str, q: sq_model.QuantizedModel):
+        """Times a quantized model's forward (flux_forward.run_variant) and records its row."""
+        params = q.params if args.implementation is None else with_implementation(q.params, args.implementation)
+        flux_forward.VARIANTS[name] = lambda module, _, __, params=params, q=q: (params, q.apply)
+        try:
+            row = flux_forward.run_variant(name, module, None, inputs, flops, peak, args, baseline)
+        except Exception as err:  # noqa: BLE001 -- recorded, then the XLA reference path
+            print(f"{name}: failed on the default int4 kernels ({type(err).__name__}: {err}); rerunning on "
+                  f"implementation='reference'", flush=True)
+            flux_forward.VARIANTS[name] = lambda module, _, __, q=q: (with_implementation(q.params, "reference"),
+                                                                      q.apply)
+            row = flux_forward.run_variant(name, module, None, inputs, flops, peak, args, baseline)
+            row.update(implementation="reference", default_implementation_error=f"{type(err).__name__}: {err}")
+        row.pop("output")
+        row["model_gib_16bit"] = sq_model.model_bytes(q.params) / 2**30
+        row["speedup_vs_bf16"] = bf16["ms"] / row["ms"]
+        result["rows"].append(row)
+        print(f"{name}: {row['ms']:.2f} ms/forward ({row['speedup_vs_bf16']:.2f}x bf16), weights "
+              f"{row['param_gib']:.2f} GiB stored / {row['model_gib_16bit']:.2f} GiB at 16 bit (bf16 "
+              f"{bf16['model_gib_16bit']:.2f}), forward peak (XLA) {row['xla_forward_peak_gib'] or float('nan'):.2f}"
+              f" GiB, process peak {row['process_peak_gib'] or float('nan'):.2f} GiB, rel. error vs bf16 "
+              f"{row['rel_err_vs_bf16']:.3e}, finite {row['output_finite']}", flush=True)
+        save(name)
+
     start = time.perf_counter()
     variables = plant_outliers(flux.random_params(module, seed=0, dtype=jnp.bfloat16), module.width,
                                count=min(16, module.width // 8))
@@ -246,6 +272,7 @@ def main(argv=None) -> dict[str, Any]:
     quantized_paths = [path for path, scheme in schemes.items() if scheme.method is not None]
     start = time.perf_counter()
     params32 = host_float32(variables, quantized_paths)
+    del variables  # the device bf16 copies of the quantized layers; params32 keeps the rest (shared)
     result["calibration"] = {"collect_s": collect_s, "to_host_float32_s": time.perf_counter() - start,
                              "calib_batches": args.calib_batches, "tokens_per_layer": int(
                                  calib[quantized_paths[0]].samples.shape[-2]), "quantized_linears": sum(
@@ -254,11 +281,12 @@ def main(argv=None) -> dict[str, Any]:
     print(f"calibration inputs: {collect_s:.1f} s for {args.calib_batches} forwards", flush=True)
     save("collect")
 
-    options = dict(rank=args.rank, svd="randomized", candidate_batch=args.candidate_batch)
+    options = dict(rank=args.rank, svd=args.svd, candidate_batch=args.candidate_batch)
     start = time.perf_counter()
     w4a16 = sq_model.quantize_model(module, params32, None, sq_model.flux_rules("w4a16"), inputs=calib, **options)
     jax.block_until_ready(w4a16.params)
     result["calibration"]["w4a16_whole_model_s"] = time.perf_counter() - start
+    time_quantized("w4a16", w4a16)
 
     # Sampled official calibration, per block, and its extrapolation to the whole model.
     per_block = {kind: time_blocks(params32, calib, schemes, kind, min(args.sample_blocks, depth[kind]),
@@ -270,10 +298,11 @@ def main(argv=None) -> dict[str, Any]:
     save("sampled")
 
     elapsed = time.perf_counter() - started
-    reserve = 2.5 * forward_s + 30
+    reserve = 1.5 * forward_s + 30  # the W4A4 forward still to run
     fits = elapsed + official["whole_model_s"] - collect_s + reserve <= args.budget_s
     recipe = "official" if args.calibration == "full" or (args.calibration == "auto" and fits) else "reduced"
-    search = official_search if recipe == "official" else dict(num_grids=args.reduced_grids, lowrank_iters=args.reduced_iters)
+    reduced = dict(num_grids=args.reduced_grids, lowrank_iters=args.reduced_iters)
+    search = official_search if recipe == "official" else reduced
     start = time.perf_counter()
     w4a4 = sq_model.quantize_model(module, params32, None, sq_model.flux_rules("svdquant"), inputs=calib,
                                    **options, **search)
@@ -290,31 +319,8 @@ def main(argv=None) -> dict[str, Any]:
               f"whole-model time is the extrapolation above)", flush=True)
     del params32
     save("quantize")
+    time_quantized("svdquant_w4a4", w4a4)
 
-    # Quantized forwards, bf16 weights freed first.
-    del variables
-    for name, q in (("svdquant_w4a4", w4a4), ("w4a16", w4a16)):
-        params = q.params if args.implementation is None else with_implementation(q.params, args.implementation)
-        flux_forward.VARIANTS[name] = lambda module, _, __, params=params, q=q: (params, q.apply)
-        try:
-            row = flux_forward.run_variant(name, module, None, inputs, flops, peak, args, baseline)
-        except Exception as err:  # noqa: BLE001 -- recorded, then the XLA reference path
-            print(f"{name}: failed on the default int4 kernels ({type(err).__name__}: {err}); rerunning on "
-                  f"implementation='reference'", flush=True)
-            flux_forward.VARIANTS[name] = lambda module, _, __, q=q: (with_implementation(q.params, "reference"),
-                                                                      q.apply)
-            row = flux_forward.run_variant(name, module, None, inputs, flops, peak, args, baseline)
-            row.update(implementation="reference", default_implementation_error=f"{type(err).__name__}: {err}")
-        row.pop("output")
-        row["model_gib_16bit"] = sq_model.model_bytes(q.params) / 2**30
-        row["speedup_vs_bf16"] = bf16["ms"] / row["ms"]
-        result["rows"].append(row)
-        print(f"{name}: {row['ms']:.2f} ms/forward ({row['speedup_vs_bf16']:.2f}x bf16), weights "
-              f"{row['param_gib']:.2f} GiB stored / {row['model_gib_16bit']:.2f} GiB at 16 bit (bf16 "
-              f"{bf16['model_gib_16bit']:.2f}), forward peak (XLA) {row['xla_forward_peak_gib'] or float('nan'):.2f}"
-              f" GiB, process peak {row['process_peak_gib'] or float('nan'):.2f} GiB, rel. error vs bf16 "
-              f"{row['rel_err_vs_bf16']:.3e}, finite {row['output_finite']}", flush=True)
-        save(name)
     if out_path is not None:
         print(f"wrote {out_path}")
     return result
