@@ -293,7 +293,7 @@ def main(argv=None) -> dict[str, Any]:
                                    {**options, **official_search}) for kind in BLOCKS}
     official = {"search": official_search, "per_block_s": per_block, **extrapolate(collect_s, per_block, depth)}
     result["calibration"]["official"] = official
-    print(f"official calibration, sampled blocks {per_block}: whole model EXTRAPOLATED to "
+    print(f"official calibration ({official_search}), sampled blocks {per_block}: whole model EXTRAPOLATED to "
           f"{official['whole_model_s']:.0f} s ({official['whole_model_s'] / 3600:.2f} h)", flush=True)
     save("sampled")
 
