@@ -6,7 +6,7 @@ that a rule selects and runs the model with the quantized layers (`pallas_kernel
 
 from jaxgen.projects.svdquant.linear import GELU_SHIFT, METHODS, QuantizedLinear, quantize_linear
 from jaxgen.projects.svdquant.model import (SCHEMES, QuantizedModel, Scheme, apply_quantized, collect_inputs, dit_rules,
-                                            model_bytes, quantize_model)
+                                            flux_rules, model_bytes, quantize_model)
 
 __all__ = ["GELU_SHIFT", "METHODS", "SCHEMES", "QuantizedLinear", "QuantizedModel", "Scheme", "apply_quantized",
-           "collect_inputs", "dit_rules", "model_bytes", "quantize_linear", "quantize_model"]
+           "collect_inputs", "dit_rules", "flux_rules", "model_bytes", "quantize_linear", "quantize_model"]

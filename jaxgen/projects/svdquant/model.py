@@ -18,7 +18,8 @@ rule matches stays 16-bit, and a rule that matches no layer is an error. Schemes
 FLUX/PixArt choices for `jaxgen.nn.dit.DiT`: embeddings (patch, timestep, caption) and the final projection stay
 16-bit (`skips: embed, transformer_proj_in, transformer_proj_out`); the adaLN linears keep 16-bit activations with
 4-bit weights, no smoothing or low rank (`transformer_norm` is in the smoothing, low-rank and input-quantization skip
-lists but not the weight one), i.e. W4A16; the second MLP linear reads GELU outputs.
+lists but not the weight one), i.e. W4A16; the second MLP linear reads GELU outputs. `flux_rules` does the same for
+`jaxgen.nn.flux.FluxTransformer` (deepcompressor's and nunchaku's FLUX.1 choices).
 """
 
 from __future__ import annotations
@@ -62,6 +63,26 @@ def dit_rules(scheme: str = "svdquant") -> tuple[tuple[str, str], ...]:
         (r"blocks/adaln|final_adaln", "w4a16"),
         (r"blocks/Dense_1", after_gelu),
         (r"blocks/.*", scheme),
+    )
+
+
+def flux_rules(scheme: str = "svdquant") -> tuple[tuple[str, str], ...]:
+    """Rules for `jaxgen.nn.flux.FluxTransformer` quantizing its block linears with `scheme`, after deepcompressor's
+    FLUX.1 recipe (`examples/diffusion/configs/model/flux.1-dev.yaml`, keys from `app/diffusion/nn/struct.py`):
+    - 16-bit: the "embed" skip, which for FLUX covers `x_embedder` (input_embed), `context_embedder` (text_embed),
+      `time_text_embed` (time_embed) and `norm_out` + `proj_out` (output_embed);
+    - W4A16: the blocks' adaLN linears (`img_mod`, `txt_mod`, the single block's `mod`: transformer_norm and
+      transformer_add_norm, skipped for inputs, smoothing and low rank but not weights; nunchaku runs them as AWQ
+      W4A16);
+    - `scheme` with the GELU shift (`pipeline.shift_activations`, unsigned inputs): every MLP's `fc2` (down_proj,
+      in the single block the GELU half of diffusers' `proj_out`);
+    - `scheme`: every other block linear, i.e. q/k/v (fused), the attention outputs and `fc1`."""
+    after_gelu = scheme + "_gelu" if scheme + "_gelu" in SCHEMES else scheme
+    return (
+        (r"x_embedder|context_embedder|time_text_embed/.*|norm_out|proj_out", "float"),
+        (r"transformer_blocks/(img|txt)_mod|single_transformer_blocks/mod", "w4a16"),
+        (r"(transformer_blocks/(img|txt)_mlp|single_transformer_blocks/mlp)/fc2", after_gelu),
+        (r"(single_)?transformer_blocks/.*", scheme),
     )
 
 
