@@ -55,8 +55,10 @@ def test_notebook_carries_the_outputs_of_a_run(path):
     assert not _errors(notebook) and _images(notebook)
 
 
-@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.name)
-def test_notebook_executes(path, monkeypatch):
+def execute(path, monkeypatch):
+    """Runs the notebook in a fresh kernel with `JAXGEN_NOTEBOOK_CI=1`; it must finish without an error and draw a
+    picture. Called from `test_execute_notebooks_*.py`: the executions take minutes in all, and pytest-xdist's
+    `--dist loadfile` keeps a file on one worker, so they are split over two files to run on both."""
     monkeypatch.setenv("JAXGEN_NOTEBOOK_CI", "1")  # the kernel inherits it
     notebook = nbformat.read(path, as_version=4)
     NotebookClient(notebook, timeout=280, kernel_name="python3", resources={"metadata": {"path": str(REPO)}}).execute()
