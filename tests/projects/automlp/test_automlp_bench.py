@@ -10,10 +10,13 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 REPO = Path(__file__).resolve().parents[3]
 BENCH = REPO / "experiments" / "bench" / "automlp.py"
 
 
+@pytest.mark.slow  # a benchmark's CPU run: `python -m pytest -m slow` (not in the default run)
 def test_automlp_bench_small_runs_and_reports_both_models(tmp_path):
     env = {**os.environ, "PYTHONPATH": str(REPO)}
     done = subprocess.run([sys.executable, str(BENCH), "--lengths", "4", "--models", "automlp", "sasrec", "--batch", "2", "--reps", "1", "--inner",

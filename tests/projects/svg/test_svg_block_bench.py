@@ -9,9 +9,12 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 REPO = Path(__file__).resolve().parents[3]
 
 
+@pytest.mark.slow  # a benchmark's CPU run: `python -m pytest -m slow` (not in the default run)
 def test_svg_block_bench_small_runs_and_checks_itself(tmp_path):
     env = {**os.environ, "PYTHONPATH": str(REPO)}
     done = subprocess.run([sys.executable, str(REPO / "experiments" / "bench" / "svg_block.py"), "--small", "--reps",
