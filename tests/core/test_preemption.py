@@ -129,6 +129,7 @@ def signal_and_finish(processes, number: int, workdir: Path, after: int = 10) ->
     return finish(processes, timeout=60), time.time() - sent
 
 
+@pytest.mark.slow  # about a minute each on 2 cores: python -m pytest -m slow
 def test_sigterm_to_both_processes_saves_one_agreed_step_and_the_rerun_matches(tmp_path):
     # The notice takes 1-2 s to go round (jax's notifier polls once a second): at 0.05 s a step the stop lands near
     # step 40, and a notice twice as slow still stops well before the end.
@@ -152,6 +153,7 @@ def test_sigterm_to_both_processes_saves_one_agreed_step_and_the_rerun_matches(t
     assert not (stopped / "metrics.superseded.jsonl").exists()  # it resumed from the stop step: no step was redone
 
 
+@pytest.mark.slow  # about a minute each on 2 cores: python -m pytest -m slow
 def test_kill_9_ctrl_c_and_sigterm_then_the_same_command_resumes_bit_for_bit(tmp_path):
     config = slow_config(tmp_path, train_steps=80, checkpoint_every=10, seconds=0.05)
     straight, stopped = tmp_path / "straight", tmp_path / "stopped"
