@@ -6,9 +6,9 @@
 Each run's score is its test accuracy at the evaluation with the best validation accuracy (the earliest one on ties;
 evaluations every 5 rounds); the final round's test accuracy is kept beside it. Writes `results.json` (every run's
 numbers and the per-cell means) and `accuracy_vs_epsilon.png` (`results_<dataset>.json` and
-`accuracy_vs_epsilon_<dataset>.png` for a dataset other than the Drosophila connectome), and prints the markdown tables of the README: accuracy
-per (model, GCL) and epsilon, the DP-induced drop acc(inf) - acc(epsilon) without and with GRACE, and the final
-round's accuracy.
+`accuracy_vs_epsilon_<dataset>.png` for a dataset other than the Drosophila connectome), and prints the markdown
+tables of the README: accuracy per (model, GCL) and epsilon, the DP-induced drop acc(inf) - acc(epsilon) without and
+with GRACE, and the final round's accuracy.
 """
 
 from __future__ import annotations

@@ -3,10 +3,11 @@ stacked along a leading client axis, so one `vmap` trains every sampled client a
 
 Node classification (one graph: karate, SBM, Drosophila, the Planetoid citation graphs): nodes are drawn into train /
 validation / test by the data seed (or, with `item_split='public'`, take the split the dataset ships in its
-`node_split`: Planetoid's public split), assigned to clients by the split, and each client holds the subgraph induced by its nodes (edges between
-clients are lost, as in subgraph-federated learning). Graph classification (the mice): graphs are drawn into train /
-validation / test and assigned to clients; node features are standardised per column over the dataset, and
-`strongest_edges` keeps that fraction of each graph's heaviest edges (the connectomes are two-thirds dense).
+`node_split`: Planetoid's public split), assigned to clients by the split, and each client holds the subgraph induced
+by its nodes (edges between clients are lost, as in subgraph-federated learning). Graph classification (the mice):
+graphs are drawn into train / validation / test and assigned to clients; node features are standardised per column
+over the dataset, and `strongest_edges` keeps that fraction of each graph's heaviest edges (the connectomes are
+two-thirds dense).
 
 Then each client applies the edge-level DP mechanism (`privacy`) with `epsilon` to each of its graphs, before any
 training: the guarantee holds per client graph (`privacy.guarantee`). A client whose true graph has no edge is refused

@@ -182,9 +182,10 @@ def planetoid_files(folder: Path, name: str) -> dict[str, Path]:
     missing = [path.name for path in files.values() if not path.is_file()]
     if missing:
         raise DatasetMissingError(
-            f"{name} is read from Planetoid's raw files, and {', '.join(missing)} {'is' if len(missing) == 1 else 'are'}"
-            f" not in {folder}/. Download ind.{name}.{{{','.join(PLANETOID_PARTS)}}} from {PLANETOID_URL} (the data/ "
-            f"folder of kimiyoung/planetoid) where the internet is, put them in {folder}/ and prepare again.")
+            f"{name} is read from Planetoid's raw files, and {', '.join(missing)} "
+            f"{'is' if len(missing) == 1 else 'are'} not in {folder}/. Download ind.{name}."
+            f"{{{','.join(PLANETOID_PARTS)}}} from {PLANETOID_URL} (the data/ folder of kimiyoung/planetoid) where the "
+            f"internet is, put them in {folder}/ and prepare again.")
     return files
 
 
