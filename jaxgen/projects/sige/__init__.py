@@ -1,5 +1,6 @@
 """SIGE (Li et al., NeurIPS 2022): spatially sparse incremental inference for edited images — cached features,
-gather / sparse conv / scatter, for diffusion UNets and a GauGAN-like SPADE generator. See experiments/sige/README.md."""
+gather / sparse conv / scatter, for diffusion UNets and a GauGAN-like SPADE generator; `driver` runs the editing
+recipes of configs/sige. See experiments/sige/README.md."""
 
 from jaxgen.projects.sige.engine import EditPlan, IncrementalEngine
 from jaxgen.projects.sige.gaugan import SpadeGenerator, gaugan, tiny_gaugan

@@ -108,7 +108,8 @@ def channel_parts(x) -> tuple[Array, ...]:
 def _pre(h: Array, scale: Array | None, shift: Array | None, act: Callable | None,
          modulation: Array | None = None) -> Array:
     """`act(h · scale + shift)` with per-(image, channel) `scale` / `shift` broadcast over the spatial axes; with a
-    `modulation` of the same spatial shape holding `(γ, β)` on channels, `act((h · scale + shift)(1 + γ) + β)` (SPADE)."""
+    `modulation` of the same spatial shape holding `(γ, β)` on channels, `act((h · scale + shift)(1 + γ) + β)`
+    (SPADE)."""
     if scale is not None:
         expand = (slice(None),) + (None,) * (h.ndim - 2) + (slice(None),)
         h = h * scale[expand] + shift[expand]

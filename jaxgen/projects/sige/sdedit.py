@@ -5,8 +5,9 @@ the cached features valid).
 
 The loop runs on the host, one jitted step at a time (both trajectories' updates and the blend in one program),
 because the engine plans on the host; its updates are those of `jaxgen.diffusion.ddim`'s samplers (DDIM with eta 0,
-DDPM ancestral with the posterior's variance), written per step here. The original trajectory is recomputed in lock-step (one cache); an application that edits one image
-many times would keep one cache per step (`IncrementalEngine.full(..., cache_id=step)`) and skip it.
+DDPM ancestral with the posterior's variance), written per step here. The original trajectory is recomputed in
+lock-step (one cache); an application that edits one image many times would keep one cache per step
+(`IncrementalEngine.full(..., cache_id=step)`) and skip it.
 """
 
 from __future__ import annotations
