@@ -8,7 +8,7 @@ Recipe:
                 --out experiments/bench/sige_cpu.json
             (--models gaugan runs one model; the merge comparison then runs only with --merge)
   hardware  one GPU (H100) for the full sizes; --quick runs on CPU
-  wall time --quick: about 6 minutes on 2 shared CPU cores for ddpm and sd, 3 for gaugan (2026-12-07); full sizes
+  wall time --quick: about 6 minutes on 2 shared CPU cores for ddpm and sd, 2 for gaugan (2026-12-07); full sizes
             on an H100: not yet run
   expected  goals from the paper's claim: at ~1.2 % edit area ≥ 5× fewer MACs and ≥ 2× lower latency than dense;
             at 30 % never slower than 1.1× dense
