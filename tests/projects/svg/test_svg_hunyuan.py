@@ -62,3 +62,20 @@ def test_padding_must_end_the_sequence():
         VideoLayout(3, 16, 8, text_first=True, text_padding=2)
     with pytest.raises(ValueError, match="text_padding"):
         VideoLayout(3, 16, 8, text_first=False, text_padding=9)
+
+
+def test_generate_reads_hunyuans_extra_inputs():
+    """The `jaxgen run` entry's extras: pooled projections, the text mask with its (static) padding count, and the
+    embedded guidance scale times 1000; a mask padded differently per row cannot give SVG one layout."""
+    from jaxgen.projects.svg.generate import model_inputs
+
+    mask = np.array([[1, 1, 1, 0, 0], [1, 1, 1, 0, 0]])
+    arrays, static = model_inputs({"pooled_prompt_embeds": np.ones((2, 3)), "prompt_attention_mask": mask}, 2,
+                                  np.float32, 6.0)
+    assert static == {"text_padding": 2}
+    np.testing.assert_array_equal(arrays["guidance"], [6000.0, 6000.0])
+    assert arrays["pooled_projections"].shape == (2, 3) and arrays["encoder_attention_mask"].dtype == bool
+    with pytest.raises(ValueError, match=r"padding \[2, 1\]"):
+        model_inputs({"prompt_attention_mask": np.array([[1, 1, 1, 0, 0], [1, 1, 1, 1, 0]])}, 2, np.float32, None)
+    with pytest.raises(ValueError, match="right-padded"):
+        model_inputs({"prompt_attention_mask": np.array([[0, 1, 1, 0, 0]])}, 1, np.float32, None)
