@@ -117,6 +117,11 @@ class CogVideoXTransformer(nn.Module):
     def width(self) -> int:
         return self.num_heads * self.head_dim
 
+    @property
+    def num_layers(self) -> int:
+        """Layers holding the attention SVG runs in (the attention context's `num_layers`)."""
+        return self.depth
+
     def grid(self, latents_shape: Sequence[int]) -> tuple[int, int, int]:
         return patch_grid(latents_shape, self.patch, self.in_channels, "CogVideoX's latents")
 

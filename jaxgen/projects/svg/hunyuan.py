@@ -309,6 +309,9 @@ class HunyuanVideoTransformer(nn.Module):
         if self.attention_backend == "svg" and encoder_attention_mask is not None and text_padding is None:
             raise ValueError("the 'svg' backend reads padded text from its VideoLayout: pass text_padding (the number "
                              "of padded text tokens, the same for the whole batch) with encoder_attention_mask")
+        if text_padding and encoder_attention_mask is None:
+            raise ValueError(f"text_padding={text_padding} needs the encoder_attention_mask it counts (the dense "
+                             f"backends and the token refiner read the mask)")
         grid = self.grid(latents.shape)
         layout = self.layout(latents.shape, text_len, text_padding or 0)
         text_mask = (jnp.ones((batch, text_len), bool) if encoder_attention_mask is None

@@ -101,15 +101,20 @@ HUNYUAN_720P = FlowSchedule(num_steps=50, shift=7.0, guidance_scale=1.0)
 
 def sown(intermediates: Any) -> dict[str, jax.Array]:
     """The attention diagnostics a model sowed (SVG's head_is_temporal, density, recall), stacked over layers by
-    its scan: `{name: [layers, ...]}`, wherever in the module tree they were sown."""
-    found: dict[str, jax.Array] = {}
-    if isinstance(intermediates, dict):
-        for name, value in intermediates.items():
+    its scans: `{name: [layers, ...]}`, wherever in the module tree they were sown. A model with several scans
+    (HunyuanVideo's dual- then single-stream blocks) gets them concatenated in the order its modules ran."""
+    found: dict[str, list[jax.Array]] = {}
+
+    def walk(tree):
+        for name, value in tree.items():
             if isinstance(value, tuple):
-                found[name] = value[0]
-            else:
-                found.update(sown(value))
-    return found
+                found.setdefault(name, []).append(value[0])
+            elif isinstance(value, dict):
+                walk(value)
+
+    if isinstance(intermediates, dict):
+        walk(intermediates)
+    return {name: values[0] if len(values) == 1 else jnp.concatenate(values) for name, values in found.items()}
 
 
 def sample(module: nn.Module, params, noise: jax.Array, text: jax.Array, negative_text: jax.Array | None = None, *,

@@ -79,3 +79,12 @@ def test_generate_reads_hunyuans_extra_inputs():
         model_inputs({"prompt_attention_mask": np.array([[1, 1, 1, 0, 0], [1, 1, 1, 1, 0]])}, 2, np.float32, None)
     with pytest.raises(ValueError, match="right-padded"):
         model_inputs({"prompt_attention_mask": np.array([[0, 1, 1, 0, 0]])}, 1, np.float32, None)
+
+
+def test_diagnostics_of_two_scans_are_stacked_in_layer_order():
+    """HunyuanVideo sows SVG's diagnostics from two scans (dual-, then single-stream blocks); `sown` joins them."""
+    from jaxgen.projects.svg.sampling import sown
+
+    recall = sown({"double_blocks": {"attn": {"recall": (np.zeros((2, 1, 3)),)}},
+                   "single_blocks": {"attn": {"recall": (np.ones((3, 1, 3)),)}}})["recall"]
+    np.testing.assert_array_equal(recall[:, 0, 0], [0, 0, 1, 1, 1])
