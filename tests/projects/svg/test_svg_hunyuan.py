@@ -16,6 +16,7 @@ from support.numerics import rel_err
 LAYOUT = VideoLayout(3, 16, 8, text_first=False, text_padding=5)
 CLASSES = np.array([[0, 1, 0, 1], [1, 1, 0, 0]])
 BLOCK = 16
+FAST = {"xla_backend_optimization_level": 0}  # LLVM at -O0: compiles about 2x faster on CPU; the run is tiny
 
 
 def _segments(layout):
@@ -27,8 +28,9 @@ def _segments(layout):
 def test_padded_text_attends_apart_under_each_heads_mask():
     q, k, v = brute.planted_qkv(LAYOUT, CLASSES, head_dim=16, strength=3.0, seed=0)
     density = 0.4
-    out, head_is_temporal = svg_attention(q, k, v, LAYOUT, density=density, rng=jax.random.key(0), block_q=BLOCK,
-                                          block_kv=BLOCK, implementation="interpret")
+    out, head_is_temporal = jax.jit(
+        lambda q, k, v: svg_attention(q, k, v, LAYOUT, density=density, rng=jax.random.key(0), block_q=BLOCK,
+                                      block_kv=BLOCK, implementation="interpret"), compiler_options=FAST)(q, k, v)
     np.testing.assert_array_equal(head_is_temporal, CLASSES.astype(bool))
 
     real = LAYOUT.real  # the kernel's band is that of the real sequence
@@ -53,7 +55,8 @@ def test_dense_attention_keeps_padding_apart_too():
         assert layout == LAYOUT.real and q.shape[1] == layout.seq_len
         return (jax.nn.dot_product_attention(q, k, v),)
 
-    out, = with_padding_apart(dense, q, k, v, LAYOUT, sm_scale=0.25)
+    out, = jax.jit(lambda q, k, v: with_padding_apart(dense, q, k, v, LAYOUT, sm_scale=0.25),
+                   compiler_options=FAST)(q, k, v)
     assert rel_err(out, brute.masked_attention(q, k, v, _segments(LAYOUT))) < 2e-5
 
 
