@@ -25,8 +25,8 @@ on batch 1, as the official SVG scripts and diffusers' pipeline run it. Shapes:
   cogvideox-1.5:    latents [2, 22, 96, 170, 16] (1360 x 768, 81 frames; 21 latent frames padded to 22 as the pipeline
                     does for patch_t 2): 44,880 video tokens + 226 text tokens first = 45,106; text [2, 226, 4096];
   hunyuan-13B:      latents [1, 33, 90, 160, 16] (1280 x 720, 129 frames): 118,800 video tokens + 256 text tokens last
-                    = 119,056; text [1, 256, 4096] with every token real (no padding, so cuDNN runs without a mask:
-                    the padded prompt's split, `attention.with_padding_apart`, is not timed here), pooled [1, 768].
+                    = 119,056; text [1, 256, 4096] with every token real (the split of a padded prompt,
+                    `attention.with_padding_apart`, which dense and SVG would both run, is not timed), pooled [1, 768].
 Variants, each jitted once outside the timing loop, median of --reps after a warm-up call:
   dense   attention by cuDNN (XLA with --quick);
   svg     attention by SVG at --density, 64 profiled rows (the dense warm-up is left out: this times a sparse step),

@@ -26,9 +26,12 @@ dense gate counts the 60 layers of the 13B model as the official code does. Norm
 Padded text: diffusers hides a padded text key from every query in the joint attention (a key mask from the number
 of real tokens, which assumes right-padding) and lets padded rows attend to the real keys; the official SVG code lets
 padded rows see only padding. The two differ only in the outputs of padded text rows, which no later layer reads
-(their keys are hidden) and which are dropped at the end, so the video output is the same. Dense backends get the
-key mask (runtime data); the "svg" backend takes no dense mask and reads the padding from its `VideoLayout`
-(`text_padding`, a static count, the official code's `prompt_length`), so SVG calls pass `text_padding`.
+(their keys are hidden) and which are dropped at the end, so the video output is the same. Two ways in:
+  - `text_padding` (a static count, the same for the whole batch: the official code's `prompt_length`): the joint
+    attention runs on the real tokens and the padding apart (`attention.with_padding_apart`), with any backend and
+    no mask: cuDNN and SVG ("svg" sees the real tokens' `VideoLayout`). The sampling entry passes it.
+  - the mask alone (rows padded differently): diffusers' key mask, which only XLA's "dense" backend can take (jax's
+    cuDNN path wants a full `[queries, keys]` bias; SVG takes no dense mask).
 
 Not ported: the image-to-video variants (`image_condition_type`: "latent_concat", "token_replace").
 """
@@ -47,6 +50,7 @@ from jaxgen.nn import porting
 from jaxgen.nn.embeddings import TimestepEmbedding
 from jaxgen.nn.transformer import XAVIER, apply_rope, partitioned, scan_layers
 from jaxgen.projects.svg import ports
+from jaxgen.projects.svg.attention import with_padding_apart
 from jaxgen.projects.svg.layout import VideoLayout
 from jaxgen.projects.svg.model import patch_grid, patchify, rope_3d
 from jaxgen.projects.svg.port_layers import QK_NORMS, FeedForward, feed_forward_rows, project_out
@@ -92,10 +96,17 @@ def _out(width: int, dtype: Any, name: str) -> nn.DenseGeneral:
 
 
 def _attend(module: nn.Module, q, k, v, *, rope, mask, backend: str, options: Mapping[str, Any] | None,
-            context: nn_attention.AttentionContext | None) -> jax.Array:
-    """RoPE (identity rows for text), then the `jaxgen.nn.attention` backend; its diagnostics sown."""
+            context: nn_attention.AttentionContext) -> jax.Array:
+    """RoPE (identity rows for text), then the `jaxgen.nn.attention` backend, its diagnostics sown. With padded text
+    in the context's layout, the backend runs on the real tokens and the padding among itself
+    (`attention.with_padding_apart`); otherwise on the whole sequence, with the key `mask` if any."""
     q, k = apply_rope(q, *rope), apply_rope(k, *rope)
-    out, aux = nn_attention.attention(q, k, v, backend=backend, mask=mask, context=context, **dict(options or {}))
+
+    def attend(q, k, v, layout):
+        return nn_attention.attention(q, k, v, backend=backend, mask=mask, context=context.replace(video_layout=layout),
+                                      **dict(options or {}))
+
+    out, aux = with_padding_apart(attend, q, k, v, context.video_layout, q.shape[-1] ** -0.5)
     for name, value in aux.items():
         module.sow("intermediates", name, value)
     return out
@@ -301,14 +312,16 @@ class HunyuanVideoTransformer(nn.Module):
                  pooled_projections: jax.Array, encoder_attention_mask: jax.Array | None = None,
                  guidance: jax.Array | None = None, text_padding: int | None = None, step=None,
                  num_steps: int | None = None, rng: jax.Array | None = None) -> jax.Array:
-        """`text_padding`: the static number of padded text tokens, for the "svg" backend (module docstring);
+        """`text_padding`: the static number of padded text tokens, for backends other than "dense" (module
+        docstring);
         `step` / `num_steps` / `rng` feed the attention context (SVG's dense gate and profiling rows)."""
         self._check_inputs(latents, timestep, encoder_hidden_states, pooled_projections, encoder_attention_mask,
                            guidance)
         batch, text_len = encoder_hidden_states.shape[:2]
-        if self.attention_backend == "svg" and encoder_attention_mask is not None and text_padding is None:
-            raise ValueError("the 'svg' backend reads padded text from its VideoLayout: pass text_padding (the number "
-                             "of padded text tokens, the same for the whole batch) with encoder_attention_mask")
+        if self.attention_backend != "dense" and encoder_attention_mask is not None and text_padding is None:
+            raise ValueError(f"attention backend {self.attention_backend!r} cannot take a per-row text mask (only "
+                             f"'dense' can): pass text_padding, the number of padded text tokens, the same in every "
+                             f"row, with encoder_attention_mask")
         if text_padding and encoder_attention_mask is None:
             raise ValueError(f"text_padding={text_padding} needs the encoder_attention_mask it counts (the dense "
                              f"backends and the token refiner read the mask)")
@@ -350,7 +363,7 @@ class HunyuanVideoTransformer(nn.Module):
         # diffusers' key mask: the first video + (number of real text tokens) positions (right-padded text).
         real = layout.video_tokens + jnp.sum(text_mask, axis=1)
         key_mask = (jnp.arange(layout.seq_len)[None, :] < real[:, None])[:, None, None, :]
-        mask = None if self.attention_backend == "svg" or encoder_attention_mask is None else key_mask
+        mask = key_mask if encoder_attention_mask is not None and text_padding is None else None
         context = nn_attention.AttentionContext(rng=rng, step=step, video_layout=layout, num_steps=num_steps,
                                                 num_layers=self.num_layers)
 

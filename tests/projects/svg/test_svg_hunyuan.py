@@ -91,3 +91,16 @@ def test_diagnostics_of_two_scans_are_stacked_in_layer_order():
     recall = sown({"double_blocks": {"attn": {"recall": (np.zeros((2, 1, 3)),)}},
                    "single_blocks": {"attn": {"recall": (np.ones((3, 1, 3)),)}}})["recall"]
     np.testing.assert_array_equal(recall[:, 0, 0], [0, 0, 1, 1, 1])
+
+
+def test_the_port_says_which_backends_take_a_per_row_text_mask():
+    from jaxgen.projects.svg import hunyuan
+
+    model = hunyuan.named("tiny")
+    inputs = (np.zeros((1, 1, 2, 2, 4)), np.zeros(1), np.zeros((1, 3, 12)))
+    extras = dict(pooled_projections=np.zeros((1, 8)), guidance=np.zeros(1))
+    with pytest.raises(ValueError, match="'cudnn' cannot take a per-row text mask.*text_padding"):
+        model.clone(attention_backend="cudnn").init(jax.random.key(0), *inputs, **extras,
+                                                    encoder_attention_mask=np.ones((1, 3)))
+    with pytest.raises(ValueError, match="text_padding=1 needs the encoder_attention_mask"):
+        model.init(jax.random.key(0), *inputs, **extras, text_padding=1)
