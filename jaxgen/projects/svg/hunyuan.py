@@ -404,7 +404,8 @@ def from_config(config: Mapping[str, Any], **overrides) -> HunyuanVideoTransform
                   refiner_depth=config.get("num_refiner_layers", 2), mlp_ratio=float(config.get("mlp_ratio", 4.0)),
                   patch=(config.get("patch_size_t", 1), patch, patch),
                   guidance_embeds=config.get("guidance_embeds", True), text_dim=config.get("text_embed_dim", 4096),
-                  pooled_dim=config.get("pooled_projection_dim", 768), rope_theta=float(config.get("rope_theta", 256.0)),
+                  pooled_dim=config.get("pooled_projection_dim", 768),
+                  rope_theta=float(config.get("rope_theta", 256.0)),
                   rope_axes_dim=rope_axes)
     return HunyuanVideoTransformer(**{**fields, **overrides})
 
@@ -449,7 +450,8 @@ def _attention_rows(path: str, prefix: str, heads: int, projections: Sequence[tu
 
 
 def _linear_rows(ours: str, theirs: str) -> list[tuple]:
-    return [(f"{ours}/kernel", [f"{theirs}.weight"], porting.linear), (f"{ours}/bias", [f"{theirs}.bias"], porting.same)]
+    return [(f"{ours}/kernel", [f"{theirs}.weight"], porting.linear),
+            (f"{ours}/bias", [f"{theirs}.bias"], porting.same)]
 
 
 def name_table(module: HunyuanVideoTransformer) -> porting.NameTable:

@@ -4,10 +4,11 @@ feed-forward too, in its own joint attention.
 
 Both originals run diffusers' attention with separate `to_q` / `to_k` / `to_v` projections (bias on), a norm on q and
 k, RoPE, and `to_out`; they differ only in that norm (diffusers' `qk_norm`): Wan's "rms_norm_across_heads" (one
-RMSNorm over the flat projection, all heads together), CogVideoX's "layer_norm" (a LayerNorm per head, with bias); HunyuanVideo's "rms_norm" is an RMSNorm per head.
-`VideoAttention` is that layout with the norm chosen by name, `attention_rows` its rows of a port's name table. Both
-use diffusers' `FeedForward` with a tanh GELU (`FeedForward`, `feed_forward_rows`), and both end in `proj_out`, a
-Linear from the video tokens to their patches (`project_out`).
+RMSNorm over the flat projection, all heads together), CogVideoX's "layer_norm" (a LayerNorm per head, with bias);
+HunyuanVideo's "rms_norm" is an RMSNorm per head. `VideoAttention` is that layout with the norm chosen by name,
+`attention_rows` its rows of a port's name table. The feed-forward is diffusers' `FeedForward` with its activation by
+name (`FeedForward`, `feed_forward_rows`: the tanh GELU of all three, HunyuanVideo's token refiner's "linear-silu"),
+and the ports end in `proj_out`, a Linear from the video tokens to their patches (`project_out`).
 """
 
 from __future__ import annotations
