@@ -17,6 +17,7 @@ Read top to bottom: server state -> the round (local training, aggregation) -> e
 from __future__ import annotations
 
 import functools
+import logging
 import math
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -108,7 +109,7 @@ def make_round(task: FedGraphTask, algorithm: FedAvg, tx: optax.GradientTransfor
     (state, metrics). Client `k` trains with fold_in(key, k). Data and keys are arguments, not constants of the
     compiled program, so runs that differ only in seed or epsilon share it (JAX's persistent compilation cache).
     On a `mesh` whose batch axes hold several devices, each device trains its share of the sampled clients
-    (`shard_map`; their number must divide evenly)."""
+    (`shard_map`; `run` passes no mesh when their number does not divide evenly)."""
     train_clients = jax.vmap(make_local_train(task, algorithm, tx, local_epochs), in_axes=(None, 0, 0))
     if client_shards(mesh) > 1:
         vmapped, spread = train_clients, PartitionSpec(sharding_lib.BATCH_AXES)
@@ -214,10 +215,14 @@ def run(
         raise ConfigError(f"clients_per_round must be in [1, {num_clients}] (the federation's clients); "
                           f"got {per_round}")
     mesh = mesh_lib.make_mesh(mesh)
-    if per_round % client_shards(mesh):
-        raise ConfigError(f"{per_round} clients per round cannot be split evenly over the {client_shards(mesh)} "
-                          "devices of the mesh's batch axes: pick clients_per_round (or NUM_CLIENTS) as a multiple, "
-                          "or fewer devices (trainer.run.mesh = @MeshConfig(num_devices=...))")
+    # A recipe written for 2 clients still runs on a 4-GPU host: unsharded (every device trains all the clients), as
+    # the same round would on one device, and said once.
+    client_mesh = mesh if per_round % client_shards(mesh) == 0 else None
+    if client_mesh is None:
+        logging.warning("%d clients per round do not split evenly over the %d devices of the mesh's batch axes: the "
+                        "clients are not spread over devices (pick clients_per_round as a multiple to spread them, "
+                        "or fewer devices with trainer.run.mesh = @MeshConfig(num_devices=...))",
+                        per_round, client_shards(mesh))
     if task.model.level != federation.level:
         raise ConfigError(f"The model classifies {task.model.level}s but the federation is a {federation.level} "
                           "classification task: set the model's level to match")
@@ -281,7 +286,7 @@ def run(
             writer.close()
             checkpointer.close()
 
-    jitted_round = jax.jit(make_round(task, algorithm, tx, local_epochs, mesh),
+    jitted_round = jax.jit(make_round(task, algorithm, tx, local_epochs, client_mesh),
                            out_shardings=(replicated, replicated), donate_argnums=0)
 
     # -------------------------------------------------------------------------------------------------------- the loop

@@ -1,6 +1,6 @@
 """Clients spread over devices: one federated round with the client axis split over 4 (forced host) devices equals
 the same round on one device (each client differentiates its own copy of the global parameters: a gradient summed
-over the devices would differ). Run in a subprocess, since the device count is fixed when jax starts."""
+over the devices would differ); clients that do not divide over the devices run unsharded, with a warning. Run in a subprocess, since the device count is fixed when jax starts."""
 
 from __future__ import annotations
 
@@ -14,7 +14,6 @@ REPO = Path(__file__).resolve().parents[3]
 FOUR_DEVICES = """
 import jax, jax.numpy as jnp, numpy as np
 from jaxgen.core import mesh as mesh_lib
-from jaxgen.core.errors import ConfigError
 from jaxgen.core.optim import OptimizerConfig
 from jaxgen.projects.fedgcl import clients as clients_lib, federated, model, trainer
 from jaxgen.projects.fedgcl.task import FedGraphTask
@@ -50,12 +49,15 @@ for x, y in zip(jax.tree.leaves(one_state.params), jax.tree.leaves(four_state.pa
 for name in one_metrics:
     np.testing.assert_allclose(one_metrics[name], four_metrics[name], rtol=1e-5, atol=1e-6, err_msg=name)
 assert float(one_metrics["update_norm"]) > 0
-try:
-    trainer.run(task=task, federation=fed, workdir="unused", rounds=1, clients_per_round=3)
-except ConfigError as e:
-    assert "cannot be split evenly over the 4" in str(e), e
-else:
-    raise AssertionError("3 clients per round on 4 devices should be refused")
+import logging, tempfile
+messages = []
+class Keep(logging.Handler):
+    def emit(self, record):
+        messages.append(record.getMessage())
+logging.getLogger().addHandler(Keep())
+with tempfile.TemporaryDirectory() as workdir:  # 3 clients on 4 devices: run unsharded, said in a warning
+    trainer.run(task=task, federation=fed, workdir=workdir, rounds=1, clients_per_round=3, progress=False)
+assert any("do not split evenly over the 4" in m for m in messages), messages
 print("ok")
 """
 
