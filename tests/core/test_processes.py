@@ -6,6 +6,7 @@ Each case runs in a subprocess: forced CPU devices and collectives can abort a w
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -39,7 +40,7 @@ print(json.dumps(out))
 
 
 def run_meshes(workdir: Path, meshes: dict, devices: int) -> dict:
-    flags = f"--xla_force_host_platform_device_count={devices}"
+    flags = f"{os.environ.get('XLA_FLAGS', '')} --xla_force_host_platform_device_count={devices}"
     done = subprocess.run([sys.executable, "-c", MESH_SCRIPT, str(workdir), json.dumps(meshes)], cwd=REPO,
                           env=env(XLA_FLAGS=flags, JAX_PLATFORMS="cpu"), capture_output=True, text=True, timeout=280)
     assert done.returncode == 0, done.stderr[-3000:]

@@ -97,7 +97,7 @@ train.run(task=tasks.GraphTask(), workdir=sys.argv[1], train_steps=4, log_every=
 def test_packed_graphs_shard_one_graph_batch_per_device(tmp_path):
     """Two devices each hold one of the two packed graph batches and train like one device holding both."""
     run(toy_tasks.GraphTask(), Loader("toy_graphs", 8, seed=2, collate=toy_data.GraphCollate(2)), tmp_path / "one", 4)
-    environment = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=2", "JAX_PLATFORMS": "cpu",
+    environment = {**os.environ, "XLA_FLAGS": f"{os.environ.get('XLA_FLAGS', '')} --xla_force_host_platform_device_count=2", "JAX_PLATFORMS": "cpu",
                    "PYTHONPATH": os.pathsep.join([str(REPO / "tests"), str(REPO), os.environ.get("PYTHONPATH", "")])}
     done = subprocess.run([sys.executable, "-c", TWO_DEVICE_GRAPHS, str(tmp_path / "two")], cwd=REPO, env=environment,
                           capture_output=True, text=True, timeout=280)

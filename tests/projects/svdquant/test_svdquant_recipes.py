@@ -36,7 +36,8 @@ def _dit_shapes(files, model_binding):
 @pytest.mark.parametrize("experiment", EXPERIMENTS)
 def test_experiment_runs_the_driver_on_the_trained_dit(experiment, monkeypatch):
     monkeypatch.chdir(REPO)
-    _, shapes = _dit_shapes([f"configs/svdquant/{experiment}"], "driver.run.model")
+    # The whole module path: SIGE has a `driver.run` too, and gin cannot tell them apart from "driver.run".
+    _, shapes = _dit_shapes([f"configs/svdquant/{experiment}"], "jaxgen.projects.svdquant.driver.run.model")
     assert config.configured(config.trainer)().__wrapped__ is driver.run
     layers = {"/".join(k.key for k in path[1:-1]) for path, _ in jax.tree_util.tree_flatten_with_path(shapes)[0]
               if path[-1].key == "kernel"}

@@ -85,7 +85,7 @@ assert split >= 10, split  # the embed axis (24 = 4 x 6) is split over fsdp, not
 def test_a_sharded_load_on_four_devices_equals_the_unsharded_one(tmp_path):
     """In a subprocess: XLA's host device count is fixed when jax starts."""
     reference_model(seed=1).save_pretrained(tmp_path)
-    environment = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=4", "JAX_PLATFORMS": "cpu",
+    environment = {**os.environ, "XLA_FLAGS": f"{os.environ.get('XLA_FLAGS', '')} --xla_force_host_platform_device_count=4", "JAX_PLATFORMS": "cpu",
                    "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")])}
     done = subprocess.run([sys.executable, "-c", FOUR_DEVICE_LOAD, str(tmp_path)], cwd=REPO, env=environment,
                           capture_output=True, text=True, timeout=280)
