@@ -13,6 +13,8 @@ from __future__ import annotations
 import subprocess
 import sys
 
+import pytest
+
 from support.launch import REPO, env
 
 FSDP_DIT = """
@@ -71,3 +73,19 @@ def test_fsdp_training_of_a_tiny_dit_on_four_devices_equals_one_device():
     done = subprocess.run([sys.executable, "-c", FSDP_DIT], cwd=REPO, capture_output=True, text=True, timeout=280,
                           env=env(XLA_FLAGS="--xla_force_host_platform_device_count=4", JAX_PLATFORMS="cpu"))
     assert done.returncode == 0 and done.stdout.strip().endswith("ok"), done.stderr[-3000:]
+
+
+@pytest.mark.parametrize("recipe, model, remat", [("dit_xl2_fsdp_shape_classes32", "dit.DiT", False),
+                                                  ("uvit_h2_fsdp_shape_classes32", "uvit.UViT", True)])
+def test_fsdp_presets_parse_at_full_size_on_8_or_4_devices(recipe, model, remat):
+    import gin
+
+    from jaxgen.config import parse
+
+    parse([f"configs/diffusion/{recipe}.gin"])
+    assert gin.query_parameter(f"{model}.remat") is remat
+    assert gin.query_parameter("mesh.MeshConfig.fsdp") == 8
+    assert gin.query_parameter("%BATCH_SIZE") == 256
+    parse([f"configs/diffusion/{recipe}.gin", "configs/common/mesh_4.gin"])
+    assert (gin.query_parameter("mesh.MeshConfig.fsdp"), gin.query_parameter("mesh.MeshConfig.num_devices")) == (4, 4)
+    gin.clear_config()
