@@ -23,6 +23,8 @@ Why this shape, and what it means for the backends:
     `axis` option names; other mesh axes see the computation replicated. The wrapper works on global arrays, so it is
     correct whatever the inputs' sharding; it is fast when the surrounding activations are already split over
     `axis` on the sequence (a `with_sharding_constraint` on the model input is enough: the token-wise layers keep it).
+  - Cross-attention (queries from the video, keys from captions of another length, as in Wan) needs no exchange:
+    the queries stay split, every device holds the captions whole, and each attends its own tokens.
   - Diagnostics (`aux`) of the inner backend come back whole: `[batch, heads, ...]` leaves are joined over heads,
     scalars are the same on every device (SVG's computed density) and are taken as they are.
 
@@ -79,11 +81,13 @@ def ulysses_backend(q, k, v, *, bias=None, mask=None, context: nn_attention.Atte
     inner backend's `(out, aux)`, equal to running it on one device.
     """
     nn_attention.reject_bias_and_mask("ulysses", q, bias, mask)
-    if q.ndim != 4 or k.shape != q.shape or v.shape != q.shape:
-        raise ValueError(f"ulysses needs q, k, v of one shape [batch, seq, heads, head_dim]; got q {q.shape}, "
-                         f"k {k.shape}, v {v.shape}")
+    if q.ndim != 4 or k.shape != v.shape or (k.shape[0], *k.shape[2:]) != (q.shape[0], *q.shape[2:]):
+        raise ValueError(f"ulysses needs q [batch, seq, heads, head_dim] and k, v [batch, kv_seq, heads, head_dim]; "
+                         f"got q {q.shape}, k {k.shape}, v {v.shape}")
     backend = nn_attention.get_backend(inner)
     size = _mesh_axis_size(axis, q)
+    if k.shape[1] != q.shape[1]:
+        return _cross_attention(q, k, v, backend, axis, size, context, inner_options)
     text, first = _text_placement(context, text_tokens, text_first)
     heads, video = q.shape[2], q.shape[1] - text
     if heads % size:
@@ -126,6 +130,23 @@ def ulysses_backend(q, k, v, *, bias=None, mask=None, context: nn_attention.Atte
         video_out, text_out, aux = results
         return join_text(text_out, video_out), aux
     return results
+
+
+def _cross_attention(q, k, v, backend, axis: str, size: int, context, inner_options):
+    """Keys from another, short sequence (Wan's captions) that every device holds whole: each device attends its own
+    query tokens to all keys, with no communication at all."""
+    if q.shape[1] % size:
+        raise ValueError(f"ulysses splits the {q.shape[1]} query tokens of q {q.shape} over the {size} devices of "
+                         f"mesh axis {axis!r}; {q.shape[1]} is not a multiple of {size}")
+
+    def local(q, k, v):
+        return backend(q, k, v, context=context, **inner_options)
+
+    local_q = jax.ShapeDtypeStruct((q.shape[0], q.shape[1] // size, *q.shape[2:]), q.dtype)
+    _, aux_shapes = jax.eval_shape(local, local_q, k, v)
+    aux_specs = jax.tree.map(lambda leaf: P(), aux_shapes)
+    return jax.shard_map(local, in_specs=(P(None, axis), P(), P()), out_specs=(P(None, axis), aux_specs),
+                         axis_names={axis}, check_vma=False)(q, k, v)
 
 
 nn_attention.register_backend("ulysses", ulysses_backend)

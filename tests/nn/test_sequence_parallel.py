@@ -1,6 +1,6 @@
 """The "ulysses" sequence-parallel attention backend: on 4 forced host devices it equals the inner backend on one
 device, for dense attention and for SVG (interpret-mode kernel, per-head profiling and layout inside), with text
-tokens before or after the video; bad head counts and a missing mesh are clear errors.
+tokens before or after the video, and for cross-attention to captions; bad head counts and a missing mesh are clear errors.
 
 The 4-device cases run in one subprocess: XLA's host device count is fixed when jax starts (DESIGN.md)."""
 
@@ -44,6 +44,12 @@ for text, first in ((0, True), (3, True)):
     layout = VideoLayout(num_frames=4, frame_tokens=8, text_tokens=text, text_first=first)
     (out, _), (sp_out, _) = both(*qkv(layout.seq_len, 4), AttentionContext(video_layout=layout), backend="dense")
     np.testing.assert_allclose(sp_out, out, rtol=1e-5, atol=1e-6, err_msg=f"dense, text {text}")
+
+# cross-attention (Wan's captions: 5 keys every device holds whole): no exchange, queries stay split
+q, _, _ = qkv(32, 4)
+_, k, v = qkv(5, 4, seed=2)
+(out, _), (sp_out, _) = both(q, k, v, AttentionContext(), backend="dense")
+np.testing.assert_allclose(sp_out, out, rtol=1e-5, atol=1e-6, err_msg="cross-attention")
 
 # SVG with 5 text tokens last (HunyuanVideo's place), 8 heads: 2 per device; diagnostics come back whole
 layout = VideoLayout(num_frames=4, frame_tokens=8, text_tokens=5, text_first=False)
