@@ -1,0 +1,29 @@
+"""The scale-out benchmark runs end to end on CPU (`--quick`: 4 forced host devices, tiny Wan and DiT, Pallas
+interpret), so it cannot rot before a multi-GPU machine is lent: the 4-device sequence-parallel step must equal the
+1-device one, and FSDP training must run."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+from support.launch import REPO, env
+
+
+@pytest.mark.slow  # a benchmark's CPU run: `python -m pytest -m slow` (not in the default run)
+def test_scale_out_quick_runs_and_agrees_with_one_device(tmp_path):
+    done = subprocess.run([sys.executable, str(REPO / "experiments" / "bench" / "scale_out.py"), "--quick", "--out",
+                           str(tmp_path)], cwd=REPO, env=env(PYTHONPATH=str(REPO)), capture_output=True, text=True,
+                          timeout=900)
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
+    result = json.loads((tmp_path / "scale_out_quick.json").read_text())
+    assert result["device_counts"] == [1, 4] and result["devices"] == 4
+    rows = result["video"]["wan-14B"]["rows"]
+    assert [(r["devices"], r["variant"]) for r in rows] == [(1, "dense"), (1, "svg"), (4, "dense"), (4, "svg")]
+    for row in rows[2:]:
+        assert row["relative_l2_vs_1"] < 2e-2, row  # bf16 agreement; a wrong exchange gives ~1
+    dit_rows = result["dit"]["rows"]
+    assert [r["devices"] for r in dit_rows] == [1, 4] and all(r["images_per_s"] > 0 for r in dit_rows)
