@@ -12,7 +12,7 @@ import pytest
 from support.launch import REPO, env
 
 SCRIPT = """
-import sys
+import json, sys
 import jax, numpy as np
 from jaxgen.core.mesh import MeshConfig
 from jaxgen.projects.svg import DenseGate, generate
@@ -35,6 +35,8 @@ split = generate.run(workdir=f"{root}/two", mesh=MeshConfig(data=1, fsdp=2), seq
 for name in ("latents_dense.npy", "latents_svg_d0.3.npy"):
     error = rel_err(np.load(f"{root}/two/{name}"), np.load(f"{root}/one/{name}"))
     assert error < 1e-5, (name, error)
+metrics = json.load(open(f"{root}/two/metrics.json"))
+assert metrics["mesh"]["axes"]["fsdp"] == 2 and metrics["sequence_axis"] == "fsdp", metrics
 print("ok", split.eval_results["generate"]["relative_l2_to_dense_d0.3"])
 """
 
