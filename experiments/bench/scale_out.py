@@ -24,7 +24,9 @@ What runs, for each device count N (the first N devices; N = 1 first, the baseli
           --weights fsdp (default) splits them over the same axis by the logical-axis rules (28.6 GB -> 3.6 GB a GPU
           on 8), gathered layer by layer; "replicated" keeps a whole copy on every GPU. Reported: ms per step (median
           of --reps after a warm-up call), speed-up over N = 1 and the relative L2 distance of the N-GPU output to
-          the one-GPU output (bf16: about 1e-2 is agreement; a wrong exchange gives ~1).
+          the one-GPU output (bf16: about 1e-2 is agreement; a wrong exchange gives ~1), and what the compiled program
+          exchanges (`collectives`: per kind, count and largest result; the largest all-gather should be one layer's
+          weights, never an activation [2, tokens, 5120]).
           HunyuanVideo-13B (the issue's other model) joins `VIDEO_MODELS` once its Flax port is on main: it needs only
           its entry there (module builder, latents, text length, text placement).
   dit     DiT-XL/2 training (experiments/bench/dit_train.py's model, loss and AdamW: 256 tokens, 675 M parameters,
@@ -56,6 +58,7 @@ import dataclasses  # noqa: E402
 import functools  # noqa: E402
 import gc  # noqa: E402
 import json  # noqa: E402
+import re  # noqa: E402
 import time  # noqa: E402
 from collections.abc import Callable  # noqa: E402
 from typing import Any  # noqa: E402
@@ -142,6 +145,32 @@ def random_weights(module: nn.Module, inputs: tuple, mesh, weights: str):
     return on_device(make, shardings)
 
 
+COLLECTIVE = re.compile(r"= (.+?) (all-to-all|all-gather|all-reduce|reduce-scatter|collective-permute)(?:-start)?\(")
+ARRAY_TYPE = re.compile(r"\b(pred|[a-z]+\d+)\[([\d,]*)\]")  # "bf16[2,32,40,128]"
+
+
+def _itemsize(hlo_dtype: str) -> int:
+    """Bytes of an HLO element type: "bf16" -> 2, "f32" -> 4, "pred" -> 1."""
+    return 1 if hlo_dtype == "pred" else max(1, int(re.search(r"\d+$", hlo_dtype).group()) // 8)
+
+
+def collectives(compiled) -> dict[str, Any]:
+    """What the compiled program exchanges, from its HLO: per kind the count of ops (a scan's body counts once) and
+    the largest result in bytes. Sequence parallelism is working when the largest all-gather is a layer's weights and
+    not an activation `[batch, tokens, width]`."""
+    summary: dict[str, Any] = {}
+    for line in compiled.as_text().splitlines():
+        match = COLLECTIVE.search(line)
+        if not match:
+            continue
+        size = sum(_itemsize(dtype) * int(np.prod([int(d) for d in dims.split(",") if d]))
+                   for dtype, dims in ARRAY_TYPE.findall(match.group(1)))
+        entry = summary.setdefault(match.group(2), {"count": 0, "largest_bytes": 0})
+        entry["count"] += 1
+        entry["largest_bytes"] = max(entry["largest_bytes"], size)
+    return summary
+
+
 def host_copy(x) -> np.ndarray | None:
     return np.asarray(x, np.float32) if x.is_fully_addressable else None
 
@@ -158,8 +187,8 @@ def video_part(args, name: str, model: VideoModel, counts: list[int], dense_back
     tokens = base.layout(shapes[0]).seq_len
     log(f"\n{name}: latents {shapes[0]}, {tokens} tokens, {base.depth} layers x {base.num_heads} heads, "
         f"weights {args.weights}")
-    result = {"latents": list(shapes[0]), "tokens": tokens, "text_len": text_len, "weights": args.weights,
-              "density": args.density, "rows": []}
+    result = {"latents": list(shapes[0]), "tokens": tokens, "width": base.width, "text_len": text_len,
+              "weights": args.weights, "density": args.density, "rows": []}
     reference = {}
     for n in counts:
         mesh = sub_mesh(n)
@@ -194,7 +223,8 @@ def video_part(args, name: str, model: VideoModel, counts: list[int], dense_back
                 compile_s = time.perf_counter() - compile_start
                 ms, first_s, out = svg_real.median_ms(compiled, params, latents, timestep, text, keys[1],
                                                       reps=args.reps)
-                row = {"devices": n, "variant": variant, "ms": ms, "compile_s": compile_s, "first_call_s": first_s}
+                row = {"devices": n, "variant": variant, "ms": ms, "compile_s": compile_s, "first_call_s": first_s,
+                       "collectives": collectives(compiled)}
                 output = host_copy(out)
                 if n == 1:
                     reference[variant] = (ms, output)
@@ -207,7 +237,9 @@ def video_part(args, name: str, model: VideoModel, counts: list[int], dense_back
                     row["svg_speedup_vs_dense"] = dense_ms / ms
                 dense_ms = ms
                 result["rows"].append(row)
-                log(f"  {n} device(s) {variant:5s}: {ms:10.1f} ms/step  (compile {compile_s:.1f} s)"
+                gathered = row["collectives"].get("all-gather", {}).get("largest_bytes", 0)
+                log(f"  {n} device(s) {variant:5s}: {ms:10.1f} ms/step  (compile {compile_s:.1f} s, largest all-gather "
+                    f"{gathered / 2**20:.1f} MiB)"
                     + (f"  {row['speedup_vs_1']:.2f}x over 1, rel. L2 vs 1: {row['relative_l2_vs_1']}"
                        if "speedup_vs_1" in row else ""))
                 del compiled, out
