@@ -137,11 +137,16 @@ def main(argv=None) -> dict:
     print(f"device {device_name()}, jax {jax.__version__}", flush=True)
     results = {"device": device_name(), "jax": jax.__version__, "quick": args.quick, "dtype": str(args.dtype),
                "attention": args.attention, "steps": args.steps, "windows": args.windows,
-               "date": time.strftime("%Y-%m-%d"), "uvit": bench_uvit(args), "autoencoders": bench_autoencoders(args)}
+               "date": time.strftime("%Y-%m-%d")}
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    # Written after each part, so a run stopped by a time limit still leaves the UViT result on disk.
+    results["uvit"] = bench_uvit(args)
+    out.write_text(json.dumps(results, indent=1, default=float))
     ratios = {k: round(v["speedup_over_f8p2"], 2) for k, v in results["uvit"]["layouts"].items()}
     print(f"UViT forward throughput over f8p2: {ratios} (goal f64p1 >= 10x)", flush=True)
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(json.dumps(results, indent=1, default=float))
+    results["autoencoders"] = bench_autoencoders(args)
+    out.write_text(json.dumps(results, indent=1, default=float))
     return results
 
 

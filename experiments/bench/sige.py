@@ -1,12 +1,15 @@
-"""SIGE: one UNet pass on an edited input, dense vs spatially sparse incremental, at edit areas 1.2 / 5 / 15 / 30 %.
+"""SIGE: one pass of a UNet or of the GauGAN generator on an edited input, dense vs spatially sparse incremental, at
+edit areas 1.2 / 5 / 15 / 30 %.
 
 Recipe:
   command   GPU: PYTHONPATH=. python3 experiments/bench/sige.py --out experiments/bench/sige.json
             CPU (reduced widths and sizes, see --quick; bf16 is emulated on CPU, so float32 only):
             PYTHONPATH=. nice -n 10 python3 experiments/bench/sige.py --quick --reps 5 --dtypes float32 \
                 --out experiments/bench/sige_cpu.json
+            (--models gaugan runs one model; the merge comparison then runs only with --merge)
   hardware  one GPU (H100) for the full sizes; --quick runs on CPU
-  wall time --quick: about 6 minutes on 2 shared CPU cores (2026-12-07); full sizes on an H100: not yet run
+  wall time --quick: about 6 minutes on 2 shared CPU cores for ddpm and sd, 2 for gaugan (2026-12-07); full sizes
+            on an H100: not yet run
   expected  goals from the paper's claim: at ~1.2 % edit area ≥ 5× fewer MACs and ≥ 2× lower latency than dense;
             at 30 % never slower than 1.1× dense
 
@@ -17,12 +20,19 @@ Models (random weights; timing does not depend on their values):
   sd    a Stable-Diffusion-1.x-shaped latent UNet (`sd_unet`: 320/640/1280/1280, transformer blocks with self- and
         cross-attention on 77 × 768 text tokens, 64² latents), sites below 16² dense; --quick: 64/128/256/256
         channels, same latents and threshold
+  gaugan the GauGAN generator of the official SIGE benchmark (`gaugan`: ngf 64, 36 input channels, "more"
+        upsampling, eval-mode batch norm) on 256 × 512 one-hot maps, sites below 16 rows dense (the official
+        num_sparse_layers 5: G_middle_1 and up); --quick: ngf 16 on 128 × 256 maps, sites below 8 rows dense (the
+        same blocks sparse)
 
-The edit is a square of the given area fraction placed off-centre; its mask is given to the engine (as SDEdit does
-with the mask of the clean images), dilated by one pixel per resolution (the official default). For each model,
-dtype and area, in one process: the dense jitted `module.apply` on the edited input, and `IncrementalEngine.edit`
-after `full` on the original (the plan of a mask is built once per edit and reused by every denoising step, so it
-is timed separately as `plan_ms`). Latencies: median of --reps after one warm-up call (which compiles), each ended
+The edit is a square of the given area fraction placed off-centre: for the UNets the input moves there and the
+mask is given to the engine (as SDEdit does with the mask of the clean images); for GauGAN the map is relabelled
+there (a random map of 16-pixel label cells, each edited pixel gets the next label) and the mask is the
+difference of the two one-hot maps. Masks are dilated by one pixel per resolution (the UNets' official default),
+two for GauGAN (its official downsample_dilate_radius). For each model, dtype and area, in one process: the dense
+jitted `module.apply` on the edited input, and `IncrementalEngine.edit` after `full` on the original (the plan of
+a mask — for GauGAN with its difference mask — is built once per edit and reused by every later call, so it is
+timed separately as `plan_ms`). Latencies: median of --reps after one warm-up call (which compiles), each ended
 by block_until_ready, dense and sparse calls alternating. MACs: convs, attention and projections from shapes
 (`IncrementalEngine.macs`): `sparse` counts active tiles, `executed` the padded bucket slots the program runs.
 First, the merge alone at the DDPM UNet's finest site: tiles written into the cached map through the scatter map
@@ -33,6 +43,7 @@ Imports jax, flax, numpy and jaxgen.projects.sige only (no gin, no TFDS, no diff
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import math
 import statistics
@@ -42,23 +53,52 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxgen.projects.sige import IncrementalEngine, SigeUNet, ddpm_unet, random_params, sd_unet
+from jaxgen.projects.sige import IncrementalEngine, SigeUNet, ddpm_unet, gaugan, random_params, sd_unet
 from jaxgen.projects.sige import masks as masks_lib
 from jaxgen.projects.sige.layers import merge_tiles
 
 AREAS = (0.012, 0.05, 0.15, 0.30)
+MODELS = ("ddpm", "sd", "gaugan")
 
 
-def models(quick: bool, dtype):
-    """name -> (module, input shape, conditioning shapes, min_sparse_res)."""
+@dataclasses.dataclass
+class Setting:
+    """One benchmarked model: its input shape, conditioning shapes, the engine's `min_sparse_res` and dilation;
+    `segmap`: the input is a one-hot semantic map (edited by relabelling, no timesteps) rather than an image."""
+
+    module: object
+    shape: tuple[int, ...]
+    cond_shapes: dict
+    min_res: int
+    dilation: int = 1
+    segmap: bool = False
+
+
+def models(quick: bool, dtype) -> dict[str, Setting]:
     if quick:
         ddpm = SigeUNet(block_out_channels=(32, 32, 64, 64, 128, 128), dtype=dtype)
         sd = SigeUNet(in_channels=4, out_channels=4, block_out_channels=(64, 128, 256, 256),
                       attention_levels=(True, True, True, False), groups=32, eps=1e-5, num_heads=8,
                       cross_attention_dim=768, flip_sin_to_cos=True, freq_shift=0.0, dtype=dtype)
-        return {"ddpm": (ddpm, (1, 128, 128, 3), {}, 32), "sd": (sd, (1, 64, 64, 4), {"context": (1, 77, 768)}, 16)}
-    return {"ddpm": (ddpm_unet(dtype), (1, 256, 256, 3), {}, 64),
-            "sd": (sd_unet(dtype), (1, 64, 64, 4), {"context": (1, 77, 768)}, 16)}
+        return {"ddpm": Setting(ddpm, (1, 128, 128, 3), {}, 32),
+                "sd": Setting(sd, (1, 64, 64, 4), {"context": (1, 77, 768)}, 16),
+                "gaugan": Setting(gaugan(ngf=16, dtype=dtype), (1, 128, 256, 36), {}, 8, 2, True)}
+    return {"ddpm": Setting(ddpm_unet(dtype), (1, 256, 256, 3), {}, 64),
+            "sd": Setting(sd_unet(dtype), (1, 64, 64, 4), {"context": (1, 77, 768)}, 16),
+            "gaugan": Setting(gaugan(dtype=dtype), (1, 256, 512, 36), {}, 16, 2, True)}
+
+
+def inputs(setting: Setting, rng: np.random.Generator, dtype):
+    """(original input, its edit for a mask) — a Gaussian image moved by 1 inside the mask, or a one-hot map of
+    16-pixel label cells relabelled inside it."""
+    batch, height, width, channels = setting.shape
+    if not setting.segmap:
+        x = jnp.asarray(rng.standard_normal(setting.shape), dtype)
+        return x, lambda mask: jnp.where(jnp.asarray(mask)[None, :, :, None], x + 1.0, x).astype(dtype)
+    cells = rng.integers(0, channels, (batch, height // 16, width // 16))
+    labels = np.repeat(np.repeat(cells, 16, axis=1), 16, axis=2)
+    return (jax.nn.one_hot(labels, channels, dtype=dtype),
+            lambda mask: jax.nn.one_hot(np.where(mask, (labels + 1) % channels, labels), channels, dtype=dtype))
 
 
 def square_mask(height: int, width: int, area: float) -> np.ndarray:
@@ -82,27 +122,32 @@ def timed_pair(first, second, reps: int) -> tuple[float, float]:
     return 1e3 * statistics.median(times[0]), 1e3 * statistics.median(times[1])
 
 
-def run(quick: bool, reps: int, dtypes: list[str], areas: tuple[float, ...]) -> list[dict]:
+def run(quick: bool, reps: int, dtypes: list[str], areas: tuple[float, ...], names: list[str]) -> list[dict]:
     rows = []
     for dtype_name in dtypes:
         dtype = jnp.dtype(dtype_name)
-        for name, (module, shape, cond_shapes, min_res) in models(quick, dtype).items():
+        settings = models(quick, dtype)
+        for name in names:
+            setting = settings[name]
+            module, shape = setting.module, setting.shape
             rng = np.random.default_rng(0)
-            x = jnp.asarray(rng.standard_normal(shape), dtype)
-            cond = {k: jnp.asarray(rng.standard_normal(s), dtype) for k, s in cond_shapes.items()}
-            t = jnp.full((shape[0],), 500.0)
-            params = random_params(module, x, t, **cond)
+            x, edit_of = inputs(setting, rng, dtype)
+            cond = {k: jnp.asarray(rng.standard_normal(s), dtype) for k, s in setting.cond_shapes.items()}
+            if not setting.segmap:
+                cond["timesteps"] = jnp.full((shape[0],), 500.0)
+            params = random_params(module, x, **cond)
             dense = jax.jit(module.apply)
-            engine = IncrementalEngine(module, params, dilation=1, min_sparse_res=min_res)
-            engine.full(x, timesteps=t, **cond)
+            engine = IncrementalEngine(module, params, dilation=setting.dilation, min_sparse_res=setting.min_res)
+            engine.full(x, **cond)
             for area in areas:
-                mask = square_mask(shape[1], shape[2], area)
-                edited = jnp.where(jnp.asarray(mask)[None, :, :, None], x + 1.0, x).astype(dtype)
+                edited = edit_of(square_mask(shape[1], shape[2], area))
                 start = time.perf_counter()
+                mask = masks_lib.difference_mask(x, edited) if setting.segmap else square_mask(shape[1], shape[2],
+                                                                                                 area)
                 plan = engine.plan(mask)
                 plan_ms = 1e3 * (time.perf_counter() - start)
-                dense_ms, sparse_ms = timed_pair(lambda: dense(params, edited, t, **cond),
-                                                 lambda: engine.edit(edited, mask=mask, timesteps=t, **cond), reps)
+                dense_ms, sparse_ms = timed_pair(lambda: dense(params, edited, **cond),
+                                                 lambda: engine.edit(edited, mask=mask, **cond), reps)
                 macs = engine.macs(plan)
                 row = {"model": name, "dtype": dtype_name, "area": area, "mask_area": float(mask.mean()),
                        "bucket": plan.level, "macs_dense": macs["dense"], "macs_sparse": macs["sparse"],
@@ -146,13 +191,19 @@ def main():
     parser.add_argument("--reps", type=int, default=10)
     parser.add_argument("--dtypes", default="float32,bfloat16")
     parser.add_argument("--areas", default=",".join(str(a) for a in AREAS))
+    parser.add_argument("--models", default=None, help=f"comma-separated, of {', '.join(MODELS)} (default: all, "
+                        "and the merge comparison)")
+    parser.add_argument("--merge", action="store_true", help="the merge comparison even with --models given")
     parser.add_argument("--out", default="experiments/bench/sige.json")
     args = parser.parse_args()
+    names = args.models.split(",") if args.models else list(MODELS)
+    if set(names) - set(MODELS):
+        parser.error(f"unknown models {sorted(set(names) - set(MODELS))}; choose from {', '.join(MODELS)}")
     device = jax.devices()[0]
     print(f"device: {device.device_kind} ({device.platform}), jax {jax.__version__}", flush=True)
     areas = tuple(float(a) for a in args.areas.split(","))
-    merge = merge_variants(args.quick, args.reps, areas)
-    rows = run(args.quick, args.reps, args.dtypes.split(","), areas)
+    merge = merge_variants(args.quick, args.reps, areas) if args.models is None or args.merge else []
+    rows = run(args.quick, args.reps, args.dtypes.split(","), areas, names)
     result = {"device": device.device_kind, "platform": device.platform, "jax": jax.__version__,
               "quick": args.quick, "reps": args.reps, "date": time.strftime("%Y-%m-%d", time.gmtime()),
               "rows": rows, "merge": merge}

@@ -1,12 +1,14 @@
-"""Tables and the accuracy-vs-epsilon plot of the DP-FedGCL grid (`experiments/fedgcl/sweeps.sh ROOT`).
+"""Tables and the accuracy-vs-epsilon plot of a DP-FedGCL grid (`experiments/fedgcl/sweeps.sh ROOT [DATASET]`).
 
     PYTHONPATH=. python3 experiments/fedgcl/summarize.py --root runs/fedgcl/grid --out experiments/fedgcl
+    PYTHONPATH=. python3 experiments/fedgcl/summarize.py --root runs/fedgcl/sbm --dataset sbm --out experiments/fedgcl
 
 Each run's score is its test accuracy at the evaluation with the best validation accuracy (the earliest one on ties;
 evaluations every 5 rounds); the final round's test accuracy is kept beside it. Writes `results.json` (every run's
-numbers and the per-cell means) and `accuracy_vs_epsilon.png`, and prints the markdown tables of the README: accuracy
-per (model, GCL) and epsilon, the DP-induced drop acc(inf) - acc(epsilon) without and with GRACE, and the final
-round's accuracy.
+numbers and the per-cell means) and `accuracy_vs_epsilon.png` (`results_<dataset>.json` and
+`accuracy_vs_epsilon_<dataset>.png` for a dataset other than the Drosophila connectome), and prints the markdown
+tables of the README: accuracy per (model, GCL) and epsilon, the DP-induced drop acc(inf) - acc(epsilon) without and
+with GRACE, and the final round's accuracy.
 """
 
 from __future__ import annotations
@@ -20,8 +22,12 @@ import numpy as np
 
 from jaxgen import sweep
 
-EPSILONS = {"epsinf": float("inf"), "eps8": 8.0, "eps4": 4.0, "eps2": 2.0, "eps1": 1.0}
-MODELS = {"drosophila_gcn": "GCN", "drosophila_gat": "GAT", "drosophila_sage": "GraphSAGE", "drosophila_gin": "GIN"}
+ALL_EPSILONS = {"epsinf": float("inf"), "eps8": 8.0, "eps4": 4.0, "eps2": 2.0, "eps1": 1.0}
+LAYERS = {"gcn": "GCN", "gat": "GAT", "sage": "GraphSAGE", "gin": "GIN"}
+DATASETS = {"drosophila": "the Drosophila connectome", "sbm": "the small contextual SBM"}
+# The grid being summarised (set by main from --dataset and the folders present).
+EPSILONS = dict(ALL_EPSILONS)
+MODELS = {f"drosophila_{layer}": name for layer, name in LAYERS.items()}
 GCL = {"base": "without GCL", "grace": "with GRACE"}
 VAL, TEST = "eval/accuracy/val_accuracy", "eval/accuracy/test_accuracy"
 
@@ -82,14 +88,15 @@ def drop_table(runs) -> str:
     return "\n".join(drops)
 
 
-def plot(runs, path: Path) -> None:
+def plot(runs, path: Path, title: str) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     xs = np.arange(len(EPSILONS))
-    fig, axes = plt.subplots(1, len(MODELS), figsize=(4.2 * len(MODELS), 3.4), sharey=True)
+    fig, axes = plt.subplots(1, len(MODELS), figsize=(4.2 * len(MODELS), 3.4), sharey=True, squeeze=False)
+    axes = axes[0]
     for ax, (config, model) in zip(axes, MODELS.items()):
         for tier, gcl in GCL.items():
             stats = [cell(runs, e, config, tier) for e in EPSILONS]
@@ -101,7 +108,7 @@ def plot(runs, path: Path) -> None:
         ax.grid(alpha=0.3)
     axes[0].set_ylabel("test accuracy % (best val round)")
     axes[0].legend()
-    fig.suptitle("DP-FedGCL on the Drosophila connectome: 2 clients, mean ± std over 3 seeds")
+    fig.suptitle(title)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
@@ -110,14 +117,21 @@ def plot(runs, path: Path) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--root", required=True, type=Path)
+    parser.add_argument("--dataset", default="drosophila", choices=sorted(DATASETS))
     parser.add_argument("--out", required=True, type=Path)
     args = parser.parse_args()
+    global EPSILONS, MODELS
+    EPSILONS = {name: e for name, e in ALL_EPSILONS.items() if (args.root / name).is_dir()}
     runs = load(args.root)
+    MODELS = {config: name for layer, name in LAYERS.items()
+              if any(k[1] == (config := f"{args.dataset}_{layer}") for k in runs)}
+    suffix = "" if args.dataset == "drosophila" else f"_{args.dataset}"
     args.out.mkdir(parents=True, exist_ok=True)
-    plot(runs, args.out / "accuracy_vs_epsilon.png")
+    plot(runs, args.out / f"accuracy_vs_epsilon{suffix}.png",
+         f"DP-FedGCL on {DATASETS[args.dataset]}: 2 clients, mean ± std over 3 seeds")
     results = {"runs": {"/".join(k): v for k, v in sorted(runs.items())},
                "cells": {"/".join(k): dict(zip(("mean", "std", "n"), cell(runs, *k))) for k in sorted(runs)}}
-    (args.out / "results.json").write_text(json.dumps(results, indent=1))
+    (args.out / f"results{suffix}.json").write_text(json.dumps(results, indent=1))
     print(accuracy_table(runs, "test_at_best_val"), drop_table(runs), accuracy_table(runs, "final_test"), sep="\n\n")
 
 

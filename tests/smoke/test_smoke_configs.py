@@ -5,6 +5,7 @@ this file (every other config) and `test_smoke_configs_2.py` (the rest), which r
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
@@ -31,6 +32,9 @@ def test_smoke_config_runs(config, tmp_path):
 
 def run_smoke(config, tmp_path):
     assert cli.main(["run", str(config), "--workdir", str(tmp_path), "--no-progress"]) == 0
+    if (tmp_path / "results.json").is_file():   # an inference-only driver (SIGE's editing runs): no training loop
+        assert json.loads((tmp_path / "results.json").read_text())
+        return
     records = metrics.read_records(tmp_path)
     assert any("loss" in r for r in records), "no training record"
     assert (tmp_path / "checkpoints").is_dir()

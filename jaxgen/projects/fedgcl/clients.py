@@ -1,11 +1,13 @@
 """A federation: a dataset split over clients, each client's edges perturbed by itself, all padded to one size and
 stacked along a leading client axis, so one `vmap` trains every sampled client at once.
 
-Node classification (one graph: karate, SBM, Drosophila): nodes are drawn into train / validation / test by the
-data seed, assigned to clients by the split, and each client holds the subgraph induced by its nodes (edges between
-clients are lost, as in subgraph-federated learning). Graph classification (the mice): graphs are drawn into train /
-validation / test and assigned to clients; node features are standardised per column over the dataset, and
-`strongest_edges` keeps that fraction of each graph's heaviest edges (the connectomes are two-thirds dense).
+Node classification (one graph: karate, SBM, Drosophila, the Planetoid citation graphs): nodes are drawn into train /
+validation / test by the data seed (or, with `item_split='public'`, take the split the dataset ships in its
+`node_split`: Planetoid's public split), assigned to clients by the split, and each client holds the subgraph induced
+by its nodes (edges between clients are lost, as in subgraph-federated learning). Graph classification (the mice):
+graphs are drawn into train / validation / test and assigned to clients; node features are standardised per column
+over the dataset, and `strongest_edges` keeps that fraction of each graph's heaviest edges (the connectomes are
+two-thirds dense).
 
 Then each client applies the edge-level DP mechanism (`privacy`) with `epsilon` to each of its graphs, before any
 training: the guarantee holds per client graph (`privacy.guarantee`). A client whose true graph has no edge is refused
@@ -76,6 +78,20 @@ def _split_items(labels: np.ndarray, train_fraction: float, val_fraction: float,
     return tuple(masks)
 
 
+def _public_split(graph: dict[str, np.ndarray], name: str) -> tuple[np.ndarray, ...]:
+    """The train / validation / test masks a dataset ships (`node_split`: 0, 1, 2; -1 none)."""
+    if "node_split" not in graph:
+        raise ValueError(f"{name} ships no public split (no `node_split`); use item_split='random'")
+    roles = graph["node_split"]
+    return tuple((roles == role) & (graph["node_labels"] >= 0) for role in (0, 1, 2))
+
+
+def row_normalized(features: np.ndarray) -> np.ndarray:
+    """Each node's features divided by their sum (GCN's preprocessing of bag-of-words rows); all-zero rows stay."""
+    sums = features.sum(1, keepdims=True)
+    return np.where(sums != 0, features / np.where(sums != 0, sums, 1.0), 0.0).astype(np.float32)
+
+
 def _perturb(adjacency: np.ndarray, mechanism: str | None, epsilon: float | None, key) -> np.ndarray:
     if mechanism is None or epsilon is None:
         return adjacency
@@ -106,12 +122,19 @@ def _pad_rows(rows: list[np.ndarray], width: int, dtype) -> np.ndarray:
 
 def node_federation(graph: dict[str, np.ndarray], *, num_clients: int, split, mechanism: str | None,
                     epsilon: float | None, train_fraction: float, val_fraction: float, seed: int,
-                    name: str = "graph") -> Federation:
+                    item_split: str = "random", row_normalize: bool = False, name: str = "graph") -> Federation:
     """Clients of one graph given as `data.load_graphs` returns it (see the module docstring)."""
     features, labels = graph["node_features"], graph["node_labels"]
+    if row_normalize:
+        features = row_normalized(features)
     n = len(labels)
     senders, receivers = graphs.undirected_edges(graph["senders"], graph["receivers"], n)
-    train, val, test = _split_items(labels, train_fraction, val_fraction, np.random.default_rng([seed, 0]))
+    if item_split == "public":
+        train, val, test = _public_split(graph, name)
+    elif item_split == "random":
+        train, val, test = _split_items(labels, train_fraction, val_fraction, np.random.default_rng([seed, 0]))
+    else:
+        raise ValueError(f"item_split must be 'random' or 'public'; got {item_split!r}")
     assignment = split.assign(labels, num_clients, np.random.default_rng([seed, 1]), edges=(senders, receivers))
     key = jax.random.key(int(np.random.default_rng([seed, 2]).integers(2**31)))
     client_graphs, members, true_edges, kept_edges = [], [], [], []
@@ -213,10 +236,13 @@ def graph_federation(dataset_graphs: list[dict[str, np.ndarray]], *, num_clients
 
 def federate(dataset: str, *, level: str = "node", num_clients: int = 4, split=IID(), privacy: str | None = None,
              epsilon: float | None = None, train_fraction: float = 0.2, val_fraction: float = 0.2, seed: int = 0,
-             strongest_edges: float | None = None, data_dir: str | None = None) -> Federation:
-    """A registered dataset (`fedgcl_karate`, `fedgcl_sbm/small`, `fedgcl_drosophila`, `fedgcl_mice`, ...) as a
-    federation. `privacy` names a mechanism of `privacy.MECHANISMS` (None, or `epsilon=None`: no perturbation,
-    epsilon = inf); `seed` draws the item split, the client assignment and the privacy noise."""
+             strongest_edges: float | None = None, item_split: str = "random", row_normalize: bool = False,
+             data_dir: str | None = None) -> Federation:
+    """A registered dataset (`fedgcl_karate`, `fedgcl_sbm/small`, `fedgcl_drosophila`, `fedgcl_mice`,
+    `fedgcl_planetoid/cora`, ...) as a federation. `privacy` names a mechanism of `privacy.MECHANISMS` (None, or
+    `epsilon=None`: no perturbation, epsilon = inf); `seed` draws the item split (`item_split='random'`, by the
+    fractions; 'public': the dataset's own, node tasks only), the client assignment and the privacy noise;
+    `row_normalize` divides each node's features by their sum (node tasks)."""
     if level not in LEVELS:
         raise ValueError(f"level must be one of {LEVELS}; got {level!r}")
     _check_privacy(privacy, epsilon)
@@ -227,9 +253,14 @@ def federate(dataset: str, *, level: str = "node", num_clients: int = 4, split=I
         if len(dataset_graphs) != 1:
             raise ValueError(f"Node classification needs one graph; {dataset} has {len(dataset_graphs)} "
                              "(level='graph' classifies whole graphs)")
-        federation = node_federation(dataset_graphs[0], name=dataset, **common)
+        federation = node_federation(dataset_graphs[0], name=dataset, item_split=item_split,
+                                     row_normalize=row_normalize, **common)
     else:
+        if item_split != "random" or row_normalize:
+            raise ValueError("item_split='public' and row_normalize are for node tasks; graph tasks draw their split "
+                             "at random and standardise node features per column")
         federation = graph_federation(dataset_graphs, name=dataset, strongest_edges=strongest_edges, **common)
     federation.description.update(dataset=dataset, num_clients=num_clients, split=repr(split), privacy=privacy,
-                                  epsilon=epsilon, seed=seed, train_fraction=train_fraction, val_fraction=val_fraction)
+                                  epsilon=epsilon, seed=seed, train_fraction=train_fraction, val_fraction=val_fraction,
+                                  item_split=item_split, row_normalize=row_normalize)
     return federation

@@ -15,6 +15,18 @@
   the 9 anatomical statistics of each region graspologic ships (voxels, volume, ADC, DWI, e1-e3, FA, RD). Node `i`
   is atlas region `i + 1` for `i < 166` and `1001 + (i - 166)` after (the order of graspologic's `blocks.csv`:
   166 regions per hemisphere); this mapping is our reading of the files, graspologic states none.
+- `fedgcl_planetoid/{cora,citeseer,pubmed}`: the three citation graphs of Yang et al. (ICML 2016) in the raw files of
+  their Planetoid release (`ind.<name>.{x,tx,allx,y,ty,ally,graph,test.index}`: pickled scipy sparse matrices, numpy
+  arrays and a dict of adjacency lists), with the public split of Kipf & Welling's GCN and PyG (20 training nodes per
+  class, the next 500 for validation, the 1,000 listed test nodes) stored as `node_split` (0 train, 1 validation,
+  2 test, -1 none). Not bundled and not downloadable here: the 24 files go by hand into
+  `<data dir>/downloads/manual/planetoid/` (`PLANETOID_URL`). Features: the bag-of-words rows as given (row
+  normalisation, as GCN does, is `clients.federate(row_normalize=True)`).
+
+A foreign TFDS dataset is converted too: `ogbg_molpcba` (OGB's 437,929 molecules, 128 binary assays with missing
+labels) elements become graphs of one assay (`molpcba_graphs`) and jraph `GraphsTuple`s (`molpcba_graphs_tuples`). It
+needs the internet once (`jaxgen data prepare ogbg_molpcba`); the federated trainer does not run on it (see the
+project README).
 
 The two connectomes are read out of graspologic's wheel with `zipfile` (graspologic 3.4.4 does not install on numpy 2,
 and nothing of it is needed but these files): `pip download --no-deps graspologic==3.4.4 -d ~/.cache/jaxgen/wheels`
@@ -29,7 +41,9 @@ from __future__ import annotations
 import functools
 import io
 import os
+import pickle
 import zipfile
+from collections.abc import Iterable, Mapping
 from pathlib import Path
 
 import numpy as np
@@ -37,6 +51,7 @@ import tensorflow_datasets as tfds
 
 from jaxgen.data import sources as sources_lib
 from jaxgen.data.sources import DatasetMissingError
+from jaxgen.projects.fedgcl import graphs as graphs_lib
 from jaxgen.projects.fedgcl.graphs import EmptyGraphError
 
 GRASPOLOGIC_WHEEL = "graspologic-3.4.4-py3-none-any.whl"
@@ -47,6 +62,10 @@ DROSOPHILA_CELL_TYPES = ("I", "K", "O", "P")
 MICE_GENOTYPES = ("B6", "BTBR", "CAST", "DBA2")
 MICE_FEATURES = ("voxels", "volume_mm3", "adc", "dwi", "e1", "e2", "e3", "fa", "rd")
 MICE_REGIONS_PER_HEMISPHERE = 166
+PLANETOID_URL = "https://github.com/kimiyoung/planetoid/tree/master/data"
+PLANETOID_PARTS = ("x", "tx", "allx", "y", "ty", "ally", "graph", "test.index")
+PLANETOID_VAL_NODES = 500
+SPLIT_ROLES = {"train": 0, "val": 1, "test": 2}
 
 
 # ======================================================================================================================
@@ -157,12 +176,113 @@ def mice(wheel: Path) -> list[dict[str, np.ndarray]]:
     return graphs
 
 
+def planetoid_files(folder: Path, name: str) -> dict[str, Path]:
+    """The eight raw files of `name` in `folder`; a clear error naming the missing ones, the folder and the URL."""
+    files = {part: Path(folder) / f"ind.{name}.{part}" for part in PLANETOID_PARTS}
+    missing = [path.name for path in files.values() if not path.is_file()]
+    if missing:
+        raise DatasetMissingError(
+            f"{name} is read from Planetoid's raw files, and {', '.join(missing)} "
+            f"{'is' if len(missing) == 1 else 'are'} not in {folder}/. Download ind.{name}."
+            f"{{{','.join(PLANETOID_PARTS)}}} from {PLANETOID_URL} (the data/ folder of kimiyoung/planetoid) where the "
+            f"internet is, put them in {folder}/ and prepare again.")
+    return files
+
+
+def planetoid(folder: Path, name: str, val_nodes: int = PLANETOID_VAL_NODES) -> dict[str, np.ndarray]:
+    """One Planetoid citation graph with its public split, read as Kipf & Welling's GCN code and PyG read it.
+
+    `allx`/`ally` hold the features / one-hot labels of the nodes 0 .. len(allx) - 1 (the first len(y) of them are
+    the training nodes; the next `val_nodes` are the validation nodes); `tx`/`ty` hold the test nodes, in the order
+    of `test.index`, which says which node id each row is. The ids in `test.index` run from len(allx) to the last node
+    with gaps in CiteSeer (15 nodes absent from the test files, isolated in the citation graph): those nodes get
+    zero features and no label (-1) and are in no split. `graph` maps each node to its cited / citing nodes; edges are
+    stored once per listed pair (directions and duplicates are resolved by `graphs.undirected_edges`)."""
+    files = planetoid_files(folder, name)
+    parts = {}
+    for part, path in files.items():
+        if part == "test.index":
+            parts[part] = np.loadtxt(path, dtype=np.int64, ndmin=1)
+        else:
+            with open(path, "rb") as f:
+                parts[part] = pickle.load(f, encoding="latin1")
+    dense = {part: np.asarray(parts[part].todense() if hasattr(parts[part], "todense") else parts[part], np.float32)
+             for part in ("x", "tx", "allx", "y", "ty", "ally")}
+    test_index = parts["test.index"]
+    first, num_known = len(dense["allx"]), len(dense["allx"])
+    if len(test_index) != len(dense["tx"]) or len(dense["tx"]) != len(dense["ty"]):
+        raise ValueError(f"{name}: test.index lists {len(test_index)} nodes but tx / ty hold {len(dense['tx'])} / "
+                         f"{len(dense['ty'])} rows")
+    if test_index.min() < first:
+        raise ValueError(f"{name}: test.index lists node {test_index.min()}, which allx ({first} rows) already holds")
+    n = int(test_index.max()) + 1
+    features = np.zeros((n, dense["allx"].shape[1]), np.float32)
+    one_hot = np.zeros((n, dense["ally"].shape[1]), np.float32)
+    features[:num_known], one_hot[:num_known] = dense["allx"], dense["ally"]
+    features[test_index], one_hot[test_index] = dense["tx"], dense["ty"]
+    labels = np.where(one_hot.any(1), one_hot.argmax(1), -1)
+    num_train = len(dense["y"])
+    if num_train + val_nodes > num_known:
+        raise ValueError(f"{name}: {num_train} training + {val_nodes} validation nodes exceed allx's {num_known} rows")
+    node_split = np.full(n, -1, np.int32)
+    node_split[:num_train] = SPLIT_ROLES["train"]
+    node_split[num_train:num_train + val_nodes] = SPLIT_ROLES["val"]
+    node_split[test_index] = SPLIT_ROLES["test"]
+    senders, receivers = [], []
+    for node, neighbours in parts["graph"].items():
+        senders.extend([node] * len(neighbours))
+        receivers.extend(neighbours)
+    senders, receivers = np.asarray(senders, np.int64), np.asarray(receivers, np.int64)
+    if len(senders) and max(senders.max(), receivers.max()) >= n:
+        raise ValueError(f"{name}: the graph names node {max(senders.max(), receivers.max())}, but the features end "
+                         f"at node {n - 1}")
+    return _graph(features, labels, senders, receivers, np.ones(len(senders)), node_split=node_split)
+
+
+def molpcba_graphs(elements: Iterable[Mapping[str, np.ndarray]], task: int) -> list[dict[str, np.ndarray]]:
+    """`ogbg_molpcba` elements (TFDS's format: `num_nodes [1]`, `node_feat [N, 9]`, `num_edges [1]`, `edge_feat
+    [E, 3]`, `edge_index [E, 2]` with each bond once, `labels [128]` with NaN where an assay did not test the molecule)
+    as graphs labelled by assay `task` (0 inactive, 1 active); molecules that assay did not test are left out. Node
+    features are OGB's 9 atom descriptors as numbers; bond features are not used (the GNNs here take none)."""
+    if not 0 <= task < 128:
+        raise ValueError(f"ogbg_molpcba has 128 assays (tasks 0..127); got task {task}")
+    out = []
+    for element in elements:
+        label = float(np.asarray(element["labels"])[task])
+        if np.isnan(label):
+            continue
+        num_nodes = int(np.asarray(element["num_nodes"]).reshape(-1)[0])
+        features = np.asarray(element["node_feat"], np.float32)
+        if features.shape[0] != num_nodes:
+            raise ValueError(f"A molpcba element says num_nodes={num_nodes} but holds {features.shape[0]} node rows")
+        edges = np.asarray(element["edge_index"], np.int64).reshape(-1, 2)
+        out.append(_graph(features, np.full(num_nodes, -1), edges[:, 0], edges[:, 1], np.ones(len(edges)),
+                          label=np.int32(label)))
+    return out
+
+
+def molpcba_graphs_tuples(task: int, split: str = "train", data_dir: str | os.PathLike | None = None, *,
+                          limit: int | None = None) -> tuple[list, np.ndarray]:
+    """TFDS's `ogbg_molpcba` split (prepared once where the internet is) as undirected jraph `GraphsTuple`s of one
+    assay, and their 0/1 labels; `limit` reads only the first elements."""
+    source = sources_lib.source("ogbg_molpcba", split, None if data_dir is None else str(data_dir))
+    count = len(source) if limit is None else min(limit, len(source))
+    tuples, labels = [], []
+    for g in molpcba_graphs((source[i] for i in range(count)), task):
+        n = len(g["node_features"])
+        tuples.append(graphs_lib.from_edges(g["node_features"], *graphs_lib.undirected_edges(g["senders"],
+                                                                                             g["receivers"], n)))
+        labels.append(int(g["label"]))
+    return tuples, np.asarray(labels, np.int32)
+
+
 # ======================================================================================================================
 # TFDS builders.
 # ======================================================================================================================
 
 
-def _graph_features(num_features: int, graph_label: bool = False) -> tfds.features.FeaturesDict:
+def _graph_features(num_features: int, graph_label: bool = False, node_split: bool = False
+                    ) -> tfds.features.FeaturesDict:
     features = {
         "node_features": tfds.features.Tensor(shape=(None, num_features), dtype=np.float32),
         "node_labels": tfds.features.Tensor(shape=(None,), dtype=np.int32),
@@ -172,6 +292,8 @@ def _graph_features(num_features: int, graph_label: bool = False) -> tfds.featur
     }
     if graph_label:
         features["label"] = tfds.features.Tensor(shape=(), dtype=np.int32)
+    if node_split:
+        features["node_split"] = tfds.features.Tensor(shape=(None,), dtype=np.int32)
     return tfds.features.FeaturesDict(features)
 
 
@@ -249,6 +371,29 @@ class FedgclMice(_FromWheel):
 
     def _graphs(self, dl_manager):
         return mice(self._wheel(dl_manager))
+
+
+class PlanetoidConfig(tfds.core.BuilderConfig):
+    def __init__(self, *, num_features: int, **kwargs):
+        super().__init__(**kwargs)
+        self.num_features = num_features
+
+
+class FedgclPlanetoid(_Graphs):
+    """Cora, CiteSeer and PubMed from Planetoid's raw files, public split (see the module docstring)."""
+
+    BUILDER_CONFIGS = [
+        PlanetoidConfig(name="cora", num_features=1433, description="2,708 papers, 7 classes"),
+        PlanetoidConfig(name="citeseer", num_features=3703, description="3,327 papers, 6 classes"),
+        PlanetoidConfig(name="pubmed", num_features=500, description="19,717 papers, 3 classes"),
+    ]
+
+    def _info(self):
+        return self.dataset_info_from_configs(features=_graph_features(self.builder_config.num_features,
+                                                                       node_split=True))
+
+    def _graphs(self, dl_manager):
+        return [planetoid(Path(dl_manager.download_dir) / "manual" / "planetoid", self.builder_config.name)]
 
 
 # ======================================================================================================================

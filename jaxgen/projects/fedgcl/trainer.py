@@ -4,8 +4,11 @@ Why a fork: the shared trainer applies one optimizer step per batch to one model
 clients, runs `local_epochs` optimizer steps on each client's own (privacy-perturbed) graph starting from the global
 parameters, and replaces the global parameters with the clients' weighted mean (FedAvg; FedProx adds its proximal
 term to the local loss). The clients are simulated in one process: their graphs are padded to one size and stacked
-(`clients.Clients`), and one `vmap` runs the local training of every sampled client at once. Local optimizer state
-starts afresh each round (only parameters travel). Everything else is `jaxgen.core`: workdir records, orbax
+(`clients.Clients`), and one `vmap` runs the local training of every sampled client at once. With several devices the
+client axis is laid over the mesh's batch axes (`data`, `fsdp`): the stacked clients are placed with a `NamedSharding`
+on that axis and `shard_map` gives each device its share of the sampled clients, so local training never
+communicates; the weighted mean is the only cross-device sum. Local optimizer state starts afresh each round (only
+parameters travel). Everything else is `jaxgen.core`: workdir records, orbax
 checkpoints of the server state, key streams, the bounded step loop with its NaN guard, metrics and curves.
 
 Read top to bottom: server state -> the round (local training, aggregation) -> evaluation -> run().
@@ -24,6 +27,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
+from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from jaxgen.core import checkpoint as ckpt_lib
 from jaxgen.core import mesh as mesh_lib
@@ -85,17 +89,44 @@ def make_local_train(task: FedGraphTask, algorithm: FedAvg, tx: optax.GradientTr
     return local_train
 
 
-def make_round(task: FedGraphTask, algorithm: FedAvg, tx: optax.GradientTransformation, local_epochs: int):
+def client_shards(mesh: Mesh | None) -> int:
+    """How many devices the client axis spreads over: those of the mesh's batch axes (1 without a mesh)."""
+    return 1 if mesh is None else math.prod(mesh.shape[a] for a in sharding_lib.BATCH_AXES)
+
+
+def client_sharding(mesh: Mesh, num_clients: int) -> NamedSharding:
+    """The stacked clients' placement: split over the batch axes where they divide the clients, else replicated
+    (every round's sampled clients are split by `make_round` either way)."""
+    if num_clients % client_shards(mesh):
+        return sharding_lib.replicated(mesh)
+    return NamedSharding(mesh, PartitionSpec(sharding_lib.BATCH_AXES))
+
+
+def make_round(task: FedGraphTask, algorithm: FedAvg, tx: optax.GradientTransformation, local_epochs: int,
+               mesh: Mesh | None = None):
     """The pure round: (state, {"clients": sampled client indices, "key": the round's key}, all clients) ->
     (state, metrics). Client `k` trains with fold_in(key, k). Data and keys are arguments, not constants of the
-    compiled program, so runs that differ only in seed or epsilon share it (JAX's persistent compilation cache)."""
-    local_train = make_local_train(task, algorithm, tx, local_epochs)
+    compiled program, so runs that differ only in seed or epsilon share it (JAX's persistent compilation cache).
+    On a `mesh` whose batch axes hold several devices, each device trains its share of the sampled clients
+    (`shard_map`; their number must divide evenly)."""
+    train_clients = jax.vmap(make_local_train(task, algorithm, tx, local_epochs), in_axes=(None, 0, 0))
+    if client_shards(mesh) > 1:
+        vmapped, spread = train_clients, PartitionSpec(sharding_lib.BATCH_AXES)
+
+        def device_share(global_params, clients: Clients, keys):
+            # The global parameters are the same on every device, and shard_map would sum the gradients taken with
+            # respect to such a replicated value over the devices (the transpose of replication); each client
+            # differentiates its own copy, so the copy is marked as varying per device first.
+            return vmapped(jax.lax.pcast(global_params, sharding_lib.BATCH_AXES, to="varying"), clients, keys)
+
+        train_clients = jax.shard_map(device_share, mesh=mesh, in_specs=(PartitionSpec(), spread, spread),
+                                      out_specs=spread)
 
     def round_step(state: ServerState, batch, clients: Clients):
         chosen = batch["clients"]
         sampled = jax.tree.map(lambda x: x[chosen], clients)
         keys = jax.vmap(lambda k: jax.random.fold_in(batch["key"], k))(chosen)
-        client_params, client_metrics = jax.vmap(local_train, in_axes=(None, 0, 0))(state.params, sampled, keys)
+        client_params, client_metrics = train_clients(state.params, sampled, keys)
         params = weighted_average(client_params, sampled.weight)
         metrics = {name: jnp.sum(values * sampled.weight) / jnp.sum(sampled.weight)
                    for name, values in client_metrics.items()}
@@ -182,6 +213,11 @@ def run(
     if not 1 <= per_round <= num_clients:
         raise ConfigError(f"clients_per_round must be in [1, {num_clients}] (the federation's clients); "
                           f"got {per_round}")
+    mesh = mesh_lib.make_mesh(mesh)
+    if per_round % client_shards(mesh):
+        raise ConfigError(f"{per_round} clients per round cannot be split evenly over the {client_shards(mesh)} "
+                          "devices of the mesh's batch axes: pick clients_per_round (or NUM_CLIENTS) as a multiple, "
+                          "or fewer devices (trainer.run.mesh = @MeshConfig(num_devices=...))")
     if task.model.level != federation.level:
         raise ConfigError(f"The model classifies {task.model.level}s but the federation is a {federation.level} "
                           "classification task: set the model's level to match")
@@ -194,9 +230,8 @@ def run(
     is_main = jax.process_index() == 0
     if is_main:
         workdir.mkdir(parents=True, exist_ok=True)
-    mesh = mesh_lib.make_mesh(mesh)
     replicated = sharding_lib.replicated(mesh)
-    clients = jax.device_put(federation.clients, replicated)
+    clients = jax.device_put(federation.clients, client_sharding(mesh, num_clients))
     init_stream, train_stream, eval_stream = (rng_lib.stream(seed, s) for s in ("init", "train", "eval"))
     tx = local_optimizer.build(local_epochs)
 
@@ -246,7 +281,7 @@ def run(
             writer.close()
             checkpointer.close()
 
-    jitted_round = jax.jit(make_round(task, algorithm, tx, local_epochs),
+    jitted_round = jax.jit(make_round(task, algorithm, tx, local_epochs, mesh),
                            out_shardings=(replicated, replicated), donate_argnums=0)
 
     # -------------------------------------------------------------------------------------------------------- the loop

@@ -94,16 +94,28 @@ def _full() -> bool:
     return state is not None and state.mode == "full"
 
 
+def pass_mode() -> str | None:
+    """The pass an engine is running ("full" or "sparse"), None for a plain `apply`."""
+    state = _PASS.get()
+    return None if state is None else state.mode
+
+
 def channel_parts(x) -> tuple[Array, ...]:
     """A map, or a tuple of maps meant concatenated on channels (a skip connection), as a tuple."""
     return tuple(x) if isinstance(x, (tuple, list)) else (x,)
 
 
-def _pre(h: Array, scale: Array | None, shift: Array | None, act: Callable | None) -> Array:
-    """`act(h · scale + shift)` with per-(image, channel) `scale` / `shift` broadcast over the spatial axes."""
+def _pre(h: Array, scale: Array | None, shift: Array | None, act: Callable | None,
+         modulation: Array | None = None) -> Array:
+    """`act(h · scale + shift)` with per-(image, channel) `scale` / `shift` broadcast over the spatial axes; with a
+    `modulation` of the same spatial shape holding `(γ, β)` on channels, `act((h · scale + shift)(1 + γ) + β)`
+    (SPADE)."""
     if scale is not None:
         expand = (slice(None),) + (None,) * (h.ndim - 2) + (slice(None),)
         h = h * scale[expand] + shift[expand]
+    if modulation is not None:
+        gamma, beta = jnp.split(modulation.astype(h.dtype), 2, axis=-1)
+        h = h * (1 + gamma) + beta
     return act(h) if act is not None else h
 
 
@@ -164,13 +176,16 @@ def _zeros(axes):
 class SigeConv(nn.Module):
     """A conv whose input is `act(x · scale + shift)` (the norm and activation before it, fused into its gather),
     optionally nearest-2×-upsampled first, plus an optional `residual`. `x` may be a tuple of maps concatenated on
-    channels (a UNet's skip connection), gathered part by part."""
+    channels (a UNet's skip connection), gathered part by part. `modulation` (`[B, H, W, 2C]` at the conv's input
+    resolution, after any upsampling: SPADE's `(γ, β)` maps) modulates the normalised input spatially before `act`;
+    in the sparse pass its blocks are gathered alongside the input's."""
 
     features: int
     kernel: int = 3
     stride: int = 1
     padding: int | None = None
     upsample: bool = False
+    use_bias: bool = True
     dtype: Any = jnp.float32
 
     @property
@@ -179,19 +194,25 @@ class SigeConv(nn.Module):
         return Geometry(self.kernel, self.stride, padding, tile=4 if self.stride == 1 else 2)
 
     @nn.compact
-    def __call__(self, x, scale=None, shift=None, act=None, residual=None):
+    def __call__(self, x, scale=None, shift=None, act=None, residual=None, modulation=None):
         parts = channel_parts(x)
         channels = sum(p.shape[-1] for p in parts)
         kernel = self.param("kernel", _init((None, None, "embed", "mlp")),
                             (self.kernel, self.kernel, channels, self.features)).astype(self.dtype)
-        bias = self.param("bias", _zeros(("mlp",)), (self.features,)).astype(self.dtype)
+        bias = self.param("bias", _zeros(("mlp",)), (self.features,)).astype(self.dtype) if self.use_bias else 0
         geometry, up = self.geometry, 2 if self.upsample else 1
         batch, height, width = parts[0].shape[0], parts[0].shape[1] * up, parts[0].shape[2] * up
+        if modulation is not None and modulation.shape != (batch, height, width, 2 * channels):
+            raise ValueError(f"SigeConv: modulation {modulation.shape} must be (γ, β) at the conv's input, "
+                             f"{(batch, height, width, 2 * channels)}")
         key = site_key(height, width, geometry)
         entry = _sparse_entry(key)
         if entry is not None:
             blocks, inside = gather_blocks(parts, entry["idx"], geometry, up)
-            blocks = jnp.where(inside[None, ..., None], _pre(blocks, scale, shift, act), 0).astype(self.dtype)
+            if modulation is not None:
+                modulation, _ = gather_blocks((modulation,), entry["idx"], geometry)
+            blocks = jnp.where(inside[None, ..., None], _pre(blocks, scale, shift, act, modulation), 0)
+            blocks = blocks.astype(self.dtype)
             n, size = blocks.shape[1], geometry.block
             tiles = _conv(blocks.reshape(batch * n, size, size, channels), kernel, self.stride, "VALID") + bias
             tiles = tiles.reshape(batch, n, geometry.tile, geometry.tile, self.features)
@@ -201,7 +222,8 @@ class SigeConv(nn.Module):
         if self.upsample:
             h = jnp.repeat(jnp.repeat(h, 2, axis=1), 2, axis=2)
         pad = geometry.padding
-        out = _conv(_pre(h, scale, shift, act).astype(self.dtype), kernel, self.stride, ((pad, pad), (pad, pad)))
+        h = _pre(h, scale, shift, act, modulation).astype(self.dtype)
+        out = _conv(h, kernel, self.stride, ((pad, pad), (pad, pad)))
         out = out + bias
         if residual is not None:
             out = out + residual.astype(out.dtype)

@@ -3,14 +3,16 @@ timestep with the same noise, denoise both, the edited one with the sparse pass,
 mask from the original trajectory after every step (so the two differ only where the mask says, which is what keeps
 the cached features valid).
 
-The loop runs on the host, one jitted step at a time, because the engine plans on the host; its updates are those
-of `jaxgen.diffusion.ddim`'s samplers (DDIM with eta 0, DDPM ancestral with the posterior's variance), written per
-step here. The original trajectory is recomputed in lock-step (one cache); an application that edits one image
-many times would keep one cache per step (`IncrementalEngine.full(..., cache_id=step)`) and skip it.
+The loop runs on the host, one jitted step at a time (both trajectories' updates and the blend in one program),
+because the engine plans on the host; its updates are those of `jaxgen.diffusion.ddim`'s samplers (DDIM with eta 0,
+DDPM ancestral with the posterior's variance), written per step here. The original trajectory is recomputed in
+lock-step (one cache); an application that edits one image many times would keep one cache per step
+(`IncrementalEngine.full(..., cache_id=step)`) and skip it.
 """
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 
 import jax
@@ -58,17 +60,30 @@ def sdedit(engine: IncrementalEngine, schedule: NoiseSchedule, original: jax.Arr
     timesteps = [int(t) for t in np.asarray(timesteps)]
     batch = original.shape[0]
     inside = jnp.asarray(mask)[None, :, :, None]
-    step = jax.jit(SAMPLERS[sampler], static_argnums=1)
-
-    noise = jax.random.normal(rng, original.shape, jnp.float32)
-    start = jnp.full((batch,), timesteps[0], jnp.int32)
-    x_original = add_noise(schedule, original.astype(jnp.float32), noise, start)
-    x_edited = jnp.where(inside, add_noise(schedule, edited.astype(jnp.float32), noise, start), x_original)
+    x_original, x_edited = _start(schedule, original, edited, inside, rng, np.full((batch,), timesteps[0], np.int32))
     for i, (t, t_next) in enumerate(zip(timesteps, timesteps[1:] + [-1])):
-        t_batch = jnp.full((batch,), t, jnp.int32)
+        t_batch = np.full((batch,), t, np.int32)
         out_original = engine.full(x_original.astype(original.dtype), timesteps=t_batch, **cond)
         out_edited = engine.edit(x_edited.astype(original.dtype), mask=mask, timesteps=t_batch, **cond)
-        key = jax.random.fold_in(rng, i)
-        x_original = step(schedule, prediction, x_original, out_original, t, t_next, key)
-        x_edited = jnp.where(inside, step(schedule, prediction, x_edited, out_edited, t, t_next, key), x_original)
+        x_original, x_edited = _advance(schedule, x_original, x_edited, out_original, out_edited, inside,
+                                        np.int32(t), np.int32(t_next), rng, np.int32(i), sampler, prediction)
     return x_original, x_edited
+
+
+@jax.jit
+def _start(schedule, original, edited, inside, rng, start):
+    """Both images noised to `start` with the same noise; the edited one keeps the original's outside the mask."""
+    noise = jax.random.normal(rng, original.shape, jnp.float32)
+    x_original = add_noise(schedule, original.astype(jnp.float32), noise, start)
+    return x_original, jnp.where(inside, add_noise(schedule, edited.astype(jnp.float32), noise, start), x_original)
+
+
+@functools.partial(jax.jit, static_argnums=(10, 11))
+def _advance(schedule, x_original, x_edited, out_original, out_edited, inside, t, t_next, rng, i, sampler,
+             prediction):
+    """One sampler step of both trajectories with the same key, the edited one re-blended outside the mask.
+    Jitted whole (the timesteps traced) so the host loop dispatches one program per step."""
+    step, key = SAMPLERS[sampler], jax.random.fold_in(rng, i)
+    x_original_next = step(schedule, prediction, x_original, out_original, t, t_next, key)
+    x_edited_next = step(schedule, prediction, x_edited, out_edited, t, t_next, key)
+    return x_original_next, jnp.where(inside, x_edited_next, x_original_next)

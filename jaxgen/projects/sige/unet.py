@@ -174,7 +174,8 @@ def sd_unet(dtype: Any = jnp.float32) -> SigeUNet:
 
 def random_params(module: nn.Module, *args, seed: int = 0, **kwargs) -> dict:
     """Parameters for `module.apply(params, *args, **kwargs)` drawn with numpy from their shapes alone: kernels
-    `N(0, 1/fan_in)`, norm scales `1 + N(0, 0.1²)`, biases `N(0, 0.1²)`.
+    `N(0, 1/fan_in)`, norm scales `1 + N(0, 0.1²)`, biases and running means `N(0, 0.1²)`, running variances
+    `exp(N(0, 0.2²))`.
 
     Why not `module.init`: compiling the initialisers of a UNet's ~100 tensors (threefry, truncated normals) takes
     tens of seconds on a CPU (measured 25 s for the tiny UNet on 2 loaded cores), more than the whole test budget.
@@ -188,8 +189,10 @@ def random_params(module: nn.Module, *args, seed: int = 0, **kwargs) -> dict:
         name = path[-1].key
         if name == "scale":
             value = 1 + 0.1 * rng.standard_normal(leaf.shape)
-        elif name == "bias":
+        elif name in ("bias", "mean"):
             value = 0.1 * rng.standard_normal(leaf.shape)
+        elif name == "var":
+            value = np.exp(0.2 * rng.standard_normal(leaf.shape))
         else:
             value = rng.standard_normal(leaf.shape) / np.sqrt(max(1, int(np.prod(leaf.shape[:-1]))))
         return jnp.asarray(value, leaf.dtype)

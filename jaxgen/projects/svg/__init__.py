@@ -7,11 +7,12 @@
 `model` (a CogVideoX/Hunyuan-style video DiT trained here), `task` (flow-matching training, dense vs SVG sampling and
 comparison; PSNR/SSIM from `jaxgen.metrics.image`), `media` (GIFs, frame strips, head maps), and the real models:
 `ports.from_diffusers` loads a diffusers video transformer into its Flax port (`wan`: Wan2.1, `cogvideox`:
-CogVideoX-1.5, sharing `port_layers`), `sampling` runs flow-matching samplers from precomputed text embeddings,
-`generate` is the recipes' `jaxgen run` entry.
+CogVideoX-1.5, `hunyuan`: HunyuanVideo, sharing `port_layers`), `sampling` runs the models' samplers from precomputed
+text embeddings, `generate` is the recipes' `jaxgen run` entry. Measured so far on CPU only (parity with diffusers,
+SVG's masks); the GPU speed of SVG on the real models is not measured yet (experiments/svg/README.md).
 """
 
-from jaxgen.projects.svg import cogvideox, wan  # noqa: F401  (each registers its port)
+from jaxgen.projects.svg import cogvideox, hunyuan, wan  # noqa: F401  (each registers its port)
 from jaxgen.projects.svg.attention import svg_attention, svg_backend
 from jaxgen.projects.svg.gating import DenseGate
 from jaxgen.projects.svg.layout import VideoLayout, to_frame_major, to_token_major

@@ -17,6 +17,8 @@ computes all heads; the output of temporal heads is permuted back. Why this shap
     attention's time (measured with the rest of the block: experiments/bench/README.md, `svg_block.py`). Folding
     the permutation into the kernel's index maps (per-head token offsets) would remove it; that needs a kernel
     change, left for later.
+Padded text (HunyuanVideo's prompt, `VideoLayout.text_padding`): the real tokens and the padding attend apart
+(`with_padding_apart`), the official mask, so the kernel never sees a block that mixes the two.
 The masks are runtime data too: the band is found on device from `density` (a traced scalar is fine), so changing
 the density, the classification or the gate never recompiles the kernel.
 
@@ -63,25 +65,48 @@ class MaskOptions:
     official_frames: float = 2.0
 
 
+def with_padding_apart(attend, q, k, v, layout: VideoLayout, sm_scale: float):
+    """`attend(q, k, v, real_layout) -> (out, *aux)` on the real tokens; the padded text tokens that end the sequence
+    (`layout.text_padding`) attend among themselves only, densely (a few hundred tokens at most).
+
+    This is the official HunyuanVideo mask (real tokens never see padding, padding sees only padding), computed as two
+    attentions rather than as a token-level mask: the block-sparse kernel masks at block granularity, and the
+    real/padding boundary falls inside a block wherever the prompt length is no multiple of the block. The kernel runs
+    on the real sequence, whose ragged last block it already masks exactly (its keys past the sequence end). The
+    slices copy q, k, v once (0.2 % of HunyuanVideo 720p's tokens are padding; the copy is of the real part).
+    """
+    if not layout.text_padding:
+        return attend(q, k, v, layout)
+    real = layout.seq_len - layout.text_padding
+    out, *aux = attend(q[:, :real], k[:, :real], v[:, :real], layout.real)
+    padding = jax.nn.dot_product_attention(q[:, real:], k[:, real:], v[:, real:], scale=sm_scale)
+    return (jnp.concatenate([out, padding.astype(out.dtype)], axis=1), *aux)
+
+
 @functools.partial(jax.jit, static_argnames=("layout", "num_sampled_rows", "block_q", "block_kv", "sm_scale",
                                              "implementation", "mask_options"))
 def _svg(q, k, v, density, rng, *, layout: VideoLayout, num_sampled_rows: int, block_q: int, block_kv: int,
          sm_scale: float, implementation: str | None, mask_options: MaskOptions):
-    """Returns (out, head_is_temporal [batch, heads], the density the kernel ran at, recall [batch, heads])."""
-    sink = layout.frame_tokens if mask_options.sink_first_frame else 0
-    band = masks.band_for_density(layout, density, block_q=block_q, block_kv=block_kv, sink_tokens=sink)
-    band_mask = masks.band_block_mask(layout, band, block_q=block_q, block_kv=block_kv, sink_tokens=sink)
-    rows = sample_rows(rng, layout, num_sampled_rows)
-    head_is_temporal, _, recall = profile_heads_and_recall(
-        q, k, v, rows, band_mask, layout, block_q=block_q, block_kv=block_kv, sm_scale=sm_scale,
-        criterion=mask_options.profile, official_frames=mask_options.official_frames, sink_tokens=sink)
-    q, k, v = (heads_to_token_major(x, head_is_temporal, layout) for x in (q, k, v))
-    block_mask = jnp.broadcast_to(band_mask, (1, q.shape[2], *band_mask.shape))
-    out = block_sparse_attention(q, k, v, block_mask, block_q=block_q, block_kv=block_kv, sm_scale=sm_scale,
-                                 implementation=implementation)
-    out = heads_to_frame_major(out, head_is_temporal, layout)
-    density_run = masks.block_mask_density(band_mask, layout, block_q=block_q, block_kv=block_kv)
-    return out, head_is_temporal, density_run, recall
+    """Returns (out, head_is_temporal [batch, heads], the density the kernel ran at, recall [batch, heads]); with
+    padded text, density and recall are those of the real tokens (`with_padding_apart`)."""
+
+    def sparse(q, k, v, layout):
+        sink = layout.frame_tokens if mask_options.sink_first_frame else 0
+        band = masks.band_for_density(layout, density, block_q=block_q, block_kv=block_kv, sink_tokens=sink)
+        band_mask = masks.band_block_mask(layout, band, block_q=block_q, block_kv=block_kv, sink_tokens=sink)
+        rows = sample_rows(rng, layout, num_sampled_rows)
+        head_is_temporal, _, recall = profile_heads_and_recall(
+            q, k, v, rows, band_mask, layout, block_q=block_q, block_kv=block_kv, sm_scale=sm_scale,
+            criterion=mask_options.profile, official_frames=mask_options.official_frames, sink_tokens=sink)
+        q, k, v = (heads_to_token_major(x, head_is_temporal, layout) for x in (q, k, v))
+        block_mask = jnp.broadcast_to(band_mask, (1, q.shape[2], *band_mask.shape))
+        out = block_sparse_attention(q, k, v, block_mask, block_q=block_q, block_kv=block_kv, sm_scale=sm_scale,
+                                     implementation=implementation)
+        out = heads_to_frame_major(out, head_is_temporal, layout)
+        density_run = masks.block_mask_density(band_mask, layout, block_q=block_q, block_kv=block_kv)
+        return out, head_is_temporal, density_run, recall
+
+    return with_padding_apart(sparse, q, k, v, layout, sm_scale)
 
 
 def _run(q, k, v, layout, density, num_sampled_rows, rng, block_q, block_kv, sm_scale, implementation,
@@ -148,9 +173,14 @@ def svg_backend(q, k, v, *, bias=None, mask=None, context: nn_attention.Attentio
             raise ValueError(f"attention backend 'svg' with {gate} needs context fields {missing} (q {q.shape})")
 
         def dense(q, k, v):
-            out, _ = nn_attention.get_backend(dense_backend)(q, k, v, context=context, sm_scale=sm_scale)
+            def attend(q, k, v, layout):
+                out, _ = nn_attention.get_backend(dense_backend)(q, k, v, context=context, sm_scale=scale)
+                return (out.astype(q.dtype),)
+
+            scale = float(1.0 / math.sqrt(q.shape[-1]) if sm_scale is None else sm_scale)
+            out, = with_padding_apart(attend, q, k, v, context.video_layout, scale)
             heads = (q.shape[0], q.shape[2])
-            return out.astype(q.dtype), jnp.zeros(heads, bool), jnp.float32(1.0), jnp.ones(heads, jnp.float32)
+            return out, jnp.zeros(heads, bool), jnp.float32(1.0), jnp.ones(heads, jnp.float32)
 
         is_dense = gate.is_dense(step=context.step, num_steps=context.num_steps, layer=context.layer,
                                  num_layers=context.num_layers)

@@ -117,6 +117,11 @@ class CogVideoXTransformer(nn.Module):
     def width(self) -> int:
         return self.num_heads * self.head_dim
 
+    @property
+    def num_layers(self) -> int:
+        """Layers holding the attention SVG runs in (the attention context's `num_layers`)."""
+        return self.depth
+
     def grid(self, latents_shape: Sequence[int]) -> tuple[int, int, int]:
         return patch_grid(latents_shape, self.patch, self.in_channels, "CogVideoX's latents")
 
@@ -209,19 +214,9 @@ def _patch_in(patch: Sequence[int]):
     return lambda w: ports.conv3d_patch(w.reshape(w.shape[0], -1, *patch))
 
 
-def _patch_out(patch: Sequence[int], channels: int):
-    """proj_out Linear [c * pt * ph * pw, width] -> Dense kernel [width, (pt, ph, pw, c)]; bias likewise."""
-    def kernel(w):
-        return w.reshape(channels, *patch, -1).transpose(4, 1, 2, 3, 0).reshape(w.shape[1], -1)
-
-    def bias(b):
-        return b.reshape(channels, *patch).transpose(1, 2, 3, 0).reshape(-1)
-    return kernel, bias
-
-
 def name_table(module: CogVideoXTransformer) -> porting.NameTable:
     blk = "transformer_blocks.{i}."
-    out_kernel, out_bias = _patch_out(module.patch, module.out_channels)
+    out_kernel, out_bias = ports.linear_patch_out(module.patch, module.out_channels)
     rows = [
         ("patch_proj/kernel", ["patch_embed.proj.weight"], _patch_in(module.patch)),
         ("patch_proj/bias", ["patch_embed.proj.bias"], porting.same),

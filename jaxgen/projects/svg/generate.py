@@ -4,7 +4,9 @@ prompt embeddings, and report what SVG changed and what it cost.
 Inference only, so it forks the trainer's entry (`config.trainer.run = @generate.run` in the recipe) rather than
 being a Task. Inputs: a diffusers transformer folder (`model_dir`, any port in `ports.PORTS`) and an `.npz` of
 precomputed embeddings, `prompt_embeds` `[batch, text_len, text_dim]` and, for guidance, `negative_prompt_embeds`
-(the text encoder stays outside; see `sampling.py`). Outputs in the workdir: `latents_dense.npy`,
+(the text encoder stays outside; see `sampling.py`); HunyuanVideo also reads `pooled_prompt_embeds` `[batch, 768]`
+(CLIP) and `prompt_attention_mask` `[batch, text_len]` (its padded text; SVG needs the same padding in every row) and
+embeds `embedded_guidance_scale`. Outputs in the workdir: `latents_dense.npy`,
 `latents_svg_d<density>.npy` (decode them with the model's VAE) and `metrics.json`: per density, the relative L2
 distance of SVG's latents to the dense ones, the density computed and the attention recall on the sparse calls (per
 layer), the share of heads classified temporal, and the wall time of each whole sampling loop (compiled ahead,
@@ -59,16 +61,38 @@ def _summary(aux: Mapping[str, np.ndarray]) -> dict[str, Any]:
             if sparse_calls.any() else 0.0}
 
 
+def model_inputs(data: Mapping[str, np.ndarray], batch: int, dtype: Any,
+                 embedded_guidance_scale: float | None) -> tuple[dict[str, jax.Array], dict[str, int]]:
+    """(array keywords, static keywords) of the model beyond the prompt: HunyuanVideo's pooled projections, text mask
+    with its padding count (static, for SVG's layout), and embedded guidance (the scale times 1000, as its pipeline)."""
+    arrays: dict[str, jax.Array] = {}
+    static: dict[str, int] = {}
+    if "pooled_prompt_embeds" in data:
+        arrays["pooled_projections"] = jnp.asarray(data["pooled_prompt_embeds"], dtype)
+    if "prompt_attention_mask" in data:
+        mask = np.asarray(data["prompt_attention_mask"]).astype(bool)
+        padding = mask.shape[1] - mask.sum(axis=1)
+        if len(set(padding.tolist())) != 1 or not mask[:, :mask.shape[1] - padding[0]].all():
+            raise ValueError(f"prompt_attention_mask must be right-padded by the same count in every row (SVG's "
+                             f"layout is static); got padding {padding.tolist()}")
+        arrays["encoder_attention_mask"] = jnp.asarray(mask)
+        static["text_padding"] = int(padding[0])
+    if embedded_guidance_scale is not None:
+        arrays["guidance"] = jnp.full((batch,), 1000.0 * embedded_guidance_scale, jnp.float32)
+    return arrays, static
+
+
 def run(*, workdir: str | Path, model_dir: str, embeddings: str, latent_shape: Sequence[int],
         schedule: FlowSchedule | VPredictionDdim = FlowSchedule(), densities: Sequence[float] = (0.25,),
         svg_options: Mapping[str, Any] | None = None, dense_backend: str = "cudnn", dtype: str = "bfloat16",
-        seed: int = 0, mesh: mesh_lib.MeshConfig | None = None, sequence_axis: str | None = None,
-        restore_step: int | None = None, progress: bool = True, mode: str = "train") -> GenerateResult:
+        embedded_guidance_scale: float | None = None, seed: int = 0, mesh: mesh_lib.MeshConfig | None = None,
+        sequence_axis: str | None = None, restore_step: int | None = None, progress: bool = True,
+        mode: str = "train") -> GenerateResult:
     """Samples `latent_shape` (frames, height, width) latents dense and with SVG at each density; see the module
-    docstring. `svg_options` are the "svg" backend's options except `density`; `mesh` places the weights and runs
-    the sampling on a device mesh, `sequence_axis` (one of its axes) splits the sequence in self-attention;
-    `restore_step`, `progress` and `mode` are the trainer's keywords, accepted and unused (nothing is trained or
-    restored)."""
+    docstring. `svg_options` are the "svg" backend's options except `density`; `embedded_guidance_scale`: for
+    guidance-distilled models (HunyuanVideo); `mesh` places the weights and runs the sampling on a device mesh,
+    `sequence_axis` (one of its axes) splits the sequence in self-attention; `restore_step`, `progress` and `mode` are
+    the trainer's keywords, accepted and unused (nothing is trained or restored)."""
     del restore_step, progress, mode
     if sequence_axis is not None and mesh is None:
         raise ValueError(f"sequence_axis={sequence_axis!r} splits the sequence over a mesh axis; set `mesh` too")
@@ -81,6 +105,7 @@ def run(*, workdir: str | Path, model_dir: str, embeddings: str, latent_shape: S
                              f"'negative_prompt_embeds' for guidance)")
         text = jnp.asarray(data["prompt_embeds"], dtype)
         negative = jnp.asarray(data["negative_prompt_embeds"], dtype) if "negative_prompt_embeds" in data else None
+        extras, static_extras = model_inputs(data, text.shape[0], dtype, embedded_guidance_scale)
     module, params = ports.from_diffusers(model_dir, dtype=jnp.dtype(dtype), mesh=device_mesh)
     if hasattr(module, "cross_attention_backend"):  # Wan's text cross-attention: never sparse, dense_backend always
         module = module.clone(cross_attention_backend=dense_backend)
@@ -96,8 +121,9 @@ def run(*, workdir: str | Path, model_dir: str, embeddings: str, latent_shape: S
 
     def timed(model):
         """Inputs are arguments, not closed-over constants (XLA would fold a 40 MB noise tensor into the program)."""
-        run_model = jax.jit(lambda p, x, c, u, key: sample(model, p, x, c, u, schedule=schedule, rng=key))
-        inputs = (params, noise, text, negative, attention_rng)
+        run_model = jax.jit(lambda p, x, c, u, key, extras: sample(model, p, x, c, u, schedule=schedule, rng=key,
+                                                                    model_kwargs={**extras, **static_extras}))
+        inputs = (params, noise, text, negative, attention_rng, extras)
         with jax.set_mesh(device_mesh) if device_mesh is not None else contextlib.nullcontext():
             compiled = run_model.lower(*inputs).compile()
             start = time.perf_counter()

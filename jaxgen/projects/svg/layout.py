@@ -22,18 +22,34 @@ from jax import lax
 
 @dataclasses.dataclass(frozen=True)
 class VideoLayout:
-    """Token layout of one sequence: `text_tokens` text tokens first or last, then/before the frame-major video."""
+    """Token layout of one sequence: `text_tokens` text tokens first or last, then/before the frame-major video.
+
+    `text_padding`: how many of the text tokens, at the very end of the sequence (text last), are padding, as
+    HunyuanVideo pads its prompt to 256 tokens. Padding tokens see only padding and real tokens never see padding
+    (the official SVG's HunyuanVideo mask), so attention splits into the real sequence (`real`) and a padding block;
+    it is static, like the official code's `prompt_length`.
+    """
 
     num_frames: int
     frame_tokens: int
     text_tokens: int = 0
     text_first: bool = True
+    text_padding: int = 0
 
     def __post_init__(self):
         if self.num_frames < 1 or self.frame_tokens < 1 or self.text_tokens < 0:
             raise ValueError(f"VideoLayout needs num_frames >= 1, frame_tokens >= 1, text_tokens >= 0; got "
                              f"num_frames={self.num_frames}, frame_tokens={self.frame_tokens}, "
                              f"text_tokens={self.text_tokens}")
+        if not 0 <= self.text_padding <= self.text_tokens or (self.text_padding and self.text_first):
+            raise ValueError(f"VideoLayout's text_padding must be in [0, text_tokens] with the text last (padding "
+                             f"ends the sequence); got text_padding={self.text_padding}, "
+                             f"text_tokens={self.text_tokens}, text_first={self.text_first}")
+
+    @property
+    def real(self) -> VideoLayout:
+        """The layout of the sequence without its padding tokens (itself when there are none)."""
+        return dataclasses.replace(self, text_tokens=self.text_tokens - self.text_padding, text_padding=0)
 
     @property
     def video_tokens(self) -> int:

@@ -1,12 +1,14 @@
 """What the diffusers video ports (`wan`, `cogvideox`) share: diffusers' attention and feed-forward layouts (each with
-its name-table rows), the output projection, and the input checks.
+its name-table rows), the output projection, and the input checks; HunyuanVideo (`hunyuan`) uses the norms and the
+feed-forward too, in its own joint attention.
 
 Both originals run diffusers' attention with separate `to_q` / `to_k` / `to_v` projections (bias on), a norm on q and
 k, RoPE, and `to_out`; they differ only in that norm (diffusers' `qk_norm`): Wan's "rms_norm_across_heads" (one
-RMSNorm over the flat projection, all heads together), CogVideoX's "layer_norm" (a LayerNorm per head, with bias).
-`VideoAttention` is that layout with the norm chosen by name, `attention_rows` its rows of a port's name table. Both
-use diffusers' `FeedForward` with a tanh GELU (`FeedForward`, `feed_forward_rows`), and both end in `proj_out`, a
-Linear from the video tokens to their patches (`project_out`).
+RMSNorm over the flat projection, all heads together), CogVideoX's "layer_norm" (a LayerNorm per head, with bias);
+HunyuanVideo's "rms_norm" is an RMSNorm per head. `VideoAttention` is that layout with the norm chosen by name,
+`attention_rows` its rows of a port's name table. The feed-forward is diffusers' `FeedForward` with its activation by
+name (`FeedForward`, `feed_forward_rows`: the tanh GELU of all three, HunyuanVideo's token refiner's "linear-silu"),
+and the ports end in `proj_out`, a Linear from the video tokens to their patches (`project_out`).
 """
 
 from __future__ import annotations
@@ -38,6 +40,10 @@ def _rms_norm_across_heads(eps: float, dtype: Any, name: str) -> nn.Module:
                       scale_init=partitioned(nn.initializers.ones, "heads", "kv"))
 
 
+def _rms_norm(eps: float, dtype: Any, name: str) -> nn.Module:
+    return nn.RMSNorm(eps, dtype=dtype, name=name, scale_init=partitioned(nn.initializers.ones, "kv"))
+
+
 def _layer_norm(eps: float, dtype: Any, name: str) -> nn.Module:
     return nn.LayerNorm(eps, dtype=dtype, name=name, scale_init=partitioned(nn.initializers.ones, "kv"),
                         bias_init=partitioned(nn.initializers.zeros, "kv"))
@@ -47,6 +53,7 @@ def _layer_norm(eps: float, dtype: Any, name: str) -> nn.Module:
 QK_NORMS: dict[str, QKNorm] = {
     "rms_norm_across_heads": QKNorm(_rms_norm_across_heads,
                                     lambda heads: {"scale": ("weight", porting.heads_bias(heads))}),
+    "rms_norm": QKNorm(_rms_norm, lambda heads: {"scale": ("weight", porting.same)}),
     "layer_norm": QKNorm(_layer_norm,
                          lambda heads: {"scale": ("weight", porting.same), "bias": ("bias", porting.same)}),
 }
@@ -103,12 +110,20 @@ def attention_rows(path: str, prefix: str, heads: int, qk_norm: str) -> list[tup
     return rows
 
 
+# diffusers' `activation_fn` name -> the activation between the two Dense layers of its `FeedForward`
+ACTIVATIONS: dict[str, Callable[[jax.Array], jax.Array]] = {
+    "gelu-approximate": lambda h: nn.gelu(h, approximate=True),
+    "linear-silu": nn.silu,
+}
+
+
 class FeedForward(nn.Module):
-    """diffusers' `FeedForward` with `activation_fn="gelu-approximate"`: Dense -> GELU (tanh) -> Dense back to the
-    input width."""
+    """diffusers' `FeedForward`: Dense -> activation (`ACTIVATIONS`, by diffusers' name; GELU-tanh by default) ->
+    Dense back to the input width."""
 
     hidden: int
     dtype: Any = jnp.float32
+    activation: str = "gelu-approximate"
 
     @nn.compact
     def __call__(self, x):
@@ -116,7 +131,7 @@ class FeedForward(nn.Module):
                      bias_init=partitioned(nn.initializers.zeros, "mlp"))(x)
         return nn.Dense(x.shape[-1], dtype=self.dtype, name="linear_out",
                         kernel_init=partitioned(XAVIER, "mlp", "embed"),
-                        bias_init=partitioned(nn.initializers.zeros, "embed"))(nn.gelu(h, approximate=True))
+                        bias_init=partitioned(nn.initializers.zeros, "embed"))(ACTIVATIONS[self.activation](h))
 
 
 def feed_forward_rows(path: str, prefix: str) -> list[tuple]:

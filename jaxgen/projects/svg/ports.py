@@ -14,7 +14,8 @@ Each port registers itself when its module is imported (`register_port`); `jaxge
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Callable
+import functools
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -29,11 +30,15 @@ from jaxgen.nn import porting, safetensors_io
 @dataclasses.dataclass(frozen=True)
 class Port:
     """module_from_config(config, **overrides) -> module; name_table(module) -> `jaxgen.nn.porting.NameTable`;
-    example_inputs(module) -> the positional inputs `module.init` is traced with (any small valid shape)."""
+    example_inputs(module) -> the positional inputs `module.init` is traced with (any small valid shape), with
+    example_kwargs(module) its keyword inputs; depth_of(module, path) -> how many blocks the `{i}` rows of parameter
+    `path` stack (ports with one scan: `module.depth`)."""
 
     module_from_config: Callable[..., nn.Module]
     name_table: Callable[[nn.Module], porting.NameTable]
     example_inputs: Callable[[nn.Module], tuple]
+    example_kwargs: Callable[[nn.Module], dict] = lambda module: {}
+    depth_of: Callable[[nn.Module, str], int] = lambda module, path: module.depth
 
 
 PORTS: dict[str, Port] = {}
@@ -58,15 +63,17 @@ def from_diffusers(model_dir: str | Path, *, dtype: Any = jnp.float32, mesh: jax
     port = PORTS[config["_class_name"]]
     module = port.module_from_config(config, **{"dtype": compute_dtype or dtype, **overrides})
     reader = safetensors_io.open_checkpoint(model_dir, "diffusion_pytorch_model")
-    boxed = jax.eval_shape(module.init, jax.random.key(0), *port.example_inputs(module))["params"]
-    params = porting.load_params(reader, boxed, port.name_table(module), lambda path: module.depth, dtype=dtype,
-                                 mesh=mesh, source=str(model_dir))
+    boxed = jax.eval_shape(functools.partial(module.init, **port.example_kwargs(module)), jax.random.key(0),
+                           *port.example_inputs(module))["params"]
+    params = porting.load_params(reader, boxed, port.name_table(module), functools.partial(port.depth_of, module),
+                                 dtype=dtype, mesh=mesh, source=str(model_dir))
     return module, params
 
 
 def num_params(module: nn.Module, port: Port) -> int:
     """Parameter count from shapes alone (`jax.eval_shape`: a 14B model costs nothing)."""
-    abstract = jax.eval_shape(module.init, jax.random.key(0), *port.example_inputs(module))
+    abstract = jax.eval_shape(functools.partial(module.init, **port.example_kwargs(module)), jax.random.key(0),
+                              *port.example_inputs(module))
     return sum(int(np.prod(leaf.shape)) for leaf in jax.tree.leaves(nn.unbox(abstract)))
 
 
@@ -74,3 +81,14 @@ def conv3d_patch(w):
     """Conv3d [width, c, pt, ph, pw] (stride = kernel) -> Dense on patches whose features are ordered (pt, ph, pw, c),
     as `jaxgen.projects.svg.model.patchify` lays them out."""
     return w.transpose(2, 3, 4, 1, 0).reshape(-1, w.shape[0])
+
+
+def linear_patch_out(patch: Sequence[int], channels: int):
+    """(kernel, bias) conversions of a `proj_out` Linear `[c * pt * ph * pw, width]` whose outputs are ordered channel
+    first (CogVideoX, HunyuanVideo) -> a Dense on `[width, (pt, ph, pw, c)]`, the order `unpatchify` reads."""
+    def kernel(w):
+        return w.reshape(channels, *patch, -1).transpose(4, 1, 2, 3, 0).reshape(w.shape[1], -1)
+
+    def bias(b):
+        return b.reshape(channels, *patch).transpose(1, 2, 3, 0).reshape(-1)
+    return kernel, bias

@@ -15,12 +15,16 @@ Each model family brings its schedule (a small dataclass with `run(model_fn, noi
   - `VPredictionDdim` (CogVideoX): deterministic DDIM on v-predictions over CogVideoX's discrete schedule
     (scaled-linear betas 0.00085-0.012, the SD3-style SNR shift, rescaled to zero terminal SNR), "trailing" timesteps,
     as diffusers' `CogVideoXDDIMScheduler`; the pipeline's defaults are 50 steps and guidance 6.
+  - HunyuanVideo: `FlowSchedule` with shift 7 and `guidance_scale` 1 (`HUNYUAN_720P`): the 13B model is
+    guidance-distilled, the scale (6 in the official scripts) goes in as the `guidance` input (times 1000), one call a
+    step; diffusers' HunyuanVideo pipeline runs the same Euler steps.
 SVG's per-step cost is what this path measures either way.
 """
 
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Mapping
 from typing import Any
 
 import flax.linen as nn
@@ -92,25 +96,34 @@ class VPredictionDdim:
 WAN_480P = FlowSchedule(num_steps=50, shift=3.0, guidance_scale=5.0)
 WAN_720P = FlowSchedule(num_steps=50, shift=5.0, guidance_scale=5.0)
 COGVIDEOX = VPredictionDdim(num_steps=50, guidance_scale=6.0)
+HUNYUAN_720P = FlowSchedule(num_steps=50, shift=7.0, guidance_scale=1.0)
 
 
 def sown(intermediates: Any) -> dict[str, jax.Array]:
     """The attention diagnostics a model sowed (SVG's head_is_temporal, density, recall), stacked over layers by
-    its scan: `{name: [layers, ...]}`, wherever in the module tree they were sown."""
-    found: dict[str, jax.Array] = {}
-    if isinstance(intermediates, dict):
-        for name, value in intermediates.items():
+    its scans: `{name: [layers, ...]}`, wherever in the module tree they were sown. A model with several scans
+    (HunyuanVideo's dual- then single-stream blocks) gets them concatenated in the order its modules ran."""
+    found: dict[str, list[jax.Array]] = {}
+
+    def walk(tree):
+        for name, value in tree.items():
             if isinstance(value, tuple):
-                found[name] = value[0]
-            else:
-                found.update(sown(value))
-    return found
+                found.setdefault(name, []).append(value[0])
+            elif isinstance(value, dict):
+                walk(value)
+
+    if isinstance(intermediates, dict):
+        walk(intermediates)
+    return {name: values[0] if len(values) == 1 else jnp.concatenate(values) for name, values in found.items()}
 
 
 def sample(module: nn.Module, params, noise: jax.Array, text: jax.Array, negative_text: jax.Array | None = None, *,
-           schedule: FlowSchedule | VPredictionDdim, rng: jax.Array) -> tuple[jax.Array, dict[str, jax.Array]]:
+           schedule: FlowSchedule | VPredictionDdim, rng: jax.Array,
+           model_kwargs: Mapping[str, Any] | None = None) -> tuple[jax.Array, dict[str, jax.Array]]:
     """Latents denoised from `noise` `[batch, frames, height, width, channels]` for prompt embeddings `text`
     `[batch, text_len, text_dim]`; `negative_text` (same shape) is the unconditional input of guidance.
+    `model_kwargs`: the model's extra keywords on every call (HunyuanVideo's pooled projections, text mask and padding,
+    embedded guidance); HunyuanVideo is guidance-distilled, one call a step, so they come with `guidance_scale` 1.
 
     The module's own attention backend runs ("svg" with its options for sparse sampling, "cudnn"/"dense" for the
     reference). `rng` feeds SVG's profiling, a fresh key per step. Returns `(latents float32, aux)` with aux the
@@ -119,10 +132,14 @@ def sample(module: nn.Module, params, noise: jax.Array, text: jax.Array, negativ
     if schedule.guidance_scale > 1.0 and (negative_text is None or negative_text.shape != text.shape):
         raise ValueError(f"guidance_scale {schedule.guidance_scale} needs negative_text shaped like text "
                          f"{text.shape}; got {None if negative_text is None else negative_text.shape}")
+    if schedule.guidance_scale > 1.0 and model_kwargs:
+        raise ValueError(f"model_kwargs {sorted(model_kwargs)} are per prompt; with guidance_scale "
+                         f"{schedule.guidance_scale} the batch would double (use guidance_scale 1 with them)")
 
     def model_fn(x, timestep, step, condition):
         out, state = module.apply(params, x, timestep, condition, step=step, num_steps=schedule.num_steps,
-                                  rng=jax.random.fold_in(rng, step), mutable=["intermediates"])
+                                  rng=jax.random.fold_in(rng, step), mutable=["intermediates"],
+                                  **dict(model_kwargs or {}))
         return out, sown(state.get("intermediates", {}))
 
     if schedule.guidance_scale > 1.0:

@@ -124,6 +124,11 @@ class WanTransformer(nn.Module):
     def width(self) -> int:
         return self.num_heads * self.head_dim
 
+    @property
+    def num_layers(self) -> int:
+        """Layers holding the attention SVG runs in (the attention context's `num_layers`)."""
+        return self.depth
+
     def grid(self, latents_shape: Sequence[int]) -> tuple[int, int, int]:
         """Token grid (frames, height, width) of latents `[batch, frames, height, width, in_channels]`."""
         grid = patch_grid(latents_shape, self.patch, self.in_channels, "Wan's latents")
