@@ -3,32 +3,36 @@ against one GPU in the same run.
 
 Recipe:
   command   PYTHONPATH=. python3 experiments/bench/scale_out.py [--devices 1 4 8] [--parts video dit]
-            [--resolution 720p|480p] [--density 0.25] [--weights fsdp|replicated] [--per-device-batch 32] [--out DIR]
+            [--models wan-14B hunyuan-13B] [--resolution 720p|480p (Wan)] [--density 0.25]
+            [--weights fsdp|replicated] [--per-device-batch 32] [--out DIR]
             multi-host pod, one process per host (SLURM, TPU-style launchers: jax.distributed auto-detection):
             PYTHONPATH=. python3 experiments/bench/scale_out.py --multihost --devices 1 8 16 32
-            CPU run (4 forced host devices, tiny Wan and DiT, Pallas interpret), about a minute on 2 cores:
+            CPU run (4 forced host devices, tiny Wan, HunyuanVideo and DiT, Pallas interpret):
             PYTHONPATH=. python3 experiments/bench/scale_out.py --quick --out /tmp/scale_out
   hardware  one host with 4 or 8 NVIDIA H100 80GB (NVLink); --quick: CPU
-  wall time not measured (no multi-GPU machine lent yet); estimated 6-8 min at 720p with 1, 4 and 8 GPUs, most of
-            it the one-GPU baseline (a dense Wan-14B 720p step is ~20 s there); --resolution 480p is ~3x quicker
+  wall time not measured (no multi-GPU machine lent yet); estimated 5-8 min per video model at 720p with 1, 4 and 8
+            GPUs, most of it the one-GPU baseline (a dense step of either model is ~20 s there) and compilation;
+            Wan at --resolution 480p is ~3x quicker
   expected  not measured. Issue 28's goals: video step >= 3.5x on 4 GPUs and >= 6.5x on 8 over one GPU (dense and
             SVG at density 0.25); DiT-XL/2 training images/s >= 0.9 x N times one GPU's.
 
 What runs, for each device count N (the first N devices; N = 1 first, the baseline):
-  video   Wan2.1-T2V-14B (random bf16 weights, the Flax port `jaxgen.projects.svg.wan`) called once on the guided batch
-          of 2 at 720p, 81 frames (latents [2, 21, 90, 160, 16], 75,600 tokens, text [2, 512, 4096]), timestep 500:
-          dense (cuDNN) and SVG at --density (64 profiled rows, the official first-frame sink, no dense warm-up: a
+  video   each model with random bf16 weights (the Flax ports of `jaxgen.projects.svg`) called once at timestep 500,
+          shapes from svg_real.py's settings of the same name:
+            wan-14B      guided batch 2 at 720p x 81 frames: latents [2, 21, 90, 160, 16], 75,600 tokens, no text in
+                         self-attention (captions [2, 512, 4096] by cross-attention), 40 heads;
+            hunyuan-13B  batch 1 (embedded guidance) at 720p x 129 frames: latents [1, 33, 90, 160, 16], 118,800 video
+                         + 256 text tokens last = 119,056, 24 heads.
+          Dense (cuDNN) and SVG at --density (64 profiled rows, the official settings per model, no dense warm-up: a
           sparse step). N = 1 runs the backends as one GPU does; N > 1 wraps the same backend in "ulysses"
           (`jaxgen.nn.sequence_parallel`: all-to-all over heads on mesh axis "fsdp", SVG's profiling and layout
-          unchanged inside), and the caption cross-attention runs with its queries split (no exchange). Weights:
-          --weights fsdp (default) splits them over the same axis by the logical-axis rules (28.6 GB -> 3.6 GB a GPU
-          on 8), gathered layer by layer; "replicated" keeps a whole copy on every GPU. Reported: ms per step (median
-          of --reps after a warm-up call), speed-up over N = 1 and the relative L2 distance of the N-GPU output to
-          the one-GPU output (bf16: about 1e-2 is agreement; a wrong exchange gives ~1), and what the compiled program
-          exchanges (`collectives`: per kind, count and largest result; the largest all-gather should be one layer's
-          weights, never an activation [2, tokens, 5120]).
-          HunyuanVideo-13B (the issue's other model) joins `VIDEO_MODELS` once its Flax port is on main: it needs only
-          its entry there (module builder, latents, text length, text placement).
+          unchanged inside, HunyuanVideo's text kept whole), and Wan's caption cross-attention runs with its queries
+          split (no exchange). Weights: --weights fsdp (default) splits them over the same axis by the logical-axis
+          rules (Wan-14B: 28.6 GB -> 3.6 GB a GPU on 8), gathered layer by layer; "replicated" keeps a whole copy on
+          every GPU. Reported: ms per step (median of --reps after a warm-up call), speed-up over N = 1, the relative
+          L2 distance of the N-GPU output to the one-GPU output (bf16: about 1e-2 is agreement; a wrong exchange
+          gives ~1), and what the compiled program exchanges (`collectives`: per kind, count and largest result; the
+          largest all-gather should be one layer's weights, never an activation [batch, tokens, width]).
   dit     DiT-XL/2 training (experiments/bench/dit_train.py's model, loss and AdamW: 256 tokens, 675 M parameters,
           float32 state, bf16 compute, cuDNN attention) with --per-device-batch images per GPU (weak scaling: global
           batch N x that), parameters, gradients and AdamW moments split over "fsdp" by the logical-axis rules.
@@ -49,12 +53,14 @@ import os
 import sys
 
 if "--quick" in sys.argv:  # must precede the first jax import: XLA fixes the host device count when it starts
-    os.environ["XLA_FLAGS"] = os.environ.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=4"
+    # (and XLA:CPU's code optimisation down: the tiny programs run for milliseconds but compile for seconds)
+    os.environ["XLA_FLAGS"] = os.environ.get("XLA_FLAGS", "") + (
+        " --xla_force_host_platform_device_count=4 --xla_backend_optimization_level=0"
+        " --xla_llvm_disable_expensive_passes=true")
     os.environ.setdefault("JAX_PLATFORMS", "cpu")
 os.environ.setdefault("XLA_PYTHON_CLIENT_MEM_FRACTION", "0.92")
 
 import argparse  # noqa: E402
-import dataclasses  # noqa: E402
 import functools  # noqa: E402
 import gc  # noqa: E402
 import json  # noqa: E402
@@ -80,33 +86,24 @@ from jaxgen.diffusion import ddpm  # noqa: E402
 from jaxgen.nn import attention as nn_attention  # noqa: E402
 from jaxgen.nn import dit  # noqa: E402
 from jaxgen.nn.sequence_parallel import ulysses_backend  # noqa: E402
-from jaxgen.projects.svg import wan  # noqa: E402
+from jaxgen.projects.svg import hunyuan, wan  # noqa: E402
 from jaxgen.projects.svg.attention import MaskOptions  # noqa: E402
 
 AXIS = "fsdp"  # the mesh axis that splits the sequence (video) and the parameters (both parts)
 CAPTIONS_BACKEND = "ulysses_captions"  # cross-attention with split queries: registered in main() around dense/cuDNN
 
 
-@dataclasses.dataclass(frozen=True)
-class VideoModel:
-    """build(quick) -> module; latents (frames, height, width) per resolution; text length; SVG's first-frame sink."""
-
-    build: Callable[[bool], nn.Module]
-    latents: dict[str, tuple[int, int, int]]
-    text_len: int
-    sink_first_frame: bool
-    quick_latents: tuple[int, int, int]
+# The video models: their Flax ports; shapes, batch, layout, extra inputs and SVG settings come from svg_real.py's
+# Setting of the same name (one place for a model's real shapes).
+VIDEO_PORTS = {"wan-14B": wan, "hunyuan-13B": hunyuan}
 
 
-def _wan(quick: bool) -> nn.Module:
+def build_video_model(name: str, quick: bool) -> nn.Module:
     if quick:  # the tiny config with 4 heads, one per forced host device
-        return wan.from_config({**wan.CONFIGS["tiny"], "num_attention_heads": 4}, dtype=jnp.bfloat16)
-    return wan.named("14B", dtype=jnp.bfloat16)
-
-
-VIDEO_MODELS = {
-    "wan-14B": VideoModel(_wan, svg_real.MODELS["wan-14B"].latents, 512, True, svg_real.MODELS["wan-14B"].quick_latents),
-}
+        port = VIDEO_PORTS[name]
+        return port.from_config({**port.CONFIGS["tiny"], "num_attention_heads": 4}, dtype=jnp.bfloat16)
+    setting = svg_real.MODELS[name]
+    return setting.build(setting.config, dtype=jnp.bfloat16)
 
 
 def log(message: str) -> None:
@@ -126,9 +123,9 @@ def on_device(make: Callable[[], Any], shardings) -> Any:
     return jax.jit(make, out_shardings=shardings)()
 
 
-def random_weights(module: nn.Module, inputs: tuple, mesh, weights: str):
+def random_weights(module: nn.Module, inputs: tuple, extras: dict, mesh, weights: str):
     """N(0, 1/fan_in) bf16 weights, the same values on every mesh (threefry draws do not depend on the sharding)."""
-    boxed = jax.eval_shape(module.init, jax.random.key(0), *inputs)
+    boxed = jax.eval_shape(lambda key: module.init(key, *inputs, **extras), jax.random.key(0))
     if weights == "fsdp":
         shardings = sharding_lib.variable_shardings(boxed, mesh)
     else:
@@ -175,54 +172,62 @@ def host_copy(x) -> np.ndarray | None:
     return np.asarray(x, np.float32) if x.is_fully_addressable else None
 
 
-def video_part(args, name: str, model: VideoModel, counts: list[int], dense_backend: str) -> dict:
-    base = model.build(args.quick)
-    grid = model.quick_latents if args.quick else model.latents[args.resolution]
-    text_len = 8 if args.quick else model.text_len
+def video_part(args, name: str, counts: list[int], dense_backend: str) -> dict:
+    setting = svg_real.MODELS[name]
+    base = build_video_model(name, args.quick)
+    resolution = next(iter(setting.latents)) if args.resolution not in setting.latents else args.resolution
+    grid = setting.quick_latents if args.quick else setting.latents[resolution]
+    text_len = 8 if args.quick else setting.text_len
     block = 16 if args.quick else 128
     svg_options = dict(density=args.density, num_sampled_rows=64, block_q=block, block_kv=block,
                        implementation="interpret" if args.quick else None,
-                       mask_options=MaskOptions(sink_first_frame=model.sink_first_frame))
-    shapes = ((2, *grid, base.in_channels), (2, text_len, base.text_dim))
-    tokens = base.layout(shapes[0]).seq_len
-    log(f"\n{name}: latents {shapes[0]}, {tokens} tokens, {base.depth} layers x {base.num_heads} heads, "
-        f"weights {args.weights}")
-    result = {"latents": list(shapes[0]), "tokens": tokens, "width": base.width, "text_len": text_len,
-              "weights": args.weights, "density": args.density, "rows": []}
+                       mask_options=MaskOptions(sink_first_frame=setting.sink_first_frame))
+    batch = setting.batch
+    shapes = ((batch, *grid, base.in_channels), (batch, text_len, base.text_dim))
+    layout = setting.layout(base, shapes[0], text_len)
+    log(f"\n{name}: latents {shapes[0]}, {layout.seq_len} tokens ({layout.video_tokens} video), {base.num_layers} "
+        f"layers x {base.num_heads} heads, weights {args.weights}")
+    result = {"resolution": "quick" if args.quick else resolution, "latents": list(shapes[0]),
+              "tokens": layout.seq_len, "video_tokens": layout.video_tokens, "width": base.width, "batch": batch,
+              "text_len": text_len, "weights": args.weights, "density": args.density, "rows": []}
     reference = {}
     for n in counts:
         mesh = sub_mesh(n)
         if mesh is None:
             continue
-        if base.num_heads % n or (tokens % n):
-            result["rows"].append({"devices": n, "skipped": f"{base.num_heads} heads or {tokens} tokens do not "
-                                                            f"split over {n} devices"})
+        if base.num_heads % n or layout.video_tokens % n:
+            result["rows"].append({"devices": n, "skipped": f"{base.num_heads} heads or {layout.video_tokens} video "
+                                                            f"tokens do not split over {n} devices"})
             continue
         with jax.set_mesh(mesh):
-            keys = jax.random.split(jax.random.key(0), 2)
+            keys = jax.random.split(jax.random.key(0), 4)
             replicated = sharding_lib.replicated(mesh)
             latents = on_device(lambda: jax.random.normal(keys[0], shapes[0], jnp.bfloat16), replicated)
             text = on_device(lambda: jax.random.normal(keys[1], shapes[1], jnp.bfloat16), replicated)
-            timestep = on_device(lambda: jnp.full((2,), 500.0), replicated)
-            params = random_weights(base, (latents, timestep, text), mesh, args.weights)
+            timestep = on_device(lambda: jnp.full((batch,), 500.0), replicated)
+            extras = on_device(lambda: setting.extras(base, batch, keys[3]), replicated)
+            params = random_weights(base, (latents, timestep, text), extras, mesh, args.weights)
             for variant, inner, options in (("dense", dense_backend, {}), ("svg", "svg", svg_options)):
                 if n == 1:
-                    module = base.clone(attention_backend=inner, attention_options=options or None,
-                                        cross_attention_backend=dense_backend)
+                    module = base.clone(attention_backend=inner, attention_options=options or None)
+                    captions = dense_backend
                 else:
                     module = base.clone(attention_backend="ulysses",
-                                        attention_options={"axis": AXIS, "inner": inner, **options},
-                                        cross_attention_backend=CAPTIONS_BACKEND)
+                                        attention_options={"axis": AXIS, "inner": inner, **options})
+                    captions = CAPTIONS_BACKEND
+                if hasattr(module, "cross_attention_backend"):  # Wan's caption cross-attention: never sparse
+                    module = module.clone(cross_attention_backend=captions)
 
-                def step(params, latents, timestep, text, rng, module=module):
-                    out, _ = module.apply(params, latents, timestep, text, rng=rng, mutable=["intermediates"])
+                def step(params, latents, timestep, text, extras, rng, module=module):
+                    out, _ = module.apply(params, latents, timestep, text, rng=rng, mutable=["intermediates"],
+                                          **extras)
                     return out
 
+                inputs = (params, latents, timestep, text, extras, keys[2])
                 compile_start = time.perf_counter()
-                compiled = jax.jit(step).lower(params, latents, timestep, text, keys[1]).compile()
+                compiled = jax.jit(step).lower(*inputs).compile()
                 compile_s = time.perf_counter() - compile_start
-                ms, first_s, out = svg_real.median_ms(compiled, params, latents, timestep, text, keys[1],
-                                                      reps=args.reps)
+                ms, first_s, out = svg_real.median_ms(compiled, *inputs, reps=args.reps)
                 row = {"devices": n, "variant": variant, "ms": ms, "compile_s": compile_s, "first_call_s": first_s,
                        "collectives": collectives(compiled)}
                 output = host_copy(out)
@@ -243,7 +248,7 @@ def video_part(args, name: str, model: VideoModel, counts: list[int], dense_back
                     + (f"  {row['speedup_vs_1']:.2f}x over 1, rel. L2 vs 1: {row['relative_l2_vs_1']}"
                        if "speedup_vs_1" in row else ""))
                 del compiled, out
-            del params, latents, text
+            del params, latents, text, extras
             gc.collect()
     return result
 
@@ -331,8 +336,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--devices", type=int, nargs="+", help="device counts (default: 1, 4, 8 and all, as present)")
     parser.add_argument("--parts", nargs="+", default=["video", "dit"], choices=["video", "dit"])
-    parser.add_argument("--models", nargs="+", default=sorted(VIDEO_MODELS), choices=sorted(VIDEO_MODELS))
-    parser.add_argument("--resolution", default="720p", choices=["480p", "720p"])
+    parser.add_argument("--models", nargs="+", default=sorted(VIDEO_PORTS), choices=sorted(VIDEO_PORTS))
+    parser.add_argument("--resolution", default="720p", help="Wan: 480p or 720p; HunyuanVideo runs 720p")
     parser.add_argument("--density", type=float, default=0.25)
     parser.add_argument("--weights", default="fsdp", choices=["fsdp", "replicated"])
     parser.add_argument("--reps", type=int, default=3)
@@ -386,7 +391,7 @@ def main(argv=None) -> None:
     if "video" in args.parts:
         result["video"] = {}
         for name in args.models:
-            result["video"][name] = video_part(args, name, VIDEO_MODELS[name], counts, dense_backend)
+            result["video"][name] = video_part(args, name, counts, dense_backend)
             save()
     if "dit" in args.parts:
         result["dit"] = dit_part(args, counts)
