@@ -1,7 +1,7 @@
-"""The scale-out benchmark runs end to end on CPU (`--quick`: 4 forced host devices, tiny Wan and DiT, Pallas
-interpret; Wan with captions by cross-attention, HunyuanVideo with its text in the joint attention), so it cannot rot before a multi-GPU machine is lent: the 4-device sequence-parallel step must equal the
-1-device one and keep its activations split (its compiled program gathers weights, never an activation), and FSDP
-training must run."""
+"""The scale-out benchmark runs end to end on CPU (`--quick`: 4 forced host devices, tiny Wan, HunyuanVideo and
+DiT, Pallas interpret), so it cannot rot before a multi-GPU machine is lent: for Wan (captions by cross-attention) and
+HunyuanVideo (text in the joint attention) the 4-device sequence-parallel step must equal the 1-device one and keep
+its activations split (its compiled program gathers weights, never an activation), and FSDP training must run."""
 
 from __future__ import annotations
 

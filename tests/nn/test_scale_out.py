@@ -7,7 +7,7 @@
     (`jaxgen.core.sharding.variable_shardings`, what the trainer calls), blocks rematerialised as the FSDP presets
     may, the batch split as the trainer splits it, three SGD steps (`tests/core/test_processes.py` runs the whole
     trainer on such meshes with an MLP; this is about the DiT's own annotations);
-  - the FSDP recipes parse at full size on 8 devices and on 4.
+  - the FSDP recipes parse at full size on 8 devices and on 4, the sequence-parallel video recipes on 8.
 Both 4-device checks run in one subprocess (XLA's host device count is fixed when jax starts, DESIGN.md), so jax is
 imported once. To fit the suite's time budget on 2 cores they compile nothing they do not test: inputs and DiT
 parameters come from numpy (a jitted random init of even a tiny scanned DiT costs seconds of XLA compilation), the
@@ -158,4 +158,16 @@ def test_fsdp_recipes_parse_at_full_size_on_8_or_4_devices(recipe, model, remat)
     assert gin.query_parameter("%BATCH_SIZE") == 256
     parse([f"configs/diffusion/{recipe}.gin", "configs/common/mesh_4.gin"])
     assert (gin.query_parameter("mesh.MeshConfig.fsdp"), gin.query_parameter("mesh.MeshConfig.num_devices")) == (4, 4)
+    gin.clear_config()
+
+
+@pytest.mark.parametrize("recipe", ["wan_14b_720p_sp", "hunyuan_720p_sp"])
+def test_sequence_parallel_video_recipes_parse(recipe):
+    import gin
+
+    from jaxgen.config import parse
+
+    parse([f"configs/svg/{recipe}.gin"], ["MODEL_DIR='model'", "EMBEDDINGS='prompt.npz'"])
+    assert gin.query_parameter("generate.run.sequence_axis") == "fsdp"
+    assert gin.query_parameter("mesh.MeshConfig.fsdp") == 8
     gin.clear_config()
