@@ -31,8 +31,9 @@ What runs, for each device count N (the first N devices; N = 1 first, the baseli
           rules (Wan-14B: 28.6 GB -> 3.6 GB a GPU on 8), gathered layer by layer; "replicated" keeps a whole copy on
           every GPU. Reported: ms per step (median of --reps after a warm-up call), speed-up over N = 1, the relative
           L2 distance of the N-GPU output to the one-GPU output (bf16: about 1e-2 is agreement; a wrong exchange
-          gives ~1), and what the compiled program exchanges (`collectives`: per kind, count and largest result; the
-          largest all-gather should be one layer's weights, never an activation [batch, tokens, width]).
+          gives ~1), and what the compiled program exchanges (`collectives`: per kind, count, largest result and
+          whether a whole-sequence activation is exchanged: under sequence parallelism none should be, all-gathers
+          carrying weights only).
   dit     DiT-XL/2 training (experiments/bench/dit_train.py's model, loss and AdamW: 256 tokens, 675 M parameters,
           float32 state, bf16 compute, cuDNN attention) with --per-device-batch images per GPU (weak scaling: global
           batch N x that), parameters, gradients and AdamW moments split over "fsdp" by the logical-axis rules.
@@ -151,20 +152,22 @@ def _itemsize(hlo_dtype: str) -> int:
     return 1 if hlo_dtype == "pred" else max(1, int(re.search(r"\d+$", hlo_dtype).group()) // 8)
 
 
-def collectives(compiled) -> dict[str, Any]:
-    """What the compiled program exchanges, from its HLO: per kind the count of ops (a scan's body counts once) and
-    the largest result in bytes. Sequence parallelism is working when the largest all-gather is a layer's weights and
-    not an activation `[batch, tokens, width]`."""
+def collectives(compiled, sequence_lengths: tuple[int, ...]) -> dict[str, Any]:
+    """What the compiled program exchanges, from its HLO: per kind the count of ops (a scan's body counts once), the
+    largest result in bytes and whether any result has a whole sequence (one of `sequence_lengths`) as a dimension.
+    Sequence parallelism is working when the all-to-alls carry q, k, v and the output and no collective holds a
+    whole-sequence activation (the weights' gathers of FSDP are expected)."""
     summary: dict[str, Any] = {}
     for line in compiled.as_text().splitlines():
         match = COLLECTIVE.search(line)
         if not match:
             continue
-        size = sum(_itemsize(dtype) * int(np.prod([int(d) for d in dims.split(",") if d]))
-                   for dtype, dims in ARRAY_TYPE.findall(match.group(1)))
-        entry = summary.setdefault(match.group(2), {"count": 0, "largest_bytes": 0})
+        arrays = [(dtype, [int(d) for d in dims.split(",") if d]) for dtype, dims in ARRAY_TYPE.findall(match.group(1))]
+        entry = summary.setdefault(match.group(2), {"count": 0, "largest_bytes": 0, "whole_sequence": False})
         entry["count"] += 1
-        entry["largest_bytes"] = max(entry["largest_bytes"], size)
+        entry["largest_bytes"] = max(entry["largest_bytes"],
+                                     sum(_itemsize(dtype) * int(np.prod(dims)) for dtype, dims in arrays))
+        entry["whole_sequence"] |= any(length in dims for _, dims in arrays for length in sequence_lengths)
     return summary
 
 
@@ -207,6 +210,7 @@ def video_part(args, name: str, counts: list[int], dense_backend: str) -> dict:
             timestep = on_device(lambda: jnp.full((batch,), 500.0), replicated)
             extras = on_device(lambda: setting.extras(base, batch, keys[3]), replicated)
             params = random_weights(base, (latents, timestep, text), extras, mesh, args.weights)
+            step_ms = {}
             for variant, inner, options in (("dense", dense_backend, {}), ("svg", "svg", svg_options)):
                 if n == 1:
                     module = base.clone(attention_backend=inner, attention_options=options or None)
@@ -229,7 +233,7 @@ def video_part(args, name: str, counts: list[int], dense_backend: str) -> dict:
                 compile_s = time.perf_counter() - compile_start
                 ms, first_s, out = svg_real.median_ms(compiled, *inputs, reps=args.reps)
                 row = {"devices": n, "variant": variant, "ms": ms, "compile_s": compile_s, "first_call_s": first_s,
-                       "collectives": collectives(compiled)}
+                       "collectives": collectives(compiled, (layout.seq_len, layout.video_tokens))}
                 output = host_copy(out)
                 if n == 1:
                     reference[variant] = (ms, output)
@@ -238,13 +242,14 @@ def video_part(args, name: str, counts: list[int], dense_backend: str) -> dict:
                     row["speedup_vs_1"] = base_ms / ms
                     row["relative_l2_vs_1"] = (None if output is None or base_out is None
                                                else svg_real.rel_err(output, base_out))
+                step_ms[variant] = ms
                 if variant == "svg":
-                    row["svg_speedup_vs_dense"] = dense_ms / ms
-                dense_ms = ms
+                    row["svg_speedup_vs_dense"] = step_ms["dense"] / ms
                 result["rows"].append(row)
                 gathered = row["collectives"].get("all-gather", {}).get("largest_bytes", 0)
+                whole = [kind for kind, entry in row["collectives"].items() if entry["whole_sequence"]]
                 log(f"  {n} device(s) {variant:5s}: {ms:10.1f} ms/step  (compile {compile_s:.1f} s, largest all-gather "
-                    f"{gathered / 2**20:.1f} MiB)"
+                    f"{gathered / 2**20:.1f} MiB{', whole-sequence activations in ' + str(whole) if whole else ''})"
                     + (f"  {row['speedup_vs_1']:.2f}x over 1, rel. L2 vs 1: {row['relative_l2_vs_1']}"
                        if "speedup_vs_1" in row else ""))
                 del compiled, out

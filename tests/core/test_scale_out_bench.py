@@ -26,11 +26,12 @@ def test_scale_out_quick_runs_and_agrees_with_one_device(tmp_path):
     for name, video in result["video"].items():
         rows = video["rows"]
         assert [(r["devices"], r["variant"]) for r in rows] == [(1, "dense"), (1, "svg"), (4, "dense"), (4, "svg")]
-        activation_bytes = video["batch"] * video["tokens"] * video["width"] * 4  # f32: XLA:CPU computes bf16 so
         for row in rows[2:]:
             assert row["relative_l2_vs_1"] < 2e-2, (name, row)  # bf16 agreement; a wrong exchange gives ~1
             assert row["collectives"]["all-to-all"]["count"] >= 4, (name, row)  # q, k, v and the output
-            # weights are gathered layer by layer; an activation never is (the sequence stays split)
-            assert row["collectives"]["all-gather"]["largest_bytes"] < activation_bytes, (name, row)
+            # weights are gathered layer by layer (FSDP); no collective holds a whole-sequence activation (a program
+            # that lost the split does: plain dense attention on sequence-split latents all-reduces [2, tokens, ...])
+            assert row["collectives"]["all-gather"]["count"] > 0, (name, row)
+            assert not [kind for kind, entry in row["collectives"].items() if entry["whole_sequence"]], (name, row)
     dit_rows = result["dit"]["rows"]
     assert [r["devices"] for r in dit_rows] == [1, 4] and all(r["images_per_s"] > 0 for r in dit_rows)
