@@ -11,10 +11,16 @@ embeds `embedded_guidance_scale`. Outputs in the workdir: `latents_dense.npy`,
 distance of SVG's latents to the dense ones, the density computed and the attention recall on the sparse calls (per
 layer), the share of heads classified temporal, and the wall time of each whole sampling loop (compiled ahead,
 so compilation is not in it).
+
+On several GPUs (`mesh`, `sequence_axis`): the weights load straight into their shards by the logical-axis rules
+(FSDP over `fsdp`: Wan-14B's 28.6 GB become 3.6 GB a GPU on 8), and self-attention of both runs goes through the
+"ulysses" backend (`jaxgen.nn.sequence_parallel`) around the dense backend and SVG, splitting the video sequence over
+`sequence_axis`; the recipes `configs/svg/*_sp.gin` bind both.
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import time
@@ -26,6 +32,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from jaxgen.core import mesh as mesh_lib
 from jaxgen.projects.svg import ports
 from jaxgen.projects.svg.sampling import FlowSchedule, VPredictionDdim, sample
 
@@ -78,13 +85,18 @@ def model_inputs(data: Mapping[str, np.ndarray], batch: int, dtype: Any,
 def run(*, workdir: str | Path, model_dir: str, embeddings: str, latent_shape: Sequence[int],
         schedule: FlowSchedule | VPredictionDdim = FlowSchedule(), densities: Sequence[float] = (0.25,),
         svg_options: Mapping[str, Any] | None = None, dense_backend: str = "cudnn", dtype: str = "bfloat16",
-        embedded_guidance_scale: float | None = None, seed: int = 0, restore_step: int | None = None,
-        progress: bool = True, mode: str = "train") -> GenerateResult:
+        embedded_guidance_scale: float | None = None, seed: int = 0, mesh: mesh_lib.MeshConfig | None = None,
+        sequence_axis: str | None = None, restore_step: int | None = None, progress: bool = True,
+        mode: str = "train") -> GenerateResult:
     """Samples `latent_shape` (frames, height, width) latents dense and with SVG at each density; see the module
     docstring. `svg_options` are the "svg" backend's options except `density`; `embedded_guidance_scale`: for
-    guidance-distilled models (HunyuanVideo); `restore_step`, `progress` and `mode` are the trainer's keywords,
-    accepted and unused (nothing is trained or restored)."""
+    guidance-distilled models (HunyuanVideo); `mesh` places the weights and runs the sampling on a device mesh,
+    `sequence_axis` (one of its axes) splits the sequence in self-attention; `restore_step`, `progress` and `mode` are
+    the trainer's keywords, accepted and unused (nothing is trained or restored)."""
     del restore_step, progress, mode
+    if sequence_axis is not None and mesh is None:
+        raise ValueError(f"sequence_axis={sequence_axis!r} splits the sequence over a mesh axis; set `mesh` too")
+    device_mesh = None if mesh is None else mesh_lib.make_mesh(mesh)
     workdir = Path(workdir)
     workdir.mkdir(parents=True, exist_ok=True)
     with np.load(embeddings) as data:
@@ -94,29 +106,39 @@ def run(*, workdir: str | Path, model_dir: str, embeddings: str, latent_shape: S
         text = jnp.asarray(data["prompt_embeds"], dtype)
         negative = jnp.asarray(data["negative_prompt_embeds"], dtype) if "negative_prompt_embeds" in data else None
         extras, static_extras = model_inputs(data, text.shape[0], dtype, embedded_guidance_scale)
-    module, params = ports.from_diffusers(model_dir, dtype=jnp.dtype(dtype))
+    module, params = ports.from_diffusers(model_dir, dtype=jnp.dtype(dtype), mesh=device_mesh)
     if hasattr(module, "cross_attention_backend"):  # Wan's text cross-attention: never sparse, dense_backend always
         module = module.clone(cross_attention_backend=dense_backend)
     noise = jax.random.normal(jax.random.key(seed), (text.shape[0], *latent_shape, module.in_channels))
     attention_rng = jax.random.key(seed + 1)
+
+    def with_attention(backend: str, options: Mapping[str, Any] | None = None):
+        """`module` with self-attention by `backend`, wrapped in "ulysses" when the sequence is split."""
+        if sequence_axis is None:
+            return module.clone(attention_backend=backend, attention_options=options)
+        return module.clone(attention_backend="ulysses",
+                            attention_options={"axis": sequence_axis, "inner": backend, **dict(options or {})})
 
     def timed(model):
         """Inputs are arguments, not closed-over constants (XLA would fold a 40 MB noise tensor into the program)."""
         run_model = jax.jit(lambda p, x, c, u, key, extras: sample(model, p, x, c, u, schedule=schedule, rng=key,
                                                                     model_kwargs={**extras, **static_extras}))
         inputs = (params, noise, text, negative, attention_rng, extras)
-        compiled = run_model.lower(*inputs).compile()
-        start = time.perf_counter()
-        latents, aux = jax.block_until_ready(compiled(*inputs))
+        with jax.set_mesh(device_mesh) if device_mesh is not None else contextlib.nullcontext():
+            compiled = run_model.lower(*inputs).compile()
+            start = time.perf_counter()
+            latents, aux = jax.block_until_ready(compiled(*inputs))
         return np.asarray(latents), jax.device_get(aux), time.perf_counter() - start
 
-    dense, _, dense_seconds = timed(module.clone(attention_backend=dense_backend))
+    dense, _, dense_seconds = timed(with_attention(dense_backend))
     np.save(workdir / "latents_dense.npy", dense)
     results: dict[str, Any] = {"device": jax.devices()[0].device_kind, "dense_seconds": dense_seconds,
+                               "mesh": None if device_mesh is None else mesh_lib.describe(device_mesh),
+                               "sequence_axis": sequence_axis,
                                "latent_shape": list(latent_shape), "schedule": dataclasses.asdict(schedule)}
     for density in densities:
         options = {**dict(svg_options or {}), "density": float(density)}
-        latents, aux, seconds = timed(module.clone(attention_backend="svg", attention_options=options))
+        latents, aux, seconds = timed(with_attention("svg", options))
         key = f"d{density:g}"
         np.save(workdir / f"latents_svg_{key}.npy", latents)
         results[key] = {"seconds": seconds, "speedup": dense_seconds / seconds,
