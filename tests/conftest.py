@@ -32,8 +32,16 @@ jax.config.update("jax_default_matmul_precision", "highest")
 
 @pytest.fixture(scope="session", autouse=True)
 def data_dir(tmp_path_factory) -> Path:
-    """Offline datasets are prepared once per session into a private folder (never the user's ~/tensorflow_datasets)."""
-    path = Path(os.environ.get("JAXGEN_TEST_DATA_DIR") or tmp_path_factory.mktemp("tfds"))
+    """Offline datasets are prepared once per test run into a private folder (never the user's ~/tensorflow_datasets).
+    pytest-xdist's workers share it (their temporary folders sit side by side in the run's): preparing takes turns on
+    a lock file (`jaxgen.data.sources`), so shape_classes/32's 55,000 images are drawn once, not once per worker."""
+    if os.environ.get("JAXGEN_TEST_DATA_DIR"):
+        path = Path(os.environ["JAXGEN_TEST_DATA_DIR"])
+    elif os.environ.get("PYTEST_XDIST_WORKER"):
+        path = tmp_path_factory.getbasetemp().parent / "tfds"
+        path.mkdir(exist_ok=True)
+    else:
+        path = tmp_path_factory.mktemp("tfds")
     os.environ["JAXGEN_DATA_DIR"] = str(path)
     return path
 
