@@ -73,7 +73,8 @@ class DcaeLatents:
         count = min(self.scale_examples, len(source))
         images = sources.read_batch(source, np.arange(count))["image"]
         if self.checkpoint is None:
-            self._variables = model_lib.init(self.autoencoder, jax.random.key(0), jnp.zeros((1, *images.shape[1:])))
+            self._variables = nn.unbox(model_lib.init(self.autoencoder, jax.random.key(0),
+                                                      jnp.zeros((1, *images.shape[1:]))))
         else:
             self._variables = restore_autoencoder(self.autoencoder, self.checkpoint, images.shape[1:])
         self._encode_jit = jax.jit(self._encode_unscaled)
