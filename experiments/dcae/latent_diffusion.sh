@@ -10,7 +10,8 @@ jaxgen=${JAXGEN:-jaxgen}
 done_at() { [ -f "$1/eval/$2/metrics.json" ]; }
 
 done_at runs/diffusion/classifier_shape_classes32 2000 ||
-  $jaxgen run configs/diffusion/classifier_shape_classes32.gin --workdir runs/diffusion/classifier_shape_classes32 --no-progress
+  $jaxgen run configs/diffusion/classifier_shape_classes32.gin --workdir runs/diffusion/classifier_shape_classes32 \
+    --no-progress
 for arm in c16 f2c4; do
   done_at runs/dcae/ldm_ae_$arm 400 ||
     $jaxgen run configs/dcae/ldm_ae_${arm}_shapes32.gin --workdir runs/dcae/ldm_ae_$arm --no-progress
