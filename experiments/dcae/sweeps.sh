@@ -33,6 +33,13 @@ run "$root/tiny_refine32_s0" configs/dcae/tiny_refine32.gin --gin.TRAIN_STEPS=20
 for variant in "" _noshortcut; do
   run "$root/f32c32_cpu${variant}_s0" "configs/dcae/f32c32_cpu_textures64${variant}.gin" --gin.SEED=0 --gin.TRAIN_STEPS=300
 done
+# ... and at 700 steps with seeds 0-2 (2026-12-07: about 4.5 min a run; the pair of one seed ran side by side).
+for seed in 0 1 2; do
+  for variant in "" _noshortcut; do
+    run "$root/f32c32_cpu_700${variant}_s$seed" "configs/dcae/f32c32_cpu_textures64${variant}.gin" --gin.SEED=$seed \
+      --gin.TRAIN_STEPS=700 --gin.CHECKPOINT_EVERY=700 --gin.EVAL_EVERY=700
+  done
+done
 # Frozen parameters bit-identical across phases 2 and 3 (counts into the README).
 python=${PYTHON:-python3}  # an interpreter with jax and jaxgen (the venv's)
 $python experiments/dcae/check_frozen.py --before "$root/tiny_s0" --after "$root/tiny_adapt64_s0" \

@@ -17,12 +17,17 @@ Evaluators (the trainer hands them the EMA parameters when the run keeps an aver
   (the judge on the real eval images: the ceiling samples can reach). The real images' statistics are computed at
   the first evaluation and kept. Sampling shows a progress bar (`EvalContext.show_progress`). Single-process: the
   judges read this process's rows of each eval batch.
+
+Latent diffusion: with `latents` (a `LatentSpace`, e.g. a trained autoencoder's encoder and decoder), the backbone
+sees `latents.encode(images)` instead of the images, samples are drawn in latent space and decoded before they are
+drawn or judged, so every evaluator compares pictures. Latents are not bounded like pixels: such recipes set
+`clip_x0 = None` (or a bound that fits their latents' scale).
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from typing import Any
+from typing import Any, Protocol
 
 import flax.linen as nn
 import jax
@@ -40,13 +45,25 @@ GRID_GAP = 2  # pixels between the cells of the samples grid
 LABEL_WIDTH = 96  # pixels of the class-name column of the samples grid
 
 
+class LatentSpace(Protocol):
+    """Where a latent diffusion model works: `encode` images in [-1, 1] `[b, h, w, c]` (traced inside the jitted
+    loss), `decode` latents back to images in [-1, 1], and the latent shape of one image."""
+
+    def encode(self, images: jax.Array) -> jax.Array: ...
+
+    def decode(self, latents: jax.Array) -> jax.Array: ...
+
+    def latent_shape(self, image_shape: tuple[int, int, int]) -> tuple[int, int, int]: ...
+
+
 class ClassConditionalDiffusionTask:
     """Batches hold `image` uint8 `[batch, height, width, channels]` and `label` int `[batch]` in [0, num_classes).
 
     `schedule` names a `ddpm.SCHEDULES` entry of `num_train_timesteps` steps. `eval_timesteps` are the timesteps the
     `denoising` evaluator reports; it reads at most `max_eval_batches` eval batches. The `samples` evaluator runs
     `num_sample_steps` DDIM steps (`timestep_spacing` as in diffusers; "trailing" starts from pure noise) at guidance
-    `guidance_scale` (1 is the conditional model alone), clipping predicted x0 to [-1, 1]. The `sample_quality`
+    `guidance_scale` (1 is the conditional model alone), clipping predicted x0 to [-clip_x0, clip_x0] (None: no
+    clipping). `latents`: diffuse in that latent space instead of pixels (module docstring). The `sample_quality`
     evaluator draws `num_judged_samples` such samples, `sample_batch_size` per sampler call, for the `judges`.
     """
 
@@ -57,7 +74,8 @@ class ClassConditionalDiffusionTask:
                  eval_timesteps: Sequence[int] = (50, 250, 500, 750, 950), max_eval_batches: int = 8,
                  num_sample_steps: int = 50, timestep_spacing: str = "trailing", guidance_scale: float = 1.5,
                  samples_per_class: int = 8, class_names: Sequence[str] | None = None, grid_scale: int = 2,
-                 judges: Sequence[Judge] = (), num_judged_samples: int = 1200, sample_batch_size: int = 256):
+                 judges: Sequence[Judge] = (), num_judged_samples: int = 1200, sample_batch_size: int = 256,
+                 clip_x0: float | None = 1.0, latents: LatentSpace | None = None):
         if not 0.0 <= label_dropout < 1.0:
             raise ValueError(f"label_dropout must be in [0, 1); got {label_dropout}")
         if class_names is not None and len(class_names) != num_classes:
@@ -85,6 +103,8 @@ class ClassConditionalDiffusionTask:
         self.judges = tuple(judges)
         self.num_judged_samples = num_judged_samples
         self.sample_batch_size = sample_batch_size
+        self.clip_x0 = clip_x0
+        self.latents = latents
         self._real_judgements = None  # the eval split's statistics per judge, computed at the first evaluation
         self._denoising_jit = jax.jit(self._denoising_errors)
         self._sample_jit = jax.jit(self._sample, static_argnames=("image_shape",))
@@ -94,11 +114,16 @@ class ClassConditionalDiffusionTask:
         """uint8 [0, 255] -> float32 [-1, 1]."""
         return image.astype(jnp.float32) / 127.5 - 1.0
 
+    def diffused(self, image: jax.Array) -> jax.Array:
+        """What the model denoises: uint8 images preprocessed, encoded when the task has `latents`."""
+        x = self.preprocess(image)
+        return x if self.latents is None else self.latents.encode(x)
+
     def _model_fn(self, variables):
         return lambda x, t, y: self.model.apply(variables, x, t, y)
 
     def init(self, rng, batch):
-        x = self.preprocess(batch["image"])
+        x = self.diffused(batch["image"])
         return self.model.init({"params": rng}, x, jnp.zeros(x.shape[0], jnp.int32), batch["label"])
 
     def drop_labels(self, rng: jax.Array, labels: jax.Array) -> jax.Array:
@@ -109,7 +134,7 @@ class ClassConditionalDiffusionTask:
     def loss(self, variables, batch, rng):
         drop_rng, noise_rng = jax.random.split(rng)
         labels = self.drop_labels(drop_rng, batch["label"])
-        loss = ddpm.loss(self._model_fn(variables), self.schedule, noise_rng, self.preprocess(batch["image"]), labels)
+        loss = ddpm.loss(self._model_fn(variables), self.schedule, noise_rng, self.diffused(batch["image"]), labels)
         return loss, {"eps_mse": loss}
 
     # ---------------------------------------------------------------------------------------------------- evaluation
@@ -121,7 +146,7 @@ class ClassConditionalDiffusionTask:
 
     def _denoising_errors(self, variables, batch, rng):
         """Per-example squared error `[len(eval_timesteps), batch]` of the conditional model at each eval timestep."""
-        x0 = self.preprocess(batch["image"])
+        x0 = self.diffused(batch["image"])
         noise = jax.random.normal(rng, x0.shape)
         model_fn = self._model_fn(variables)
 
@@ -153,12 +178,17 @@ class ClassConditionalDiffusionTask:
         guided = sampling.guided(lambda x, t, step, y: (model_fn(x, t, y), None), labels,
                                  jnp.full_like(labels, self.num_classes), self.guidance_scale)
         noise = jax.random.normal(rng, (labels.shape[0], *image_shape))
-        samples, _ = ddim.ddim_sample(guided, self.schedule, noise, self.sample_timesteps, clip_x0=1.0)
+        samples, _ = ddim.ddim_sample(guided, self.schedule, noise, self.sample_timesteps, clip_x0=self.clip_x0)
         return samples
 
     def sample(self, variables, labels: jax.Array, rng: jax.Array, image_shape: tuple[int, int, int]) -> jax.Array:
-        """Guided DDIM samples, float32 in [-1, 1] `[len(labels), *image_shape]`."""
-        return self._sample_jit(variables, labels, rng, image_shape=tuple(int(n) for n in image_shape))
+        """Guided DDIM samples, float32 in [-1, 1] `[len(labels), *image_shape]` (decoded from latents when the task
+        has `latents`)."""
+        image_shape = tuple(int(n) for n in image_shape)
+        if self.latents is None:
+            return self._sample_jit(variables, labels, rng, image_shape=image_shape)
+        latents = self._sample_jit(variables, labels, rng, image_shape=tuple(self.latents.latent_shape(image_shape)))
+        return self.latents.decode(latents)
 
     def evaluate_samples(self, variables, context: EvalContext) -> Mapping[str, Any]:
         image_shape = next(context.batches())["image"].shape[1:]

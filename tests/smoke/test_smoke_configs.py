@@ -15,8 +15,11 @@ from jaxgen.core import metrics
 
 REPO = Path(__file__).resolve().parents[2]
 # The CAN smokes take over a minute each; the CAN notebook runs the same recipe files (DiT + CAN tier) end to end in
-# the default run, so these two are `slow` (python -m pytest -m slow).
-SLOW_SMOKES = {Path("configs/can/dit_can_smoke.gin"), Path("configs/can/uvit_aks_smoke.gin")}
+# the default run, so these two are `slow` (python -m pytest -m slow). DC-AE's latent diffusion smoke compiles an
+# autoencoder beside the U-ViT (about a minute of CPU); tests/projects/dcae/test_dcae_latents.py covers its glue in
+# the default run.
+SLOW_SMOKES = {Path("configs/can/dit_can_smoke.gin"), Path("configs/can/uvit_aks_smoke.gin"),
+               Path("configs/dcae/ldm_smoke.gin")}
 SMOKE_CONFIGS = [pytest.param(c, marks=pytest.mark.slow) if c in SLOW_SMOKES else c
                  for c in sorted(p.relative_to(REPO) for p in (REPO / "configs").rglob("*_smoke.gin"))]
 

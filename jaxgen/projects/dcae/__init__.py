@@ -4,6 +4,7 @@
 - `weights`: `from_diffusers(model_dir) -> (module, variables)` for diffusers `AutoencoderDC` folders;
 - `task`: the three training phases (`AutoencoderTask`, `PHASES`, `phase_frozen` for the optimizer's masks);
 - `data`: the registered procedural set `dcae_textures` (32-512 px); held-out real photographs: `skimage_photos`.
+- `latents`: `DcaeLatents`, a trained DC-AE as the latent space of the shared diffusion task (import it directly).
 
 This module imports neither TFDS nor gin (the benchmark imports the model through it).
 """

@@ -516,6 +516,11 @@ CONFIGS: dict[str, dict[str, Any]] = {
     # Tests, smoke runs and the notebook: f4c4, one ResBlock stage and one EfficientViT stage (every kind of layer,
     # as few as possible: XLA's compile time on CPU grows with the number of layers, not their width).
     "tiny": _small((8, 16, 32), 4, 8, res_stages=2),
+    # Latent diffusion at an equal token budget (configs/dcae/ldm_*.gin): the tiny DC-AE with 16 latent channels,
+    # read with patch 1, against a conventional autoencoder (ResBlocks only; with residual_shortcuts=False the
+    # SD-VAE-style arm) at f2c4, read with patch 2: both 3x compression and 8 x 8 tokens of a 32 px image.
+    "tiny_c16": _small((8, 16, 32), 16, 8, res_stages=2),
+    "tiny_f2c4": _small((16, 32), 4, 8, res_stages=2),
 }
 
 
