@@ -32,6 +32,7 @@ from jaxgen.core import checkpoint as ckpt_lib
 from jaxgen.core.classifier_task import ClassifierTask
 from jaxgen.core.errors import ConfigError
 from jaxgen.metrics import inception
+from jaxgen.metrics.frechet import FeatureStatistics, frechet_distance_of
 
 
 class Judge(Protocol):
@@ -130,3 +131,47 @@ class InceptionJudge:
         if self._variables is None:
             raise RuntimeError("InceptionJudge.prepare(image_shape) loads the weights; call it first")
         return self._apply(self._variables, images), None
+
+
+class Judgement:
+    """What one judge made of a set of images: their feature statistics and, for a classifier, correct counts per
+    class. Built up batch by batch (`add`), so any number of images is judged in bounded memory."""
+
+    def __init__(self, num_classes: int):
+        self.features: FeatureStatistics | None = None
+        self.correct, self.seen = np.zeros(num_classes), np.zeros(num_classes)
+        self.classifies = False
+
+    def add(self, features, logits, labels, valid) -> None:
+        features, valid = np.asarray(jax.device_get(features)), np.asarray(valid, bool)
+        if self.features is None:
+            self.features = FeatureStatistics(features.shape[1])
+        self.features.add(features, valid)
+        if logits is not None:
+            self.classifies = True
+            labels = np.asarray(labels)[valid]
+            hits = np.asarray(jax.device_get(jnp.argmax(logits, -1)))[valid] == labels
+            np.add.at(self.correct, labels, hits)
+            np.add.at(self.seen, labels, 1)
+
+    def accuracy(self) -> float:
+        return float(self.correct.sum() / self.seen.sum())
+
+    def class_accuracy(self) -> np.ndarray:
+        """Per class; NaN for a class with no image."""
+        with np.errstate(invalid="ignore"):
+            return self.correct / self.seen
+
+
+def judged_metrics(name: str, generated: Judgement, real: Judgement) -> dict[str, Any]:
+    """One judge's verdict on generated images against real ones: `fd_<name>` and, for a judge that classifies,
+    `<name>_accuracy` (samples classified as the class they were drawn for), its worst class, the per-class list and
+    `<name>_real_accuracy` (the judge on the real images: the ceiling samples can reach)."""
+    results: dict[str, Any] = {f"fd_{name}": float(frechet_distance_of(generated.features, real.features))}
+    if generated.classifies:
+        per_class = generated.class_accuracy()
+        results[f"{name}_accuracy"] = generated.accuracy()
+        results[f"{name}_worst_class_accuracy"] = float(np.nanmin(per_class))
+        results[f"{name}_class_accuracy"] = per_class.tolist()
+        results[f"{name}_real_accuracy"] = real.accuracy()
+    return results

@@ -38,8 +38,7 @@ from jaxgen.core.progress import CountProgress
 from jaxgen.core.sharding import local_rows
 from jaxgen.core.task import EvalContext
 from jaxgen.diffusion import ddim, ddpm, sampling
-from jaxgen.diffusion.sample_quality import Judge
-from jaxgen.metrics.frechet import FeatureStatistics, frechet_distance_of
+from jaxgen.diffusion.sample_quality import Judge, Judgement, judged_metrics
 
 GRID_GAP = 2  # pixels between the cells of the samples grid
 LABEL_WIDTH = 96  # pixels of the class-name column of the samples grid
@@ -201,7 +200,7 @@ class ClassConditionalDiffusionTask:
         return {"num_samples": int(labels.shape[0]), "sample_mean": float(images.mean() / 255),
                 "sample_std": float(images.std() / 255)}
 
-    def _judge_real_images(self, context: EvalContext) -> dict[str, "_Judgement"]:
+    def _judge_real_images(self, context: EvalContext) -> dict[str, Judgement]:
         """Each judge's statistics of the eval split's images (kept: the split does not change during a run)."""
         if self._real_judgements is None:
             judgements = None
@@ -210,7 +209,7 @@ class ClassConditionalDiffusionTask:
                 if judgements is None:
                     for judge in self.judges:
                         judge.prepare(images.shape[1:])
-                    judgements = {judge.name: _Judgement(self.num_classes) for judge in self.judges}
+                    judgements = {judge.name: Judgement(self.num_classes) for judge in self.judges}
                 valid = local_rows(batch["valid"])
                 for judge in self.judges:
                     judgements[judge.name].add(*judge(images), labels, valid)
@@ -224,7 +223,7 @@ class ClassConditionalDiffusionTask:
         image_shape = next(context.batches())["image"].shape[1:]
         count, batch_size = self.num_judged_samples, self.sample_batch_size
         labels = np.arange(-(-count // batch_size) * batch_size, dtype=np.int32) % self.num_classes
-        generated = {judge.name: _Judgement(self.num_classes) for judge in self.judges}
+        generated = {judge.name: Judgement(self.num_classes) for judge in self.judges}
         rng = jax.random.fold_in(context.rng, 1)  # not the samples grid's key
         with CountProgress(count, desc="sampling", unit="img", enabled=context.show_progress) as progress:
             for index, start in enumerate(range(0, count, batch_size)):
@@ -237,44 +236,8 @@ class ClassConditionalDiffusionTask:
                 progress.update(int(valid.sum()))
         results: dict[str, Any] = {"num_samples": count}
         for judge in self.judges:
-            results[f"fd_{judge.name}"] = frechet_distance_of(generated[judge.name].features, real[judge.name].features)
-            if generated[judge.name].classifies:
-                per_class = generated[judge.name].class_accuracy()
-                results[f"{judge.name}_accuracy"] = generated[judge.name].accuracy()
-                results[f"{judge.name}_worst_class_accuracy"] = float(np.nanmin(per_class))
-                results[f"{judge.name}_class_accuracy"] = per_class.tolist()
-                results[f"{judge.name}_real_accuracy"] = real[judge.name].accuracy()
+            results.update(judged_metrics(judge.name, generated[judge.name], real[judge.name]))
         return results
-
-
-class _Judgement:
-    """What one judge made of a set of images: their feature statistics and, for a classifier, correct counts per
-    class."""
-
-    def __init__(self, num_classes: int):
-        self.features: FeatureStatistics | None = None
-        self.correct, self.seen = np.zeros(num_classes), np.zeros(num_classes)
-        self.classifies = False
-
-    def add(self, features, logits, labels, valid) -> None:
-        features, valid = np.asarray(jax.device_get(features)), np.asarray(valid, bool)
-        if self.features is None:
-            self.features = FeatureStatistics(features.shape[1])
-        self.features.add(features, valid)
-        if logits is not None:
-            self.classifies = True
-            labels = np.asarray(labels)[valid]
-            hits = np.asarray(jax.device_get(jnp.argmax(logits, -1)))[valid] == labels
-            np.add.at(self.correct, labels, hits)
-            np.add.at(self.seen, labels, 1)
-
-    def accuracy(self) -> float:
-        return float(self.correct.sum() / self.seen.sum())
-
-    def class_accuracy(self) -> np.ndarray:
-        """Per class; NaN for a class with no image."""
-        with np.errstate(invalid="ignore"):
-            return self.correct / self.seen
 
 
 def to_uint8(samples: jax.Array) -> np.ndarray:

@@ -11,7 +11,11 @@ A calibration driver, not a training loop (it stands in for `jaxgen.train.run` t
    quantizes the model from the same calibration inputs, then samples from the same noise and labels as the 16-bit
    model. Reported per scheme and calibration seed: PSNR of the samples against the 16-bit ones (mean over images
    of the per-image PSNR, images in [-1, 1], range 2), relative MSE of the model output on the sampling noise at
-   `probe_timestep` (None: skipped), model bytes at 16-bit floats, calibration seconds;
+   `probe_timestep` (None: skipped), model bytes at 16-bit floats, calibration seconds; with `judges`
+   (`jaxgen.diffusion.sample_quality`, e.g. the shape_classes/32 classifier) and `real_data` (a loader over held-out
+   images), also each judge's verdict on `num_judged_samples` samples (classes in turn, the same noise for every
+   scheme): FD-classifier against the held-out images and the fraction of samples shown as their class, the 16-bit
+   model's included, so a scheme's damage reads against where the 16-bit model stands;
 4. `results.json` (per seed and mean/std over seeds) and `samples.png` (one row per scheme, first seed) in `workdir`.
 """
 
@@ -19,7 +23,6 @@ from __future__ import annotations
 
 import json
 import logging
-import statistics
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -29,7 +32,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from jaxgen.core.progress import CountProgress
 from jaxgen.diffusion import ddim, ddpm, sampling
+from jaxgen.diffusion.sample_quality import Judge, Judgement, judged_metrics
 from jaxgen.diffusion.task import class_grid, save_png, to_uint8
 from jaxgen.metrics import image as image_metrics
 from jaxgen.projects.svdquant import model as sq_model
@@ -89,8 +94,47 @@ def calibration_batches(variables, sample_fn, image_shape, num_classes: int, *, 
     return [((np.asarray(xs[i]), np.asarray(ts[i]), np.asarray(ys[i])), {}) for i in steps]
 
 
+def judge_real_images(judges: Sequence[Judge], real_data, num_classes: int) -> dict[str, Judgement]:
+    """Each judge's statistics of every image `real_data` (a `jaxgen.data.Loader`) yields in one eval pass."""
+    judgements = None
+    for batch in real_data.eval_batches():
+        if judgements is None:
+            for judge in judges:
+                judge.prepare(batch["image"].shape[1:])
+            judgements = {judge.name: Judgement(num_classes) for judge in judges}
+        for judge in judges:
+            judgements[judge.name].add(*judge(batch["image"]), batch["label"], batch["valid"])
+    if judgements is None:
+        raise ValueError(f"real_data ({real_data.name}, split {real_data.split!r}) yielded no images to judge")
+    return judgements
+
+
+def judge_samples(sample_fn, params, judges: Sequence[Judge], real: dict[str, Judgement], *, image_shape,
+                  num_classes: int, count: int, batch_size: int, seed: int, desc: str, show_progress: bool = True) -> dict:
+    """`count` samples of `sample_fn(params, noise, labels)` (classes in turn; noise from `seed`, so every scheme
+    draws from the same noise), judged against `real`: each judge's `judged_metrics`."""
+    rng = np.random.default_rng(seed)
+    labels = np.arange(-(-count // batch_size) * batch_size, dtype=np.int32) % num_classes
+    generated = {judge.name: Judgement(num_classes) for judge in judges}
+    with CountProgress(count, desc=desc, unit="img", enabled=show_progress) as progress:
+        for start in range(0, count, batch_size):
+            batch_labels = labels[start:start + batch_size]  # full size: one compiled sampler
+            noise = rng.normal(size=(batch_size, *image_shape)).astype(np.float32)
+            images, _ = sample_fn(params, noise, batch_labels)
+            images = to_uint8(images)
+            valid = np.arange(start, start + batch_size) < count
+            for judge in judges:
+                generated[judge.name].add(*judge(images), batch_labels, valid)
+            progress.update(int(valid.sum()))
+    results = {}
+    for judge in judges:
+        results.update(judged_metrics(judge.name, generated[judge.name], real[judge.name]))
+    return results
+
+
 def _mean_std(values):
-    return {"mean": statistics.fmean(values), "std": statistics.pstdev(values) if len(values) > 1 else 0.0}
+    """Mean and population standard deviation; NaN (a metric that was not measured) stays NaN."""
+    return {"mean": float(np.mean(values)), "std": float(np.std(values))}
 
 
 def quantize_and_compare(module: nn.Module, variables, *, image_shape: Sequence[int], num_classes: int,
@@ -98,13 +142,21 @@ def quantize_and_compare(module: nn.Module, variables, *, image_shape: Sequence[
                          calib_batch: int = 16, calib_timesteps: int = 8, num_samples: int = 16,
                          num_sample_steps: int = 25, guidance_scale: float = 1.5, schedule: str = "linear",
                          num_train_timesteps: int = 1000, sample_seed: int = 1234, rank: int = 32,
-                         probe_timestep: int | None = 500,
+                         probe_timestep: int | None = 500, judges: Sequence[Judge] = (), real_data=None,
+                         num_judged_samples: int = 600, judge_batch_size: int = 200, judge_seed: int = 4321,
+                         show_progress: bool = True,
                          svd: str = "exact", lowrank_iters: int = 100, tokens_per_call: int = 256,
                          log=logging.info) -> tuple[dict, dict[str, np.ndarray]]:
     """The experiment's numbers and sample images (uint8 per scheme, first calibration seed); see the module doc."""
     unknown = [s for s in schemes if s not in sq_model.SCHEMES]
     if unknown:
         raise ValueError(f"unknown schemes {unknown}; choose from {sorted(sq_model.SCHEMES)}")
+    if judges and real_data is None:
+        raise ValueError("judges need real_data: a loader over held-out images to compare the samples with "
+                         "(svdquant/judged.gin binds the shape_classes/32 test split)")
+    if judges and (num_judged_samples < 2 or judge_batch_size < 1):
+        raise ValueError(f"num_judged_samples must be >= 2 (a covariance) and judge_batch_size >= 1; got "
+                         f"{num_judged_samples} and {judge_batch_size}")
     noise_schedule = ddpm.make_schedule(schedule, num_train_timesteps)
     timesteps = ddim.spaced_timesteps(num_train_timesteps, num_sample_steps, "trailing")
     recording = _sampler(module.apply, noise_schedule, timesteps, num_classes, guidance_scale, record=True)
@@ -119,6 +171,14 @@ def quantize_and_compare(module: nn.Module, variables, *, image_shape: Sequence[
         probe_out = jax.jit(module.apply)(variables, *probe)
     images = {"float": to_uint8(reference)}
     results = {"float": {"model_bytes": sq_model.model_bytes(variables)}}
+    judge_settings = dict(image_shape=image_shape, num_classes=num_classes, count=num_judged_samples,
+                          batch_size=judge_batch_size, seed=judge_seed, show_progress=show_progress)
+    if judges:
+        real = judge_real_images(judges, real_data, num_classes)
+        plain = _sampler(module.apply, noise_schedule, timesteps, num_classes, guidance_scale, record=False)
+        results["float"]["judged"] = judge_samples(plain, variables, judges, real, desc="16-bit samples",
+                                                   **judge_settings)
+        log(f"16-bit: {_judged_summary(results['float']['judged'])}")
     per_seed = {scheme: [] for scheme in schemes}
     for seed in calib_seeds:
         started = time.perf_counter()
@@ -139,6 +199,10 @@ def quantize_and_compare(module: nn.Module, variables, *, image_shape: Sequence[
             if probe_timestep is not None:
                 out = jax.jit(q.apply)(q.params, *probe)
                 record["output_rel_mse"] = float(jnp.mean((out - probe_out) ** 2) / jnp.mean(probe_out ** 2))
+            if judges:
+                record["judged"] = judge_samples(quantized_sampler, q.params, judges, real, **judge_settings,
+                                                 desc=f"{NAMES.get(scheme, scheme)} samples (seed {seed})")
+                log(f"calib seed {seed} {NAMES.get(scheme, scheme)}: {_judged_summary(record['judged'])}")
             per_seed[scheme].append(record)
             log(f"calib seed {seed} {NAMES.get(scheme, scheme)}: PSNR {record['psnr_vs_16bit']:.2f} dB, output "
                 f"rel. MSE {record['output_rel_mse']:.3g}, {record['model_bytes']:,} bytes, {seconds:.1f} s")
@@ -151,7 +215,15 @@ def quantize_and_compare(module: nn.Module, variables, *, image_shape: Sequence[
                            "compression_vs_16bit": results["float"]["model_bytes"] / records[0]["model_bytes"],
                            "calibration_seconds": _mean_std([r["calibration_seconds"] for r in records]),
                            "per_seed": records}
+        if judges:
+            results[scheme]["judged"] = {
+                metric: _mean_std([r["judged"][metric] for r in records])
+                for metric, value in records[0]["judged"].items() if isinstance(value, float)}
     return results, images
+
+
+def _judged_summary(judged: dict) -> str:
+    return ", ".join(f"{metric} {value:.4g}" for metric, value in judged.items() if isinstance(value, float))
 
 
 def run(*, workdir: str | Path, model: nn.Module, image_shape: Sequence[int], num_classes: int,
@@ -163,14 +235,15 @@ def run(*, workdir: str | Path, model: nn.Module, image_shape: Sequence[int], nu
     `samples.png` to `workdir`."""
     from jaxgen.train import RunResult
 
-    del restore_step, progress, mode  # one pass, nothing to resume
+    del restore_step, mode  # one pass, nothing to resume
     workdir = Path(workdir)
     workdir.mkdir(parents=True, exist_ok=True)
     if restore_from:
         variables = restore_variables(model, image_shape, restore_from, restore_key)
     else:
         variables = random_variables(model, image_shape, random_seed, random_scale)
-    results, images = compare(model, variables, image_shape=image_shape, num_classes=num_classes)
+    results, images = compare(model, variables, image_shape=image_shape, num_classes=num_classes,
+                              show_progress=progress)
     results["settings"] = {"restore_from": restore_from, "restore_key": restore_key if restore_from else None,
                            "random_seed": None if restore_from else random_seed, "date": time.strftime("%Y-%m-%d"),
                            "devices": [str(d) for d in jax.devices()]}
@@ -180,4 +253,8 @@ def run(*, workdir: str | Path, model: nn.Module, image_shape: Sequence[int], nu
                                                  scale=2))
     summary = {f"{scheme}_psnr": results[scheme]["psnr_vs_16bit"]["mean"] for scheme in rows if scheme != "float"}
     summary.update({f"{scheme}_bytes": results[scheme]["model_bytes"] for scheme in rows})
+    for scheme in rows:
+        judged = results[scheme].get("judged", {})
+        summary.update({f"{scheme}_{metric}": value["mean"] if isinstance(value, dict) else value
+                        for metric, value in judged.items() if isinstance(value, (float, dict))})
     return RunResult(workdir=workdir, step=0, state=None, last_train_record=None, eval_results={"svdquant": summary})
