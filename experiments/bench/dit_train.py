@@ -193,6 +193,7 @@ def jax_benchmark(args, config: dict[str, Any], save: Callable[[dict], None]) ->
     on_gpu = jax.default_backend() == "gpu"
     log(f"JAX {jax.__version__} on {device.device_kind} ({jax.default_backend()})")
     model = dit.module_from_config(config, dtype=jnp.dtype(args.compute_dtype), remat=args.remat,
+                                   scan_unroll=args.scan_unroll,
                                    attention_backend=args.jax_attention or ("cudnn" if on_gpu else "dense"))
     schedule = ddpm.linear_schedule(NUM_TRAIN_TIMESTEPS, BETA_START, BETA_END)
     optimizer = optax.adamw(**ADAMW)
@@ -509,6 +510,9 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--compute-dtype", choices=["bfloat16", "float32"],
                         help="default bfloat16 (--tiny: float32)")
     parser.add_argument("--remat", action="store_true", help="rematerialize each block in the backward pass")
+    parser.add_argument("--scan-unroll", type=int, default=1,
+                        help="JAX: DiT blocks per iteration of the block scan (28 for DiT-XL/2: no loop, so no "
+                             "stacking copies of saved activations and gradients; longer compile)")
     parser.add_argument("--jax-attention", help="jaxgen.nn.attention backend (default: cudnn on GPU, else dense)")
     parser.add_argument("--torch-compile", choices=["model", "blocks", "off"],
                         help="what torch.compile compiles; default model (--tiny: off)")
@@ -559,6 +563,7 @@ def main(argv: Sequence[str] | None = None) -> None:
                       "config": config, "forward_gflops_per_image": forward_flops_per_image(config) / 1e9,
                       "train_gflops_per_image": 3 * forward_flops_per_image(config) / 1e9,
                       "compute_dtype": args.compute_dtype, "remat": args.remat,
+                      "scan_unroll": args.scan_unroll,
                       "timing": {"warmup_steps": args.warmup, "windows": args.windows, "steps_per_window": args.steps},
                       "wall_s": time.time() - STARTED, **results, **compare(results)}
             if args.out:  # after each framework, so a run cut short keeps what it measured

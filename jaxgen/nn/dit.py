@@ -80,6 +80,8 @@ class DiT(nn.Module):
     mlp_norm_eps: the MLP LayerNorm's epsilon (diffusers' `norm_eps`, 1e-5; the original DiT 1e-6).
     attention_backend / attention_options: a `jaxgen.nn.attention` backend ("dense" on CPU, "cudnn" on GPU).
     caption_dim: the width of caption embeddings; None (default) builds the class-conditional DiT without captions.
+    remat / scan_unroll: rematerialise each block in the backward pass / run `scan_unroll` blocks per iteration of the
+        block scan (`jaxgen.nn.transformer.scan_layers`; `depth` unrolls it); neither changes the parameters.
     """
 
     num_classes: int = 1000
@@ -100,6 +102,7 @@ class DiT(nn.Module):
     caption_dim: int | None = None
     dtype: Any = jnp.float32
     remat: bool = False
+    scan_unroll: int = 1
 
     def __post_init__(self):
         if self.width % self.num_heads or self.width % 4:
@@ -145,7 +148,7 @@ class DiT(nn.Module):
                               caption_mask)
 
         context = nn_attention.AttentionContext(num_layers=self.depth)
-        blocks = scanned_blocks(self.depth, self.remat, width=self.width, num_heads=self.num_heads,
+        blocks = scanned_blocks(self.depth, self.remat, self.scan_unroll, width=self.width, num_heads=self.num_heads,
                                 mlp_ratio=self.mlp_ratio, qkv_bias=self.qkv_bias, mlp_norm_eps=self.mlp_norm_eps,
                                 approximate_gelu=self.approximate_gelu, cross_attention=captions is not None,
                                 backend=self.attention_backend, backend_options=self.attention_options,

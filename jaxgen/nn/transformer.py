@@ -38,14 +38,22 @@ def partitioned(init, *axes):
     return nn.with_logical_partitioning(init, axes)
 
 
-def scan_layers(block: type[nn.Module], depth: int, *, remat: bool = False, broadcast_inputs: int) -> type[nn.Module]:
+def scan_layers(block: type[nn.Module], depth: int, *, remat: bool = False, broadcast_inputs: int,
+                unroll: int = 1) -> type[nn.Module]:
     """`block` as one `nn.scan` over `depth` layers (one compiled block; unrolled deep DiTs took minutes to compile on
     an H100): its first input is the carry, its second the layer index (`jnp.arange(depth)`), the next
     `broadcast_inputs` are the same in every layer. Parameters and sown "intermediates" are stacked on a leading
-    "layers" axis."""
+    "layers" axis whatever `unroll` is, so checkpoints do not depend on it.
+
+    `unroll`: layers per loop iteration (`depth`: no loop at all). A rolled scan's backward pass saves every layer's
+    activations by writing them into buffers stacked over the layers and stacks the per-layer gradients the same way;
+    on DiT-XL/2 training those copies took 51 of 283 ms per step on an H200 (experiments/bench/README.md). Unrolling
+    trades them for compile time."""
+    if not 1 <= unroll <= depth:
+        raise ValueError(f"scan unroll must be between 1 and depth={depth}; got {unroll}")
     block = nn.remat(block) if remat else block
     return nn.scan(block, variable_axes={"params": 0, "intermediates": 0}, split_rngs={"params": True},
-                   in_axes=(0,) + (nn.broadcast,) * broadcast_inputs, length=depth,
+                   in_axes=(0,) + (nn.broadcast,) * broadcast_inputs, length=depth, unroll=unroll,
                    metadata_params={nn.PARTITION_NAME: "layers"})
 
 
@@ -193,8 +201,9 @@ class AdaLNZeroBlock(nn.Module):
         return (x + gate2 * h).astype(x.dtype), None
 
 
-def scanned_blocks(depth: int, remat: bool = False, **block_fields) -> AdaLNZeroBlock:
+def scanned_blocks(depth: int, remat: bool = False, unroll: int = 1, **block_fields) -> AdaLNZeroBlock:
     """`depth` adaLN-Zero blocks as one scan (`scan_layers`); call it as `blocks(x, jnp.arange(depth), c, rope, groups,
     ctx)`, with `cross_attention=True` as `blocks(..., ctx, captions, caption_mask)`."""
     broadcast_inputs = 6 if block_fields.get("cross_attention") else 4  # c, rope, groups, context (+ captions, mask)
-    return scan_layers(AdaLNZeroBlock, depth, remat=remat, broadcast_inputs=broadcast_inputs)(**block_fields)
+    return scan_layers(AdaLNZeroBlock, depth, remat=remat, broadcast_inputs=broadcast_inputs,
+                       unroll=unroll)(**block_fields)

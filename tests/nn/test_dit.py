@@ -73,6 +73,27 @@ def test_remat_and_bfloat16_compute_agree_with_the_plain_model():
     assert float(jnp.linalg.norm(low - plain) / jnp.linalg.norm(plain)) < 0.05
 
 
+def test_unrolled_block_scan_keeps_parameters_outputs_and_gradients():
+    """`scan_unroll=depth` (no loop) reads the same stacked parameters and computes the same function and gradient."""
+    model, unrolled = tiny(), tiny(scan_unroll=2)
+    x, t, y = inputs()
+    variables = nn.unbox(model.init(jax.random.key(0), x, t, y))
+    assert jax.tree.map(jnp.shape, nn.unbox(unrolled.init(jax.random.key(0), x, t, y))) == jax.tree.map(jnp.shape,
+                                                                                                         variables)
+    rng = np.random.default_rng(0)
+    params = jax.tree.map(lambda a: a + 0.05 * rng.normal(size=a.shape).astype(np.float32), variables)
+
+    def loss(module, p):
+        return jnp.mean(module.apply(p, x, t, y) ** 2)
+
+    np.testing.assert_allclose(unrolled.apply(params, x, t, y), model.apply(params, x, t, y), rtol=1e-5, atol=1e-6)
+    for a, b in zip(jax.tree.leaves(jax.grad(lambda p: loss(unrolled, p))(params)),
+                    jax.tree.leaves(jax.grad(lambda p: loss(model, p))(params))):
+        np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-7)
+    with pytest.raises(ValueError, match="unroll must be between 1 and depth=2; got 3"):
+        jax.eval_shape(tiny(scan_unroll=3).init, jax.random.key(0), x, t, y)
+
+
 def test_patchify_round_trip_and_token_order():
     images = jnp.arange(2 * 4 * 6 * 3.0).reshape(2, 4, 6, 3)
     tokens = dit.patchify(images, 2)
