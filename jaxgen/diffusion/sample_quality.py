@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import dataclasses
 from pathlib import Path
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any, Protocol
 
 import flax.linen as nn
@@ -31,6 +32,7 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec
 from jaxgen.core import checkpoint as ckpt_lib
 from jaxgen.core.classifier_task import ClassifierTask
 from jaxgen.core.errors import ConfigError
+from jaxgen.core.progress import CountProgress
 from jaxgen.metrics import inception
 from jaxgen.metrics.frechet import FeatureStatistics, frechet_distance_of
 
@@ -161,6 +163,27 @@ class Judgement:
         """Per class; NaN for a class with no image."""
         with np.errstate(invalid="ignore"):
             return self.correct / self.seen
+
+
+def judge_generated(draw: Callable[[int, np.ndarray], np.ndarray], judges: Sequence[Judge],
+                    real: Mapping[str, Judgement], *, num_classes: int, count: int, batch_size: int,
+                    progress: CountProgress) -> dict[str, Any]:
+    """`count` generated images judged against `real` (each judge's statistics of real images): `draw(index, labels)`
+    returns uint8 images for the `batch_size` labels of batch `index` (classes in turn; always full batches, so a
+    sampler compiles once; the rows past `count` are drawn but not counted). Returns every judge's `judged_metrics`."""
+    labels = np.arange(-(-count // batch_size) * batch_size, dtype=np.int32) % num_classes
+    generated = {judge.name: Judgement(num_classes) for judge in judges}
+    for index, start in enumerate(range(0, count, batch_size)):
+        batch_labels = labels[start:start + batch_size]
+        images = draw(index, batch_labels)
+        valid = np.arange(start, start + batch_size) < count
+        for judge in judges:
+            generated[judge.name].add(*judge(images), batch_labels, valid)
+        progress.update(int(valid.sum()))
+    results: dict[str, Any] = {}
+    for judge in judges:
+        results.update(judged_metrics(judge.name, generated[judge.name], real[judge.name]))
+    return results
 
 
 def judged_metrics(name: str, generated: Judgement, real: Judgement) -> dict[str, Any]:

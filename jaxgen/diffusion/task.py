@@ -38,7 +38,7 @@ from jaxgen.core.progress import CountProgress
 from jaxgen.core.sharding import local_rows
 from jaxgen.core.task import EvalContext
 from jaxgen.diffusion import ddim, ddpm, sampling
-from jaxgen.diffusion.sample_quality import Judge, Judgement, judged_metrics
+from jaxgen.diffusion.sample_quality import Judge, Judgement, judge_generated
 
 GRID_GAP = 2  # pixels between the cells of the samples grid
 LABEL_WIDTH = 96  # pixels of the class-name column of the samples grid
@@ -221,23 +221,16 @@ class ClassConditionalDiffusionTask:
     def evaluate_sample_quality(self, variables, context: EvalContext) -> Mapping[str, Any]:
         real = self._judge_real_images(context)
         image_shape = next(context.batches())["image"].shape[1:]
-        count, batch_size = self.num_judged_samples, self.sample_batch_size
-        labels = np.arange(-(-count // batch_size) * batch_size, dtype=np.int32) % self.num_classes
-        generated = {judge.name: Judgement(self.num_classes) for judge in self.judges}
+        count = self.num_judged_samples
         rng = jax.random.fold_in(context.rng, 1)  # not the samples grid's key
+
+        def draw(index, labels):
+            return to_uint8(self.sample(variables, jnp.asarray(labels), jax.random.fold_in(rng, index), image_shape))
+
         with CountProgress(count, desc="sampling", unit="img", enabled=context.show_progress) as progress:
-            for index, start in enumerate(range(0, count, batch_size)):
-                batch_labels = labels[start:start + batch_size]  # full size: one compiled sampler
-                valid = np.arange(start, start + batch_size) < count
-                images = to_uint8(self.sample(variables, jnp.asarray(batch_labels), jax.random.fold_in(rng, index),
-                                              image_shape))
-                for judge in self.judges:
-                    generated[judge.name].add(*judge(images), batch_labels, valid)
-                progress.update(int(valid.sum()))
-        results: dict[str, Any] = {"num_samples": count}
-        for judge in self.judges:
-            results.update(judged_metrics(judge.name, generated[judge.name], real[judge.name]))
-        return results
+            judged = judge_generated(draw, self.judges, real, num_classes=self.num_classes, count=count,
+                                     batch_size=self.sample_batch_size, progress=progress)
+        return {"num_samples": count, **judged}
 
 
 def to_uint8(samples: jax.Array) -> np.ndarray:

@@ -34,7 +34,7 @@ import numpy as np
 
 from jaxgen.core.progress import CountProgress
 from jaxgen.diffusion import ddim, ddpm, sampling
-from jaxgen.diffusion.sample_quality import Judge, Judgement, judged_metrics
+from jaxgen.diffusion.sample_quality import Judge, Judgement, judge_generated
 from jaxgen.diffusion.task import class_grid, save_png, to_uint8
 from jaxgen.metrics import image as image_metrics
 from jaxgen.projects.svdquant import model as sq_model
@@ -114,22 +114,14 @@ def judge_samples(sample_fn, params, judges: Sequence[Judge], real: dict[str, Ju
     """`count` samples of `sample_fn(params, noise, labels)` (classes in turn; noise from `seed`, so every scheme
     draws from the same noise), judged against `real`: each judge's `judged_metrics`."""
     rng = np.random.default_rng(seed)
-    labels = np.arange(-(-count // batch_size) * batch_size, dtype=np.int32) % num_classes
-    generated = {judge.name: Judgement(num_classes) for judge in judges}
+
+    def draw(index, labels):
+        noise = rng.normal(size=(len(labels), *image_shape)).astype(np.float32)
+        return to_uint8(sample_fn(params, noise, labels)[0])
+
     with CountProgress(count, desc=desc, unit="img", enabled=show_progress) as progress:
-        for start in range(0, count, batch_size):
-            batch_labels = labels[start:start + batch_size]  # full size: one compiled sampler
-            noise = rng.normal(size=(batch_size, *image_shape)).astype(np.float32)
-            images, _ = sample_fn(params, noise, batch_labels)
-            images = to_uint8(images)
-            valid = np.arange(start, start + batch_size) < count
-            for judge in judges:
-                generated[judge.name].add(*judge(images), batch_labels, valid)
-            progress.update(int(valid.sum()))
-    results = {}
-    for judge in judges:
-        results.update(judged_metrics(judge.name, generated[judge.name], real[judge.name]))
-    return results
+        return judge_generated(draw, judges, real, num_classes=num_classes, count=count, batch_size=batch_size,
+                               progress=progress)
 
 
 def _mean_std(values):
