@@ -46,6 +46,9 @@ Requires M a multiple of 128 (`ops.py` pads), N of 128, K of 64 * block_steps; l
 multiple of 64.
 """
 
+import dataclasses
+from typing import Callable
+
 import jax
 import jax.numpy as jnp
 from jax import lax
@@ -279,3 +282,43 @@ def w4a4_gemm(a, w, a_scales, b_scales, low, up, bias, *, factors=None, block_st
   return compat.launch(body, out=jax.ShapeDtypeStruct((m, n), out_dtype), scratch=scratch,
                        grid=(m // TILE_M, n // TILE_N), grid_names=("m", "n"), num_threads=_CONSUMERS + 2,
                        interpret=interpret)(*operands)
+
+
+def _ratio(scales, peak):
+  """scales / peak, 0 where the peak is 0 (then every scale under it is 0 too)."""
+  return jnp.where(peak == 0, 0.0, scales / jnp.where(peak == 0, 1.0, peak))
+
+
+def _exact(codes, a_scales, w_scales):
+  """The spec: a promotion per 64-group with the activation and weight group scales."""
+  return codes, a_scales.T, w_scales, None, 1
+
+
+def _act128(codes, a_scales, w_scales):
+  """Activations in 128-groups; each weight group scale folded in as its ratio to its 128-block's larger one."""
+  k_groups, n = w_scales.shape
+  peak = jnp.max(w_scales.reshape(k_groups // 2, 2, n), axis=1)
+  return codes, a_scales.T, peak, _ratio(w_scales, jnp.repeat(peak, 2, axis=0)), 2
+
+
+def _folded(codes, a_scales, w_scales):
+  """Activations folded per token (e4m3 of code * scale / the token's largest scale), weights per output channel:
+  one block spanning K, scaled by those two maxima after the K loop."""
+  row_peak = jnp.max(a_scales, axis=1, keepdims=True)
+  group = codes.shape[1] // a_scales.shape[1]
+  folded = codes.astype(jnp.float32) * jnp.repeat(_ratio(a_scales, row_peak), group, axis=1)
+  col_peak = jnp.max(w_scales, axis=0, keepdims=True)
+  return (folded.astype(_CODE_DTYPE), row_peak.T, col_peak, _ratio(w_scales, col_peak), w_scales.shape[0])
+
+
+@dataclasses.dataclass(frozen=True)
+class ScaleMode:
+  """How `ops.py` feeds the kernel for a `BlockSizes.w4a4_scales` value: the activations' quantization group, and
+  (codes, activation scales [M, K / group], weight scales [K / 64, N]) -> (codes, a_scales, b_scales, factors,
+  block_steps), the kernel's operands."""
+
+  activation_group: int
+  operands: Callable
+
+
+SCALE_MODES = {"exact": ScaleMode(64, _exact), "act128": ScaleMode(128, _act128), "folded": ScaleMode(64, _folded)}
