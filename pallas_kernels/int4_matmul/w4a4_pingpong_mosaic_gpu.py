@@ -4,9 +4,11 @@
                 + (low @ up)[m, n] + bias[n],         w'[n, k] = e4m3(w[n, k] * factors[k / 64, n]) or e4m3(w[n, k])
 
 `a` holds e4m3 activation codes [M, K]; `w` the 4-bit weight codes as int4 [N, K] (K-major: the bytes of the
-canonical [K / 2, N] packing transposed, `kmajor_weights`), so the weights cross HBM at 0.5 B a weight and are widened
-to e4m3 inside the kernel instead of by a separate XLA pass (28.8 µs at 3072 x 12288, 1 B a weight written and read
-again). A promotion block is `block_steps` 64-deep K steps:
+canonical [K / 2, N] packing transposed, `kmajor_weights`). The kernel reads the weights at 0.5 B a weight and widens
+them to e4m3 itself, instead of reading the 1 B e4m3 codes of a separate XLA pass (28.8 µs at 3072 x 12288). 8-bit
+wgmma needs K-major operands and the canonical packing is N-major, so `ops.py` still transposes the packed bytes in
+XLA per call (0.5 B read and written a weight, against 0.5 read + 1 written for the widening pass); a layer that
+caches `kmajor_weights` once would read its weights once. A promotion block is `block_steps` 64-deep K steps:
 - the exact spec (`reference.w4a4_matmul`, group 64): block_steps 1, no factors, the spec's activation and weight
   group scales. Every code is exact in e4m3 and a group's 64 products sum exactly in the float32 accumulator
   (|sum| <= 64 * 8 * 8), so this equals the spec's per-group float32 sum up to the order of the float32 operations.
