@@ -36,6 +36,7 @@ from pallas_kernels.int4_matmul import ops as int4_ops
 from pallas_kernels.int4_matmul import quantize_mosaic_gpu
 from pallas_kernels.int4_matmul import reference
 from pallas_kernels.int4_matmul import tuning
+from pallas_kernels.int4_matmul import w4a4_pingpong_mosaic_gpu
 
 LARGE_M = (4096, 4608)
 SMALL_M = (1, 16, 64)
@@ -142,6 +143,97 @@ def mosaic_w8a8(d, **changes):
                         block_sizes=_mosaic_blocks("w8a8", d["x"].shape[0], "int8", **changes))
 
 
+# --- Issue 27: the ping-pong W4A4 kernel (w4a4_pingpong_mosaic_gpu.py) and torch baselines in the same process. ---
+
+
+def mosaic_w4a4_lowrank_pingpong(d, scales="exact"):
+  """The ping-pong GEMM (int4 weights widened in the kernel) with the tuned W4A4 block sizes otherwise."""
+  return mosaic_w4a4_lowrank(d, pingpong=True, w4a4_scales=scales)
+
+
+def _torch_baseline(kind):
+  """A torch matmul on the same data, through DLPack (no copy): "bf16" (cuBLAS) or "fp8" (`torch._scaled_mm`, e4m3
+  operands quantized per tensor outside the timed call, bf16 output). Only a reference ceiling: torch's launches are
+  not inside the jit, so wall time is host-timed per call set (CUDA events around all sets, median of reps)."""
+  import torch  # pylint: disable=g-import-not-at-top
+  prepared = {}
+
+  def prepare(d):
+    key = id(d["x"])
+    if key not in prepared:
+      x = torch.from_dlpack(d["x"])
+      w = torch.from_dlpack(d["w"])
+      if kind == "fp8":
+        x_scale, w_scale = (t.abs().max().float() / 448.0 for t in (x, w))
+        prepared[key] = ((x / x_scale).to(torch.float8_e4m3fn), (w / w_scale).to(torch.float8_e4m3fn).t().contiguous().t(),
+                         x_scale, w_scale)
+      else:
+        prepared[key] = (x, w)
+    return prepared[key]
+
+  def run(d):
+    operands = prepare(d)
+    if kind == "fp8":
+      x8, w8, x_scale, w_scale = operands
+      return torch._scaled_mm(x8, w8, scale_a=x_scale, scale_b=w_scale, out_dtype=torch.bfloat16)
+    return operands[0] @ operands[1]
+
+  return run
+
+
+def time_torch(run, input_sets, reps):
+  """Seconds per call of a torch baseline: CUDA events around all input sets, median over reps, after a warmup."""
+  import torch  # pylint: disable=g-import-not-at-top
+  for d in input_sets:
+    run(d)
+  torch.cuda.synchronize()
+  samples = []
+  for _ in range(reps):
+    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+    start.record()
+    for d in input_sets:
+      run(d)
+    end.record()
+    torch.cuda.synchronize()
+    samples.append(start.elapsed_time(end) / 1e3 / len(input_sets))
+  return statistics.median(samples)
+
+
+TORCH_BASELINES = ("torch_bf16", "torch_fp8")
+# The opt-in scale modes change the result (tests/kernels/int4_matmul/test_w4a4_pingpong.py); their error against the
+# float32 reference is recorded beside their time, checked only against these looser bounds.
+FAST_PATH_TOLERANCE = {"mosaic_w4a4_lowrank_pingpong_act128": 0.5, "mosaic_w4a4_lowrank_pingpong_folded": 0.2}
+PINGPONG_OPS = [("mosaic_w4a4_lowrank_pingpong", mosaic_w4a4_lowrank_pingpong),
+                ("mosaic_w4a4_lowrank_pingpong_act128",
+                 functools.partial(mosaic_w4a4_lowrank_pingpong, scales="act128")),
+                ("mosaic_w4a4_lowrank_pingpong_folded",
+                 functools.partial(mosaic_w4a4_lowrank_pingpong, scales="folded"))]
+
+
+def bench_torch(row, sets, reps):
+  """Adds torch bf16 and torch FP8 times (and their errors against the bf16-input float32 product) to a shape's row;
+  a missing torch or CUDA is recorded, not fatal."""
+  for name in TORCH_BASELINES:
+    try:
+      run = _torch_baseline(name.removeprefix("torch_"))
+      out = jnp.asarray(jax.dlpack.from_dlpack(run(sets[0]))).astype(jnp.float32)
+      want = jnp.dot(sets[0]["x"].astype(jnp.float32), sets[0]["w"].astype(jnp.float32),
+                     precision=jax.lax.Precision.HIGHEST)
+      row["rel_err"][name] = relative_error(out, want)
+      row["times_us"][name] = row["wall_us"][name] = 1e6 * time_torch(run, sets, reps)
+    except Exception as e:  # torch absent, or no FP8 matmul on this card
+      row["times_us"][name] = row["wall_us"][name] = float("nan")
+      row["errors"][name] = f"{type(e).__name__}: {str(e)[:300]}"
+      print(f"  {name} failed: {row['errors'][name][:200]}", flush=True)
+  base = row["times_us"]["xla_bf16"]
+  row["speedup_vs_bf16"] = {name: base / t for name, t in row["times_us"].items()}
+  print("  torch: " + " ".join(f"{name}={row['times_us'][name]:9.1f}us({base / row['times_us'][name]:4.2f}x)"
+                                for name in TORCH_BASELINES), flush=True)
+
+
+# --- end of the issue-27 block ---
+
+
 def reference_output(name, d):
   """Float32 reference of what op `name` computes (dequantize, then a HIGHEST-precision dot)."""
   f32 = lambda a: a.astype(jnp.float32)
@@ -223,7 +315,7 @@ def call_sets(key, m, k, n):
   return [make_inputs(jax.random.fold_in(key, i), m, k, n) for i in range(count)]
 
 
-def bench_shape(m, k, n, ops, reps, key, results, tolerance):
+def bench_shape(m, k, n, ops, reps, key, results, tolerance, torch_baselines=False):
   sets = call_sets(key, m, k, n)
   n_sets = len(sets)
   row = dict(m=m, k=k, n=n, calls_per_jit=n_sets, times_us={}, wall_us={}, rel_err={}, errors={})
@@ -234,7 +326,7 @@ def bench_shape(m, k, n, ops, reps, key, results, tolerance):
     try:
       if not name.startswith("xla_"):
         row["rel_err"][name] = relative_error(jax.jit(fn)(sets[0]), reference_output(name, sets[0]))
-        if not row["rel_err"][name] < tolerance:
+        if not row["rel_err"][name] < FAST_PATH_TOLERANCE.get(name, tolerance):
           raise AssertionError(f"relative error {row['rel_err'][name]:.3g} against the reference (tolerance "
                                f"{tolerance})")
       kernel, wall = time_op(fn, sets[:1] if slow else sets, 2 if slow else reps)
@@ -250,6 +342,8 @@ def bench_shape(m, k, n, ops, reps, key, results, tolerance):
       xla_int4=device_bytes(d["w_int4"], d["w_scales"]), int8=device_bytes(d["w8"], d["w8_scales"]))
   base = row["times_us"]["xla_bf16"]
   row["speedup_vs_bf16"] = {name: base / t for name, t in row["times_us"].items()}
+  if torch_baselines:
+    bench_torch(row, sets, reps)
   results.append(row)
   print(f"M={m:5d} K={k:5d} N={n:5d} " + " ".join(
       f"{name}={t:9.1f}us({base / t:4.2f}x)" for name, t in row["times_us"].items()), flush=True)
@@ -333,6 +427,7 @@ def breakdown(key, results, only=(), save=lambda: None, m=4096, k=3072, n=12288)
       "xla_unpack_weights": lambda d: reference.unpack_int4(d["w_packed"], axis=0).T,
       "xla_quantize_activations_e4m3": lambda d: int4_ops.codes_as(reference.quantize_codes(d["x"], GROUP)[0], fp8),
       "xla_unpack_weights_e4m3": lambda d: int4_ops.codes_as(reference.unpack_int4(d["w_packed"], axis=0).T, fp8),
+      "xla_kmajor_weights_int4": lambda d: w4a4_pingpong_mosaic_gpu.kmajor_weights(d["w_packed"]),  # issue 27
       "xla_down_projection": lambda d: jnp.dot(d["x"], d["down"], preferred_element_type=jnp.float32),
       "mosaic_quantize_down_e4m3_unsplit": lambda d: quantize_mosaic_gpu.quantize_activations(
           d["x"], None, d["down_padded"], code_dtype=fp8),
@@ -374,6 +469,8 @@ def main():
                       help="also time a few W4A16 tilings (only the named sweeps, if any)")
   parser.add_argument("--breakdown", nargs="*", metavar="STAGE",
                       help="also time each Mosaic stage alone at one shape (only the named stages, if any)")
+  parser.add_argument("--torch", action="store_true",
+                      help="also time torch bf16 and torch FP8 (_scaled_mm) on the same data, per shape")
   parser.add_argument("--out",
                       default=os.path.join(os.path.dirname(os.path.abspath(__file__)), "int4_matmul_run.json"))
   args = parser.parse_args()
@@ -387,6 +484,7 @@ def main():
                ("mosaic_w4a4_lowrank_xla_quantize", mosaic_w4a4_lowrank_xla_quantize),
                ("mosaic_w4a4_lowrank_persistent", mosaic_w4a4_lowrank_persistent),
                ("mosaic_w4a4_lowrank_unfused", mosaic_w4a4_lowrank_unfused), ("mosaic_w8a8", mosaic_w8a8)]
+  large_ops += PINGPONG_OPS
   small_ops = [("xla_bf16", xla_bf16), ("xla_w4a16", xla_w4a16), ("triton_w4a16", triton_w4a16),
                ("mosaic_w4a16", mosaic_w4a16),
                ("mosaic_w4a4_lowrank", mosaic_w4a4_lowrank), ("mosaic_w8a8", mosaic_w8a8)]
@@ -425,7 +523,8 @@ def main():
   if args.breakdown is not None:
     breakdown(key, sweep, only=args.breakdown, save=save)
   for m, k, n, ops in plan:
-    bench_shape(m, k, n, ops, 2 if args.quick else 15, jax.random.fold_in(key, m * 7 + k + n), rows, tolerance)
+    bench_shape(m, k, n, ops, 2 if args.quick else 15, jax.random.fold_in(key, m * 7 + k + n), rows, tolerance,
+                torch_baselines=args.torch)
     save()
   if args.sweep is not None:
     sweep_blocks(key, sweep, only=args.sweep, save=save)

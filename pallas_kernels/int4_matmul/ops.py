@@ -19,6 +19,7 @@ from pallas_kernels.int4_matmul import quantize_mosaic_gpu
 from pallas_kernels.int4_matmul import reference
 from pallas_kernels.int4_matmul import tuning
 from pallas_kernels.int4_matmul import w4a16_mosaic_gpu
+from pallas_kernels.int4_matmul import w4a4_pingpong_mosaic_gpu as pingpong
 
 _FLOAT_DTYPES = (jnp.bfloat16, jnp.float16, jnp.float32)
 _GPU_MIN_ROWS = 16  # smallest M of a Triton dot
@@ -204,12 +205,50 @@ class _MosaicGpuBackend:
         ctas=min(tiles, kernel_mosaic_gpu.MULTIPROCESSORS) if blocks.persistent else None, interpret=interpret)
     return out[:m]
 
+  def _pingpong_w4a4(self, x, w_packed, w_scales, down, up, smooth, bias, *, signed, blocks):
+    """`w4a4_pingpong_mosaic_gpu.py`: the packed weights transposed to K-major int4 in XLA (a byte transpose), the
+    activations quantized as the scale mode asks (the exact mode takes the fused quantize kernel where `fused_quantize`
+    allows it), the kernel's operands from the mode (`pingpong.SCALE_MODES`)."""
+    mode = pingpong.SCALE_MODES[blocks.w4a4_scales]
+    m = x.shape[0]
+    rows = _round_up(m, pingpong.TILE_M)
+    x_padded = _pad_rows(x, rows)
+    rank = 0 if down is None else down.shape[1]
+    if (mode.activation_group == quantize_mosaic_gpu.GROUP_SIZE and blocks.w4a4_scales == "exact"
+        and blocks.fused_quantize and x.dtype == jnp.bfloat16 and quantize_mosaic_gpu.fits(rank)):
+      codes, a_scales_t, low_partials = quantize_mosaic_gpu.quantize_activations(
+          x_padded, _row(reference.smoothing_reciprocal(smooth)), down, code_dtype=jnp.float8_e4m3fn, signed=signed,
+          stages=quantize_mosaic_gpu.deepest_ring(4, rank), k_splits=quantize_mosaic_gpu.filling_splits(rows, x.shape[1]),
+          interpret=self.interpret)
+      a_scales = a_scales_t.T
+      low = None if down is None else low_partials.sum(0)
+    else:
+      codes, a_scales = reference.quantize_activations(x_padded, smooth, mode.activation_group, signed=signed)
+      low = None if down is None else jnp.dot(x_padded.astype(jnp.bfloat16), down, preferred_element_type=jnp.float32)
+    codes, a_scales, b_scales, factors, block_steps = mode.operands(codes, a_scales, w_scales.astype(jnp.float32))
+    low = None if low is None else low.astype(jnp.bfloat16)
+    stages = pingpong.deepest_ring(blocks.num_stages, rank, bias is not None, factors is not None, x.dtype)
+    out = pingpong.w4a4_gemm(codes_as(codes, jnp.dtype(jnp.float8_e4m3fn)), pingpong.kmajor_weights(w_packed),
+                             a_scales, b_scales, low, up, bias, factors=factors, block_steps=block_steps,
+                             out_dtype=x.dtype, stages=stages, interpret=self.interpret)
+    return out[:m]
+
   def w4a4(self, x, w_packed, w_scales, down, up, smooth, bias, *, group_size, signed, blocks):
+    if blocks.w4a4_scales not in pingpong.SCALE_MODES:
+      raise ValueError(f"BlockSizes.w4a4_scales must be one of {sorted(pingpong.SCALE_MODES)}, got "
+                       f"{blocks.w4a4_scales!r}")
+    if blocks.w4a4_scales != "exact" and not (blocks.pingpong and group_size == pingpong.STEP_K
+                                              and x.shape[1] % (2 * pingpong.STEP_K) == 0):
+      raise ValueError(f"w4a4_scales={blocks.w4a4_scales!r} needs pingpong=True, group_size 64 and K a multiple of "
+                       f"128 (got pingpong={blocks.pingpong}, group_size {group_size}, x {x.shape}): the scale modes "
+                       f"other than the spec run only in the ping-pong kernel")
     if not self.supports(w_packed.shape[1]):
       return self._fall_back("W4A4", x, w_packed, f"N must be a multiple of {kernel_mosaic_gpu.TILE_N_MULTIPLE}").w4a4(
           x, w_packed, w_scales, down, up, smooth, bias, group_size=group_size, signed=signed, blocks=blocks)
     if down is not None:
       down, up = _pad_rank(down.astype(jnp.bfloat16), up.astype(jnp.bfloat16), kernel_mosaic_gpu.RANK_MULTIPLE)
+    if blocks.pingpong and group_size == pingpong.STEP_K:
+      return self._pingpong_w4a4(x, w_packed, w_scales, down, up, smooth, bias, signed=signed, blocks=blocks)
     w_codes = reference.unpack_int4(w_packed, axis=0).T
     rank = 0 if down is None else down.shape[1]
     if (blocks.fused_quantize and x.dtype == jnp.bfloat16 and group_size == quantize_mosaic_gpu.GROUP_SIZE

@@ -33,6 +33,14 @@ class BlockSizes:
     dot (`kernel_gpu.w4a16_gemv`; block_m is unused).
   mosaic_w4a16: Mosaic GPU backend, bf16 x, M <= 64, group 64: W4A16 in `w4a16_mosaic_gpu.py` instead of the Triton
     kernel. Off: on an H100 it was slower than the Triton kernels at every shape timed (bench op mosaic_w4a16).
+  pingpong: Mosaic GPU W4A4 (group 64, N a multiple of 128): the GEMM of `w4a4_pingpong_mosaic_gpu.py` (two
+    consumer warpgroups taking turns on the tensor cores, the int4 weights widened inside the kernel) instead of
+    `kernel_mosaic_gpu.py` after an XLA widening pass. Off until measured on an H100 (issue 27).
+  w4a4_scales: with `pingpong`, how the group scales are applied. "exact" is the spec. The others change the result
+    (their errors against the spec: tests/kernels/int4_matmul/test_w4a4_pingpong.py) and must be named to be used:
+    "act128" quantizes the activations in groups of 128 and folds each 64-group weight scale into the e4m3 weights
+    as its ratio to the larger of its 128-block's two (half the promotions); "folded" folds the activation scales
+    per token and the weight scales per output channel into e4m3 values (one FP8 GEMM, no promotion).
   quantize_block_m, quantize_block_k: token rows per program and contraction per loop iteration of the
     activation-quantization kernel (memory-bound: wide steps keep loads in flight).
   """
@@ -50,6 +58,8 @@ class BlockSizes:
   persistent: bool = False
   gemv: bool = False
   mosaic_w4a16: bool = False
+  pingpong: bool = False
+  w4a4_scales: str = "exact"
 
 
 DEFAULT = BlockSizes()
