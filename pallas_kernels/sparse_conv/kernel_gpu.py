@@ -33,8 +33,19 @@ from jax.experimental.pallas import triton as plgpu_triton
 from pallas_kernels.sparse_conv import reference
 
 
+def _loop(count, body, carry, unrolled):
+  """carry = body(t, carry) for t in range(count): a Python loop (static t, every tap's index arithmetic folded)
+  when compiled; a fori_loop when interpreted, which keeps the interpreted program k² times smaller (the CPU tests
+  compile it in about half the time) and runs the same body."""
+  if not unrolled:
+    return jax.lax.fori_loop(0, count, body, carry)
+  for t in range(count):
+    carry = body(t, carry)
+  return carry
+
+
 def _site_kernel(*refs, num_parts, has_norm, has_bias, has_residual, activation, size, stride, padding, tile, upsample,
-                 in_hw, out_hw, tiles_per_program, block_k, block_n):
+                 in_hw, out_hw, tiles_per_program, block_k, block_n, interpret):
   refs = list(refs)
   idx_ref, count_ref = refs.pop(0), refs.pop(0)
   part_refs = [refs.pop(0) for _ in range(num_parts)]
@@ -59,38 +70,40 @@ def _site_kernel(*refs, num_parts, has_norm, has_bias, has_residual, activation,
     ty, tx = idx_ref[slot, 0], idx_ref[slot, 1]
     oy = jnp.minimum(ty * tile + (r % pixels) // tile, out_h - 1)
     ox = jnp.minimum(tx * tile + r % tile, out_w - 1)
-    taps = []
-    for dy in range(size):
-      for dx in range(size):
-        iy, ix = oy * stride - padding + dy, ox * stride - padding + dx
-        inside = (iy >= 0) & (iy < height) & (ix >= 0) & (ix < width)
-        pixel = (jnp.clip(iy, 0, height - 1) // upsample) * (width // upsample) + jnp.clip(ix, 0, width - 1) // upsample
-        taps.append((pixel, inside[:, None]))
+
+    def tap_input(t):
+      """Flat input pixel ids (in the map as stored, before upsampling) and inside-the-image flags of tap t."""
+      dy, dx = t // size, t % size
+      iy, ix = oy * stride - padding + dy, ox * stride - padding + dx
+      inside = (iy >= 0) & (iy < height) & (ix >= 0) & (ix < width)
+      low_y, low_x = jnp.clip(iy, 0, height - 1) // upsample, jnp.clip(ix, 0, width - 1) // upsample
+      return low_y * (width // upsample) + low_x, inside[:, None]
 
     cols = pl.ds(n * block_n, block_n)
     acc = jnp.zeros((rows, block_n), jnp.float32)
     offset = 0
     for part_ref in part_refs:
-      channels = part_ref.shape[2]
 
       def step(i, acc, part_ref=part_ref, offset=offset):
         k0 = pl.multiple_of(i * block_k, block_k)
-        chans = pl.ds(k0, block_k)
         if has_norm:
           scale = scale_ref[b, pl.ds(offset + k0, block_k)][None, :]
           shift = shift_ref[b, pl.ds(offset + k0, block_k)][None, :]
-        for t, (pixel, inside) in enumerate(taps):
-          h = part_ref[b, pixel, chans].astype(jnp.float32)
+
+        def tap(t, acc):
+          pixel, inside = tap_input(t)
+          h = part_ref[b, pixel, pl.ds(k0, block_k)].astype(jnp.float32)
           if has_norm:
             h = h * scale + shift
           if activation is not None:
             h = reference.ACTIVATIONS[activation](h)
           h = jnp.where(inside, h, 0.0).astype(w_ref.dtype)
-          acc += jnp.dot(h, w_ref[t, pl.ds(offset + k0, block_k), cols], preferred_element_type=jnp.float32)
-        return acc
+          return acc + jnp.dot(h, w_ref[t, pl.ds(offset + k0, block_k), cols], preferred_element_type=jnp.float32)
 
-      acc = jax.lax.fori_loop(0, channels // block_k, step, acc)
-      offset += channels
+        return _loop(size * size, tap, acc, unrolled=not interpret)
+
+      acc = jax.lax.fori_loop(0, part_ref.shape[2] // block_k, step, acc)
+      offset += part_ref.shape[2]
 
     if has_bias:
       acc += bias_ref[cols][None, :].astype(jnp.float32)
@@ -120,7 +133,7 @@ def sparse_conv(idx, count, parts, kernel, bias, cached, scale, shift, residual,
       _site_kernel, num_parts=len(parts), has_norm=scale is not None, has_bias=bias is not None,
       has_residual=residual is not None, activation=activation, size=size, stride=stride, padding=padding, tile=tile,
       upsample=upsample, in_hw=(low_h * upsample, low_w * upsample), out_hw=(out_h, out_w),
-      tiles_per_program=tiles_per_program, block_k=blocks.block_k, block_n=blocks.block_n)
+      tiles_per_program=tiles_per_program, block_k=blocks.block_k, block_n=blocks.block_n, interpret=interpret)
   groups = -(-idx.shape[0] // tiles_per_program)
   out = pl.pallas_call(
       body,
