@@ -35,8 +35,8 @@ from pallas_kernels.sparse_conv import reference
 
 def _loop(count, body, carry, unrolled):
   """carry = body(t, carry) for t in range(count): a Python loop (static t, every tap's index arithmetic folded)
-  when compiled; a fori_loop when interpreted, which keeps the interpreted program k² times smaller (the CPU tests
-  compile it in about half the time) and runs the same body."""
+  when compiled; a fori_loop when interpreted, running the same body (for a 3×3 site it halved the interpreted
+  program's HLO and cut its CPU compile from 1.0 to 0.7 s here, which the engine tests pay once per site)."""
   if not unrolled:
     return jax.lax.fori_loop(0, count, body, carry)
   for t in range(count):

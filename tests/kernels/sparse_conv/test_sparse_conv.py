@@ -156,3 +156,44 @@ def test_limits_of_the_kernel_are_reported_not_hidden():
   assert "power of two" in unsupported((16,), 16, 3, "triton")
   assert unsupported((3,), 3, 3, "reference") is None
   assert ops.DEFAULT_BY_PLATFORM["gpu"] == "triton" and ops.DEFAULT_BY_PLATFORM["cpu"] == "reference"
+
+
+# Full-size sites of the DDPM (128-512 channels, skip concatenations) and SD (320-1280) UNets: (parts' channels,
+# output channels, kernel, stride, tile, upsample, dtype).
+_FULL_SIZE_SITES = [
+    ((256, 128), 128, 3, 1, 4, 1, jnp.float32),
+    ((128,), 128, 3, 2, 2, 1, jnp.float32),
+    ((512, 256), 512, 1, 1, 4, 1, jnp.float32),
+    ((256,), 256, 3, 1, 4, 2, jnp.float32),
+    ((640, 320), 320, 3, 1, 4, 1, jnp.bfloat16),
+]
+
+
+@pytest.mark.filterwarnings("ignore:The Pallas Triton backend is deprecated")
+@pytest.mark.parametrize("channels, cout, size, stride, tile, upsample, dtype", _FULL_SIZE_SITES)
+def test_triton_lowering_takes_full_size_sites(monkeypatch, channels, cout, size, stride, tile, upsample, dtype):
+  """Lowers the kernel to Triton IR for an H100 on any host: every operation of the body must have a Triton lowering
+  rule (what the interpreter cannot tell). The PTX compile itself happens only on a GPU."""
+  try:
+    from jax._src import gpu_info
+    from jax._src.pallas.triton import pallas_call_registration
+    h100 = gpu_info.get_gpu_info_from_version(gpu_info.GpuVersion.H100)
+  except (ImportError, AttributeError) as missing:
+    pytest.skip(f"this JAX lays out its GPU-info internals differently ({missing})")
+  monkeypatch.setattr(pallas_call_registration.gpu_info_lib, "get_gpu_info", lambda: h100)
+  low = 64 // upsample
+  parts = tuple(jax.ShapeDtypeStruct((1, low, low, c), dtype) for c in channels)
+  out = reference.output_size(64, size, stride, size // 2)
+  cached = jax.ShapeDtypeStruct((1, out, out, cout), dtype)
+  norm = jax.ShapeDtypeStruct((1, sum(channels)), jnp.float32)
+
+  def site(idx, count, parts, kernel, bias, cached, scale, shift, residual):
+    return ops.IMPLEMENTATIONS["triton"](
+        idx, count, parts, kernel, bias, cached, scale, shift, residual, blocks=ops.tuning.DEFAULT,
+        static=dict(activation="silu", stride=stride, padding=size // 2, tile=tile, upsample=upsample))
+
+  lowered = jax.jit(site).trace(
+      jax.ShapeDtypeStruct((32, 2), jnp.int32), jax.ShapeDtypeStruct((), jnp.int32), parts,
+      jax.ShapeDtypeStruct((size, size, sum(channels), cout), dtype), jax.ShapeDtypeStruct((cout,), dtype), cached,
+      norm, norm, cached).lower(lowering_platforms=("cuda",))
+  assert "sige_sparse_conv" in lowered.as_text()
