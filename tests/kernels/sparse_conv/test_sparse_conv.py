@@ -122,6 +122,12 @@ class TestSparseConvKernel:
     assert rel_err(out, ref) < _TOLERANCE[jnp.float32]
 
 
+  def test_no_active_tile_leaves_the_cached_map(self):
+    parts, tiles, _, kernel, cached, kwargs = _operands(_CASES["1x1_parts"], jnp.float32)
+    out = sparse_conv(parts, tiles, 0, kernel, cached, implementation=self.implementation, **kwargs)
+    np.testing.assert_array_equal(out, cached)
+
+
 class TestSparseConvKernelInterpret(TestSparseConvKernel):
   """The same kernel body in Pallas' interpreter on CPU."""
 
