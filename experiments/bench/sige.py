@@ -49,8 +49,10 @@ site as one launch of `pallas_kernels.sparse_conv` (the Triton-lowered kernel on
 Every row re-times the dense baseline alternating with its own sparse pass, and records `fused_sites` (sites the
 kernel took; RGB `conv_in` / `conv_out`, attention and SPADE-modulated convs stay on XLA) and the largest
 |difference| of its output from the first implementation's (TF32 roundings on a GPU; the outputs should agree).
+--kernel-blocks rows:block_n:block_k,... runs each fused implementation once per block-size spec (a tuning sweep of
+`pallas_kernels/sparse_conv/tuning.py` in the same process).
 Writes the JSON after every row, prints a markdown table at the end.
-Imports jax, flax, numpy and jaxgen.projects.sige only (no gin, no TFDS, no diffusers).
+Imports jax, flax, numpy, jaxgen.projects.sige and pallas_kernels only (no gin, no TFDS, no diffusers).
 """
 
 from __future__ import annotations
@@ -68,7 +70,8 @@ import numpy as np
 
 from jaxgen.projects.sige import IncrementalEngine, SigeUNet, ddpm_unet, gaugan, random_params, sd_unet
 from jaxgen.projects.sige import masks as masks_lib
-from jaxgen.projects.sige.layers import IMPLEMENTATIONS, merge_tiles
+from jaxgen.projects.sige.layers import FUSED_SITE_KERNELS, IMPLEMENTATIONS, merge_tiles
+from pallas_kernels.sparse_conv import BlockSizes
 
 AREAS = (0.012, 0.05, 0.15, 0.30)
 MODELS = ("ddpm", "sd", "gaugan")
@@ -135,9 +138,24 @@ def timed_pair(first, second, reps: int) -> tuple[float, float]:
     return 1e3 * statistics.median(times[0]), 1e3 * statistics.median(times[1])
 
 
+def variants(implementations: list[str], kernel_blocks: list[str]) -> dict[str, tuple[str, BlockSizes | None]]:
+    """Label -> (implementation, fused-kernel block sizes): each fused implementation once per `rows:block_n:block_k`
+    spec (labelled `pallas[64:64:32]`), or once with the tuned defaults when no spec is given."""
+    out = {}
+    for impl in implementations:
+        if impl not in FUSED_SITE_KERNELS or not kernel_blocks:
+            out[impl] = (impl, None)
+            continue
+        for spec in kernel_blocks:
+            rows, block_n, block_k = (int(v) for v in spec.split(":"))
+            out[f"{impl}[{spec}]"] = (impl, BlockSizes(rows=rows, block_n=block_n, block_k=block_k))
+    return out
+
+
 def run(quick: bool, reps: int, dtypes: list[str], areas: tuple[float, ...], names: list[str],
-        implementations: list[str], on_row) -> list[dict]:
-    """One row per model, dtype, area and sparse-site implementation; `on_row(row)` after each (it saves)."""
+        implementations: dict[str, tuple[str, BlockSizes | None]], on_row) -> list[dict]:
+    """One row per model, dtype, area and sparse-site implementation (`variants`); `on_row(row)` after each (it
+    saves)."""
     rows = []
     for dtype_name in dtypes:
         dtype = jnp.dtype(dtype_name)
@@ -152,15 +170,17 @@ def run(quick: bool, reps: int, dtypes: list[str], areas: tuple[float, ...], nam
                 cond["timesteps"] = jnp.full((shape[0],), 500.0)
             params = random_params(module, x, **cond)
             dense = jax.jit(module.apply)
-            engines = {impl: IncrementalEngine(module, params, dilation=setting.dilation,
-                                               min_sparse_res=setting.min_res, implementation=impl)
-                       for impl in implementations}
+            engines = {label: IncrementalEngine(module, params, dilation=setting.dilation,
+                                                min_sparse_res=setting.min_res, implementation=impl,
+                                                kernel_blocks=blocks)
+                       for label, (impl, blocks) in implementations.items()}
+            first = next(iter(engines))
             for engine in engines.values():
                 engine.full(x, **cond)
             for area in areas:
                 edited = edit_of(square_mask(shape[1], shape[2], area))
                 outputs = {}
-                for impl, engine in engines.items():
+                for label, engine in engines.items():
                     start = time.perf_counter()
                     mask = masks_lib.difference_mask(x, edited) if setting.segmap else square_mask(shape[1], shape[2],
                                                                                                      area)
@@ -168,16 +188,15 @@ def run(quick: bool, reps: int, dtypes: list[str], areas: tuple[float, ...], nam
                     plan_ms = 1e3 * (time.perf_counter() - start)
                     dense_ms, sparse_ms = timed_pair(lambda: dense(params, edited, **cond),
                                                      lambda: engine.edit(edited, mask=mask, **cond), reps)
-                    outputs[impl] = np.asarray(engine.edit(edited, mask=mask, **cond), np.float32)
+                    outputs[label] = np.asarray(engine.edit(edited, mask=mask, **cond), np.float32)
                     macs = engine.macs(plan)
-                    row = {"model": name, "dtype": dtype_name, "area": area, "implementation": impl,
+                    row = {"model": name, "dtype": dtype_name, "area": area, "implementation": label,
                            "mask_area": float(mask.mean()), "bucket": plan.level, "macs_dense": macs["dense"],
                            "macs_sparse": macs["sparse"], "macs_executed": macs["executed"],
                            "macs_ratio": macs["dense"] / macs["sparse"], "dense_ms": dense_ms, "sparse_ms": sparse_ms,
                            "speedup": dense_ms / sparse_ms, "plan_ms": plan_ms,
                            "fused_sites": len(engine.fused_sites),
-                           f"max_abs_diff_vs_{implementations[0]}": float(np.abs(
-                               outputs[impl] - outputs[implementations[0]]).max())}
+                           f"max_abs_diff_vs_{first}": float(np.abs(outputs[label] - outputs[first]).max())}
                     rows.append(row)
                     on_row(row)
     return rows
@@ -221,6 +240,9 @@ def main():
     parser.add_argument("--implementations", default="xla",
                         help=f"comma-separated sparse-site implementations, of {', '.join(IMPLEMENTATIONS)}; each gets "
                         "its own rows against the same dense baseline (e.g. xla,pallas: the fused site kernel)")
+    parser.add_argument("--kernel-blocks", default="",
+                        help="comma-separated rows:block_n:block_k of the fused kernel (e.g. 64:64:32,16:64:32); "
+                        "each fused implementation runs once per spec (default: once, with its tuned defaults)")
     parser.add_argument("--out", default="experiments/bench/sige.json")
     args = parser.parse_args()
     names = args.models.split(",") if args.models else list(MODELS)
@@ -247,8 +269,9 @@ def main():
 
     if args.models is None or args.merge:
         merge_variants(args.quick, args.reps, areas, saving("merge"))
-    rows = run(args.quick, args.reps, args.dtypes.split(","), areas, names, implementations, saving("rows"))
-    print("\n| model | dtype | area | sites | bucket | MACs dense (G) | MACs sparse (G) | MACs ratio | dense ms "
+    rows = run(args.quick, args.reps, args.dtypes.split(","), areas, names,
+               variants(implementations, [b for b in args.kernel_blocks.split(",") if b]), saving("rows"))
+    print("\n| model | dtype | area | implementation | bucket | MACs dense (G) | MACs sparse (G) | MACs ratio | dense ms "
           "| sparse ms | speed-up |\n| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |")
     for r in rows:
         print(f"| {r['model']} | {r['dtype']} | {100 * r['area']:.1f} % | {r['implementation']} | {r['bucket']} "

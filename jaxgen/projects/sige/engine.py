@@ -46,15 +46,17 @@ class IncrementalEngine:
     `implementation`: how sparse conv sites run (`layers.IMPLEMENTATIONS`): "xla" (default) chains XLA ops per site;
     "pallas" runs each site as one fused kernel (`pallas_kernels.sparse_conv`; on CPU its jnp reference),
     "pallas_interpret" the kernel body interpreted (CPU tests). Not the default until measured on a GPU.
-    `fused_sites` lists the conv sites the last traced sparse pass fused.
+    `kernel_blocks`: the fused kernel's `pallas_kernels.sparse_conv.BlockSizes` (None: its tuned defaults; for
+    sweeps). `fused_sites` lists the conv sites the last traced sparse pass fused.
     """
 
     def __init__(self, module, params, *, threshold: float = 2e-2, dilation: int = 1, min_sparse_res: int = 8,
                  levels: tuple[float, ...] | None = None, compiler_options: dict | None = None,
-                 implementation: str = "xla"):
+                 implementation: str = "xla", kernel_blocks=None):
         if implementation not in IMPLEMENTATIONS:
             raise ValueError(f"IncrementalEngine: implementation {implementation!r} is not one of {IMPLEMENTATIONS}")
         self.module, self.params, self.implementation = module, params, implementation
+        self.kernel_blocks = kernel_blocks
         self.fused_sites: tuple[str, ...] = ()
         self.threshold, self.dilation, self.min_sparse_res = threshold, dilation, min_sparse_res
         self.levels = tuple(sorted(levels)) if levels is not None else masks_lib.bucket_levels()
@@ -77,7 +79,7 @@ class IncrementalEngine:
 
     def _sparse_pass(self, params, cache, x, plan, cond):
         self.compiles += 1
-        state = Pass("sparse", plan=plan, implementation=self.implementation)
+        state = Pass("sparse", plan=plan, implementation=self.implementation, kernel_blocks=self.kernel_blocks)
         with running(state):
             out = self.module.apply({**params, CACHE: cache}, x, **cond)
         self.fused_sites = tuple(state.fused)

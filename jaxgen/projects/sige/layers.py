@@ -59,7 +59,8 @@ class Cost:
 class Pass:
     """What the engine is running: `mode` "full" (cache, record sites) or "sparse" (read `plan`, the site key ->
     {"idx": [slots, 2] tile coordinates, "count": [] active tiles, "map": [H_out·W_out] scatter map}), with sparse conv
-    sites run by `implementation` (a key of `IMPLEMENTATIONS`; the layers append the sites they fused to `fused`)."""
+    sites run by `implementation` (a key of `IMPLEMENTATIONS`; the layers append the sites they fused to `fused`);
+    `kernel_blocks`: the fused kernel's `pallas_kernels.sparse_conv.BlockSizes`, None for its tuned defaults."""
 
     mode: str
     plan: Mapping[str, Mapping[str, Array]] = dataclasses.field(default_factory=dict)
@@ -67,6 +68,7 @@ class Pass:
     costs: list[Cost] = dataclasses.field(default_factory=list)
     implementation: str = "xla"
     fused: list[str] = dataclasses.field(default_factory=list)
+    kernel_blocks: Any = None
 
 
 # How a sparse conv site runs: "xla" is the chain of XLA ops; every other name is the fused site kernel with the
@@ -241,7 +243,8 @@ class SigeConv(nn.Module):
                     parts, entry["idx"], entry["count"], kernel, self.get_variable(CACHE, "out"),
                     bias=bias if self.use_bias else None, scale=expand(scale), shift=expand(shift),
                     activation=_FUSED_ACTIVATIONS[act], residual=residual, stride=self.stride,
-                    padding=geometry.padding, tile=geometry.tile, upsample=up, implementation=fused)
+                    padding=geometry.padding, tile=geometry.tile, upsample=up, implementation=fused,
+                    block_sizes=_PASS.get().kernel_blocks)
             blocks, inside = gather_blocks(parts, entry["idx"], geometry, up)
             if modulation is not None:
                 modulation, _ = gather_blocks((modulation,), entry["idx"], geometry)
