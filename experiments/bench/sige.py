@@ -7,9 +7,14 @@ Recipe:
             PYTHONPATH=. nice -n 10 python3 experiments/bench/sige.py --quick --reps 5 --dtypes float32 \
                 --out experiments/bench/sige_cpu.json
             (--models gaugan runs one model; the merge comparison then runs only with --merge)
+            The fused site kernel against today's XLA chain, DDPM and SD in float32 (one model per command keeps
+            each under the device's 10-minute slot):
+            PYTHONPATH=. python3 experiments/bench/sige.py --models ddpm --dtypes float32 --reps 20 \
+                --implementations xla,pallas --out experiments/bench/sige_fused_ddpm_h100.json
   hardware  one GPU (H100) for the full sizes; --quick runs on CPU
   wall time --quick: about 6 minutes on 2 shared CPU cores for ddpm and sd, 2 for gaugan (2026-12-07); full sizes
-            on an H100: not yet run
+            on an H100: DDPM + SD float32 and DDPM bfloat16 took about 260 s with the XLA chain alone (2026-12-07);
+            the fused kernel: not yet run
   expected  goals from the paper's claim: at ~1.2 % edit area ≥ 5× fewer MACs and ≥ 2× lower latency than dense;
             at 30 % never slower than 1.1× dense
 
@@ -36,8 +41,18 @@ timed separately as `plan_ms`). Latencies: median of --reps after one warm-up ca
 by block_until_ready, dense and sparse calls alternating. MACs: convs, attention and projections from shapes
 (`IncrementalEngine.macs`): `sparse` counts active tiles, `executed` the padded bucket slots the program runs.
 First, the merge alone at the DDPM UNet's finest site: tiles written into the cached map through the scatter map
-(a gather, as the engine does) against XLA's scatter with unique indices. Writes JSON, prints a markdown table.
-Imports jax, flax, numpy and jaxgen.projects.sige only (no gin, no TFDS, no diffusers).
+(a gather, as the engine does) against XLA's scatter with unique indices.
+
+--implementations (`layers.IMPLEMENTATIONS`) picks how sparse conv sites run, each with its own engine and rows in
+the same process: "xla" chains XLA ops per site (gather → norm / activation → VALID conv → merge); "pallas" runs each
+site as one launch of `pallas_kernels.sparse_conv` (the Triton-lowered kernel on a GPU, its jnp reference on CPU).
+Every row re-times the dense baseline alternating with its own sparse pass, and records `fused_sites` (sites the
+kernel took; RGB `conv_in` / `conv_out`, attention and SPADE-modulated convs stay on XLA) and the largest
+|difference| of its output from the first implementation's (TF32 roundings on a GPU; the outputs should agree).
+--kernel-blocks rows:block_n:block_k,... runs each fused implementation once per block-size spec (a tuning sweep of
+`pallas_kernels/sparse_conv/tuning.py` in the same process).
+Writes the JSON after every row, prints a markdown table at the end.
+Imports jax, flax, numpy, jaxgen.projects.sige and pallas_kernels only (no gin, no TFDS, no diffusers).
 """
 
 from __future__ import annotations
@@ -55,7 +70,8 @@ import numpy as np
 
 from jaxgen.projects.sige import IncrementalEngine, SigeUNet, ddpm_unet, gaugan, random_params, sd_unet
 from jaxgen.projects.sige import masks as masks_lib
-from jaxgen.projects.sige.layers import merge_tiles
+from jaxgen.projects.sige.layers import FUSED_SITE_KERNELS, IMPLEMENTATIONS, merge_tiles
+from pallas_kernels.sparse_conv import BlockSizes
 
 AREAS = (0.012, 0.05, 0.15, 0.30)
 MODELS = ("ddpm", "sd", "gaugan")
@@ -122,7 +138,24 @@ def timed_pair(first, second, reps: int) -> tuple[float, float]:
     return 1e3 * statistics.median(times[0]), 1e3 * statistics.median(times[1])
 
 
-def run(quick: bool, reps: int, dtypes: list[str], areas: tuple[float, ...], names: list[str]) -> list[dict]:
+def variants(implementations: list[str], kernel_blocks: list[str]) -> dict[str, tuple[str, BlockSizes | None]]:
+    """Label -> (implementation, fused-kernel block sizes): each fused implementation once per `rows:block_n:block_k`
+    spec (labelled `pallas[64:64:32]`), or once with the tuned defaults when no spec is given."""
+    out = {}
+    for impl in implementations:
+        if impl not in FUSED_SITE_KERNELS or not kernel_blocks:
+            out[impl] = (impl, None)
+            continue
+        for spec in kernel_blocks:
+            rows, block_n, block_k = (int(v) for v in spec.split(":"))
+            out[f"{impl}[{spec}]"] = (impl, BlockSizes(rows=rows, block_n=block_n, block_k=block_k))
+    return out
+
+
+def run(quick: bool, reps: int, dtypes: list[str], areas: tuple[float, ...], names: list[str],
+        implementations: dict[str, tuple[str, BlockSizes | None]], on_row) -> list[dict]:
+    """One row per model, dtype, area and sparse-site implementation (`variants`); `on_row(row)` after each (it
+    saves)."""
     rows = []
     for dtype_name in dtypes:
         dtype = jnp.dtype(dtype_name)
@@ -137,29 +170,39 @@ def run(quick: bool, reps: int, dtypes: list[str], areas: tuple[float, ...], nam
                 cond["timesteps"] = jnp.full((shape[0],), 500.0)
             params = random_params(module, x, **cond)
             dense = jax.jit(module.apply)
-            engine = IncrementalEngine(module, params, dilation=setting.dilation, min_sparse_res=setting.min_res)
-            engine.full(x, **cond)
+            engines = {label: IncrementalEngine(module, params, dilation=setting.dilation,
+                                                min_sparse_res=setting.min_res, implementation=impl,
+                                                kernel_blocks=blocks)
+                       for label, (impl, blocks) in implementations.items()}
+            first = next(iter(engines))
+            for engine in engines.values():
+                engine.full(x, **cond)
             for area in areas:
                 edited = edit_of(square_mask(shape[1], shape[2], area))
-                start = time.perf_counter()
-                mask = masks_lib.difference_mask(x, edited) if setting.segmap else square_mask(shape[1], shape[2],
-                                                                                                 area)
-                plan = engine.plan(mask)
-                plan_ms = 1e3 * (time.perf_counter() - start)
-                dense_ms, sparse_ms = timed_pair(lambda: dense(params, edited, **cond),
-                                                 lambda: engine.edit(edited, mask=mask, **cond), reps)
-                macs = engine.macs(plan)
-                row = {"model": name, "dtype": dtype_name, "area": area, "mask_area": float(mask.mean()),
-                       "bucket": plan.level, "macs_dense": macs["dense"], "macs_sparse": macs["sparse"],
-                       "macs_executed": macs["executed"], "macs_ratio": macs["dense"] / macs["sparse"],
-                       "dense_ms": dense_ms, "sparse_ms": sparse_ms, "speedup": dense_ms / sparse_ms,
-                       "plan_ms": plan_ms}
-                rows.append(row)
-                print(json.dumps(row), flush=True)
+                outputs = {}
+                for label, engine in engines.items():
+                    start = time.perf_counter()
+                    mask = masks_lib.difference_mask(x, edited) if setting.segmap else square_mask(shape[1], shape[2],
+                                                                                                     area)
+                    plan = engine.plan(mask)
+                    plan_ms = 1e3 * (time.perf_counter() - start)
+                    dense_ms, sparse_ms = timed_pair(lambda: dense(params, edited, **cond),
+                                                     lambda: engine.edit(edited, mask=mask, **cond), reps)
+                    outputs[label] = np.asarray(engine.edit(edited, mask=mask, **cond), np.float32)
+                    macs = engine.macs(plan)
+                    row = {"model": name, "dtype": dtype_name, "area": area, "implementation": label,
+                           "mask_area": float(mask.mean()), "bucket": plan.level, "macs_dense": macs["dense"],
+                           "macs_sparse": macs["sparse"], "macs_executed": macs["executed"],
+                           "macs_ratio": macs["dense"] / macs["sparse"], "dense_ms": dense_ms, "sparse_ms": sparse_ms,
+                           "speedup": dense_ms / sparse_ms, "plan_ms": plan_ms,
+                           "fused_sites": len(engine.fused_sites),
+                           f"max_abs_diff_vs_{first}": float(np.abs(outputs[label] - outputs[first]).max())}
+                    rows.append(row)
+                    on_row(row)
     return rows
 
 
-def merge_variants(quick: bool, reps: int, areas: tuple[float, ...]) -> list[dict]:
+def merge_variants(quick: bool, reps: int, areas: tuple[float, ...], on_row) -> list[dict]:
     """Writing 4×4 tiles into a cached map, at the DDPM UNet's finest site: through the scatter map (a gather,
     what the engine does) and through XLA's scatter (`.at[].set`, unique indices promised)."""
     size, channels = (128, 32) if quick else (256, 128)
@@ -181,7 +224,7 @@ def merge_variants(quick: bool, reps: int, areas: tuple[float, ...]) -> list[dic
         same = bool(jnp.array_equal(gather(tiles, scatter_map, cached), scatter(tiles, pixels, cached)))
         rows.append({"area": area, "tiles": len(indices), "map_shape": [size, size, channels],
                      "gather_map_ms": gather_ms, "xla_scatter_ms": scatter_ms, "equal": same})
-        print(json.dumps(rows[-1]), flush=True)
+        on_row(rows[-1])
     return rows
 
 
@@ -194,25 +237,45 @@ def main():
     parser.add_argument("--models", default=None, help=f"comma-separated, of {', '.join(MODELS)} (default: all, "
                         "and the merge comparison)")
     parser.add_argument("--merge", action="store_true", help="the merge comparison even with --models given")
+    parser.add_argument("--implementations", default="xla",
+                        help=f"comma-separated sparse-site implementations, of {', '.join(IMPLEMENTATIONS)}; each gets "
+                        "its own rows against the same dense baseline (e.g. xla,pallas: the fused site kernel)")
+    parser.add_argument("--kernel-blocks", default="",
+                        help="comma-separated rows:block_n:block_k of the fused kernel (e.g. 64:64:32,16:64:32); "
+                        "each fused implementation runs once per spec (default: once, with its tuned defaults)")
     parser.add_argument("--out", default="experiments/bench/sige.json")
     args = parser.parse_args()
     names = args.models.split(",") if args.models else list(MODELS)
     if set(names) - set(MODELS):
         parser.error(f"unknown models {sorted(set(names) - set(MODELS))}; choose from {', '.join(MODELS)}")
+    implementations = args.implementations.split(",")
+    if set(implementations) - set(IMPLEMENTATIONS):
+        parser.error(f"unknown implementations {sorted(set(implementations) - set(IMPLEMENTATIONS))}; choose from "
+                     f"{', '.join(IMPLEMENTATIONS)}")
     device = jax.devices()[0]
     print(f"device: {device.device_kind} ({device.platform}), jax {jax.__version__}", flush=True)
     areas = tuple(float(a) for a in args.areas.split(","))
-    merge = merge_variants(args.quick, args.reps, areas) if args.models is None or args.merge else []
-    rows = run(args.quick, args.reps, args.dtypes.split(","), areas, names)
     result = {"device": device.device_kind, "platform": device.platform, "jax": jax.__version__,
               "quick": args.quick, "reps": args.reps, "date": time.strftime("%Y-%m-%d", time.gmtime()),
-              "rows": rows, "merge": merge}
-    with open(args.out, "w") as f:
-        json.dump(result, f, indent=1)
-    print("\n| model | dtype | area | bucket | MACs dense (G) | MACs sparse (G) | MACs ratio | dense ms | sparse ms "
-          "| speed-up |\n| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |")
+              "rows": [], "merge": []}
+
+    def saving(key):
+        def on_row(row):
+            print(json.dumps(row), flush=True)
+            result[key].append(row)
+            with open(args.out, "w") as f:
+                json.dump(result, f, indent=1)
+        return on_row
+
+    if args.models is None or args.merge:
+        merge_variants(args.quick, args.reps, areas, saving("merge"))
+    rows = run(args.quick, args.reps, args.dtypes.split(","), areas, names,
+               variants(implementations, [b for b in args.kernel_blocks.split(",") if b]), saving("rows"))
+    print("\n| model | dtype | area | implementation | bucket | MACs dense (G) | MACs sparse (G) | MACs ratio | dense ms "
+          "| sparse ms | speed-up |\n| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |")
     for r in rows:
-        print(f"| {r['model']} | {r['dtype']} | {100 * r['area']:.1f} % | {r['bucket']} | {r['macs_dense'] / 1e9:.1f} "
+        print(f"| {r['model']} | {r['dtype']} | {100 * r['area']:.1f} % | {r['implementation']} | {r['bucket']} "
+              f"| {r['macs_dense'] / 1e9:.1f} "
               f"| {r['macs_sparse'] / 1e9:.2f} | {r['macs_ratio']:.1f}× | {r['dense_ms']:.1f} | {r['sparse_ms']:.1f} "
               f"| {r['speedup']:.2f}× |")
 

@@ -91,7 +91,8 @@ def _agreement(sparse, dense) -> dict[str, float]:
 def _macs(engine: IncrementalEngine) -> dict[str, Any]:
     macs = engine.macs()
     return {"macs_dense": macs["dense"], "macs_sparse": macs["sparse"], "macs_executed": macs["executed"],
-            "macs_ratio": macs["dense"] / macs["sparse"], "bucket": engine.last_plan.level}
+            "macs_ratio": macs["dense"] / macs["sparse"], "bucket": engine.last_plan.level,
+            "implementation": engine.implementation, "fused_sites": len(engine.fused_sites)}
 
 
 def _panels(original, edited, mask, dense, sparse) -> np.ndarray:
@@ -111,12 +112,14 @@ def sdedit_photo(*, model=None, model_dir: str | None = None, image: str = "chel
                  center: Sequence[float] = (0.55, 0.35), radius: float = 0.07,
                  color: Sequence[float] = (0.9, 0.75, 0.2), schedule: str = "linear", num_train_timesteps: int = 1000,
                  start_timestep: int = 500, num_steps: int = 10, sampler: str = "ddim", dilation: int = 1,
-                 min_sparse_res: int = 32, seed: int = 0,
+                 min_sparse_res: int = 32, seed: int = 0, implementation: str = "xla",
                  compiler_options: dict | None = None) -> tuple[dict, np.ndarray]:
     """SDEdit of `image` with a disc of `color` painted at `center`; `num_steps` steps from `start_timestep` (the
     SDEdit strength is `start_timestep / num_train_timesteps`). The weights of the diffusers `UNet2DModel` folder
     `model_dir` if given, else `model` (a `SigeUNet` with a timestep input) with random weights. Returns results and
-    the picture panels. `compiler_options`: XLA's, for the engine and the dense model (the smoke test's -O0)."""
+    the picture panels. `implementation`: how the engine runs sparse conv sites ("xla", or "pallas" for the fused
+    site kernel; `layers.IMPLEMENTATIONS`). `compiler_options`: XLA's, for the engine and the dense model (the smoke
+    test's -O0)."""
     from jaxgen.diffusion import ddpm
     from jaxgen.projects.sige.sdedit import sdedit
 
@@ -136,7 +139,7 @@ def sdedit_photo(*, model=None, model_dir: str | None = None, image: str = "chel
     timesteps = np.linspace(start_timestep, 0, num_steps).round().astype(int)
     rng = jax.random.key(seed, impl="rbg")   # XLA's bit generator: compiles in a fraction of threefry's time on CPU
     engine = IncrementalEngine(module, params, dilation=dilation, min_sparse_res=min_sparse_res,
-                               compiler_options=compiler_options)
+                               compiler_options=compiler_options, implementation=implementation)
     dense_model = DenseModel(module, params, compiler_options)
     edit = lambda runner: sdedit(runner, noise_schedule, original_x, edited_x, mask, timesteps, rng,  # noqa: E731
                                  sampler=sampler)[1]
@@ -163,10 +166,10 @@ def segmentation(photo: np.ndarray, num_classes: int, segments: int) -> np.ndarr
 def gaugan_map(*, model, image: str = "chelsea", crop: Sequence[int] = (0, 300, 0, 450),
                size: Sequence[int] = (128, 256), segments: int = 200, center: Sequence[float] = (0.5, 0.6),
                radius: float = 0.12, dilation: int = 2, min_sparse_res: int = 8, seed: int = 0,
-               compiler_options: dict | None = None) -> tuple[dict, np.ndarray]:
+               implementation: str = "xla", compiler_options: dict | None = None) -> tuple[dict, np.ndarray]:
     """Relabel a disc of a semantic map made from `image` (to the label half the classes away from the one at the
     disc's centre: a visible stroke) and regenerate it with the SPADE generator `model` (random weights), dense vs
-    incremental."""
+    incremental (`implementation` as in `sdedit_photo`)."""
     photo = photograph(image, crop, size)
     labels = segmentation(photo, model.num_classes, segments)
     mask = disc(*labels.shape, center, radius)
@@ -176,7 +179,7 @@ def gaugan_map(*, model, image: str = "chelsea", crop: Sequence[int] = (0, 300, 
     original, edited = (jax.nn.one_hot(m[None], model.num_classes) for m in (labels, edited_labels))
     params = random_params(model, original, seed=seed)
     engine = IncrementalEngine(model, params, dilation=dilation, min_sparse_res=min_sparse_res,
-                               compiler_options=compiler_options)
+                               compiler_options=compiler_options, implementation=implementation)
     engine.full(original)
     difference = masks_lib.difference_mask(original, edited)
     dense_model = DenseModel(model, params, compiler_options)

@@ -18,7 +18,7 @@ import jax
 import numpy as np
 
 from jaxgen.projects.sige import masks as masks_lib
-from jaxgen.projects.sige.layers import CACHE, Cost, Pass, running
+from jaxgen.projects.sige.layers import CACHE, IMPLEMENTATIONS, Cost, Pass, running
 
 
 @dataclasses.dataclass
@@ -43,11 +43,21 @@ class IncrementalEngine:
     fractions of each site's tiles (`masks.bucket_levels()`); the largest is the dense-fallback threshold.
     `compiler_options`: XLA options for both passes' `jax.jit` (the tests compile with
     `{"xla_backend_optimization_level": 0}`, 2.4× faster on CPU for programs whose run time does not matter).
+    `implementation`: how sparse conv sites run (`layers.IMPLEMENTATIONS`): "xla" (default) chains XLA ops per site;
+    "pallas" runs each site as one fused kernel (`pallas_kernels.sparse_conv`; on CPU its jnp reference),
+    "pallas_interpret" the kernel body interpreted (CPU tests). Not the default until measured on a GPU.
+    `kernel_blocks`: the fused kernel's `pallas_kernels.sparse_conv.BlockSizes` (None: its tuned defaults; for
+    sweeps). `fused_sites` lists the conv sites the last traced sparse pass fused.
     """
 
     def __init__(self, module, params, *, threshold: float = 2e-2, dilation: int = 1, min_sparse_res: int = 8,
-                 levels: tuple[float, ...] | None = None, compiler_options: dict | None = None):
-        self.module, self.params = module, params
+                 levels: tuple[float, ...] | None = None, compiler_options: dict | None = None,
+                 implementation: str = "xla", kernel_blocks=None):
+        if implementation not in IMPLEMENTATIONS:
+            raise ValueError(f"IncrementalEngine: implementation {implementation!r} is not one of {IMPLEMENTATIONS}")
+        self.module, self.params, self.implementation = module, params, implementation
+        self.kernel_blocks = kernel_blocks
+        self.fused_sites: tuple[str, ...] = ()
         self.threshold, self.dilation, self.min_sparse_res = threshold, dilation, min_sparse_res
         self.levels = tuple(sorted(levels)) if levels is not None else masks_lib.bucket_levels()
         self.compiles = 0
@@ -69,8 +79,11 @@ class IncrementalEngine:
 
     def _sparse_pass(self, params, cache, x, plan, cond):
         self.compiles += 1
-        with running(Pass("sparse", plan=plan)):
-            return self.module.apply({**params, CACHE: cache}, x, **cond)
+        state = Pass("sparse", plan=plan, implementation=self.implementation, kernel_blocks=self.kernel_blocks)
+        with running(state):
+            out = self.module.apply({**params, CACHE: cache}, x, **cond)
+        self.fused_sites = tuple(state.fused)
+        return out
 
     def full(self, original, *, cache_id: Any = 0, **cond) -> jax.Array:
         """Run densely on `original`, cache what edits reuse under `cache_id` (one per denoising step in SDEdit),
@@ -150,7 +163,7 @@ class IncrementalEngine:
             h, w, geometry = self._sites[key]
             indices = masks_lib.tile_indices(grid)
             slots[key] = masks_lib.capacity(level * growth[key], grid.size)
-            arrays[key] = {"idx": masks_lib.pad_indices(indices, slots[key]),
+            arrays[key] = {"idx": masks_lib.pad_indices(indices, slots[key]), "count": np.int32(len(indices)),
                            "map": masks_lib.scatter_map(indices, geometry.output_size(h), geometry.output_size(w),
                                                         geometry.tile)}
         return EditPlan(level, pyramid, active, slots, arrays, jax.device_put(arrays))

@@ -16,6 +16,13 @@ A model built from these layers is an ordinary Linen module (`module.apply(param
 
 GroupNorm in the sparse pass uses the statistics of the full pass, as in the paper: exact for conv-only networks,
 an approximation otherwise (tests compare with a dense pass on the same statistics).
+
+How a sparse conv site runs is the pass's `implementation` (`IMPLEMENTATIONS`): "xla" (the default) is the chain
+above as separate XLA ops (gather → pre-activation → VALID conv → merge); the "pallas*" names run the whole site as
+one launch of `pallas_kernels.sparse_conv` (gather with halo, scale / shift, activation, k² shifted matrix products,
+bias and residual, written into the cached map in place; no tile array reaches HBM). A site that kernel cannot take
+(SPADE modulation, an activation outside its table, channel counts below its smallest dot, e.g. an RGB `conv_in`)
+keeps the XLA chain; `Pass.fused` lists the sites that were fused.
 Layout NHWC; tiles of a site are laid row-major, pixel `(i, j)` of tile `n` at flat row `n·tile² + i·tile + j`.
 """
 
@@ -32,6 +39,7 @@ import jax
 import jax.numpy as jnp
 
 from jaxgen.projects.sige.masks import CONV1, Geometry
+from pallas_kernels import sparse_conv as fused_site
 
 Array = jax.Array
 CACHE = "sige"
@@ -50,12 +58,31 @@ class Cost:
 @dataclasses.dataclass
 class Pass:
     """What the engine is running: `mode` "full" (cache, record sites) or "sparse" (read `plan`, the site key ->
-    {"idx": [slots, 2] tile coordinates, "map": [H_out·W_out] scatter map})."""
+    {"idx": [slots, 2] tile coordinates, "count": [] active tiles, "map": [H_out·W_out] scatter map}), with sparse conv
+    sites run by `implementation` (a key of `IMPLEMENTATIONS`; the layers append the sites they fused to `fused`);
+    `kernel_blocks`: the fused kernel's `pallas_kernels.sparse_conv.BlockSizes`, None for its tuned defaults."""
 
     mode: str
     plan: Mapping[str, Mapping[str, Array]] = dataclasses.field(default_factory=dict)
     sites: dict[str, tuple[int, int, Geometry]] = dataclasses.field(default_factory=dict)
     costs: list[Cost] = dataclasses.field(default_factory=list)
+    implementation: str = "xla"
+    fused: list[str] = dataclasses.field(default_factory=list)
+    kernel_blocks: Any = None
+
+
+# How a sparse conv site runs: "xla" is the chain of XLA ops; every other name is the fused site kernel with the
+# `pallas_kernels.sparse_conv` implementation it maps to (None: the platform's default — the Triton-lowered kernel on
+# a GPU, its jnp reference on CPU; "pallas_interpret": the kernel body interpreted, for CPU tests).
+FUSED_SITE_KERNELS: dict[str, str | None] = {
+    "pallas": None,
+    "pallas_interpret": "triton_interpret",
+    "pallas_reference": "reference",
+}
+IMPLEMENTATIONS = ("xla", *FUSED_SITE_KERNELS)
+
+# The pre-activations the fused site kernel applies, by the callable a model passes as `act`.
+_FUSED_ACTIVATIONS: dict[Callable | None, str | None] = {None: None, nn.silu: "silu", nn.relu: "relu"}
 
 
 _PASS: contextvars.ContextVar[Pass | None] = contextvars.ContextVar("sige_pass", default=None)
@@ -208,6 +235,16 @@ class SigeConv(nn.Module):
         key = site_key(height, width, geometry)
         entry = _sparse_entry(key)
         if entry is not None:
+            takes = modulation is None and act in _FUSED_ACTIVATIONS
+            fused = self._fused_site(parts, key) if takes else None
+            if fused is not None:
+                expand = lambda v: None if v is None else jnp.broadcast_to(v, (batch, channels))  # noqa: E731
+                return fused_site.sparse_conv(
+                    parts, entry["idx"], entry["count"], kernel, self.get_variable(CACHE, "out"),
+                    bias=bias if self.use_bias else None, scale=expand(scale), shift=expand(shift),
+                    activation=_FUSED_ACTIVATIONS[act], residual=residual, stride=self.stride,
+                    padding=geometry.padding, tile=geometry.tile, upsample=up, implementation=fused,
+                    block_sizes=_PASS.get().kernel_blocks)
             blocks, inside = gather_blocks(parts, entry["idx"], geometry, up)
             if modulation is not None:
                 modulation, _ = gather_blocks((modulation,), entry["idx"], geometry)
@@ -233,6 +270,20 @@ class SigeConv(nn.Module):
         if _full():
             self.put_variable(CACHE, "out", out)
         return out
+
+
+    def _fused_site(self, parts, key: str) -> str | None:
+        """The `pallas_kernels.sparse_conv` implementation for this sparse site, or None for the XLA chain (the pass
+        asks for "xla", or the kernel cannot take these channel counts); records a fused site in the pass."""
+        state = _PASS.get()
+        if state.implementation not in FUSED_SITE_KERNELS:
+            return None
+        implementation = FUSED_SITE_KERNELS[state.implementation]
+        if fused_site.unsupported(tuple(p.shape[-1] for p in parts), self.features, self.geometry.tile,
+                                  implementation) is not None:
+            return None
+        state.fused.append(f"{'/'.join(self.scope.path)} @ {key}")
+        return implementation or fused_site.default_implementation()
 
 
 class SigeGroupNorm(nn.Module):
