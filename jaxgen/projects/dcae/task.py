@@ -152,9 +152,10 @@ class AutoencoderTask:
 
     def __init__(self, model: model_lib.DCAE, phase_name: str = "full", *, perceptual: str = "ssim",
                  perceptual_weight: float = 1.0, lpips_weights: tuple[str, str] | None = None,
-                 lpips_net: str = "vgg", gan_weight: float | None = None, discriminator: PatchDiscriminator = PatchDiscriminator(),
-                 max_eval_batches: int = 4, grid_images: int = 8, holdout: str | None = None,
-                 holdout_size: int | None = None, data_dir: str | None = None):
+                 lpips_net: str = "vgg", gan_weight: float | None = None,
+                 discriminator: PatchDiscriminator = PatchDiscriminator(), max_eval_batches: int = 4,
+                 grid_images: int = 8, holdout: str | None = None, holdout_size: int | None = None,
+                 data_dir: str | None = None):
         self.model = model
         self.phase_name = phase_name
         self.phase = phase(phase_name)

@@ -12,29 +12,13 @@ import pytest
 
 from jaxgen import cli
 from jaxgen.core.errors import ConfigError
-from jaxgen.metrics import lpips
 from jaxgen.projects.dcae import model, task
+from tests.support.lpips_weights import write_random_lpips
 
 
 @pytest.fixture(scope="module")
 def weights(tmp_path_factory):
-    """(backbone file, lin file): random He-scaled VGG16 convolutions under torchvision's names, non-negative lin
-    weights under lpips' names."""
-    rng = np.random.default_rng(0)
-    abstract = jax.eval_shape(lpips.LPIPS("vgg").init, jax.random.key(0), *[jnp.zeros((1, 16, 16, 3))] * 2)["params"]
-    backbone, lin = {}, {}
-    for name, leaves in abstract["net"].items():
-        kh, kw, cin, cout = leaves["kernel"].shape
-        index = name.removeprefix("features_")
-        backbone[f"features.{index}.weight"] = (rng.standard_normal((cout, cin, kh, kw)) *
-                                                (2.0 / (cin * kh * kw)) ** 0.5).astype(np.float32)
-        backbone[f"features.{index}.bias"] = (0.1 * rng.standard_normal(cout)).astype(np.float32)
-    for k, channels in enumerate(lpips.backbone("vgg").channels):
-        lin[f"lin{k}.model.1.weight"] = rng.uniform(0, 0.1, (1, channels, 1, 1)).astype(np.float32)
-    folder = tmp_path_factory.mktemp("lpips_weights")
-    np.savez(folder / "vgg16.npz", **backbone)
-    np.savez(folder / "lpips_vgg.npz", **lin)
-    return str(folder / "vgg16.npz"), str(folder / "lpips_vgg.npz")
+    return write_random_lpips(tmp_path_factory.mktemp("lpips_weights"), "vgg")
 
 
 def test_the_lpips_loss_trains_the_autoencoder_and_is_reported(weights, tmp_path):
