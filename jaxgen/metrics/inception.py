@@ -34,7 +34,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax import lax
 
-from jaxgen.nn.safetensors_io import Checkpoint
+from jaxgen.nn import porting
 
 FID_WEIGHTS_NAME = "pt_inception-2015-12-05-6726825d.pth"
 FID_WEIGHTS_URL = f"https://github.com/mseitzer/pytorch-fid/releases/download/fid_weights/{FID_WEIGHTS_NAME}"
@@ -191,26 +191,6 @@ def preprocess(images: jax.Array, resize: bool = True) -> jax.Array:
     return 2.0 * x - 1.0
 
 
-def _read_state_dict(path: Path) -> Mapping[str, np.ndarray]:
-    if path.suffix == ".npz":
-        with np.load(path) as archive:
-            return {name: archive[name] for name in archive.files}
-    if path.suffix == ".safetensors":
-        checkpoint = Checkpoint([path])
-        return {name: checkpoint.get(name) for name in checkpoint.names}
-    if path.suffix in (".pth", ".pt"):
-        try:
-            import torch
-        except ImportError as error:
-            raise ImportError(f"Reading {path} (a PyTorch state dict) needs torch; install it, or save the same "
-                              "tensors as .npz (np.savez(out, **{k: v.numpy() for k, v in state_dict.items()})) "
-                              "where torch is installed") from error
-        return {name: tensor.numpy() for name, tensor in torch.load(path, map_location="cpu",
-                                                                    weights_only=True).items()}
-    raise ValueError(f"Unknown weights format {path.suffix!r} of {path}: expected .pth/.pt (pytorch-fid's file), "
-                     ".npz or .safetensors")
-
-
 # state-dict suffix -> (variable collection, Linen name, conversion)
 _LEAVES = {
     "conv.weight": ("params", ("conv", "kernel"), lambda w: w.transpose(2, 3, 1, 0)),  # [O, I, kh, kw] -> HWIO
@@ -262,4 +242,4 @@ def load_fid_inception(path: str | Path) -> dict[str, Any]:
     if not path.is_file():
         raise FileNotFoundError(f"No Inception weights at {path}: FID needs pytorch-fid's {FID_WEIGHTS_NAME} "
                                 f"({FID_WEIGHTS_URL}); download it where the internet is and pass its path")
-    return variables_from_state_dict(_read_state_dict(path))
+    return variables_from_state_dict(porting.read_state_dict(path))

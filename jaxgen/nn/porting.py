@@ -62,6 +62,29 @@ def heads_out(heads: int) -> Callable[[np.ndarray], np.ndarray]:
     return lambda w: w.T.reshape(heads, -1, w.shape[0])
 
 
+def read_state_dict(path: Path) -> dict[str, np.ndarray]:
+    """All tensors of a PyTorch state dict file (`.pth`/`.pt`, read through torch with `weights_only`), or of the same
+    tensors saved as `.npz` or `.safetensors` (no torch needed): the single-file weights of non-diffusers ports
+    (FID's Inception, LPIPS)."""
+    if path.suffix == ".npz":
+        with np.load(path) as archive:
+            return {name: archive[name] for name in archive.files}
+    if path.suffix == ".safetensors":
+        checkpoint = safetensors_io.Checkpoint([path])
+        return {name: checkpoint.get(name) for name in checkpoint.names}
+    if path.suffix in (".pth", ".pt"):
+        try:
+            import torch
+        except ImportError as error:
+            raise ImportError(f"Reading {path} (a PyTorch state dict) needs torch; install it, or save the same "
+                              "tensors as .npz (np.savez(out, **{k: v.numpy() for k, v in state_dict.items()})) "
+                              "where torch is installed") from error
+        return {name: tensor.numpy() for name, tensor in torch.load(path, map_location="cpu",
+                                                                    weights_only=True).items()}
+    raise ValueError(f"Unknown weights format {path.suffix!r} of {path}: expected .pth/.pt (a PyTorch state dict), "
+                     ".npz or .safetensors")
+
+
 def read_config(model_dir: str | Path, class_names: Sequence[str]) -> dict:
     """config.json of a diffusers `save_pretrained` folder, checked to be one of `class_names`."""
     config_path = Path(model_dir) / "config.json"

@@ -1,4 +1,4 @@
-"""The reference packages of the `[parity]` extra (torch, diffusers, torchvision, pytorch-fid) and semilearn for
+"""The reference packages of the `[parity]` extra (torch, diffusers, torchvision, pytorch-fid, lpips) and semilearn for
 `*_vs_reference_test.py` files.
 
 The README's test command installs them, so in CI (`CI` set, as `.ci/run` does) a missing one fails the test module:

@@ -2,8 +2,10 @@
 
 The paper's decoupled high-resolution adaptation (the official autoencoder training code was never released):
 
-1. `full`: low-resolution training of the whole autoencoder with L1 + a perceptual loss. LPIPS needs VGG weights
-   that cannot be downloaded here, so the perceptual term is `1 - SSIM` (`jaxgen.metrics.image.ssim`, on [0, 1]);
+1. `full`: low-resolution training of the whole autoencoder with L1 + a perceptual loss. The paper's is LPIPS
+   (VGG16), whose weights cannot be downloaded here, so the default perceptual term is `1 - SSIM`
+   (`jaxgen.metrics.image.ssim`, on [0, 1]); `perceptual="lpips"` with `lpips_weights` (torchvision's VGG16 file and
+   the lpips package's lin file, `jaxgen.metrics.lpips`) trains with L1 + LPIPS as the paper does;
 2. `latent_adaptation`: high-resolution images, only the encoder's head (its last stage and project-out) and the
    decoder's input (project-in and its first, deepest stage) trainable: the latent space adapts to large images
    while the low-resolution layers, which see only local detail, stay as phase 1 left them;
@@ -32,11 +34,13 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from jaxgen.core.errors import ConfigError
 from jaxgen.core.optim import group_labels
 from jaxgen.core.task import EvalContext
 from jaxgen.data import sources
 from jaxgen.diffusion.task import class_grid, save_png, to_uint8
 from jaxgen.metrics import image as image_metrics
+from jaxgen.metrics import lpips as lpips_lib
 from jaxgen.projects.dcae import model as model_lib
 
 
@@ -106,6 +110,21 @@ class PatchDiscriminator(nn.Module):
         return nn.Conv(1, (3, 3), padding=((1, 1), (1, 1)), name="logits")(x)
 
 
+def _ssim_term(task: AutoencoderTask, recon: jax.Array, x: jax.Array) -> tuple[jax.Array, dict]:
+    """1 - SSIM of the reconstruction (clipped to the image range) on [0, 1]; SSIM itself is logged anyway."""
+    return 1.0 - jnp.mean(image_metrics.ssim(_unit(recon), _unit(x))), {}
+
+
+def _lpips_term(task: AutoencoderTask, recon: jax.Array, x: jax.Array) -> tuple[jax.Array, dict]:
+    """LPIPS of the raw reconstruction (not clipped: out-of-range pixels keep their gradient), the paper's term."""
+    distance = jnp.mean(task.lpips(recon, x))
+    return distance, {"lpips": distance}
+
+
+# name -> (task, reconstruction, target) -> (the perceptual loss term, metrics to log)
+PERCEPTUAL: dict[str, Callable[..., tuple[jax.Array, dict]]] = {"ssim": _ssim_term, "lpips": _lpips_term}
+
+
 def preprocess(image: jax.Array) -> jax.Array:
     """uint8 [0, 255] -> float32 [-1, 1]."""
     return image.astype(jnp.float32) / 127.5 - 1.0
@@ -118,22 +137,38 @@ def _unit(x: jax.Array) -> jax.Array:
 class AutoencoderTask:
     """Reconstruction training of a `DCAE` in one of `PHASES`; batches hold `image` uint8 `[b, h, w, 3]`.
 
-    Loss: `l1 + perceptual_weight * (1 - SSIM)`, plus in the refinement phase `gan_weight * adversarial` for the
-    decoder and the discriminator's hinge loss. Evaluators: `reconstruction` (PSNR / SSIM on the eval split, at most
-    `max_eval_batches` batches, and `reconstructions.png`: originals over reconstructions) and, with `holdout`
-    (a dataset name such as "skimage_photos/256", never trained on), `holdout` with the same numbers and picture
-    on those images, cropped to `holdout_size` around the centre.
+    Loss: `l1 + perceptual_weight * perceptual`, the perceptual term from `PERCEPTUAL`: "ssim" (1 - SSIM, the
+    default) or "lpips" (the paper's; needs `lpips_weights`), plus in the refinement phase `gan_weight *
+    adversarial` for the decoder and the discriminator's hinge loss. `lpips_weights`: (torchvision's backbone file,
+    the lpips package's v0.1 lin file) of the `lpips_net` network (`jaxgen.metrics.lpips`), read when the task is
+    built, so a missing file stops the run before it starts; the LPIPS network is a constant of the loss, never
+    trained or checkpointed. Evaluators: `reconstruction` (PSNR / SSIM, and LPIPS when `lpips_weights` is set, on the
+    eval split, at most `max_eval_batches` batches, and `reconstructions.png`: originals over reconstructions) and,
+    with `holdout` (a dataset name such as "skimage_photos/256", never trained on), `holdout` with the same numbers
+    and picture on those images, cropped to `holdout_size` around the centre.
     """
 
     partition_rules = ()
 
-    def __init__(self, model: model_lib.DCAE, phase_name: str = "full", *, perceptual_weight: float = 1.0,
-                 gan_weight: float | None = None, discriminator: PatchDiscriminator = PatchDiscriminator(),
-                 max_eval_batches: int = 4, grid_images: int = 8, holdout: str | None = None,
-                 holdout_size: int | None = None, data_dir: str | None = None):
+    def __init__(self, model: model_lib.DCAE, phase_name: str = "full", *, perceptual: str = "ssim",
+                 perceptual_weight: float = 1.0, lpips_weights: tuple[str, str] | None = None,
+                 lpips_net: str = "vgg", gan_weight: float | None = None,
+                 discriminator: PatchDiscriminator = PatchDiscriminator(), max_eval_batches: int = 4,
+                 grid_images: int = 8, holdout: str | None = None, holdout_size: int | None = None,
+                 data_dir: str | None = None):
         self.model = model
         self.phase_name = phase_name
         self.phase = phase(phase_name)
+        self.perceptual = model_lib.lookup(PERCEPTUAL, "DC-AE perceptual loss", perceptual)
+        if perceptual == "lpips" and lpips_weights is None:
+            spec = lpips_lib.backbone(lpips_net)
+            raise ConfigError(f"perceptual='lpips' needs lpips_weights=(backbone file, lin file): torchvision's "
+                              f"{spec.backbone_file} and the lpips package's weights/v0.1/{spec.lin_file} "
+                              "(jaxgen.metrics.lpips says where they come from)")
+        try:
+            self.lpips = None if lpips_weights is None else lpips_lib.load_lpips(*lpips_weights, net=lpips_net)
+        except FileNotFoundError as error:  # a setting of the run: the CLI reports it in one line
+            raise ConfigError(f"{error} (AutoencoderTask.lpips_weights)") from error
         self.perceptual_weight = perceptual_weight
         self.gan_weight = self.phase.gan_weight if gan_weight is None else gan_weight
         self.discriminator = discriminator
@@ -172,9 +207,10 @@ class AutoencoderTask:
         else:
             recon = self.model.apply(ae, x)
         l1 = jnp.mean(jnp.abs(recon - x))
-        ssim = jnp.mean(image_metrics.ssim(_unit(recon), _unit(x)))
-        loss = l1 + self.perceptual_weight * (1.0 - ssim)
-        metrics = {"l1": l1, "ssim": ssim, "psnr": jnp.mean(image_metrics.psnr(_unit(recon), _unit(x)))}
+        perceptual, perceptual_metrics = self.perceptual(self, recon, x)
+        loss = l1 + self.perceptual_weight * perceptual
+        metrics = {"l1": l1, "ssim": jnp.mean(image_metrics.ssim(_unit(recon), _unit(x))),
+                   "psnr": jnp.mean(image_metrics.psnr(_unit(recon), _unit(x))), **perceptual_metrics}
         if self.gan_weight > 0:
             disc_params = variables["params"]["discriminator"]
             disc = lambda params, images: self.discriminator.apply({"params": params}, images)  # noqa: E731
@@ -196,19 +232,23 @@ class AutoencoderTask:
         return evaluators
 
     def _reconstruct(self, variables, images):
-        """(reconstructions in [-1, 1], per-image PSNR, per-image SSIM) of uint8 images."""
+        """(reconstructions in [-1, 1], {metric: per-image value}) of uint8 images: PSNR, SSIM and, with LPIPS
+        weights, LPIPS (of the reconstruction clipped to [-1, 1], the picture the grid shows)."""
         x = preprocess(images)
         recon = self.model.apply(self._autoencoder(variables), x)
         unit_recon, unit_x = _unit(recon), _unit(x)
-        return recon, image_metrics.psnr(unit_recon, unit_x), image_metrics.ssim(unit_recon, unit_x)
+        metrics = {"psnr": image_metrics.psnr(unit_recon, unit_x), "ssim": image_metrics.ssim(unit_recon, unit_x)}
+        if self.lpips is not None:
+            metrics["lpips"] = self.lpips(jnp.clip(recon, -1.0, 1.0), x)
+        return recon, metrics
 
     def _evaluate(self, variables, batches, outdir, is_main) -> Mapping[str, Any]:
-        psnr, ssim, shown, count = 0.0, 0.0, None, 0
+        sums, shown, count = {}, None, 0
         for images, valid in batches:
-            recon, p, s = self._reconstruct_jit(variables, images)
+            recon, per_image = self._reconstruct_jit(variables, images)
             valid = np.asarray(jax.device_get(valid), np.float64)
-            psnr += float(np.asarray(p) @ valid)
-            ssim += float(np.asarray(s) @ valid)
+            for name, values in per_image.items():
+                sums[name] = sums.get(name, 0.0) + float(np.asarray(values, np.float64) @ valid)
             count += int(valid.sum())
             if shown is None:
                 n = min(self.grid_images, images.shape[0])
@@ -217,7 +257,7 @@ class AutoencoderTask:
             raise ValueError("The DC-AE evaluator read no valid example: is the split empty?")
         if is_main:
             save_png(outdir / "reconstructions.png", class_grid(shown, ["original", "DC-AE"], scale=1))
-        return {"psnr": psnr / count, "ssim": ssim / count, "num_images": count}
+        return {**{name: total / count for name, total in sums.items()}, "num_images": count}
 
     def evaluate_reconstruction(self, variables, context: EvalContext) -> Mapping[str, Any]:
         def batches():

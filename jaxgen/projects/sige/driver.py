@@ -14,7 +14,8 @@ SVDQuant calibration does); the experiment file binds `run.experiment` to one of
   the edited map and incrementally after a full pass on the original.
 
 Both write `results.json` (MACs of one model call dense / sparse / executed by the bucket, the agreement of sparse
-and dense results as PSNR and max |difference|, wall times) and `edits.png` (original, edit, mask, dense, sparse,
+and dense results as PSNR and max |difference|, and LPIPS when `lpips_weights` names LPIPS-VGG16's two files
+(`jaxgen.metrics.lpips`; `configs/sige/lpips.gin`), wall times) and `edits.png` (original, edit, mask, dense, sparse,
 10 × |sparse − dense|) to the workdir. Wall times are of a second run, after a first one compiled; an SDEdit run
 includes the original image's trajectory, which the engine recomputes densely in lock-step (`sdedit`'s docstring).
 """
@@ -32,6 +33,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from jaxgen.core.errors import ConfigError
+from jaxgen.metrics import lpips as lpips_lib
 from jaxgen.projects.sige import masks as masks_lib
 from jaxgen.projects.sige.engine import IncrementalEngine
 from jaxgen.projects.sige.unet import random_params
@@ -81,11 +84,28 @@ def _timed(fn: Callable[[], Any]) -> tuple[Any, float]:
     return out, time.perf_counter() - start
 
 
-def _agreement(sparse, dense) -> dict[str, float]:
+def _lpips(lpips_weights: Sequence[str] | None) -> lpips_lib.Lpips | None:
+    """LPIPS-VGG16 from (torchvision's backbone file, lpips' lin file), read before the edit runs, so a missing file
+    stops the run at once; None without weights."""
+    if lpips_weights is None:
+        return None
+    try:
+        return lpips_lib.load_lpips(*lpips_weights, net="vgg")
+    except FileNotFoundError as error:  # a setting of the run: the CLI reports it in one line
+        raise ConfigError(f"{error} (lpips_weights)") from error
+
+
+def _agreement(sparse, dense, lpips: lpips_lib.Lpips | None = None) -> dict[str, float]:
+    """PSNR and max |difference| of the sparse result against the dense one (images in [-1, 1]), and with `lpips`
+    their LPIPS (mean over the batch; both clipped to [-1, 1], as pictures)."""
     sparse, dense = np.asarray(sparse, np.float32), np.asarray(dense, np.float32)
     mse = float(np.mean((sparse - dense) ** 2))
-    return {"psnr_sparse_vs_dense": 10 * np.log10(4.0 / mse) if mse else float("inf"),   # range 2: [-1, 1]
-            "max_abs_sparse_vs_dense": float(np.abs(sparse - dense).max())}
+    results = {"psnr_sparse_vs_dense": 10 * np.log10(4.0 / mse) if mse else float("inf"),   # range 2: [-1, 1]
+               "max_abs_sparse_vs_dense": float(np.abs(sparse - dense).max())}
+    if lpips is not None:
+        distances = jax.jit(lpips.__call__)(*(jnp.clip(x, -1.0, 1.0) for x in (sparse, dense)))
+        results["lpips_sparse_vs_dense"] = float(jnp.mean(distances))
+    return results
 
 
 def _macs(engine: IncrementalEngine) -> dict[str, Any]:
@@ -113,18 +133,21 @@ def sdedit_photo(*, model=None, model_dir: str | None = None, image: str = "chel
                  color: Sequence[float] = (0.9, 0.75, 0.2), schedule: str = "linear", num_train_timesteps: int = 1000,
                  start_timestep: int = 500, num_steps: int = 10, sampler: str = "ddim", dilation: int = 1,
                  min_sparse_res: int = 32, seed: int = 0, implementation: str = "xla",
-                 compiler_options: dict | None = None) -> tuple[dict, np.ndarray]:
+                 compiler_options: dict | None = None,
+                 lpips_weights: Sequence[str] | None = None) -> tuple[dict, np.ndarray]:
     """SDEdit of `image` with a disc of `color` painted at `center`; `num_steps` steps from `start_timestep` (the
     SDEdit strength is `start_timestep / num_train_timesteps`). The weights of the diffusers `UNet2DModel` folder
     `model_dir` if given, else `model` (a `SigeUNet` with a timestep input) with random weights. Returns results and
     the picture panels. `implementation`: how the engine runs sparse conv sites ("xla", or "pallas" for the fused
     site kernel; `layers.IMPLEMENTATIONS`). `compiler_options`: XLA's, for the engine and the dense model (the smoke
-    test's -O0)."""
+    test's -O0). `lpips_weights`: (backbone file, lin file) of LPIPS-VGG16, adding LPIPS of sparse vs dense to the
+    results."""
     from jaxgen.diffusion import ddpm
     from jaxgen.projects.sige.sdedit import sdedit
 
     if model is None and model_dir is None:
         raise ValueError("sdedit_photo: give a model (random weights) or a model_dir (diffusers weights)")
+    lpips = _lpips(lpips_weights)
     photo = photograph(image, crop, (size, size))
     mask = disc(size, size, center, radius)
     edited = np.where(mask[..., None], np.asarray(color, np.float32), photo)
@@ -145,7 +168,7 @@ def sdedit_photo(*, model=None, model_dir: str | None = None, image: str = "chel
                                  sampler=sampler)[1]
     sparse, sparse_s = _timed(lambda: edit(engine))
     dense, dense_s = _timed(lambda: edit(dense_model))
-    results = {**_agreement(sparse, dense), **_macs(engine), "seconds_sparse_sdedit": sparse_s,
+    results = {**_agreement(sparse, dense, lpips), **_macs(engine), "seconds_sparse_sdedit": sparse_s,
                "seconds_dense_sdedit": dense_s, "edited_fraction": float(mask.mean()),
                "active_fraction": {k: float(g.mean()) for k, g in engine.last_plan.active.items()}}
     return results, _panels(original_x[0], edited_x[0], mask, dense[0], sparse[0])
@@ -166,10 +189,12 @@ def segmentation(photo: np.ndarray, num_classes: int, segments: int) -> np.ndarr
 def gaugan_map(*, model, image: str = "chelsea", crop: Sequence[int] = (0, 300, 0, 450),
                size: Sequence[int] = (128, 256), segments: int = 200, center: Sequence[float] = (0.5, 0.6),
                radius: float = 0.12, dilation: int = 2, min_sparse_res: int = 8, seed: int = 0,
-               implementation: str = "xla", compiler_options: dict | None = None) -> tuple[dict, np.ndarray]:
+               implementation: str = "xla", compiler_options: dict | None = None,
+               lpips_weights: Sequence[str] | None = None) -> tuple[dict, np.ndarray]:
     """Relabel a disc of a semantic map made from `image` (to the label half the classes away from the one at the
     disc's centre: a visible stroke) and regenerate it with the SPADE generator `model` (random weights), dense vs
-    incremental (`implementation` as in `sdedit_photo`)."""
+    incremental (`implementation` as in `sdedit_photo`); `lpips_weights` as in `sdedit_photo`."""
+    lpips = _lpips(lpips_weights)
     photo = photograph(image, crop, size)
     labels = segmentation(photo, model.num_classes, segments)
     mask = disc(*labels.shape, center, radius)
@@ -185,8 +210,8 @@ def gaugan_map(*, model, image: str = "chelsea", crop: Sequence[int] = (0, 300, 
     dense_model = DenseModel(model, params, compiler_options)
     sparse, sparse_s = _timed(lambda: engine.edit(edited, mask=difference))
     dense, dense_s = _timed(lambda: dense_model.full(edited))
-    results = {**_agreement(sparse, dense), **_macs(engine), "seconds_sparse": sparse_s, "seconds_dense": dense_s,
-               "edited_fraction": float(difference.mean()),
+    results = {**_agreement(sparse, dense, lpips), **_macs(engine), "seconds_sparse": sparse_s,
+               "seconds_dense": dense_s, "edited_fraction": float(difference.mean()),
                "active_fraction": {k: float(g.mean()) for k, g in engine.last_plan.active.items()}}
     palette = np.linspace(-1, 1, model.num_classes)[:, None] * np.ones(3)
     return results, _panels(palette[labels], palette[edited_labels], difference, dense[0], sparse[0])
