@@ -22,13 +22,16 @@ from jax.experimental.pallas import triton as plgpu_triton
 
 
 def _kernel(x_ref, h_ref, w_ref, g_ref, o_ref, *, block_k):
-  """x_ref [block_m, in] of sample b, h_ref [rank], w_ref [in, block_n], g_ref [rank, in, block_n]."""
-  h = h_ref[...].astype(jnp.float32)
+  """x_ref [block_m, in] of sample b, h_ref [rank], w_ref [in, block_n], g_ref [rank, in, block_n].
+
+  The rank terms are added one `block_k x block_n` tile at a time (unrolled): a `[rank, block_k, block_n]` float32
+  tensor would not fit in registers (rank 8, 64 x 64: 128 KiB per program)."""
 
   def step(k, acc):
     start = pl.multiple_of(k * block_k, block_k)
     weights = w_ref[pl.ds(start, block_k), :].astype(jnp.float32)
-    weights = weights + jnp.sum(h[:, None, None] * g_ref[:, pl.ds(start, block_k), :].astype(jnp.float32), axis=0)
+    for j in range(g_ref.shape[0]):
+      weights = weights + h_ref[j].astype(jnp.float32) * g_ref[j, pl.ds(start, block_k), :].astype(jnp.float32)
     x = x_ref[:, pl.ds(start, block_k)]
     return acc + jnp.dot(x, weights.astype(x.dtype), preferred_element_type=jnp.float32)
 
