@@ -5,8 +5,8 @@ Recipe:
             CPU smoke run (tiny models, float32, dense attention; a pipeline check, its times mean nothing):
             PYTHONPATH=. python3 experiments/bench/can_latency.py --small --reps 2 --out /tmp/canbench
   hardware  one NVIDIA H100 (bf16 compute, cuDNN attention); --small runs on CPU
-  wall time not yet measured on the H100; --small: 90 s on 2 CPU cores shared at load ~7 (2026-12-07, before the
-            distinct-condition rows were added)
+  wall time not yet measured on the H100; --small: 240 s on 2 CPU cores shared at load ~8 (2026-12-07, with the
+            distinct-condition and fused rows; 90 s at load ~7 without them)
   expected  issue 23's goal: CAN adds at most 15 % to a sampling step of DiT-S/2 and U-ViT-S/2 (the recipes'
             placement and rank 8); not yet measured
 
@@ -19,9 +19,10 @@ backbone, + CAN rank 8, + AKS 8 kernels, with the recipes' placement (configs/ca
 with kernels per distinct condition (`DistinctConditions`, told the batch's number of distinct conditions as
 `max_distinct`): "gather" (per-group kernels gathered per sample), "ragged" (`lax.ragged_dot` on the batch sorted
 by condition) as XLA compiles it by default, and "ragged" compiled with XLA's cuDNN grouped-matmul fusion
-(`xla_gpu_experimental_use_ragged_dot_fusion`; a row that fails to compile is recorded with its error). Each
-distinct row also records `max_abs_diff_vs_can`, its largest output difference from the per-sample CAN row on the
-same weights (bf16 on the GPU: expect rounding-sized differences, not zero). Writes <out>/can_latency.json after
+(`xla_gpu_experimental_use_ragged_dot_fusion`; a row that fails to compile is recorded with its error), and CAN
+rank 8 with `fused=True` (one kernel per sample, formed tile by tile on chip by `pallas_kernels/can_matmul`; on CPU
+its jnp reference). Each of these rows also records `max_abs_diff_vs_can`, its largest output difference from the
+per-sample CAN row on the same weights (bf16 on the GPU: expect rounding-sized differences, not zero). Writes <out>/can_latency.json after
 every row and prints a table.
 """
 
@@ -80,10 +81,13 @@ def sampling_batch(batch: int):
     return x, t, jnp.asarray(y, jnp.int32), len(np.unique(y))
 
 
-# The distinct-condition rows: label -> (DistinctConditions product, XLA compiler options).
-DISTINCT_ROWS = {"CAN distinct gather": ("gather", {}),
-                 "CAN distinct ragged": ("ragged", {}),
-                 "CAN distinct ragged cuDNN": ("ragged", {"xla_gpu_experimental_use_ragged_dot_fusion": True})}
+# Rows computing CAN rank 8 another way, on its weights and checked against its output: label -> (fields of
+# ConditionAwareModel, XLA compiler options).
+CAN_ROWS = {"CAN distinct gather": (dict(distinct=DistinctConditions(product="gather")), {}),
+            "CAN distinct ragged": (dict(distinct=DistinctConditions(product="ragged")), {}),
+            "CAN distinct ragged cuDNN": (dict(distinct=DistinctConditions(product="ragged")),
+                                          {"xla_gpu_experimental_use_ragged_dot_fusion": True}),
+            "CAN fused (Pallas)": (dict(fused=True), {})}
 
 
 def main() -> None:
@@ -109,14 +113,14 @@ def main() -> None:
         can = ConditionAwareModel(backbone, num_classes=NUM_CLASSES, width=width, rules=rules, weights=CAN(rank=8))
         variants = {"static": (backbone, {}), "CAN rank 8": (can, {}),
                     "AKS 8 kernels": (can.clone(weights=AKS(num_kernels=8)), {})}
-        for label, (product, options) in DISTINCT_ROWS.items():
-            variants[label] = (can.clone(distinct=DistinctConditions(product=product)), options)
+        for label, (fields, options) in CAN_ROWS.items():
+            variants[label] = (can.clone(**fields), options)
         for batch in (int(b) for b in args.batches.split(",")):
             x, t, y, distinct = sampling_batch(batch)
             base, can_out, can_variables = None, None, None
             for label, (model, options) in variants.items():
-                call = {"max_distinct": distinct} if label in DISTINCT_ROWS else {}
-                if label in DISTINCT_ROWS:
+                call = {"max_distinct": distinct} if label in CAN_ROWS else {}
+                if label in CAN_ROWS:
                     variables = can_variables
                 else:
                     shapes = jax.eval_shape(model.init, jax.random.key(0), x, t, y)
@@ -135,7 +139,7 @@ def main() -> None:
                 row.update(ms=round(ms, 3), overhead_pct=round(100 * (ms / base - 1), 1))
                 if label == "CAN rank 8":
                     can_out, can_variables = fn(variables, x, t, y), variables
-                elif label in DISTINCT_ROWS:
+                elif label in CAN_ROWS:
                     diff = jnp.abs(fn(variables, x, t, y).astype(jnp.float32) - can_out.astype(jnp.float32))
                     row["max_abs_diff_vs_can"] = float(diff.max())
                 record(row)

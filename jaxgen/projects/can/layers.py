@@ -46,14 +46,27 @@ from flax import struct
 from flax.linen.linear import canonicalize_padding
 from jax import lax
 
+from pallas_kernels.can_matmul import can_matmul
+
 
 class WeightGenerator(Protocol):
     """How a layer's kernel depends on the condition: `kernels(layer, kernel, cond)` -> `[batch, *kernel.shape]`.
 
     `layer` is the (bound) module whose kernel it is; the generator creates its parameters there (`layer.param`).
+    `factors(layer, kernel, cond)` -> `(h [batch, terms], deltas [terms, *kernel.shape])` is the same thing before
+    it is formed, `kernels = kernel + sum_j h[:, j] deltas[j]`, for a product that forms each sample's kernel on
+    chip (`pallas_kernels.can_matmul`); both CAN and AKS are of that form.
     """
 
     def kernels(self, layer: nn.Module, kernel: jax.Array, cond: jax.Array) -> jax.Array: ...
+
+    def factors(self, layer: nn.Module, kernel: jax.Array, cond: jax.Array) -> tuple[jax.Array, jax.Array]: ...
+
+
+def _formed(layer: nn.Module, kernel: jax.Array, h: jax.Array, deltas: jax.Array) -> jax.Array:
+    """`kernel + sum_j h[:, j] deltas[j]` -> `[batch, *kernel.shape]`, in the layer's compute dtype."""
+    (kernel,) = _in_compute_dtype(layer, kernel)
+    return kernel[None] + (h @ deltas.reshape(deltas.shape[0], -1)).reshape(h.shape[0], *kernel.shape)
 
 
 def _in_compute_dtype(layer: nn.Module, *arrays: jax.Array) -> tuple[jax.Array, ...]:
@@ -86,15 +99,18 @@ class CAN:
         if self.rank is not None and self.rank < 1:
             raise ValueError(f"CAN rank must be a positive int or None (the full linear generator); got {self.rank}")
 
-    def kernels(self, layer: nn.Module, kernel: jax.Array, cond: jax.Array) -> jax.Array:
+    def factors(self, layer: nn.Module, kernel: jax.Array, cond: jax.Array) -> tuple[jax.Array, jax.Array]:
         _check_cond(cond, layer)
         h = cond.astype(layer.param_dtype)
         if self.rank is not None:
             h = h @ layer.param("can_project", nn.initializers.lecun_normal(), (cond.shape[-1], self.rank),
                                 layer.param_dtype)
         generator = layer.param("can_generator", nn.initializers.zeros, (h.shape[-1], kernel.size), layer.param_dtype)
-        h, generator, kernel = _in_compute_dtype(layer, h, generator, kernel)
-        return kernel[None] + (h @ generator).reshape(cond.shape[0], *kernel.shape)
+        h, generator = _in_compute_dtype(layer, h, generator)
+        return h, generator.reshape(h.shape[-1], *kernel.shape)
+
+    def kernels(self, layer: nn.Module, kernel: jax.Array, cond: jax.Array) -> jax.Array:
+        return _formed(layer, kernel, *self.factors(layer, kernel, cond))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -112,14 +128,16 @@ class AKS:
         if self.num_kernels < 2:
             raise ValueError(f"AKS selects among at least 2 kernels; got num_kernels={self.num_kernels}")
 
-    def kernels(self, layer: nn.Module, kernel: jax.Array, cond: jax.Array) -> jax.Array:
+    def factors(self, layer: nn.Module, kernel: jax.Array, cond: jax.Array) -> tuple[jax.Array, jax.Array]:
         _check_cond(cond, layer)
         router = layer.param("aks_router", nn.initializers.lecun_normal(), (cond.shape[-1], self.num_kernels),
                              layer.param_dtype)
         bank = layer.param("aks_bank", nn.initializers.zeros, (self.num_kernels, *kernel.shape), layer.param_dtype)
         mixture = jax.nn.softmax(cond.astype(layer.param_dtype) @ router, axis=-1)
-        mixture, bank, kernel = _in_compute_dtype(layer, mixture, bank, kernel)
-        return kernel[None] + jnp.tensordot(mixture, bank, axes=1)
+        return _in_compute_dtype(layer, mixture, bank)
+
+    def kernels(self, layer: nn.Module, kernel: jax.Array, cond: jax.Array) -> jax.Array:
+        return _formed(layer, kernel, *self.factors(layer, kernel, cond))
 
 
 def dense_per_sample(x: jax.Array, kernels: jax.Array, bias: jax.Array | None, *, num_contracting: int = 1,
@@ -357,12 +375,37 @@ def _layer_name(layer: nn.Module) -> str:
     return "/".join(layer.path) or type(layer).__name__
 
 
+def dense_fused(x: jax.Array, kernel: jax.Array, h: jax.Array, deltas: jax.Array, bias: jax.Array | None, *,
+                num_contracting: int = 1, dtype: Any = None, precision: Any = None) -> jax.Array:
+    """`y[b] = x[b] . (kernel + sum_j h[b, j] deltas[j]) + bias` through `pallas_kernels.can_matmul`, which builds
+    each sample's kernel tile by tile on chip: no `[batch, *kernel]` stack in memory. Same layouts as
+    `dense_per_sample` (kernel `[*in_shape, *out_shape]`, deltas `[terms, *kernel.shape]`); the op accumulates in
+    float32 whatever `precision` says."""
+    del precision
+    batch, in_shape = x.shape[0], kernel.shape[:num_contracting]
+    if (x.ndim <= num_contracting or x.shape[x.ndim - num_contracting:] != in_shape or h.shape[0] != batch
+            or deltas.shape != (h.shape[1], *kernel.shape)):
+        raise ValueError(f"fused condition-aware product: x {x.shape} ([batch, ..., *in]), kernel {kernel.shape} "
+                         f"({num_contracting} contracting axes), h {h.shape} ([batch, terms]) and deltas "
+                         f"{deltas.shape} ([terms, *kernel]) do not fit")
+    x, kernel, h, deltas, bias = nn.dtypes.promote_dtype(x, kernel, h, deltas, bias, dtype=dtype)
+    rows_shape, out_shape = x.shape[1:x.ndim - num_contracting], kernel.shape[num_contracting:]
+    k, n = math.prod(in_shape), math.prod(out_shape)
+    y = can_matmul(x.reshape(batch, math.prod(rows_shape), k), kernel.reshape(k, n), h,
+                   deltas.reshape(h.shape[1], k, n))
+    y = y.reshape(batch, *rows_shape, *out_shape)
+    return y if bias is None else y + bias
+
+
 def apply_dense(layer: nn.Module, x: jax.Array, kernel: jax.Array, bias: jax.Array | None, cond: jax.Array,
                 weights: WeightGenerator, groups: Groups | None = None, product: str = "gather",
-                num_contracting: int = 1) -> jax.Array:
-    """A condition-aware dense layer's output: per-sample kernels (`groups` None) or per-group kernels applied by
-    `DENSE_PRODUCTS[product]`."""
+                num_contracting: int = 1, fused: bool = False) -> jax.Array:
+    """A condition-aware dense layer's output: per-sample kernels (`groups` None; formed in memory, or on chip by
+    the fused product when `fused`) or per-group kernels applied by `DENSE_PRODUCTS[product]`."""
     settings = dict(num_contracting=num_contracting, dtype=layer.dtype, precision=layer.precision)
+    if groups is None and fused:
+        (static,) = _in_compute_dtype(layer, kernel)
+        return dense_fused(x, static, *weights.factors(layer, kernel, cond), bias, **settings)
     if groups is None:
         return dense_per_sample(x, weights.kernels(layer, kernel, cond), bias, **settings)
     _check_cond(cond, layer)
@@ -379,6 +422,12 @@ def apply_conv(layer: nn.Module, x: jax.Array, kernel: jax.Array, bias: jax.Arra
     _check_cond(cond, layer)
     return conv_per_sample(x, _per_sample(weights.kernels(layer, kernel, cond[groups.first]), groups), bias,
                            **settings)
+
+
+def check_fused(fused: bool, distinct: DistinctConditions | None, where: str) -> None:
+    if fused and distinct is not None:
+        raise ValueError(f"{where}: fused=True forms one kernel per sample on chip, distinct= one per condition in "
+                         "memory; choose one")
 
 
 def _layer_groups(layer: nn.Module, cond: jax.Array, condition_ids: jax.Array | None,
@@ -400,7 +449,8 @@ class ConditionAwareDense(nn.Module):
 
     With `distinct=DistinctConditions(...)` kernels are generated per distinct condition: `layer(x, cond,
     condition_ids=None, max_distinct=None)`, ids `[batch]` or `[batch, k]` (default: the bits of `cond`), and
-    `max_distinct` the caller's bound for this call (both ignored without `distinct`)."""
+    `max_distinct` the caller's bound for this call (both ignored without `distinct`). `fused=True` keeps one kernel
+    per sample but forms it on chip (`dense_fused`); it excludes `distinct`."""
 
     features: int
     weights: WeightGenerator = CAN()
@@ -411,15 +461,17 @@ class ConditionAwareDense(nn.Module):
     kernel_init: Any = nn.initializers.lecun_normal()
     bias_init: Any = nn.initializers.zeros
     distinct: DistinctConditions | None = None
+    fused: bool = False
 
     @nn.compact
     def __call__(self, x: jax.Array, cond: jax.Array, condition_ids: jax.Array | None = None,
                  max_distinct: int | None = None) -> jax.Array:
         kernel = self.param("kernel", self.kernel_init, (x.shape[-1], self.features), self.param_dtype)
         bias = self.param("bias", self.bias_init, (self.features,), self.param_dtype) if self.use_bias else None
+        check_fused(self.fused, self.distinct, _layer_name(self))
         groups = _layer_groups(self, cond, condition_ids, max_distinct)
         product = self.distinct.product if self.distinct is not None else "gather"
-        return apply_dense(self, x, kernel, bias, cond, self.weights, groups, product)
+        return apply_dense(self, x, kernel, bias, cond, self.weights, groups, product, fused=self.fused)
 
 
 class ConditionAwareConv(nn.Module):

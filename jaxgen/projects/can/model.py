@@ -27,8 +27,8 @@ import jax
 import jax.numpy as jnp
 
 from jaxgen.nn.embeddings import LabelEmbedding, TimestepEmbedding
-from jaxgen.projects.can.layers import (CAN, DistinctConditions, Groups, WeightGenerator, apply_conv, apply_dense,
-                                        conv_settings, exact_bits)
+from jaxgen.projects.can.layers import (CAN, DistinctConditions, Groups, WeightGenerator, check_fused, apply_conv,
+                                        apply_dense, conv_settings, exact_bits)
 
 
 def _static_parameters(layer: nn.Module, next_fun: Callable, args, kwargs) -> tuple[jax.Array, jax.Array | None]:
@@ -97,9 +97,10 @@ class Placement:
     """
 
     def __init__(self, rules: Sequence[re.Pattern], weights: WeightGenerator, cond: jax.Array,
-                 prefix: tuple[str, ...], groups: Groups | None = None, product: str = "gather"):
+                 prefix: tuple[str, ...], groups: Groups | None = None, product: str = "gather",
+                 fused: bool = False):
         self.rules, self.weights, self.cond, self.prefix = tuple(rules), weights, cond, prefix
-        self.groups, self.product = groups, product
+        self.groups, self.product, self.fused = groups, product, fused
         self.matched: dict[str, set[str]] = {rule.pattern: set() for rule in self.rules}
         self.layers: set[str] = set()
 
@@ -126,7 +127,7 @@ class Placement:
     def dense(self, layer: nn.Module, x: jax.Array, kernel: jax.Array, bias: jax.Array | None,
               num_contracting: int = 1) -> jax.Array:
         return apply_dense(layer, x, kernel, bias, self.cond, self.weights, self.groups, self.product,
-                           num_contracting)
+                           num_contracting, self.fused)
 
     def check_all_matched(self, backbone: str) -> None:
         unmatched = [rule for rule, names in self.matched.items() if not names]
@@ -150,6 +151,8 @@ class ConditionAwareModel(nn.Module):
         the batch; `model(x, t, y, max_distinct=k)` gives the caller's bound for one call (ignored when None).
         With a product that wants the batch sorted by condition ("ragged") the model sorts x, t, y once on entry
         and restores the order of its output, so every layer sees contiguous groups.
+    fused: dense layers keep one kernel per sample but form it on chip (`pallas_kernels.can_matmul` through
+        `layers.dense_fused`; convolutions as before); excludes `distinct`.
     """
 
     backbone: nn.Module
@@ -159,10 +162,12 @@ class ConditionAwareModel(nn.Module):
     weights: WeightGenerator = CAN()
     frequency_dim: int = 256
     distinct: DistinctConditions | None = None
+    fused: bool = False
 
     def __post_init__(self):
         object.__setattr__(self, "rules", tuple(self.rules) if not isinstance(self.rules, str) else self.rules)
         compile_rules(self.rules)
+        check_fused(self.fused, self.distinct, type(self).__name__)
         super().__post_init__()
 
     def condition(self, t: jax.Array, y: jax.Array) -> jax.Array:
@@ -183,7 +188,7 @@ class ConditionAwareModel(nn.Module):
                 order, groups = groups.sorted_by_group()
                 x, t, y = x[order], t[order], y[order]
         placement = Placement(compile_rules(self.rules), self.weights, self.condition(t, y),
-                              (*self.path, "backbone"), groups, product)
+                              (*self.path, "backbone"), groups, product, self.fused)
         with nn.intercept_methods(placement):
             out = self.backbone(x, t, y)
         placement.check_all_matched(type(self.backbone).__name__)

@@ -1,7 +1,9 @@
 """Kernels per distinct condition (`DistinctConditions`): the grouping is exact and static-shaped, and layers and
 models on this path equal the per-sample path under jit, for batches with repeated and with all-distinct conditions,
 in training (outputs and every parameter gradient) and in guided sampling; a caller's `max_distinct` that the batch
-exceeds is a ValueError outside jit and NaN (never a silently wrong sample) under it."""
+exceeds is a ValueError outside jit and NaN (never a silently wrong sample) under it. The fused per-sample product
+(`fused=True`, kernels formed on chip by `pallas_kernels.can_matmul`; its jnp reference on CPU, the Pallas body is
+tested in tests/kernels/can_matmul) equals the per-sample path too."""
 
 from __future__ import annotations
 
@@ -42,6 +44,8 @@ def test_grouping_is_exact_static_and_sorts_contiguously():
 
 
 def _layer(kind, **fields):
+    if kind == "dense AKS":
+        return ConditionAwareDense(5, weights=AKS(num_kernels=3), **fields), (6, 3, 4)
     if kind == "dense":
         return ConditionAwareDense(5, weights=CAN(rank=2), **fields), (6, 3, 4)
     if kind == "depthwise conv":
@@ -93,9 +97,9 @@ DIT_RULES = ("patch_embed", "blocks/attn/out", "unpatchify")
 UVIT_RULES = ("patch_embed/proj", "(in_blocks|mid_block|out_blocks)/attn/proj", "decoder_pred")  # 2-axis DenseGeneral
 
 
-def _model(backbone, rules, distinct=None):
+def _model(backbone, rules, distinct=None, fused=False):
     return ConditionAwareModel(backbone(), num_classes=3, width=16, rules=rules, weights=CAN(rank=4),
-                               distinct=distinct)
+                               distinct=distinct, fused=fused)
 
 
 def _batch(pattern):
@@ -107,14 +111,32 @@ def _batch(pattern):
     return x, jnp.array([1.0, 50.0, 50.5, 400.0, 999.0, 7.0]), jnp.array([0, 1, 2, 3, 0, 1])
 
 
+@pytest.mark.parametrize("kind", ["dense", "dense AKS"])
+def test_fused_layer_equals_the_per_sample_path_with_gradients(kind):
+    per_sample, shape = _layer(kind)
+    fused, _ = _layer(kind, fused=True)
+    x = jax.random.normal(jax.random.key(1), shape)
+    cond = jax.random.normal(jax.random.key(2), (6, 7))
+    params = _random_params(per_sample.init(jax.random.key(0), x, cond)["params"], jax.random.key(3))
+    loss = lambda layer: lambda p: jnp.sum(jnp.sin(layer.apply({"params": p}, x, cond)))
+    want, want_grads = jax.jit(jax.value_and_grad(loss(per_sample)))(params)
+    got, got_grads = jax.jit(jax.value_and_grad(loss(fused)))(params)
+    np.testing.assert_allclose(got, want, rtol=1e-5)
+    for name in want_grads:
+        np.testing.assert_allclose(got_grads[name], want_grads[name], rtol=1e-4, atol=1e-5, err_msg=name)
+
+
 @pytest.mark.parametrize("backbone,rules,product,pattern", [
     (_dit, DIT_RULES, "gather", "repeated"), (_dit, DIT_RULES, "ragged", "repeated"),
-    (_dit, DIT_RULES, "ragged", "all distinct"), (_uvit, UVIT_RULES, "ragged", "repeated")],
-    ids=["DiT-gather-repeated", "DiT-ragged-repeated", "DiT-ragged-all-distinct", "UViT-ragged-repeated"])
+    (_dit, DIT_RULES, "ragged", "all distinct"), (_uvit, UVIT_RULES, "ragged", "repeated"),
+    (_dit, DIT_RULES, "fused", "all distinct")],
+    ids=["DiT-gather-repeated", "DiT-ragged-repeated", "DiT-ragged-all-distinct", "UViT-ragged-repeated",
+         "DiT-fused"])
 def test_model_training_step_equals_the_per_sample_path(backbone, rules, product, pattern):
     x, t, y = _batch(pattern)
     per_sample = _model(backbone, rules)
-    distinct = _model(backbone, rules, DistinctConditions(product=product))
+    distinct = (_model(backbone, rules, fused=True) if product == "fused"
+                else _model(backbone, rules, DistinctConditions(product=product)))
     variables = _random_params(jax.eval_shape(per_sample.init, jax.random.key(0), x, t, y), jax.random.key(5))
     target = jax.random.normal(jax.random.key(3), x.shape)
 
@@ -176,6 +198,8 @@ def test_bad_distinct_settings_are_refused():
         DistinctConditions(product="loop")
     with pytest.raises(ValueError, match="max_distinct must be a positive int or None"):
         DistinctConditions(max_distinct=0)
+    with pytest.raises(ValueError, match="fused=True forms one kernel per sample on chip.*choose one"):
+        _model(_dit, DIT_RULES, DistinctConditions(), fused=True)
     with pytest.raises(ValueError, match="condition_ids .* need one row per sample"):
         ConditionAwareDense(3, distinct=DistinctConditions()).init(jax.random.key(0), jnp.ones((2, 4)),
                                                                    jnp.ones((2, 5)), condition_ids=jnp.arange(3))
