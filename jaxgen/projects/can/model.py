@@ -24,9 +24,11 @@ from collections.abc import Callable, Sequence
 
 import flax.linen as nn
 import jax
+import jax.numpy as jnp
 
 from jaxgen.nn.embeddings import LabelEmbedding, TimestepEmbedding
-from jaxgen.projects.can.layers import CAN, WeightGenerator, conv_per_sample, conv_settings, dense_per_sample
+from jaxgen.projects.can.layers import (CAN, DistinctConditions, Groups, WeightGenerator, check_fused, apply_conv,
+                                        apply_dense, conv_settings, exact_bits)
 
 
 def _static_parameters(layer: nn.Module, next_fun: Callable, args, kwargs) -> tuple[jax.Array, jax.Array | None]:
@@ -37,17 +39,16 @@ def _static_parameters(layer: nn.Module, next_fun: Callable, args, kwargs) -> tu
     return nn.unbox(layer.get_variable("params", "kernel")), bias
 
 
-def _dense(layer: nn.Dense, next_fun, args, kwargs, cond, weights: WeightGenerator) -> jax.Array:
+def _dense(layer: nn.Dense, next_fun, args, kwargs, placement: Placement) -> jax.Array:
     kernel, bias = _static_parameters(layer, next_fun, args, kwargs)
-    return dense_per_sample(args[0], weights.kernels(layer, kernel, cond), bias, dtype=layer.dtype,
-                            precision=layer.precision)
+    return placement.dense(layer, args[0], kernel, bias)
 
 
 def _as_tuple(value) -> tuple:
     return tuple(value) if isinstance(value, Sequence) else (value,)
 
 
-def _dense_general(layer: nn.DenseGeneral, next_fun, args, kwargs, cond, weights: WeightGenerator) -> jax.Array:
+def _dense_general(layer: nn.DenseGeneral, next_fun, args, kwargs, placement: Placement) -> jax.Array:
     x = args[0]
     axes = sorted(a % x.ndim for a in _as_tuple(layer.axis))
     if _as_tuple(layer.batch_dims) or axes != list(range(x.ndim - len(axes), x.ndim)):
@@ -55,17 +56,16 @@ def _dense_general(layer: nn.DenseGeneral, next_fun, args, kwargs, cond, weights
                          f"axes without batch_dims are supported; got axis={layer.axis}, batch_dims="
                          f"{layer.batch_dims} for input {x.shape}")
     kernel, bias = _static_parameters(layer, next_fun, args, kwargs)
-    return dense_per_sample(x, weights.kernels(layer, kernel, cond), bias, num_contracting=len(axes),
-                            dtype=layer.dtype, precision=layer.precision)
+    return placement.dense(layer, x, kernel, bias, num_contracting=len(axes))
 
 
-def _conv(layer: nn.Conv, next_fun, args, kwargs, cond, weights: WeightGenerator) -> jax.Array:
+def _conv(layer: nn.Conv, next_fun, args, kwargs, placement: Placement) -> jax.Array:
     x, settings = args[0], conv_settings(layer)
     if x.ndim != len(settings["strides"]) + 2 or layer.mask is not None:
         raise ValueError(f"condition-aware Conv {'/'.join(layer.path)}: needs input [batch, *spatial, channels] and "
                          f"no kernel mask; got input {x.shape}, mask {'set' if layer.mask is not None else 'None'}")
     kernel, bias = _static_parameters(layer, next_fun, args, kwargs)
-    return conv_per_sample(x, weights.kernels(layer, kernel, cond), bias, **settings)
+    return apply_conv(layer, x, kernel, bias, placement.cond, placement.weights, placement.groups)
 
 
 # The layer types a rule may make condition-aware (exact types: ConvTranspose or ConvLocal compute something else).
@@ -97,8 +97,10 @@ class Placement:
     """
 
     def __init__(self, rules: Sequence[re.Pattern], weights: WeightGenerator, cond: jax.Array,
-                 prefix: tuple[str, ...]):
+                 prefix: tuple[str, ...], groups: Groups | None = None, product: str = "gather",
+                 fused: bool = False):
         self.rules, self.weights, self.cond, self.prefix = tuple(rules), weights, cond, prefix
+        self.groups, self.product, self.fused = groups, product, fused
         self.matched: dict[str, set[str]] = {rule.pattern: set() for rule in self.rules}
         self.layers: set[str] = set()
 
@@ -120,7 +122,12 @@ class Placement:
                              f"narrow the rule to such layers (e.g. {name}/<layer name>)")
         for hit in hits:
             self.matched[hit].add(name)
-        return apply(module, next_fun, args, kwargs, self.cond, self.weights)
+        return apply(module, next_fun, args, kwargs, self)
+
+    def dense(self, layer: nn.Module, x: jax.Array, kernel: jax.Array, bias: jax.Array | None,
+              num_contracting: int = 1) -> jax.Array:
+        return apply_dense(layer, x, kernel, bias, self.cond, self.weights, self.groups, self.product,
+                           num_contracting, self.fused)
 
     def check_all_matched(self, backbone: str) -> None:
         unmatched = [rule for rule, names in self.matched.items() if not names]
@@ -140,6 +147,12 @@ class ConditionAwareModel(nn.Module):
     width: the condition embedding's size (the backbone's width in the paper).
     rules: regular expressions, each fully matching paths like `blocks/attn/out` (see the module docstring).
     weights: `CAN(rank)` or `AKS(num_kernels)`.
+    distinct: None (kernels per sample) or `DistinctConditions(...)`: kernels per distinct (label, timestep) pair of
+        the batch; `model(x, t, y, max_distinct=k)` gives the caller's bound for one call (ignored when None).
+        With a product that wants the batch sorted by condition ("ragged") the model sorts x, t, y once on entry
+        and restores the order of its output, so every layer sees contiguous groups.
+    fused: dense layers keep one kernel per sample but form it on chip (`pallas_kernels.can_matmul` through
+        `layers.dense_fused`; convolutions as before); excludes `distinct`.
     """
 
     backbone: nn.Module
@@ -148,10 +161,13 @@ class ConditionAwareModel(nn.Module):
     rules: Sequence[str]
     weights: WeightGenerator = CAN()
     frequency_dim: int = 256
+    distinct: DistinctConditions | None = None
+    fused: bool = False
 
     def __post_init__(self):
         object.__setattr__(self, "rules", tuple(self.rules) if not isinstance(self.rules, str) else self.rules)
         compile_rules(self.rules)
+        check_fused(self.fused, self.distinct, type(self).__name__)
         super().__post_init__()
 
     def condition(self, t: jax.Array, y: jax.Array) -> jax.Array:
@@ -160,13 +176,20 @@ class ConditionAwareModel(nn.Module):
         return nn.silu(c + LabelEmbedding(self.num_classes, self.width, name="class_embed")(y))
 
     @nn.compact
-    def __call__(self, x: jax.Array, t: jax.Array, y: jax.Array) -> jax.Array:
+    def __call__(self, x: jax.Array, t: jax.Array, y: jax.Array, max_distinct: int | None = None) -> jax.Array:
         if t.shape != (x.shape[0],) or y.shape != (x.shape[0],):
             raise ValueError(f"ConditionAwareModel takes t [{x.shape[0]}] and labels y [{x.shape[0]}] for x "
                              f"{x.shape}; got t {t.shape}, y {y.shape}")
+        groups, order, product = None, None, "gather"
+        if self.distinct is not None:
+            ids = jnp.concatenate([exact_bits(y), exact_bits(t)], axis=1)
+            groups, product = self.distinct.groups(ids, max_distinct, type(self).__name__), self.distinct.product
+            if self.distinct.sorts_batch:
+                order, groups = groups.sorted_by_group()
+                x, t, y = x[order], t[order], y[order]
         placement = Placement(compile_rules(self.rules), self.weights, self.condition(t, y),
-                              (*self.path, "backbone"))
+                              (*self.path, "backbone"), groups, product, self.fused)
         with nn.intercept_methods(placement):
             out = self.backbone(x, t, y)
         placement.check_all_matched(type(self.backbone).__name__)
-        return out
+        return out if order is None else out[jnp.argsort(order)]
