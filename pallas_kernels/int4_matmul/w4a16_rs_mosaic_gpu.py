@@ -97,6 +97,11 @@ def _codes(w_rs):
   return lax.bitcast_convert_type(w_rs, jnp.int4).reshape(*w_rs.shape[:3], STEP_K)
 
 
+def supports(k: int, n: int, group_size: int, compute_wgs: int = 2) -> bool:
+  """Whether the kernel takes [M, k] x [k, n] products with this group size (any M: x is padded to the token tile)."""
+  return k % STEP_K == 0 and n % (compute_wgs * BLOCK_N) == 0 and group_size == GROUP_SIZE
+
+
 def _out_tile(compute_wgs, tile_m, out_dtype):
   """The epilogue's tile per warpgroup: bf16 [tokens, 64] written through a transposed view; float32 partials
   [64, tokens] as accumulated (Mosaic has no transposed store of a float32 WGMMA array; the caller transposes them)."""
