@@ -151,8 +151,9 @@ def mosaic_w8a8(d, **changes):
 
 
 def mosaic_w4a16_rs(d, **changes):
-  """ops.w4a16_matmul with BlockSizes.w4a16_rs: token tile up to 256, 4-deep ring (lowered where it does not fit)."""
-  blocks = dataclasses.replace(tuning.MOSAIC_DEFAULT, w4a16_rs=True, block_m=256, num_stages=4, **changes)
+  """ops.w4a16_matmul with BlockSizes.w4a16_rs: token tile up to 256, 8-deep ring (lowered where it does not fit: 4
+  at 256 tokens)."""
+  blocks = dataclasses.replace(tuning.MOSAIC_DEFAULT, w4a16_rs=True, block_m=256, num_stages=8, **changes)
   return im.w4a16_matmul(d["x"], d["w_packed"], d["w_scales"], bias=d["bias"], implementation="mosaic_gpu",
                          block_sizes=blocks)
 
@@ -165,7 +166,7 @@ def mosaic_w4a16_rs_bf16_scale(d):
   return mosaic_w4a16_rs(d, rs_exact_scale=False)
 
 
-def w4a16_rs_kernel(d, tile_m=None, compute_wgs=2, stages=4, k_splits=None, code_layout="WGMMA", exact_scale=True):
+def w4a16_rs_kernel(d, tile_m=None, compute_wgs=2, stages=8, k_splits=None, code_layout="WGMMA", exact_scale=True):
   """The kernel on pre-shuffled weights (`d["w_rs"]`); tile_m / k_splits None: as ops.py picks them."""
   rs = w4a16_rs_mosaic_gpu
   x = d["x"]
@@ -194,8 +195,8 @@ W4A16_RS_OPS = [("mosaic_w4a16_rs", mosaic_w4a16_rs), ("mosaic_w4a16_rs_preshuff
 
 def _rs_sweep_configs():
   """Kernel tilings of `w4a16_rs_kernel` per shape: token tile, compute warpgroups, ring depth, K splits, code load."""
-  small = [dict(), dict(compute_wgs=4), dict(stages=8), dict(compute_wgs=4, stages=8), dict(k_splits=1),
-           dict(code_layout="WGMMA_UPCAST_2X", stages=8), dict(exact_scale=False, stages=8)]
+  small = [dict(), dict(stages=4), dict(stages=16), dict(compute_wgs=4), dict(compute_wgs=1), dict(k_splits=1),
+           dict(code_layout="WGMMA_UPCAST_2X"), dict(exact_scale=False)]
   large = [dict(), dict(tile_m=128), dict(tile_m=128, stages=6), dict(stages=3), dict(compute_wgs=3),
            dict(code_layout="WGMMA_UPCAST_2X"), dict(exact_scale=False)]
   return [((16, 3072, 12288), small), ((64, 3072, 12288), small), ((4096, 3072, 12288), large)]

@@ -146,6 +146,12 @@ def filling_splits(m_tiles: int, n: int, k: int, compute_wgs: int = 2) -> int:
   return kernel_mosaic_gpu.one_wave_splits(m_tiles * (n // (BLOCK_N * compute_wgs)), k // STEP_K)
 
 
+def _compute_registers(compute_wgs):
+  """Registers a compute thread may take once the memory warpgroup has given its share back (down to 40,
+  `kernel_mosaic_gpu.stream_ring`): 232 with two compute warpgroups (a 64 x 256 float32 accumulator is 128)."""
+  return min(256, (65536 - 128 * 40) // (128 * compute_wgs) // 8 * 8)
+
+
 def _smem(shape, dtype, swizzle):
   if swizzle is None:
     return plgpu.SMEM(shape, dtype)
@@ -205,6 +211,8 @@ def w4a16_rs(x, w_rs, w_scales, bias=None, *, tile_m: int, compute_wgs: int = 2,
 
     @pl.when(wg < compute_wgs)
     def _compute():
+      if compute_wgs > 1:
+        plgpu.set_max_registers(_compute_registers(compute_wgs), action="increase")
       wg_cols = pl.ds(wg * BLOCK_N, BLOCK_N)
 
       def widen(slot):
