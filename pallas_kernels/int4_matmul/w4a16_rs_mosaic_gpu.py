@@ -19,8 +19,9 @@ Weight layout (`shuffle_for_w4a16_rs`, a pure function with an exact inverse `un
 codes as 64 x 64 blocks, [N / 64, K / 64, 64 (n), 32 bytes (k)], each block 2 KB contiguous in memory, K packed two
 per byte in the canonical order (element 2i low nibble). One TMA copy moves one block with full DRAM bursts and lands
 it, 32-byte swizzled, where one warpgroup reads its A fragment; the canonical [K / 2, N] array would need a transpose
-per call (a pass over the weights: 12.6 us at 3072 x 12288 on an H100's 3 TB/s) and 32-byte strided rows. It is
-computed once, at quantization or on load; `ops.py` derives it per call (an XLA transpose) unless given it.
+per call (a pass over the weights: ~12.6 us of traffic at 3072 x 12288 at 3 TB/s) and 32-byte strided rows. It is
+meant to be computed once, at quantization or on load; `ops.py` derives it per call (an XLA transpose), and a caller
+holding weights in it calls `w4a16_rs` directly.
 
 What Pallas Mosaic GPU could not express (the full Marlin/Machete register layout): Marlin permutes each tile's codes
 so that one 128-bit shared-memory load gives a thread exactly the 32 codes of its mma fragments, and widens them with
