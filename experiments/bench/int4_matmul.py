@@ -59,7 +59,7 @@ def make_inputs(key, m, k, n):
   return dict(
       x=x, w=w, w_packed=w_packed, w_scales=w_scales, w_int4=w_codes.astype(jnp.int4), w8=w8, w8_scales=w8_scales,
       x_int4=reference.quantize_codes(x, GROUP)[0].astype(jnp.int4),
-      w_rs=w4a16_rs_mosaic_gpu.shuffle_for_w4a16_rs(w_packed),
+      w_rs=w4a16_rs_mosaic_gpu.as_int4_codes(w4a16_rs_mosaic_gpu.shuffle_for_w4a16_rs(w_packed)),
       down=(jax.random.normal(kd, (k, RANK), jnp.float32) / math.sqrt(k)).astype(jnp.bfloat16),
       up=(jax.random.normal(ku, (RANK, n), jnp.float32) / math.sqrt(RANK)).astype(jnp.bfloat16),
       bias=(jax.random.normal(kb, (n,), jnp.float32) * 0.1).astype(jnp.bfloat16))
@@ -167,7 +167,8 @@ def mosaic_w4a16_rs_bf16_scale(d):
 
 
 def w4a16_rs_kernel(d, tile_m=None, compute_wgs=2, stages=8, k_splits=None, code_layout="WGMMA", exact_scale=True):
-  """The kernel on pre-shuffled weights (`d["w_rs"]`); tile_m / k_splits None: as ops.py picks them."""
+  """The kernel on weights stored in its layout, as int4 codes (`d["w_rs"]`); tile_m / k_splits None: as ops.py
+  picks them."""
   rs = w4a16_rs_mosaic_gpu
   x = d["x"]
   (m, k), n = x.shape, d["w_packed"].shape[1]

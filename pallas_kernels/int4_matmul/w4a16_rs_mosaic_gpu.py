@@ -93,8 +93,12 @@ def unshuffle_from_w4a16_rs(w_rs):
   return w_rs.transpose(1, 3, 0, 2).reshape(k_blocks * cols, n_blocks * rows)
 
 
-def _codes(w_rs):
-  """The stored bytes as the int4 array the kernel copies: [N / 64, K / 64, 64, 64], low nibble first."""
+def as_int4_codes(w_rs):
+  """The stored bytes as the int4 array the kernel copies, [N / 64, K / 64, 64, 64] (low nibble first); int4 codes
+  pass through. Whether XLA makes this bitcast a copy on the GPU is not known yet, so a caller that stores the layout
+  can store this view and skip it."""
+  if w_rs.dtype == jnp.int4:
+    return w_rs
   return lax.bitcast_convert_type(w_rs, jnp.int4).reshape(*w_rs.shape[:3], STEP_K)
 
 
@@ -164,16 +168,20 @@ def _smem(shape, dtype, swizzle):
 
 def w4a16_rs(x, w_rs, w_scales, bias=None, *, tile_m: int, compute_wgs: int = 2, k_splits: int = 1,
              stages: int = 4, code_layout: str = "WGMMA", exact_scale: bool = True, interpret: bool = False):
-  """x [M, K] bf16 (M a multiple of tile_m), w_rs (`shuffle_for_w4a16_rs`), w_scales [K / 64, N] float32, bias [N]
+  """x [M, K] bf16 (M a multiple of tile_m), w_rs (`shuffle_for_w4a16_rs`, or `as_int4_codes` of it), w_scales
+  [K / 64, N] float32, bias [N]
   or None -> x.dtype [M, N] (k_splits = 1) or float32 partials, transposed, [k_splits, N, M] (no bias then)."""
   m, k = x.shape
   n = w_rs.shape[0] * BLOCK_N
   tile_n = compute_wgs * BLOCK_N
   if x.dtype != jnp.bfloat16 or k % STEP_K:
     raise ValueError(f"x must be bf16 [M, K] with K % {STEP_K} == 0, got {x.dtype} {x.shape}")
-  if w_rs.dtype != jnp.uint8 or w_rs.shape != (n // BLOCK_N, k // STEP_K, BLOCK_N, STEP_K // 2):
+  blocks = (n // BLOCK_N, k // STEP_K, BLOCK_N)
+  if not ((w_rs.dtype == jnp.uint8 and w_rs.shape == (*blocks, STEP_K // 2))
+          or (w_rs.dtype == jnp.int4 and w_rs.shape == (*blocks, STEP_K))):
     raise ValueError(f"w_rs must be uint8 [N / {BLOCK_N}, K / {STEP_K} = {k // STEP_K}, {BLOCK_N}, {STEP_K // 2}] "
-                     f"(shuffle_for_w4a16_rs) for x {x.shape}, got {w_rs.dtype} {w_rs.shape}")
+                     f"(shuffle_for_w4a16_rs) or its int4 view (as_int4_codes) for x {x.shape}, got {w_rs.dtype} "
+                     f"{w_rs.shape}")
   if w_scales.shape != (k // GROUP_SIZE, n):
     raise ValueError(f"w_scales must be [K / {GROUP_SIZE} = {k // GROUP_SIZE}, N = {n}], got {w_scales.shape}")
   if tile_m % TILE_M_MULTIPLE or not 0 < tile_m <= MAX_TILE_M or m % tile_m:
@@ -280,7 +288,7 @@ def w4a16_rs(x, w_rs, w_scales, bias=None, *, tile_m: int, compute_wgs: int = 2,
   if has_bias:
     scratch.append(plgpu.Barrier(num_arrivals=1, num_barriers=1))
   out = jax.ShapeDtypeStruct((m, n) if k_splits == 1 else (k_splits, n, m), out_dtype)
-  operands = [x, _codes(w_rs), w_scales.astype(jnp.float32)]
+  operands = [x, as_int4_codes(w_rs), w_scales.astype(jnp.float32)]
   if has_bias:
     operands.append(bias.reshape(1, n).astype(jnp.float32))
   return compat.launch(body, out=out, scratch=scratch, grid=(n // tile_n, m // tile_m, k_splits),

@@ -272,7 +272,8 @@ class _W4A16RsChecks:
 
   def test_k_splits_write_float32_partials_transposed(self):
     x, w_packed, w_scales, _ = _rs_operands(8, k=256)
-    got = self._run(x, w_packed, w_scales, tile_m=8, k_splits=2)
+    got = rs.w4a16_rs(x, rs.as_int4_codes(rs.shuffle_for_w4a16_rs(w_packed)), w_scales, tile_m=8, k_splits=2,
+                      stages=2, interpret=self.INTERPRET)  # the stored layout's int4 view goes in as it is
     self.assertEqual((got.shape, got.dtype), ((2, 128, 8), jnp.float32))
     self.assertLess(rel_err(got.sum(0).T, _with_bf16_weights(x, w_packed, w_scales)), 1e-6)
 
@@ -309,6 +310,9 @@ class W4A16RsTest(unittest.TestCase):
     np.testing.assert_array_equal(rs.unshuffle_from_w4a16_rs(w_rs), w_packed)
     # Block (n 2, k 3), row 5, byte 7: output column 2 * 64 + 5, codes k = 3 * 64 + 14 and 15.
     self.assertEqual(int(w_rs[2, 3, 5, 7]), int(w_packed[3 * 32 + 7, 2 * 64 + 5]))
+    codes = np.asarray(rs.as_int4_codes(w_rs).astype(jnp.int8))  # low nibble first: k = 3 * 64 + 14, then 15
+    np.testing.assert_array_equal(codes[2, 3, 5, 14:16], im.unpack_int4(w_packed, axis=0)[3 * 64 + 14:3 * 64 + 16,
+                                                                                           2 * 64 + 5])
     with self.assertRaisesRegex(ValueError, r"uint8 \[K / 2, N\].*\(128, 96\)"):
       rs.shuffle_for_w4a16_rs(w_packed[:, :96])
     with self.assertRaisesRegex(ValueError, r"w_rs must be uint8.*\(3, 4, 64, 16\)"):
