@@ -115,6 +115,11 @@ def e4m3_reference(d):
   return jnp.dot(x, w, precision=lax.Precision.HIGHEST)
 
 
+def bf16_reference(d):
+  """The float32 product of the bf16 operands."""
+  return jnp.dot(d["x"].astype(jnp.float32), d["w"].astype(jnp.float32), precision=lax.Precision.HIGHEST)
+
+
 def relative_error(out, ref):
   out, ref = np.asarray(out, np.float64), np.asarray(ref, np.float64)
   return float(np.linalg.norm(out - ref) / max(np.linalg.norm(ref), 1e-30))
@@ -148,8 +153,7 @@ def torch_times(sets, m, reps):
   results = {}
   for name, fn in (("torch_bf16", bf16), ("torch_scaled_mm_e4m3", scaled_mm)):
     try:
-      ref = e4m3_reference(sets[0]) if "e4m3" in name else jnp.dot(sets[0]["x"].astype(jnp.float32),
-                                                                     sets[0]["w"].astype(jnp.float32))
+      ref = e4m3_reference(sets[0]) if "e4m3" in name else bf16_reference(sets[0])
       err = relative_error(fn(tsets[0]).float().cpu().numpy(), ref)
       for t in tsets:  # warm-up
         fn(t)
@@ -176,8 +180,7 @@ def fp8_rows(ms, kns, reps, key, rows, save):
       row = dict(part="fp8", m=m, k=k, n=n, calls=len(sets), kernel_us={}, wall_us={}, rel_err={}, errors={})
       for name, fn in (("xla_bf16", xla_bf16), ("xla_e4m3_dot", xla_e4m3_dot), ("xla_e4m3_scaled", xla_e4m3_scaled)):
         try:
-          ref = e4m3_reference(sets[0]) if "e4m3" in name else jnp.dot(sets[0]["x"].astype(jnp.float32),
-                                                                         sets[0]["w"].astype(jnp.float32))
+          ref = e4m3_reference(sets[0]) if "e4m3" in name else bf16_reference(sets[0])
           row["rel_err"][name] = relative_error(jax.jit(fn)(sets[0]).astype(jnp.float32), ref)
           kernel, wall = int4_matmul.time_op(fn, sets, reps)
           row["kernel_us"][name] = None if kernel is None else 1e6 * kernel
