@@ -46,7 +46,8 @@ Structure: a CTA owns `tile_m` tokens x 64 * `compute_wgs` output columns and on
 warpgroup streams 64-deep K steps into a ring of `stages` slots (per step: the x tile [tile_m, 64] bf16, one 2 KB
 code block per compute warpgroup and the step's scale row), each slot freed once every compute warpgroup's wgmma of
 that step has completed (`wgmma_wait(1)` one step later). Each compute warpgroup widens its block, issues the wgmma
-and widens the next step's block while it runs. The epilogue adds the bias (k_splits = 1) and writes the accumulator
+and widens the next step's block while it runs (unless ptxas, unable to prove the register operand untouched, makes
+the wgmmas wait: it says so in its output, `MOSAIC_GPU_DUMP_PTXAS=1`; the other warpgroup's work still overlaps). The epilogue adds the bias (k_splits = 1) and writes the accumulator
 transposed, through a transposed view of a swizzled shared-memory tile, then a TMA store into out [tokens, N].
 With k_splits > 1 the float32 partials are written as accumulated, [k_splits, N, M], and the caller sums and
 transposes them (small at the small M that needs K splits).
