@@ -46,8 +46,11 @@ Structure: a CTA owns `tile_m` tokens x 64 * `compute_wgs` output columns and on
 warpgroup streams 64-deep K steps into a ring of `stages` slots (per step: the x tile [tile_m, 64] bf16, one 2 KB
 code block per compute warpgroup and the step's scale row), each slot freed once every compute warpgroup's wgmma of
 that step has completed (`wgmma_wait(1)` one step later). Each compute warpgroup widens its block, issues the wgmma
-and widens the next step's block while it runs (unless ptxas, unable to prove the register operand untouched, makes
-the wgmmas wait: it says so in its output, `MOSAIC_GPU_DUMP_PTXAS=1`; the other warpgroup's work still overlaps). The epilogue adds the bias (k_splits = 1) and writes the accumulator
+and widens the next step's block while it runs, into a second register set: the K loop runs two steps an
+iteration, because wgmma reads its register operand asynchronously and a loop body rewrites the same registers every
+iteration (tokamax's Hopper quantized ragged dot waits for every wgmma instead, for the same reason). ptxas may
+still serialize the wgmmas if it cannot prove the registers untouched; it says so in its output
+(`MOSAIC_GPU_DUMP_PTXAS=1`). The epilogue adds the bias (k_splits = 1) and writes the accumulator
 transposed, through a transposed view of a swizzled shared-memory tile, then a TMA store into out [tokens, N].
 With k_splits > 1 the float32 partials are written as accumulated, [k_splits, N, M], and the caller sums and
 transposes them (small at the small M that needs K splits).
@@ -237,16 +240,28 @@ def w4a16_rs(x, w_rs, w_scales, bias=None, *, tile_m: int, compute_wgs: int = 2,
         return codes * scale.astype(jnp.bfloat16)
 
       def scope(acc_ref):
-        @pl.loop(0, steps_per_split)
-        def _(j):
+        def step(j):
           slot = lax.rem(j, stages)
           plgpu.barrier_wait(ready.at[slot])
           plgpu.wgmma(acc_ref, widen(slot), compat.transposed(x_smem.at[slot]))
-          plgpu.wgmma_wait(1)  # step j - 1's wgmma is done: its ring slot is free
+          plgpu.wgmma_wait(1)  # step j - 1's wgmma is done: its ring slot and its A registers are free
 
           @pl.when(j > 0)
           def _():
             plgpu.barrier_arrive(free.at[lax.rem(j + stages - 1, stages)])
+
+        # wgmma reads its register operand asynchronously, and a loop body writes the same registers on every
+        # iteration: widening step j + 1 into them while step j's wgmma runs would corrupt it. Two steps per
+        # iteration give two register sets, each rewritten only after `wgmma_wait(1)` has seen its wgmma finish.
+        # An odd step out runs before the loop, in registers of its own.
+        first = steps_per_split % 2
+        if first:
+          step(0)
+
+        @pl.loop(0, steps_per_split // 2)
+        def _(p):
+          step(first + 2 * p)
+          step(first + 2 * p + 1)
 
         plgpu.wgmma_wait(0)
         plgpu.barrier_arrive(free.at[(steps_per_split - 1) % stages])
