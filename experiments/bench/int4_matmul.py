@@ -37,6 +37,7 @@ from pallas_kernels.int4_matmul import quantize_mosaic_gpu
 from pallas_kernels.int4_matmul import reference
 from pallas_kernels.int4_matmul import tuning
 from pallas_kernels.int4_matmul import w4a4_pingpong_mosaic_gpu
+from pallas_kernels.int4_matmul import w4a16_rs_mosaic_gpu
 
 LARGE_M = (4096, 4608)
 SMALL_M = (1, 16, 64)
@@ -59,6 +60,7 @@ def make_inputs(key, m, k, n):
   return dict(
       x=x, w=w, w_packed=w_packed, w_scales=w_scales, w_int4=w_codes.astype(jnp.int4), w8=w8, w8_scales=w8_scales,
       x_int4=reference.quantize_codes(x, GROUP)[0].astype(jnp.int4),
+      w_rs=w4a16_rs_mosaic_gpu.as_int4_codes(w4a16_rs_mosaic_gpu.shuffle_for_w4a16_rs(w_packed)),
       down=(jax.random.normal(kd, (k, RANK), jnp.float32) / math.sqrt(k)).astype(jnp.bfloat16),
       up=(jax.random.normal(ku, (RANK, n), jnp.float32) / math.sqrt(RANK)).astype(jnp.bfloat16),
       bias=(jax.random.normal(kb, (n,), jnp.float32) * 0.1).astype(jnp.bfloat16))
@@ -232,6 +234,86 @@ def bench_torch(row, sets, reps):
 
 
 # --- end of the issue-27 block ---
+# ---- W4A16 with the widened weights as wgmma's register operand (`w4a16_rs_mosaic_gpu.py`, issue 27) ----------
+# Ops: through ops.py (the blocked weight layout made per call, as a user calling w4a16_matmul gets it), the kernel on
+# weights already stored in that layout (what a checkpoint holding it would run), and the two opt-in variants (16-bit
+# code loads, bf16 scale multiply). `--sweep rs` times kernel tilings directly.
+
+
+def mosaic_w4a16_rs(d, **changes):
+  """ops.w4a16_matmul with BlockSizes.w4a16_rs: token tile up to 256, 8-deep ring (lowered where it does not fit: 4
+  at 256 tokens)."""
+  blocks = dataclasses.replace(tuning.MOSAIC_DEFAULT, w4a16_rs=True, block_m=256, num_stages=8, **changes)
+  return im.w4a16_matmul(d["x"], d["w_packed"], d["w_scales"], bias=d["bias"], implementation="mosaic_gpu",
+                         block_sizes=blocks)
+
+
+def mosaic_w4a16_rs_upcast2x(d):
+  return mosaic_w4a16_rs(d, rs_code_layout="WGMMA_UPCAST_2X")
+
+
+def mosaic_w4a16_rs_bf16_scale(d):
+  return mosaic_w4a16_rs(d, rs_exact_scale=False)
+
+
+def w4a16_rs_kernel(d, tile_m=None, compute_wgs=2, stages=8, k_splits=None, code_layout="WGMMA", exact_scale=True):
+  """The kernel on weights stored in its layout, as int4 codes (`d["w_rs"]`); tile_m / k_splits None: as ops.py
+  picks them."""
+  rs = w4a16_rs_mosaic_gpu
+  x = d["x"]
+  (m, k), n = x.shape, d["w_packed"].shape[1]
+  tile_m = tile_m or rs.token_tile(m)
+  rows = -(-m // tile_m) * tile_m
+  k_splits = k_splits or rs.filling_splits(rows // tile_m, n, k, compute_wgs)
+  out_dtype = x.dtype if k_splits == 1 else jnp.float32
+  stages = rs.deepest_ring(stages, tile_m, compute_wgs, out_dtype, k_splits == 1)
+  out = rs.w4a16_rs(jnp.pad(x, ((0, rows - m), (0, 0))), d["w_rs"], d["w_scales"], d["bias"] if k_splits == 1 else None,
+                    tile_m=tile_m, compute_wgs=compute_wgs, k_splits=k_splits, stages=stages, code_layout=code_layout,
+                    exact_scale=exact_scale)
+  if k_splits == 1:
+    return out[:m]
+  return (out.sum(0).T[:m] + d["bias"].astype(jnp.float32)).astype(x.dtype)
+
+
+def mosaic_w4a16_rs_preshuffled(d):
+  return w4a16_rs_kernel(d)
+
+
+W4A16_RS_OPS = [("mosaic_w4a16_rs", mosaic_w4a16_rs), ("mosaic_w4a16_rs_preshuffled", mosaic_w4a16_rs_preshuffled),
+                ("mosaic_w4a16_rs_upcast2x", mosaic_w4a16_rs_upcast2x),
+                ("mosaic_w4a16_rs_bf16_scale", mosaic_w4a16_rs_bf16_scale)]
+
+
+def _rs_sweep_configs():
+  """Kernel tilings of `w4a16_rs_kernel` per shape: token tile, compute warpgroups, ring depth, K splits, code load."""
+  small = [dict(), dict(stages=4), dict(stages=16), dict(compute_wgs=4), dict(compute_wgs=1), dict(k_splits=1),
+           dict(code_layout="WGMMA_UPCAST_2X"), dict(exact_scale=False)]
+  large = [dict(), dict(tile_m=128), dict(tile_m=128, stages=6), dict(stages=3), dict(compute_wgs=3),
+           dict(code_layout="WGMMA_UPCAST_2X"), dict(exact_scale=False)]
+  return [((16, 3072, 12288), small), ((64, 3072, 12288), small), ((4096, 3072, 12288), large)]
+
+
+def sweep_rs(key, results, save=lambda: None):
+  """`w4a16_rs_kernel` tilings against XLA bf16 in the same process; `save()` after each shape."""
+  for (m, k, n), configs in _rs_sweep_configs():
+    calls = call_sets(key, m, k, n)
+    base = 1e6 * kernel_or_wall(*time_op(xla_bf16, calls, 10))
+    results.append(dict(m=m, k=k, n=n, op="xla_bf16", time_us=base))
+    print(f"  sweep M={m} K={k} N={n} xla_bf16: {base:8.1f} us", flush=True)
+    for config in configs:
+      fn = functools.partial(w4a16_rs_kernel, **config)
+      try:
+        err = relative_error(jax.jit(fn)(calls[0]), reference_output("w4a16", calls[0]))
+        t = 1e6 * kernel_or_wall(*time_op(fn, calls, 10))
+      except Exception as e:  # a tiling the compiler rejects is a result too
+        err, t = float("nan"), float("nan")
+        print(f"  {config}: {type(e).__name__}: {str(e)[:300]}")
+      results.append(dict(m=m, k=k, n=n, op="w4a16_rs_kernel", config=config, time_us=t, rel_err=err))
+      print(f"  sweep M={m} K={k} N={n} w4a16_rs {config}: {t:8.1f} us ({base / t:.2f}x bf16, rel err {err:.2e})",
+            flush=True)
+    save()
+
+# ---- end of the W4A16 register-operand block --------------------------------------------------------------------
 
 
 def reference_output(name, d):
@@ -465,8 +547,9 @@ def main():
   parser.add_argument("--m", type=int, nargs="*", help="only these M of the plan")
   parser.add_argument("--ops", nargs="*", help="only these ops of the plan (xla_bf16 is always kept)")
   parser.add_argument("--kn", nargs="*", help="only these K x N of the plan, written KxN (3072x12288)")
-  parser.add_argument("--sweep", nargs="*", choices=("dot", "gemv"),
-                      help="also time a few W4A16 tilings (only the named sweeps, if any)")
+  parser.add_argument("--sweep", nargs="*", choices=("dot", "gemv", "rs"),
+                      help="also time a few W4A16 tilings (only the named sweeps, if any; rs: the register-operand "
+                           "kernel)")
   parser.add_argument("--breakdown", nargs="*", metavar="STAGE",
                       help="also time each Mosaic stage alone at one shape (only the named stages, if any)")
   parser.add_argument("--torch", action="store_true",
@@ -485,9 +568,11 @@ def main():
                ("mosaic_w4a4_lowrank_persistent", mosaic_w4a4_lowrank_persistent),
                ("mosaic_w4a4_lowrank_unfused", mosaic_w4a4_lowrank_unfused), ("mosaic_w8a8", mosaic_w8a8)]
   large_ops += PINGPONG_OPS
+  large_ops += W4A16_RS_OPS
   small_ops = [("xla_bf16", xla_bf16), ("xla_w4a16", xla_w4a16), ("triton_w4a16", triton_w4a16),
                ("mosaic_w4a16", mosaic_w4a16),
                ("mosaic_w4a4_lowrank", mosaic_w4a4_lowrank), ("mosaic_w8a8", mosaic_w8a8)]
+  small_ops += W4A16_RS_OPS
   triton_w4a4 = [("triton_w4a4_lowrank", triton_w4a4_lowrank)]  # the pre-Mosaic path, in --quick only
   # Quantized outputs differ from the reference only by float32 summation order and bf16 operand rounding.
   tolerance = 2e-2
@@ -528,6 +613,8 @@ def main():
     save()
   if args.sweep is not None:
     sweep_blocks(key, sweep, only=args.sweep, save=save)
+  if args.sweep is not None and (not args.sweep or "rs" in args.sweep):
+    sweep_rs(key, sweep, save=save)
   print(f"wrote {args.out} ({save()['seconds']} s)")
 
 

@@ -20,6 +20,7 @@ from pallas_kernels.int4_matmul import reference
 from pallas_kernels.int4_matmul import tuning
 from pallas_kernels.int4_matmul import w4a16_mosaic_gpu
 from pallas_kernels.int4_matmul import w4a4_pingpong_mosaic_gpu as pingpong
+from pallas_kernels.int4_matmul import w4a16_rs_mosaic_gpu
 
 _FLOAT_DTYPES = (jnp.bfloat16, jnp.float16, jnp.float32)
 _GPU_MIN_ROWS = 16  # smallest M of a Triton dot
@@ -162,8 +163,9 @@ class _MosaicGpuBackend:
   per-group rescale, the up-projection and the bias; with `persistent` it runs one CTA per SM over its tiles. The
   low-rank branch runs in bf16 (SVDQuant's 16-bit branch), also for float32 inputs. W8A8 weights ([K, N] int8) are
   transposed to K-major in XLA per call. W4A16 goes to the Triton-lowered kernel, or with `mosaic_w4a16` (bf16 x,
-  M <= 64) to `w4a16_mosaic_gpu.py`. Shapes the kernels do not take (N not a multiple of 128; for `mosaic_w4a16`,
-  M > 64 or x not bf16) raise a ValueError when this backend is named, and go to the Triton-lowered kernels when it
+  M <= 64) to `w4a16_mosaic_gpu.py`, or with `w4a16_rs` (bf16 x, any M) to `w4a16_rs_mosaic_gpu.py`. Shapes the
+  kernels do not take (N not a multiple of 128; for `mosaic_w4a16`, M > 64; for either W4A16 kernel, x not bf16)
+  raise a ValueError when this backend is named, and go to the Triton-lowered kernels when it
   is the platform default (`fall_back`). The tuned ring depth is lowered where it would overflow shared memory (a
   large rank). How fast against XLA bf16 and the Triton kernels: experiments/bench/README.md.
   """
@@ -268,8 +270,35 @@ class _MosaicGpuBackend:
     return self._launch(x.shape[0], codes, a_scales_t, w_codes, w_scales, low, up, bias, group_size=group_size,
                         out_dtype=x.dtype, blocks=blocks, interpret=self.interpret)
 
+  def _w4a16_rs(self, x, w_packed, w_scales, bias, *, blocks):
+    """W4A16 by `w4a16_rs_mosaic_gpu`: the weights put in its blocked layout here (an XLA transpose per call; a
+    caller holding them in that layout calls the kernel directly), the K range split where the tiles alone would
+    not fill the GPU, the float32 partials then summed and transposed here, and the bias added after them."""
+    rs = w4a16_rs_mosaic_gpu
+    (m, k), n = x.shape, w_packed.shape[1]
+    tile_m = rs.token_tile(m, min(rs.MAX_TILE_M, 1 << (max(blocks.block_m, rs.TILE_M_MULTIPLE).bit_length() - 1)))
+    rows = _round_up(m, tile_m)
+    splits = rs.filling_splits(rows // tile_m, n, k)
+    out_dtype = x.dtype if splits == 1 else jnp.float32
+    stages = rs.deepest_ring(blocks.num_stages, tile_m, out_dtype=out_dtype, bias=bias is not None and splits == 1)
+    out = rs.w4a16_rs(_pad_rows(x, rows), rs.shuffle_for_w4a16_rs(w_packed), w_scales,
+                      bias if splits == 1 else None, tile_m=tile_m, k_splits=splits, stages=stages,
+                      code_layout=blocks.rs_code_layout, exact_scale=blocks.rs_exact_scale, interpret=self.interpret)
+    if splits == 1:
+      return out[:m]
+    out = out.sum(0).T[:m]
+    return (out if bias is None else out + bias.astype(jnp.float32)).astype(x.dtype)
+
   def w4a16(self, x, w_packed, w_scales, bias, *, group_size, blocks):
     (m, k), n = x.shape, w_packed.shape[1]
+    if blocks.w4a16_rs:
+      if not (x.dtype == jnp.bfloat16 and w4a16_rs_mosaic_gpu.supports(k, n, group_size)):
+        reason = (f"the register-operand W4A16 kernel takes bf16 x, K a multiple of {w4a16_rs_mosaic_gpu.STEP_K}, "
+                  f"N of {2 * w4a16_rs_mosaic_gpu.BLOCK_N} and group_size {w4a16_rs_mosaic_gpu.GROUP_SIZE} (got "
+                  f"{group_size})")
+        return self._fall_back("W4A16", x, w_packed, reason).w4a16(x, w_packed, w_scales, bias,
+                                                                   group_size=group_size, blocks=blocks)
+      return self._w4a16_rs(x, w_packed, w_scales, bias, blocks=blocks)
     if not blocks.mosaic_w4a16:  # the tuned choice: W4A16 runs the Triton kernels under this backend
       return self._triton.w4a16(x, w_packed, w_scales, bias, group_size=group_size, blocks=blocks)
     if not (x.dtype == jnp.bfloat16 and w4a16_mosaic_gpu.supports(m, k, n, group_size)):

@@ -41,6 +41,14 @@ class BlockSizes:
     "act128" quantizes the activations in groups of 128 and folds each 64-group weight scale into the e4m3 weights
     as its ratio to the larger of its 128-block's two (half the promotions); "folded" folds the activation scales
     per token and the weight scales per output channel into e4m3 values (one FP8 GEMM, no promotion).
+  w4a16_rs: Mosaic GPU backend, bf16 x, group 64, N a multiple of 128: W4A16 in `w4a16_rs_mosaic_gpu.py` (the widened
+    weights as wgmma's register operand, tokens as its N; any M), before `mosaic_w4a16` and the Triton kernels.
+    block_m caps its token tile (rounded down to a power of two, 8 to 256), num_stages its ring depth; its K splits
+    fill the GPU by themselves. Off: built, not yet timed (`experiments/bench/int4_matmul.py --ops mosaic_w4a16_rs`).
+  rs_code_layout: how `w4a16_rs` loads the codes into registers, "WGMMA" (the A-fragment layout itself, byte loads)
+    or "WGMMA_UPCAST_2X" (16-bit loads, then Mosaic's relayout).
+  rs_exact_scale: `w4a16_rs` multiplies code and group scale in float32 and rounds once (the Triton kernels' bf16
+    weights); False multiplies in bf16 with the scale rounded to bf16 first (fewer instructions, a second rounding).
   quantize_block_m, quantize_block_k: token rows per program and contraction per loop iteration of the
     activation-quantization kernel (memory-bound: wide steps keep loads in flight).
   """
@@ -60,6 +68,9 @@ class BlockSizes:
   mosaic_w4a16: bool = False
   pingpong: bool = False
   w4a4_scales: str = "exact"
+  w4a16_rs: bool = False
+  rs_code_layout: str = "WGMMA"
+  rs_exact_scale: bool = True
 
 
 DEFAULT = BlockSizes()

@@ -255,6 +255,19 @@ class _MosaicGpuShapes:
       want = reference.w4a16_matmul(x, self.w_packed, self.w_scales, bias=self.bias)
       self.assertLess(rel_err(got, want), 1e-2, m)  # weights and output rounded to bf16
 
+  def test_w4a16_with_the_register_operand_kernel(self):
+    # 1 and 40 tokens (token tiles 8 and 64), K split in four to fill the GPU, bias added after the partials.
+    blocks = dataclasses.replace(tuning.MOSAIC_DEFAULT, w4a16_rs=True)
+    for m in (1, self.M):
+      x = self.x[:m].astype(jnp.bfloat16)
+      got = im.w4a16_matmul(x, self.w_packed, self.w_scales, bias=self.bias, implementation=self.IMPLEMENTATION,
+                            block_sizes=blocks)
+      self.assertEqual((got.shape, got.dtype), ((m, self.N), jnp.bfloat16))
+      want = reference.w4a16_matmul(x, self.w_packed, self.w_scales, bias=self.bias)
+      self.assertLess(rel_err(got, want), 1e-2, m)  # weights and output rounded to bf16
+    with self.assertRaisesRegex(ValueError, r"W4A16 with x \(40, 256\) float32.*register-operand"):
+      im.w4a16_matmul(self.x, self.w_packed, self.w_scales, implementation=self.IMPLEMENTATION, block_sizes=blocks)
+
   def test_a_shape_the_kernels_cannot_take_raises_when_named_and_goes_to_triton_as_the_default(self):
     w = random_data(16, (self.K, 192), outliers=False)
     w_packed, w_scales = im.quantize_int4(w, axis=0)

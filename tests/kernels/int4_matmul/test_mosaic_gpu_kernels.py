@@ -17,6 +17,7 @@ from pallas_kernels.int4_matmul import ops
 from pallas_kernels.int4_matmul import quantize_mosaic_gpu
 from pallas_kernels.int4_matmul import reference
 from pallas_kernels.int4_matmul import w4a16_mosaic_gpu
+from pallas_kernels.int4_matmul import w4a16_rs_mosaic_gpu as rs
 from support.int4 import MOSAIC_INTERPRETER, NO_MOSAIC_INTERPRETER, OnCpu, random_data
 from support.numerics import rel_err
 
@@ -244,3 +245,117 @@ class MosaicGpuKernelTest(unittest.TestCase):
       run(a, b, a_scales, b_scales, None, None, None, stages=1)
     with self.assertRaisesRegex(ValueError, r"multiple of 64.*\(128, 32\)"):
       run(a, b, a_scales, b_scales, jnp.zeros((128, 32), jnp.bfloat16), jnp.zeros((32, 128), jnp.bfloat16), None)
+
+
+def _rs_operands(m, k=128, n=128, seed=60):
+  """bf16 x [m, k], packed weights with their scales (one group of zeros: scale 0), a float32 bias."""
+  x = random_data(seed, (m, k)).astype(jnp.bfloat16)
+  w = random_data(seed + 1, (k, n), outliers=False).at[:64, 5].set(0.0)
+  w_packed, w_scales = im.quantize_int4(w, axis=0)
+  return x, w_packed, w_scales, random_data(seed + 2, (n,), outliers=False)
+
+
+def _with_bf16_weights(x, w_packed, w_scales, bias=None):
+  """x @ bf16(code * scale) + bias in float64: the kernel's bf16 weights (the Triton kernels' too), exact sums."""
+  w = np.asarray(reference.dequantize_int4(w_packed, w_scales, 64, axis=0).astype(jnp.bfloat16), np.float64)
+  out = np.asarray(x, np.float64) @ w
+  return out if bias is None else out + np.asarray(bias, np.float64)
+
+
+class _W4A16RsChecks:
+  """`w4a16_rs_mosaic_gpu.w4a16_rs` on one small tile: float32 partials equal x @ bf16(code * scale) up to float32
+  summation order; bf16 outputs up to their rounding; the bf16-scale fast path within bf16 weight rounding."""
+
+  def _run(self, x, w_packed, w_scales, bias=None, **kwargs):
+    return rs.w4a16_rs(x, rs.shuffle_for_w4a16_rs(w_packed), w_scales, bias, stages=2, interpret=self.INTERPRET,
+                       **kwargs)
+
+  def test_k_splits_write_float32_partials_transposed(self):
+    x, w_packed, w_scales, _ = _rs_operands(8, k=256)
+    got = rs.w4a16_rs(x, rs.as_int4_codes(rs.shuffle_for_w4a16_rs(w_packed)), w_scales, tile_m=8, k_splits=2,
+                      stages=2, interpret=self.INTERPRET)  # the stored layout's int4 view goes in as it is
+    self.assertEqual((got.shape, got.dtype), ((2, 128, 8), jnp.float32))
+    self.assertLess(rel_err(got.sum(0).T, _with_bf16_weights(x, w_packed, w_scales)), 1e-6)
+
+  def test_bf16_output_with_bias_from_16_bit_code_loads(self):
+    x, w_packed, w_scales, bias = _rs_operands(16, k=192)  # 3 K steps: the odd one, then a pair in the loop
+    got = self._run(x, w_packed, w_scales, bias, tile_m=16, code_layout="WGMMA_UPCAST_2X")
+    self.assertEqual((got.shape, got.dtype), ((16, 128), jnp.bfloat16))
+    self.assertLess(rel_err(got, _with_bf16_weights(x, w_packed, w_scales, bias)), 4e-3)  # bf16 output rounding
+
+  def test_bf16_scales_stay_within_bf16_weight_rounding_of_the_spec(self):
+    x, w_packed, w_scales, _ = _rs_operands(8)
+    got = self._run(x, w_packed, w_scales, tile_m=8, k_splits=2, exact_scale=False).sum(0).T
+    self.assertLess(rel_err(got, reference.w4a16_matmul(x.astype(jnp.float32), w_packed, w_scales)), 1e-2)
+
+
+@unittest.skipUnless(MOSAIC_INTERPRETER, NO_MOSAIC_INTERPRETER)
+class W4A16RsInterpretTest(OnCpu, _W4A16RsChecks, unittest.TestCase):
+  INTERPRET = True
+
+
+@unittest.skipUnless(compat.is_hopper(), "compiled Mosaic GPU kernels need a Hopper GPU; W4A16RsInterpretTest runs "
+                                         "on CPU")
+class W4A16RsCompiledTest(_W4A16RsChecks, unittest.TestCase):
+  INTERPRET = False
+
+
+class W4A16RsTest(unittest.TestCase):
+  """`w4a16_rs_mosaic_gpu`: the weight layout, the lowering for CUDA and the input checks."""
+
+  def test_shuffle_round_trips_and_puts_each_64_by_64_block_together(self):
+    w_packed = jnp.asarray(np.random.default_rng(3).integers(0, 256, (128, 192)), jnp.uint8)  # K 256, N 192
+    w_rs = rs.shuffle_for_w4a16_rs(w_packed)
+    self.assertEqual(w_rs.shape, (3, 4, 64, 32))
+    np.testing.assert_array_equal(rs.unshuffle_from_w4a16_rs(w_rs), w_packed)
+    # Block (n 2, k 3), row 5, byte 7: output column 2 * 64 + 5, codes k = 3 * 64 + 14 and 15.
+    self.assertEqual(int(w_rs[2, 3, 5, 7]), int(w_packed[3 * 32 + 7, 2 * 64 + 5]))
+    codes = np.asarray(rs.as_int4_codes(w_rs).astype(jnp.int8))  # low nibble first: k = 3 * 64 + 14, then 15
+    np.testing.assert_array_equal(codes[2, 3, 5, 14:16], im.unpack_int4(w_packed, axis=0)[3 * 64 + 14:3 * 64 + 16,
+                                                                                           2 * 64 + 5])
+    with self.assertRaisesRegex(ValueError, r"uint8 \[K / 2, N\].*\(128, 96\)"):
+      rs.shuffle_for_w4a16_rs(w_packed[:, :96])
+    with self.assertRaisesRegex(ValueError, r"w_rs must be uint8.*\(3, 4, 64, 16\)"):
+      rs.unshuffle_from_w4a16_rs(w_rs[..., :16])
+
+  def test_lowers_for_cuda(self):
+    # The whole Mosaic GPU lowering runs on the CPU; only ptxas needs the GPU.
+    x, w_packed, w_scales, bias = _rs_operands(256, k=256, n=256)
+    w_rs = rs.shuffle_for_w4a16_rs(w_packed)
+    for code_layout, exact_scale, tile_m, k_splits in (("WGMMA", True, 256, 1), ("WGMMA_UPCAST_2X", False, 16, 2),
+                                                       ("WGMMA", False, 8, 4)):
+      with self.subTest(code_layout=code_layout, tile_m=tile_m, k_splits=k_splits):
+        b = bias if k_splits == 1 else None
+        fn = lambda x, w, s, b, c=code_layout, e=exact_scale, t=tile_m, ks=k_splits: rs.w4a16_rs(
+            x, w, s, b, tile_m=t, k_splits=ks, stages=3, code_layout=c, exact_scale=e)
+        jax.jit(fn).trace(x[:tile_m], w_rs, w_scales, b).lower(lowering_platforms=("cuda",))
+
+  def test_tiles_splits_ring_and_bad_inputs_are_named(self):
+    self.assertEqual([rs.token_tile(m) for m in (1, 9, 16, 40, 64, 300, 4096)], [8, 16, 16, 64, 64, 256, 256])
+    self.assertEqual(rs.token_tile(4096, 128), 128)
+    self.assertEqual(rs.filling_splits(1, 12288, 3072), 1)  # 96 column tiles: 2 splits would exceed 132 CTAs
+    self.assertEqual(rs.filling_splits(1, 3072, 3072), 4)  # 24 column tiles x 4 of 48 K steps
+    self.assertEqual(rs.filling_splits(16, 12288, 3072), 1)
+    # 4 stages of 256 tokens: x 32 KB, codes 4 KB, scales 512 B a stage; bf16 output 64 KB; bias 512 B.
+    self.assertEqual(rs.shared_memory_bytes(4, 256), 4 * (32768 + 4096 + 512) + 65536 + 512)
+    self.assertEqual(rs.deepest_ring(8, 256), 4)
+    self.assertTrue(rs.supports(3072, 12288, 64))
+    self.assertFalse(rs.supports(3072, 192, 64))
+    self.assertFalse(rs.supports(3072, 12288, 128))
+    x, w_packed, w_scales, bias = _rs_operands(16)
+    w_rs = rs.shuffle_for_w4a16_rs(w_packed)
+    run = lambda *args, **kw: rs.w4a16_rs(*args, **{"tile_m": 16, **kw})
+    with self.assertRaisesRegex(ValueError, r"x must be bf16.*float32 \(16, 128\)"):
+      run(x.astype(jnp.float32), w_rs, w_scales)
+    with self.assertRaisesRegex(ValueError, r"w_rs must be.*got uint8 \(64, 128\)"):
+      run(x, w_packed, w_scales)
+    with self.assertRaisesRegex(ValueError, "tile_m must be a multiple of 8 up to 256 dividing M, got tile_m=12"):
+      run(x, w_rs, w_scales, tile_m=12)
+    with self.assertRaisesRegex(ValueError, "k_splits must divide the 2 K steps of 64, got 3"):
+      run(x, w_rs, w_scales, k_splits=3)
+    with self.assertRaisesRegex(ValueError, "bias must be.*k_splits = 1"):
+      run(x, w_rs, w_scales, bias, k_splits=2)
+    with self.assertRaisesRegex(ValueError, "code_layout must be one of"):
+      run(x, w_rs, w_scales, code_layout="WGMMA_UPCAST_4X")
+    with self.assertRaisesRegex(ValueError, "use deepest_ring"):
+      run(x, w_rs, w_scales, stages=40)
