@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import threading
 import zlib
 from collections.abc import Mapping
@@ -265,8 +266,11 @@ def open_source(path: str | epath.Path, purpose: str) -> tuple[Checkpointer, int
 
 
 def resolve(path: str | epath.Path) -> tuple[epath.Path, int | None]:
-    """Accepts a workdir, its `checkpoints/` folder or one `checkpoints/<step>/`; returns (directory, step or None)."""
+    """Accepts a workdir, its `checkpoints/` folder or one `checkpoints/<step>/`; returns (directory, step or None).
+    A relative local path is taken from the current directory and returned absolute: orbax refuses relative paths."""
     path = epath.Path(path)
+    if "://" not in str(path):
+        path = epath.Path(os.path.abspath(path))
     if not path.exists():
         raise CheckpointError(f"Checkpoint path {path} does not exist")
     if (path / "checkpoints").is_dir():

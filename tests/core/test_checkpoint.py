@@ -58,6 +58,15 @@ def test_resolve_accepts_workdir_folder_or_step(tmp_path, saved):
         ckpt_lib.resolve(tmp_path / "nope")
 
 
+def test_a_relative_path_restores(tmp_path, saved, monkeypatch):
+    """Orbax refuses relative paths; `open_source` (behind restore_from, init_from, judges) takes them from the cwd."""
+    monkeypatch.chdir(saved.parent)
+    source, step = ckpt_lib.open_source(saved.name, "restore_from")
+    assert step == 3 and ckpt_lib.resolve(f"{saved.name}/2") == (saved, 2)
+    state, _ = source.restore(2, jax.eval_shape(lambda: tree()))
+    np.testing.assert_array_equal(state["b"]["c"], np.full((3, 4), 2.0))
+
+
 def test_a_read_only_restore_of_an_earlier_step_moves_nothing(saved):
     abstract = jax.eval_shape(lambda: tree())
     reader = ckpt_lib.Checkpointer(saved, read_only=True)
