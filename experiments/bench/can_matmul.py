@@ -20,7 +20,6 @@ jax and numpy only (and the jaxgen CAN layer it compares with).
 
 import argparse
 import json
-import statistics
 import time
 from pathlib import Path
 
@@ -28,6 +27,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from can_latency import time_call  # this folder's latency bench: one timing rule for both
 from jaxgen.projects.can.layers import dense_per_sample
 from pallas_kernels.can_matmul import BlockSizes, can_matmul, can_matmul_reference
 
@@ -36,16 +36,6 @@ RANK = 8
 SHAPES = {"DiT-S/2 attn out": (64, 256, 384, 384), "U-ViT-S/2 attn proj": (64, 258, 512, 512),
           "DiT-S/2 attn out, batch 1": (1, 256, 384, 384)}
 SMALL_SHAPES = {"tiny": (4, 40, 48, 32)}
-
-
-def time_call(fn, args, reps):
-  jax.block_until_ready(fn(*args))
-  times = []
-  for _ in range(reps):
-    start = time.perf_counter()
-    jax.block_until_ready(fn(*args))
-    times.append(time.perf_counter() - start)
-  return statistics.median(times) * 1e3
 
 
 def per_sample_xla(x, kernel, h, generator):

@@ -155,19 +155,7 @@ def torch_times(sets, m, reps):
     try:
       ref = e4m3_reference(sets[0]) if "e4m3" in name else bf16_reference(sets[0])
       err = relative_error(fn(tsets[0]).float().cpu().numpy(), ref)
-      for t in tsets:  # warm-up
-        fn(t)
-      torch.cuda.synchronize()
-      samples = []
-      for _ in range(reps):
-        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        start.record()
-        for t in tsets:
-          fn(t)
-        end.record()
-        torch.cuda.synchronize()
-        samples.append(start.elapsed_time(end) * 1e3 / len(tsets))
-      results[name] = (statistics.median(samples), err)
+      results[name] = (int4_matmul.time_torch(fn, tsets, reps) * 1e6, err)  # µs per call
     except Exception as e:  # an op this torch or card lacks is a result too
       results[name] = f"{type(e).__name__}: {str(e)[:300]}"
   return results
@@ -369,17 +357,7 @@ def cuda_mma_rows(iters, rows, save, multiprocessors):
   out = torch.empty(blocks * threads, dtype=torch.int32, device="cuda")
   for name, k in CUDA_KERNELS.items():
     fn = getattr(module, name)
-    fn(operand, out, iters, blocks, threads)
-    torch.cuda.synchronize()
-    samples = []
-    for _ in range(5):
-      start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-      start.record()
-      fn(operand, out, iters, blocks, threads)
-      end.record()
-      torch.cuda.synchronize()
-      samples.append(start.elapsed_time(end) / 1e3)
-    seconds = statistics.median(samples)
+    seconds = int4_matmul.time_torch(lambda _: fn(operand, out, iters, blocks, threads), [None], reps=5)
     instructions = blocks * threads // 32 * iters * 8
     row = dict(part="mma", source="cuda", instruction=name, seconds=seconds, mma_per_s=instructions / seconds,
                tops=instructions * 2 * 16 * 8 * k / seconds / 1e12, blocks=blocks, threads=threads, iters=iters)
