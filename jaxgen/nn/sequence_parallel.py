@@ -150,3 +150,19 @@ def _cross_attention(q, k, v, backend, axis: str, size: int, context, inner_opti
 
 
 nn_attention.register_backend("ulysses", ulysses_backend)
+
+
+def keep_sequence_split(x: jax.Array, backend: str, options) -> jax.Array:
+    """`x` `[batch, seq, ...]` pinned split over the "ulysses" backend's mesh axis on its sequence dimension (its other
+    dimensions left to XLA); as it is for any other backend.
+
+    Why: the wrapper is correct whatever the activations' sharding, but fast only when they arrive split as its
+    all-to-alls want them. Between attention calls XLA propagates the split through token-wise layers, but not
+    through a scanned block's carry or around the concatenations of joint attention, where it may gather the whole
+    sequence instead. A model whose blocks do more than Wan's (HunyuanVideo's two streams) calls this on its video
+    tokens at block boundaries."""
+    if backend != "ulysses":
+        return x
+    axis = dict(options or {}).get("axis")
+    free = P.UNCONSTRAINED
+    return jax.lax.with_sharding_constraint(x, P(free, axis, *(free,) * (x.ndim - 2)))
