@@ -47,8 +47,8 @@ import jax.numpy as jnp
 
 from jaxgen.nn import attention as nn_attention
 from jaxgen.nn import porting
-from jaxgen.nn.sequence_parallel import keep_sequence_split
 from jaxgen.nn.embeddings import TimestepEmbedding
+from jaxgen.nn.sequence_parallel import keep_sequence_split
 from jaxgen.nn.transformer import XAVIER, apply_rope, partitioned, scan_layers
 from jaxgen.projects.svg import ports
 from jaxgen.projects.svg.attention import with_padding_apart
