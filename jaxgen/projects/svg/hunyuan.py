@@ -17,7 +17,10 @@ Pieces, in the order the original runs them:
   - `num_layers` dual-stream blocks: video and text keep their own adaLN-Zero modulation, projections, per-head QK
     RMSNorm and MLP, and meet in one joint attention over `[video, text]` (text last);
   - `num_single_layers` single-stream blocks over the concatenated sequence: one adaLN-Zero, the attention and a
-    GELU-tanh MLP computed side by side from the same normed input and merged by one Linear;
+    GELU-tanh MLP computed side by side from the same normed input and merged by one Linear. Here video and text
+    stay two arrays through them (the same layers on each, token-wise: the same numbers), joined only in the
+    attention call, so that sequence parallelism ("ulysses") keeps the video split: a joint array of split video and
+    whole text cannot stay split (`SingleStreamBlock`, docs/scale_out.md);
   - adaLN (scale, shift) LayerNorm and `proj_out` on the video tokens.
 Each kind of block is one `nn.scan` (parameters stacked on "layers"); the joint attention of both kinds goes through
 `attention_backend`, with layer indices 0 .. num_layers + num_single_layers - 1 in the attention context, so SVG's
