@@ -22,7 +22,8 @@ Why this shape, and what it means for the backends:
   - It is `shard_map` over the ambient mesh (`with jax.set_mesh(mesh):` around the jitted call), on the axis the
     `axis` option names; other mesh axes see the computation replicated. The wrapper works on global arrays, so it is
     correct whatever the inputs' sharding; it is fast when the surrounding activations are already split over
-    `axis` on the sequence (a `with_sharding_constraint` on the model input is enough: the token-wise layers keep it).
+    `axis` on the sequence, which XLA does not always choose by itself (with the weights split over the same axis it
+    gathered the sequence in whole blocks): models pin it at block boundaries with `keep_sequence_split`.
   - Cross-attention (queries from the video, keys from captions of another length, as in Wan) needs no exchange:
     the queries stay split, every device holds the captions whole, and each attends its own tokens.
   - Diagnostics (`aux`) of the inner backend come back whole: `[batch, heads, ...]` leaves are joined over heads,
@@ -150,3 +151,19 @@ def _cross_attention(q, k, v, backend, axis: str, size: int, context, inner_opti
 
 
 nn_attention.register_backend("ulysses", ulysses_backend)
+
+
+def keep_sequence_split(x: jax.Array, backend: str, options) -> jax.Array:
+    """`x` `[batch, seq, ...]` pinned split over the "ulysses" backend's mesh axis on its sequence dimension (its other
+    dimensions left to XLA); as it is for any other backend.
+
+    Why: the wrapper is correct whatever the activations' sharding, but fast only when they arrive split as its
+    all-to-alls want them. XLA's sharding propagation does not guarantee that through a scanned block's carry: with
+    the weights split over the same axis (FSDP, the `*_sp.gin` recipes) it gathered the whole sequence in Wan's and
+    HunyuanVideo's blocks on 4 CPU devices. The video ports call this on their video tokens on entering and leaving
+    each block (docs/scale_out.md)."""
+    if backend != "ulysses":
+        return x
+    axis = dict(options or {}).get("axis")
+    free = P.UNCONSTRAINED
+    return jax.lax.with_sharding_constraint(x, P(free, axis, *(free,) * (x.ndim - 2)))

@@ -1,7 +1,8 @@
 """The scale-out benchmark runs end to end on CPU (`--quick`: 4 forced host devices, tiny Wan, HunyuanVideo and
 DiT, Pallas interpret), so it cannot rot before a multi-GPU machine is lent: for Wan (captions by cross-attention) and
 HunyuanVideo (text in the joint attention) the 4-device sequence-parallel step must equal the 1-device one and keep
-its activations split (its compiled program gathers weights, never an activation), and FSDP training must run."""
+its activations split (its compiled program gathers weights, never a whole-sequence activation in the blocks), and
+FSDP training must run."""
 
 from __future__ import annotations
 
@@ -30,12 +31,11 @@ def test_scale_out_quick_runs_and_agrees_with_one_device(tmp_path):
             assert row["relative_l2_vs_1"] < 2e-2, (name, row)  # bf16 agreement; a wrong exchange gives ~1
             assert row["collectives"]["all-to-all"]["count"] >= 4, (name, row)  # q, k, v and the output
             assert row["collectives"]["all-gather"]["count"] > 0, (name, row)  # FSDP: weights, layer by layer
-    # Wan keeps the sequence split through its blocks: no collective there holds a whole-sequence activation (a
-    # program that lost the split does: plain dense attention on sequence-split latents all-reduces [2, tokens, ...]).
-    # HunyuanVideo does not yet: its single-stream blocks concatenate the split video with the whole text and XLA
-    # gathers the joint sequence (experiments/bench/README.md, "Scale-out"); reported, not asserted, until the port
-    # pins the split.
-    for row in result["video"]["wan-14B"]["rows"][2:]:
-        assert not [kind for kind, entry in row["collectives"].items() if entry["whole_sequence_in_blocks"]], row
+    # Both keep the sequence split through their blocks: no collective there holds a whole-sequence activation (a
+    # program that lost the split does: HunyuanVideo's single-stream blocks on the joint sequence gathered it).
+    for name, video in result["video"].items():
+        for row in video["rows"][2:]:
+            assert not [kind for kind, entry in row["collectives"].items() if entry["whole_sequence_in_blocks"]], \
+                (name, row)
     dit_rows = result["dit"]["rows"]
     assert [r["devices"] for r in dit_rows] == [1, 4] and all(r["images_per_s"] > 0 for r in dit_rows)

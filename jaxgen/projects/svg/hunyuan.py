@@ -17,7 +17,10 @@ Pieces, in the order the original runs them:
   - `num_layers` dual-stream blocks: video and text keep their own adaLN-Zero modulation, projections, per-head QK
     RMSNorm and MLP, and meet in one joint attention over `[video, text]` (text last);
   - `num_single_layers` single-stream blocks over the concatenated sequence: one adaLN-Zero, the attention and a
-    GELU-tanh MLP computed side by side from the same normed input and merged by one Linear;
+    GELU-tanh MLP computed side by side from the same normed input and merged by one Linear. Here video and text
+    stay two arrays through them (the same layers on each, token-wise: the same numbers), joined only in the
+    attention call, so that sequence parallelism ("ulysses") keeps the video split: a joint array of split video and
+    whole text cannot stay split (`SingleStreamBlock`, docs/scale_out.md);
   - adaLN (scale, shift) LayerNorm and `proj_out` on the video tokens.
 Each kind of block is one `nn.scan` (parameters stacked on "layers"); the joint attention of both kinds goes through
 `attention_backend`, with layer indices 0 .. num_layers + num_single_layers - 1 in the attention context, so SVG's
@@ -48,6 +51,7 @@ import jax.numpy as jnp
 from jaxgen.nn import attention as nn_attention
 from jaxgen.nn import porting
 from jaxgen.nn.embeddings import TimestepEmbedding
+from jaxgen.nn.sequence_parallel import keep_sequence_split
 from jaxgen.nn.transformer import XAVIER, apply_rope, partitioned, scan_layers
 from jaxgen.projects.svg import ports
 from jaxgen.projects.svg.attention import with_padding_apart
@@ -95,12 +99,11 @@ def _out(width: int, dtype: Any, name: str) -> nn.DenseGeneral:
                            bias_init=partitioned(nn.initializers.zeros, "embed"))
 
 
-def _attend(module: nn.Module, q, k, v, *, rope, mask, backend: str, options: Mapping[str, Any] | None,
+def _attend(module: nn.Module, q, k, v, *, mask, backend: str, options: Mapping[str, Any] | None,
             context: nn_attention.AttentionContext) -> jax.Array:
-    """RoPE (identity rows for text), then the `jaxgen.nn.attention` backend, its diagnostics sown. With padded text
-    in the context's layout, the backend runs on the real tokens and the padding among itself
+    """The `jaxgen.nn.attention` backend on the joint sequence, its diagnostics sown. With padded text in the
+    context's layout, the backend runs on the real tokens and the padding among itself
     (`attention.with_padding_apart`); otherwise on the whole sequence, with the key `mask` if any."""
-    q, k = apply_rope(q, *rope), apply_rope(k, *rope)
 
     def attend(q, k, v, layout):
         return nn_attention.attention(q, k, v, backend=backend, mask=mask, context=context.replace(video_layout=layout),
@@ -113,12 +116,17 @@ def _attend(module: nn.Module, q, k, v, *, rope, mask, backend: str, options: Ma
 
 
 class JointAttention(nn.Module):
-    """The joint attention over `[video, text]`.
+    """The joint attention over `[video, text]`, taking and returning the two streams apart.
 
     Dual-stream (`separate_text=True`): video and text have their own q/k/v projections and norms (`to_*`, `norm_*`
-    for video, `add_*_proj`, `norm_added_*` for text) and outputs (`to_out`, `to_add_out`); returns both streams.
-    Single-stream: one set of projections over the joint sequence and no output projection (the block's `proj_out`
-    merges it with the MLP); returns the joint `[batch, seq, heads, head_dim]` attention output.
+    for video, `add_*_proj`, `norm_added_*` for text) and outputs (`to_out`, `to_add_out`).
+    Single-stream: one set of projections, applied to each stream (a token-wise layer: the same as over the joint
+    sequence), and no output projection (the block's `proj_out` merges it with the MLP); returns the attention
+    outputs `[batch, tokens, heads, head_dim]` of both streams.
+    The streams meet only in the attention call: a joint sequence anywhere else would lose the split of the video
+    tokens under sequence parallelism ("ulysses"), as a concatenation with the unsplit text cannot be split evenly.
+    RoPE (`rope`: the video tokens' tables) turns the video's q and k only; the original's text rows rotate by angle
+    0, the identity.
     """
 
     num_heads: int
@@ -129,26 +137,31 @@ class JointAttention(nn.Module):
     dtype: Any = jnp.float32
 
     @nn.compact
-    def __call__(self, x, text=None, *, rope, mask, context):
+    def __call__(self, video, text, *, rope, mask, context):
         norm = QK_NORMS["rms_norm"].module
 
-        def qkv(inputs, proj_names, norm_names):
-            q, k, v = (_heads(self.num_heads, self.head_dim, self.dtype, name)(inputs) for name in proj_names)
-            return norm(EPS, self.dtype, norm_names[0])(q), norm(EPS, self.dtype, norm_names[1])(k), v
+        def projections(proj_names, norm_names):
+            q_proj, k_proj, v_proj = (_heads(self.num_heads, self.head_dim, self.dtype, name) for name in proj_names)
+            q_norm, k_norm = (norm(EPS, self.dtype, name) for name in norm_names)
+            return lambda inputs: (q_norm(q_proj(inputs)), k_norm(k_proj(inputs)), v_proj(inputs))
 
-        q, k, v = qkv(x, ("to_q", "to_k", "to_v"), ("norm_q", "norm_k"))
-        if self.separate_text:
-            text_q, text_k, text_v = qkv(text, ("add_q_proj", "add_k_proj", "add_v_proj"),
-                                         ("norm_added_q", "norm_added_k"))
-            q, k, v = (jnp.concatenate([a, b], axis=1) for a, b in ((q, text_q), (k, text_k), (v, text_v)))
-        out = _attend(self, q, k, v, rope=rope, mask=mask, backend=self.backend, options=self.backend_options,
+        video_qkv = projections(("to_q", "to_k", "to_v"), ("norm_q", "norm_k"))
+        text_qkv = (projections(("add_q_proj", "add_k_proj", "add_v_proj"), ("norm_added_q", "norm_added_k"))
+                    if self.separate_text else video_qkv)
+        q, k, v = video_qkv(video)
+        q, k = apply_rope(q, *rope), apply_rope(k, *rope)
+        # Joined from three pieces (video, real text, padding), so that every slice of the joint sequence after this
+        # (`with_padding_apart`'s, the "ulysses" backend's) falls on a piece boundary and XLA folds it away; a slice
+        # across pieces makes XLA move video tokens between devices under sequence parallelism.
+        real = text.shape[1] - context.video_layout.text_padding
+        q, k, v = (jnp.concatenate([a, b[:, :real], b[:, real:]], axis=1) for a, b in zip((q, k, v), text_qkv(text)))
+        out = _attend(self, q, k, v, mask=mask, backend=self.backend, options=self.backend_options,
                       context=context).astype(self.dtype)
+        video_out, text_out = out[:, :video.shape[1]], out[:, video.shape[1]:]
         if not self.separate_text:
-            return out
+            return video_out, text_out
         width = self.num_heads * self.head_dim
-        video_tokens = x.shape[1]
-        return (_out(width, self.dtype, "to_out")(out[:, :video_tokens]),
-                _out(width, self.dtype, "to_add_out")(out[:, video_tokens:]))
+        return _out(width, self.dtype, "to_out")(video_out), _out(width, self.dtype, "to_add_out")(text_out)
 
 
 class DualStreamBlock(nn.Module):
@@ -164,6 +177,7 @@ class DualStreamBlock(nn.Module):
     @nn.compact
     def __call__(self, streams, layer, temb, rope, mask, context: nn_attention.AttentionContext):
         video, text = streams
+        video = keep_sequence_split(video, self.backend, self.backend_options)
         width = self.num_heads * self.head_dim
         shift, scale, gate, mlp_shift, mlp_scale, mlp_gate = _modulation(temb, 6, width, "norm1_linear")
         (text_shift, text_scale, text_gate, text_mlp_shift, text_mlp_scale,
@@ -179,12 +193,14 @@ class DualStreamBlock(nn.Module):
             (_layer_norm(video) * (1 + mlp_scale) + mlp_shift).astype(self.dtype))
         ff_text = FeedForward(self.mlp_dim, self.dtype, name="ff_context")(
             (_layer_norm(text) * (1 + text_mlp_scale) + text_mlp_shift).astype(self.dtype))
-        return ((video + ff * mlp_gate).astype(self.dtype), (text + ff_text * text_mlp_gate).astype(self.dtype)), None
+        video = keep_sequence_split((video + ff * mlp_gate).astype(self.dtype), self.backend, self.backend_options)
+        return (video, (text + ff_text * text_mlp_gate).astype(self.dtype)), None
 
 
 class SingleStreamBlock(nn.Module):
-    """`HunyuanVideoSingleTransformerBlock` on the joint sequence: `(x, layer, temb, rope, mask, context) -> (x,
-    None)`."""
+    """`HunyuanVideoSingleTransformerBlock`: `((video, text), layer, temb, rope, mask, context) -> ((video, text),
+    None)`. The original runs on the joint sequence; every layer here but the attention is token-wise, so it runs on
+    each stream with the same parameters (the same numbers), and only the attention joins them (`JointAttention`)."""
 
     num_heads: int
     head_dim: int
@@ -194,16 +210,24 @@ class SingleStreamBlock(nn.Module):
     dtype: Any = jnp.float32
 
     @nn.compact
-    def __call__(self, x, layer, temb, rope, mask, context: nn_attention.AttentionContext):
+    def __call__(self, streams, layer, temb, rope, mask, context: nn_attention.AttentionContext):
+        video, text = streams
+        video = keep_sequence_split(video, self.backend, self.backend_options)
         width = self.num_heads * self.head_dim
         shift, scale, gate = _modulation(temb, 3, width, "norm_linear")
-        h = (_layer_norm(x) * (1 + scale) + shift).astype(self.dtype)
-        mlp = nn.gelu(_dense(self.mlp_dim, self.dtype, "proj_mlp")(h), approximate=True)
+        normed = [(_layer_norm(x) * (1 + scale) + shift).astype(self.dtype) for x in (video, text)]
         attn = JointAttention(self.num_heads, self.head_dim, False, self.backend, self.backend_options, self.dtype,
-                              name="attn")(h, rope=rope, mask=mask, context=context.at_layer(layer))
-        merged = jnp.concatenate([attn.reshape(*attn.shape[:2], width), mlp], axis=-1)
-        out = _dense(width, self.dtype, "proj_out", ("mlp", "embed"))(merged)
-        return (x.astype(jnp.float32) + out * gate).astype(self.dtype), None
+                              name="attn")(*normed, rope=rope, mask=mask, context=context.at_layer(layer))
+        proj_mlp = _dense(self.mlp_dim, self.dtype, "proj_mlp")
+        proj_out = _dense(width, self.dtype, "proj_out", ("mlp", "embed"))
+
+        def merge(x, h, attn):
+            mlp = nn.gelu(proj_mlp(h), approximate=True)
+            out = proj_out(jnp.concatenate([attn.reshape(*attn.shape[:2], width), mlp], axis=-1))
+            return (x.astype(jnp.float32) + out * gate).astype(self.dtype)
+
+        video, text = (merge(*args) for args in zip((video, text), normed, attn))
+        return (keep_sequence_split(video, self.backend, self.backend_options), text), None
 
 
 class RefinerBlock(nn.Module):
@@ -356,10 +380,7 @@ class HunyuanVideoTransformer(nn.Module):
         video = _dense(self.width, self.dtype, "patch_embedding", (None, "embed"))(
             patchify(latents, self.patch).astype(self.dtype))
 
-        # RoPE on the video tokens; text rows rotate by angle 0 (the identity).
-        cos, sin = rope_3d(grid, self.rope_axes_dim, self.rope_theta)
-        rope = (jnp.concatenate([cos, jnp.ones((text_len, cos.shape[1]))]),
-                jnp.concatenate([sin, jnp.zeros((text_len, sin.shape[1]))]))
+        rope = rope_3d(grid, self.rope_axes_dim, self.rope_theta)  # the video tokens' (text rows: the identity)
         # diffusers' key mask: the first video + (number of real text tokens) positions (right-padded text).
         real = layout.video_tokens + jnp.sum(text_mask, axis=1)
         key_mask = (jnp.arange(layout.seq_len)[None, :] < real[:, None])[:, None, None, :]
@@ -374,11 +395,10 @@ class HunyuanVideoTransformer(nn.Module):
         single = scan_layers(SingleStreamBlock, self.single_depth, remat=self.remat, broadcast_inputs=4)(
             self.num_heads, self.head_dim, mlp_dim, self.attention_backend, self.attention_options, self.dtype,
             name="single_blocks")
-        x, _ = single(jnp.concatenate([video, text], axis=1), self.depth + jnp.arange(self.single_depth), temb, rope,
-                      mask, context)
+        (video, _), _ = single((video, text), self.depth + jnp.arange(self.single_depth), temb, rope, mask, context)
 
         scale, shift = _modulation(temb, 2, self.width, "norm_out_linear")
-        h = (_layer_norm(x[:, :layout.video_tokens]) * (1 + scale) + shift).astype(self.dtype)
+        h = (_layer_norm(video) * (1 + scale) + shift).astype(self.dtype)
         return project_out(h, grid, self.patch, self.out_channels)
 
 

@@ -33,6 +33,7 @@ from jaxgen.nn import attention as nn_attention
 from jaxgen.nn import porting
 from jaxgen.nn.dit import CaptionProjection
 from jaxgen.nn.embeddings import TimestepEmbedding
+from jaxgen.nn.sequence_parallel import keep_sequence_split
 from jaxgen.nn.transformer import XAVIER, partitioned, scan_layers
 from jaxgen.projects.svg import ports
 from jaxgen.projects.svg.layout import VideoLayout
@@ -73,6 +74,7 @@ class WanBlock(nn.Module):
 
     @nn.compact
     def __call__(self, x, layer, time_mod, text, rope, context: nn_attention.AttentionContext):
+        x = keep_sequence_split(x, self.backend, self.backend_options)
         table = self.param("scale_shift_table", partitioned(nn.initializers.normal(self.width ** -0.5), None, "embed"),
                            (6, self.width))
         modulation = table + time_mod.astype(jnp.float32)  # [batch, 6, width]
@@ -94,7 +96,8 @@ class WanBlock(nn.Module):
                                self.cross_attention_backend, None, self.dtype, name="attn2")(h, text)
         h = (norm(x) * (1 + scale2) + shift2).astype(self.dtype)
         h = FeedForward(self.ffn_dim, self.dtype, name="ffn")(h)
-        return (x.astype(jnp.float32) + h.astype(jnp.float32) * gate2).astype(self.dtype), None
+        x = (x.astype(jnp.float32) + h.astype(jnp.float32) * gate2).astype(self.dtype)
+        return keep_sequence_split(x, self.backend, self.backend_options), None
 
 
 class WanTransformer(nn.Module):
