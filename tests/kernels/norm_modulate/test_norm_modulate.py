@@ -1,0 +1,87 @@
+"""The fused LayerNorm-modulate kernels against their jnp reference (and the reference against a float64 LayerNorm
+by hand): forward, gradients through the custom_vjp, errors.
+
+The base class runs the compiled Triton-lowered kernels and needs a GPU; the subclass runs the same tests on the
+kernel bodies in interpret mode on CPU. Widths that are not powers of two (40, 48) exercise the padded lanes, which the
+interpreter fills with NaN; sequences that are not multiples of the row blocks exercise the forward's masked rows and
+the backward's zero padding; small blocks give the backward loop several steps and several splits.
+"""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from pallas_kernels.norm_modulate import BlockSizes, layer_norm_modulate, layer_norm_modulate_reference
+from support.numerics import rel_err
+
+_TOLERANCE = {jnp.float32: 1e-5, jnp.bfloat16: 1e-2}
+_BLOCKS = BlockSizes(rows_forward=4, rows_backward=2, splits=2)
+
+
+def _inputs(shape, dtype, seed=0):
+  batch, _, width = shape
+  keys = jax.random.split(jax.random.key(seed), 4)
+  x = (3.0 + 2.0 * jax.random.normal(keys[0], shape)).astype(dtype)  # an offset: the centring has work to do
+  shift = (0.5 * jax.random.normal(keys[1], (batch, width))).astype(dtype)
+  scale = (0.5 * jax.random.normal(keys[2], (batch, width))).astype(dtype)
+  return x, shift, scale, jax.random.normal(keys[3], shape).astype(dtype)
+
+
+class TestLayerNormModulate:
+  """The compiled kernels; need a GPU."""
+
+  INTERPRET = False
+
+  @property
+  def implementation(self):
+    return "pallas_gpu_interpret" if self.INTERPRET else "pallas_gpu"
+
+  @pytest.fixture(autouse=True)
+  def _needs_backend(self):
+    if not self.INTERPRET and jax.default_backend() != "gpu":
+      pytest.skip("the compiled kernels need a GPU; the interpret subclass covers CPU")
+
+  def _op(self, *args):
+    return layer_norm_modulate(*args, 1e-5, implementation=self.implementation, block_sizes=_BLOCKS)
+
+  @pytest.mark.parametrize("dtype, shape", [(jnp.float32, (2, 12, 40)),   # whole row blocks, 40 of 64 lanes
+                                            (jnp.bfloat16, (3, 10, 48))])  # the last row block masked
+  def test_forward_matches_the_reference(self, dtype, shape):
+    x, shift, scale, _ = _inputs(shape, dtype)
+    out = jax.jit(self._op)(x, shift, scale)
+    ref = layer_norm_modulate_reference(x, shift, scale, 1e-5)
+    assert out.shape == x.shape and out.dtype == x.dtype
+    assert rel_err(out, ref) < _TOLERANCE[dtype]
+    if dtype == jnp.float32:
+      x64 = np.asarray(x, np.float64)
+      normed = (x64 - x64.mean(-1, keepdims=True)) / np.sqrt(x64.var(-1, keepdims=True) + 1e-5)
+      by_hand = normed * (1 + np.asarray(scale)[:, None]) + np.asarray(shift)[:, None]
+      assert rel_err(ref, by_hand) < 1e-6
+
+  @pytest.mark.parametrize("dtype", [jnp.float32, jnp.bfloat16])
+  def test_gradients_match_the_reference(self, dtype):
+    """seq 10 with 2-row steps and 2 splits: the backward pads to 12 rows, each split loops 3 steps."""
+    x, shift, scale, dy = _inputs((2, 10, 40), dtype, seed=1)
+    ours = jax.jit(lambda *a: jax.vjp(self._op, *a)[1](dy))(x, shift, scale)
+    want = jax.vjp(lambda *a: layer_norm_modulate_reference(*a, 1e-5), x, shift, scale)[1](dy)
+    for got, expected in zip(ours, want):
+      assert got.shape == expected.shape and got.dtype == expected.dtype
+      assert rel_err(got, expected) < _TOLERANCE[dtype]
+
+  def test_bad_shapes_dtypes_and_names_are_refused(self):
+    x, shift, scale, _ = _inputs((2, 8, 16), jnp.float32)
+    with pytest.raises(ValueError, match=r"got x \(2, 8, 16\), shift \(2, 15\), scale \(2, 16\)"):
+      self._op(x, shift[:, :15], scale)
+    with pytest.raises(ValueError, match=r"got x \(8, 16\)"):
+      self._op(x[0], shift, scale)
+    with pytest.raises(ValueError, match="bf16 / f16 / f32 arrays; got x int32"):
+      self._op(x.astype(jnp.int32), shift, scale)
+    with pytest.raises(ValueError, match="implementation must be one of"):
+      layer_norm_modulate(x, shift, scale, implementation="triton")
+
+
+class TestLayerNormModulateInterpret(TestLayerNormModulate):
+  """The kernel bodies interpreted on CPU."""
+
+  INTERPRET = True
