@@ -4,7 +4,9 @@ XLA runs a DiT block's norm-modulate as several elementwise and reduction fusion
 reading and writing the activations; on DiT-XL/2 training those fusions were a large part of the time XLA spent
 outside matrix products and attention (experiments/bench/README.md, "DiT-XL/2 training"). Here the forward pass reads
 x once and writes y once; the backward pass reads x and dy once and writes dx once, with the sequence sums that give
-dshift and dscale kept in registers (details: kernel_gpu.py).
+dshift and dscale kept in registers (details: kernel_gpu.py). `residual_layer_norm_modulate` also takes the gated residual
+before the norm, `z = x + gate * h` (a block's attention residual, then the MLP's norm-modulate), writing z and y
+in one pass and reading z back only in the backward pass.
 
 Why the Pallas Triton lowering (deprecated since JAX 0.11, still working) rather than Mosaic GPU, the house default
 for Hopper: the op is a row-wise reduction with no matrix product, so none of what Mosaic GPU adds (wgmma, TMA,
@@ -17,8 +19,10 @@ Implementations (`IMPLEMENTATIONS`): "xla" (the jnp reference), "pallas_gpu", "p
 """
 
 from pallas_kernels.norm_modulate.ops import IMPLEMENTATIONS, default_implementation, layer_norm_modulate
+from pallas_kernels.norm_modulate.ops import residual_layer_norm_modulate
 from pallas_kernels.norm_modulate.reference import layer_norm_modulate as layer_norm_modulate_reference
+from pallas_kernels.norm_modulate.reference import residual_layer_norm_modulate as residual_layer_norm_modulate_reference
 from pallas_kernels.norm_modulate.tuning import BlockSizes
 
 __all__ = ["BlockSizes", "IMPLEMENTATIONS", "default_implementation", "layer_norm_modulate",
-           "layer_norm_modulate_reference"]
+           "layer_norm_modulate_reference", "residual_layer_norm_modulate", "residual_layer_norm_modulate_reference"]

@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 
 from pallas_kernels.norm_modulate import BlockSizes, layer_norm_modulate, layer_norm_modulate_reference
+from pallas_kernels.norm_modulate import residual_layer_norm_modulate, residual_layer_norm_modulate_reference
 from support.numerics import rel_err
 
 _TOLERANCE = {jnp.float32: 1e-5, jnp.bfloat16: 1e-2}
@@ -69,6 +70,20 @@ class TestLayerNormModulate:
       assert got.shape == expected.shape and got.dtype == expected.dtype
       assert rel_err(got, expected) < _TOLERANCE[dtype]
 
+  @pytest.mark.parametrize("dtype", [jnp.float32, jnp.bfloat16])
+  def test_residual_variant_matches_the_reference_forward_and_backward(self, dtype):
+    """z = x + gate * h and y = norm-modulate(z); both outputs carry cotangents (the stream goes on past the norm)."""
+    x, shift, scale, dy = _inputs((2, 10, 40), dtype, seed=2)
+    h, gate, _, dz = _inputs((2, 10, 40), dtype, seed=3)
+    op = lambda *a: residual_layer_norm_modulate(*a, 1e-5, implementation=self.implementation, block_sizes=_BLOCKS)
+    (z, y), grads = jax.jit(lambda *a: (lambda out, vjp: (out, vjp((dz, dy))))(*jax.vjp(op, *a)))(
+        x, h, gate, shift, scale)
+    (want_z, want_y), want_vjp = jax.vjp(lambda *a: residual_layer_norm_modulate_reference(*a, 1e-5), x, h, gate,
+                                         shift, scale)
+    for got, expected in zip((z, y, *grads), (want_z, want_y, *want_vjp((dz, dy)))):
+      assert got.shape == expected.shape and got.dtype == expected.dtype
+      assert rel_err(got, expected) < _TOLERANCE[dtype]
+
   def test_bad_shapes_dtypes_and_names_are_refused(self):
     x, shift, scale, _ = _inputs((2, 8, 16), jnp.float32)
     with pytest.raises(ValueError, match=r"got x \(2, 8, 16\), shift \(2, 15\), scale \(2, 16\)"):
@@ -77,6 +92,8 @@ class TestLayerNormModulate:
       self._op(x[0], shift, scale)
     with pytest.raises(ValueError, match="bf16 / f16 / f32 arrays; got x int32"):
       self._op(x.astype(jnp.int32), shift, scale)
+    with pytest.raises(ValueError, match=r"got x \(2, 8, 16\), h \(2, 8, 8\), gate \(2, 16\)"):
+      residual_layer_norm_modulate(x, x[..., :8], shift, shift, scale, implementation=self.implementation)
     with pytest.raises(ValueError, match="implementation must be one of"):
       layer_norm_modulate(x, shift, scale, implementation="triton")
 
