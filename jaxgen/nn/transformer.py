@@ -10,8 +10,10 @@ the identity. Options cover what the video models add without forking the block:
     identity), so the block needs no notion of where video tokens start.
   - `norm_implementation`: how LayerNorm and the adaLN modulation `norm(x) * (1 + scale) + shift` run
     (`NORM_MODULATE`): "xla" (default) as flax's LayerNorm followed by the modulation; "pallas_gpu" as one fused
-    kernel each way (`pallas_kernels.norm_modulate`), "pallas_gpu_interpret" its interpreted twin for CPU tests. The
-    fused kernel computes in float32 and rounds once, so in bf16 it differs from "xla" by rounding.
+    kernel each way (`pallas_kernels.norm_modulate`), which for the MLP's norm also takes the attention's gated
+    residual `x + gate1 * attn` (one read of each input, one write of the stream and of the MLP's input);
+    "pallas_gpu_interpret" its interpreted twin for CPU tests. The fused kernels compute in float32 and round once,
+    so in bf16 they differ from "xla" by rounding. They need one modulation per sample (`modulation_groups` 1).
   - `cross_attention`: PixArt-α's text conditioning: between self-attention and the MLP, the tokens attend to a
     sequence of caption embeddings (`CrossAttention`), added without a norm or gate, its output projection starting
     at zero so the block still starts as the identity. The call then takes `captions` and `caption_mask` too.
@@ -26,8 +28,8 @@ written with; `jaxgen.nn.dit.from_diffusers` maps diffusers' names onto them.
 from __future__ import annotations
 
 import functools
-from collections.abc import Mapping
-from typing import Any
+from collections.abc import Callable, Mapping
+from typing import Any, NamedTuple
 
 import flax.linen as nn
 import jax
@@ -89,30 +91,69 @@ def _flax_norm_modulate(x, shift, scale, *, eps, dtype):
     return nn.LayerNorm(eps, use_scale=False, use_bias=False, dtype=dtype)(x) * (1 + scale) + shift
 
 
+def _flax_residual_norm_modulate(x, h, gate, shift, scale, *, eps, dtype):
+    x = x + gate * h
+    return x, _flax_norm_modulate(x, shift, scale, eps=eps, dtype=dtype)
+
+
+def _per_sample(x, implementation, **modulation):
+    """`[batch, 1, width]` modulation arrays -> `[batch, width]`, the fused kernels' form."""
+    if any(a.shape != (x.shape[0], 1, x.shape[2]) for a in modulation.values()):
+        raise ValueError(f"norm_implementation {implementation!r} takes one modulation per sample, [batch, 1, width] "
+                         f"for x {x.shape}; got " + ", ".join(f"{k} {a.shape}" for k, a in modulation.items())
+                         + " (per-token modulation, e.g. modulation_groups > 1, needs norm_implementation 'xla')")
+    return [a[:, 0] for a in modulation.values()]
+
+
 def _fused_norm_modulate(x, shift, scale, *, eps, dtype, implementation):
     del dtype  # the kernel's output has x's dtype
-    if shift.shape != (x.shape[0], 1, x.shape[2]):
-        raise ValueError(f"norm_implementation {implementation!r} takes one modulation per sample, shift and scale "
-                         f"[batch, 1, width] for x {x.shape}; got {shift.shape} (per-token modulation, e.g. "
-                         f"modulation_groups > 1, needs norm_implementation 'xla')")
-    return norm_modulate.layer_norm_modulate(x, shift[:, 0], scale[:, 0], eps, implementation=implementation)
+    shift, scale = _per_sample(x, implementation, shift=shift, scale=scale)
+    return norm_modulate.layer_norm_modulate(x, shift, scale, eps, implementation=implementation)
 
 
-# name -> (x, shift, scale, *, eps, dtype) -> LayerNorm(x) * (1 + scale) + shift; called inside a compact module.
+def _fused_residual_norm_modulate(x, h, gate, shift, scale, *, eps, dtype, implementation):
+    del dtype
+    gate, shift, scale = _per_sample(x, implementation, gate=gate, shift=shift, scale=scale)
+    return norm_modulate.residual_layer_norm_modulate(x, h, gate, shift, scale, eps, implementation=implementation)
+
+
+class NormModulate(NamedTuple):
+    """How one `norm_implementation` runs adaLN's norm-modulate, alone (`plain(x, shift, scale, *, eps, dtype) -> y`)
+    and after a gated residual (`residual(x, h, gate, shift, scale, *, eps, dtype) -> (x + gate * h, y)`)."""
+    plain: Callable
+    residual: Callable
+
+
+def _fused(implementation: str) -> NormModulate:
+    return NormModulate(functools.partial(_fused_norm_modulate, implementation=implementation),
+                        functools.partial(_fused_residual_norm_modulate, implementation=implementation))
+
+
+# Called inside a compact module ("xla" adds a parameter-free `nn.LayerNorm` there).
 NORM_MODULATE = {
-    "xla": _flax_norm_modulate,
-    "pallas_gpu": functools.partial(_fused_norm_modulate, implementation="pallas_gpu"),
-    "pallas_gpu_interpret": functools.partial(_fused_norm_modulate, implementation="pallas_gpu_interpret"),
+    "xla": NormModulate(_flax_norm_modulate, _flax_residual_norm_modulate),
+    "pallas_gpu": _fused("pallas_gpu"),
+    "pallas_gpu_interpret": _fused("pallas_gpu_interpret"),
 }
+
+
+def _norm_modulate(implementation: str) -> NormModulate:
+    if implementation not in NORM_MODULATE:
+        raise ValueError(f"norm_implementation must be one of {sorted(NORM_MODULATE)}; got {implementation!r}")
+    return NORM_MODULATE[implementation]
 
 
 def adaln_norm_modulate(x, shift, scale, *, eps: float, implementation: str = "xla", dtype: Any = None):
     """adaLN: LayerNorm without affine parameters, then `* (1 + scale) + shift`; x `[batch, seq, width]`, shift and
-    scale broadcastable to it (`[batch, 1, width]` for the fused kernels). Call it inside a compact module: "xla" adds
-    a parameter-free `nn.LayerNorm` there."""
-    if implementation not in NORM_MODULATE:
-        raise ValueError(f"norm_implementation must be one of {sorted(NORM_MODULATE)}; got {implementation!r}")
-    return NORM_MODULATE[implementation](x, shift, scale, eps=eps, dtype=dtype)
+    scale broadcastable to it (`[batch, 1, width]` for the fused kernels). Call it inside a compact module."""
+    return _norm_modulate(implementation).plain(x, shift, scale, eps=eps, dtype=dtype)
+
+
+def adaln_residual_norm_modulate(x, h, gate, shift, scale, *, eps: float, implementation: str = "xla",
+                                 dtype: Any = None):
+    """`x + gate * h`, then `adaln_norm_modulate` of it; returns both (the residual stream and the normalised input of
+    the next layer), which the fused kernels produce in one pass. Call it inside a compact module."""
+    return _norm_modulate(implementation).residual(x, h, gate, shift, scale, eps=eps, dtype=dtype)
 
 
 class Attention(nn.Module):
@@ -222,13 +263,16 @@ class AdaLNZeroBlock(nn.Module):
         context = context.at_layer(layer)
         h = adaln_norm_modulate(x, shift1, scale1, eps=self.attn_norm_eps, implementation=self.norm_implementation,
                                 dtype=self.dtype)
-        x = x + gate1 * Attention(self.num_heads, self.width // self.num_heads, self.backend, self.backend_options,
-                                  self.qkv_bias, self.qk_norm, self.dtype, name="attn")(h, rope=rope, context=context)
-        if self.cross_attention:
-            x = x + CrossAttention(self.num_heads, self.width // self.num_heads, self.backend, self.backend_options,
-                                   self.dtype, name="cross_attn")(x, captions, caption_mask)
-        h = adaln_norm_modulate(x, shift2, scale2, eps=self.mlp_norm_eps, implementation=self.norm_implementation,
-                                dtype=self.dtype)
+        residual = Attention(self.num_heads, self.width // self.num_heads, self.backend, self.backend_options,
+                             self.qkv_bias, self.qk_norm, self.dtype, name="attn")(h, rope=rope, context=context)
+        gate = gate1
+        if self.cross_attention:  # then the ungated cross-attention residual is the one the MLP's norm follows
+            x = x + gate * residual
+            residual = CrossAttention(self.num_heads, self.width // self.num_heads, self.backend,
+                                      self.backend_options, self.dtype, name="cross_attn")(x, captions, caption_mask)
+            gate = jnp.ones_like(gate1)
+        x, h = adaln_residual_norm_modulate(x, residual, gate, shift2, scale2, eps=self.mlp_norm_eps,
+                                            implementation=self.norm_implementation, dtype=self.dtype)
         h = nn.Dense(int(self.mlp_ratio * self.width), dtype=self.dtype, name="Dense_0",
                      kernel_init=partitioned(XAVIER, "embed", "mlp"),
                      bias_init=partitioned(nn.initializers.zeros, "mlp"))(h)
