@@ -1,5 +1,5 @@
 """Benchmark: the fused LayerNorm-modulate kernels (pallas_kernels/norm_modulate) against XLA, forward and forward +
-backward, at DiT-XL/2's activation shape.
+backward, at DiT-XL/2's activation shape, without and with the gated residual before the norm.
 
 Recipe:
   command   PYTHONPATH=. python3 experiments/bench/norm_modulate.py [--shapes 128x256x1152 32x256x1152]
@@ -11,14 +11,18 @@ Recipe:
   expected  nothing measured yet; the kernels move the minimum bytes (forward: read x, write y; backward: read x and
             dy, write dx), so the question is how close to HBM bandwidth they run against XLA's fusions
 
-What it times, per shape `[batch, seq, width]` (bf16, shift / scale `[batch, width]` bf16), in one process on one card:
-  "flax"        `nn.LayerNorm(dtype=bf16)(x) * (1 + scale) + shift`: what DiT's blocks run by default, XLA-fused;
+What it times, per shape `[batch, seq, width]` (bf16, shift / scale / gate `[batch, width]` bf16), in one process on
+one card, for two ops: "norm_modulate" (y = LayerNorm(x) * (1 + scale) + shift) and "residual_norm_modulate" (z = x +
+gate * h, then y of z; a DiT block's attention residual and MLP norm), each as
+  "flax"        `nn.LayerNorm(dtype=bf16)` and the modulation (and residual) in bf16: what DiT's blocks run by
+                default, XLA-fused;
   "xla"         the op's jnp reference (float32 throughout, one rounding), XLA-fused and differentiated;
   "pallas_gpu"  the fused kernels with the device's BlockSizes, then each `--variants` entry.
-Each in two modes: "forward" (y) and "forward+backward" (y, then dx, dshift, dscale for a fixed dy, in one jit). Time
-per call = median over `--windows` windows of `--calls` back-to-back calls (one block_until_ready per window), after a
-compiling call. "GB/s" = the minimum bytes each mode must move (forward 2, forward+backward 5 activation-sized bf16
-arrays) / time, comparable to HBM bandwidth (3.35 TB/s on H100 SXM). Every row also carries its largest error against
+Each in two modes: "forward" and "forward+backward" (the outputs, then every input's gradient for fixed cotangents,
+in one jit). Time per call = median over `--windows` windows of `--calls` back-to-back calls (one block_until_ready
+per window), after a compiling call. "GB/s" = the minimum bytes each mode must move (norm_modulate: forward 2,
+forward+backward 5 activation-sized bf16 arrays; residual: 4 and 10) / time, comparable to HBM bandwidth (3.35 TB/s
+on H100 SXM). Every row also carries its largest error against
 the float32 reference (relative to the reference's largest magnitude), so a wrong kernel cannot post a fast time.
 Writes JSON (default $OUT/norm_modulate.json when OUT is set, else beside this script) after every row; prints the
 device. Depends on jax, flax and numpy (and pallas_kernels).
@@ -40,6 +44,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from pallas_kernels.norm_modulate import BlockSizes, layer_norm_modulate, layer_norm_modulate_reference
+from pallas_kernels.norm_modulate import residual_layer_norm_modulate, residual_layer_norm_modulate_reference
 from pallas_kernels.norm_modulate import tuning
 
 EPS = 1e-6
@@ -48,6 +53,20 @@ EPS = 1e-6
 def flax_norm_modulate(x, shift, scale):
   normed = nn.LayerNorm(EPS, use_scale=False, use_bias=False, dtype=x.dtype).apply({}, x)
   return normed * (1 + scale[:, None]) + shift[:, None]
+
+
+def flax_residual_norm_modulate(x, h, gate, shift, scale):
+  z = x + gate[:, None] * h
+  return z, flax_norm_modulate(z, shift, scale)
+
+
+# op -> (flax baseline, the op, its float32 reference, activation-sized inputs, minimum activation-sized arrays moved
+# by the forward pass and by forward + backward)
+OPS = {
+    "norm_modulate": (flax_norm_modulate, layer_norm_modulate, layer_norm_modulate_reference, 1, 2, 5),
+    "residual_norm_modulate": (flax_residual_norm_modulate, residual_layer_norm_modulate,
+                               residual_layer_norm_modulate_reference, 2, 4, 10),
+}
 
 
 def timed(fn, args, *, windows, calls):
@@ -93,46 +112,47 @@ def main():
   device = jax.devices()[0]
   print(f"device: {device.device_kind} ({jax.default_backend()}), jax {jax.__version__}", flush=True)
   default_blocks = tuning.block_sizes_for(device.device_kind)
-  candidates = {"flax": (flax_norm_modulate, None), "xla": (None, "xla"),
-                kernel: (None, kernel)}
+  candidates = {"flax": None, "xla": "xla", kernel: kernel}  # row name -> implementation
   blocks_by_name = {kernel: default_blocks}
   for text in args.variants:
-    name = f"{kernel} {text}"
-    candidates[name] = (None, kernel)
-    blocks_by_name[name] = parse_variant(text)
+    candidates[f"{kernel} {text}"] = kernel
+    blocks_by_name[f"{kernel} {text}"] = parse_variant(text)
 
   report = {"device": device.device_kind, "backend": jax.default_backend(), "jax": jax.__version__,
             "date": time.strftime("%Y-%m-%d"), "dtype": "bfloat16", "eps": EPS, "rows": []}
   for shape_text in args.shapes:
     batch, seq, width = (int(v) for v in shape_text.split("x"))
-    keys = jax.random.split(jax.random.key(0), 4)
-    x = (1.0 + jax.random.normal(keys[0], (batch, seq, width))).astype(jnp.bfloat16)
-    shift = (0.5 * jax.random.normal(keys[1], (batch, width))).astype(jnp.bfloat16)
-    scale = (0.5 * jax.random.normal(keys[2], (batch, width))).astype(jnp.bfloat16)
-    dy = jax.random.normal(keys[3], x.shape).astype(jnp.bfloat16)
-    f32 = [a.astype(jnp.float32) for a in (x, shift, scale, dy)]
-    want_y = layer_norm_modulate_reference(*f32[:3], EPS)
-    want_grads = jax.vjp(lambda *a: layer_norm_modulate_reference(*a, EPS), *f32[:3])[1](f32[3])
-    activation_gb = x.size * x.dtype.itemsize / 1e9
-    for name, (fn, implementation) in candidates.items():
-      if fn is None:
-        fn = (lambda impl, blocks: lambda a, b, c: layer_norm_modulate(a, b, c, EPS, implementation=impl,
-                                                                       block_sizes=blocks))(
-            implementation, blocks_by_name.get(name))
-      forward = jax.jit(fn)
-      both = jax.jit(lambda a, b, c, g, fn=fn: (lambda y, vjp: (y, vjp(g)))(*jax.vjp(fn, a, b, c)))
-      y, grads = both(x, shift, scale, dy)
-      error = max(max_error(forward(x, shift, scale), want_y), max_error(y, want_y), max_error(grads, want_grads))
-      for mode, call, arrays, call_args in (("forward", forward, 2, (x, shift, scale)),
-                                            ("forward+backward", both, 5, (x, shift, scale, dy))):
-        ms = timed(call, call_args, windows=args.windows, calls=args.calls)
-        row = {"shape": [batch, seq, width], "implementation": name, "mode": mode, "ms": ms,
-               "gb_per_s": arrays * activation_gb / (ms / 1e3), "max_rel_error": error,
-               "blocks": dataclasses.asdict(blocks_by_name[name]) if name in blocks_by_name else None}
-        report["rows"].append(row)
-        out_path.write_text(json.dumps(report, indent=2) + "\n")
-        print(f"{shape_text:>14}  {name:<28} {mode:<17} {ms:8.3f} ms  {row['gb_per_s']:7.1f} GB/s  "
-              f"err {error:.1e}", flush=True)
+    keys = iter(jax.random.split(jax.random.key(0), 16))  # 11 used
+    activation = lambda: jax.random.normal(next(keys), (batch, seq, width)).astype(jnp.bfloat16)  # noqa: E731
+    per_sample = lambda: (0.5 * jax.random.normal(next(keys), (batch, width))).astype(jnp.bfloat16)  # noqa: E731
+    activation_gb = batch * seq * width * 2 / 1e9
+    for op, (flax_fn, fused_fn, reference_fn, num_activations, forward_arrays, both_arrays) in OPS.items():
+      inputs = [activation() + 1.0 for _ in range(num_activations)] + [per_sample() for _ in range(
+          num_activations + 1)]  # x (, h), (gate,) shift, scale
+      cotangent = jax.tree.map(lambda a: jax.random.normal(next(keys), a.shape).astype(a.dtype),
+                               jax.eval_shape(flax_fn, *inputs))
+      f32 = lambda tree: jax.tree.map(lambda a: a.astype(jnp.float32), tree)  # noqa: E731
+      want_out, want_vjp = jax.vjp(lambda *a: reference_fn(*a, EPS), *f32(inputs))
+      want_grads = want_vjp(f32(cotangent))
+      for name in candidates:
+        if name == "flax":
+          fn = flax_fn
+        else:
+          fn = (lambda impl, blocks: lambda *a: fused_fn(*a, EPS, implementation=impl, block_sizes=blocks))(
+              candidates[name], blocks_by_name.get(name))
+        forward = jax.jit(fn)
+        both = jax.jit(lambda *a, fn=fn: (lambda out, vjp: (out, vjp(cotangent)))(*jax.vjp(fn, *a)))
+        out, grads = both(*inputs)
+        error = max(max_error(forward(*inputs), want_out), max_error(out, want_out), max_error(grads, want_grads))
+        for mode, call, arrays in (("forward", forward, forward_arrays), ("forward+backward", both, both_arrays)):
+          ms = timed(call, inputs, windows=args.windows, calls=args.calls)
+          row = {"op": op, "shape": [batch, seq, width], "implementation": name, "mode": mode, "ms": ms,
+                 "gb_per_s": arrays * activation_gb / (ms / 1e3), "max_rel_error": error,
+                 "blocks": dataclasses.asdict(blocks_by_name[name]) if name in blocks_by_name else None}
+          report["rows"].append(row)
+          out_path.write_text(json.dumps(report, indent=2) + "\n")
+          print(f"{shape_text:>14}  {op:<22} {name:<28} {mode:<17} {ms:8.3f} ms  {row['gb_per_s']:7.1f} GB/s  "
+                f"err {error:.1e}", flush=True)
   print(f"results in {out_path}")
 
 

@@ -81,8 +81,8 @@ class DiT(nn.Module):
     attention_backend / attention_options: a `jaxgen.nn.attention` backend ("dense" on CPU, "cudnn" on GPU).
     caption_dim: the width of caption embeddings; None (default) builds the class-conditional DiT without captions.
     norm_implementation: how every adaLN LayerNorm + modulation runs (`jaxgen.nn.transformer.NORM_MODULATE`): "xla"
-        (default) or "pallas_gpu", the fused kernel of `pallas_kernels.norm_modulate` (one read and one write of the
-        activations each way); no effect on the parameters.
+        (default) or "pallas_gpu", the fused kernels of `pallas_kernels.norm_modulate` (the MLP's norm with the
+        attention residual before it); no effect on the parameters.
     remat / scan_unroll: rematerialise each block in the backward pass / run `scan_unroll` blocks per iteration of the
         block scan (`jaxgen.nn.transformer.scan_layers`; `depth` unrolls it); neither changes the parameters.
     """
