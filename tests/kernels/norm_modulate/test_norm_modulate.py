@@ -4,7 +4,8 @@ by hand): forward, gradients through the custom_vjp, errors.
 The base class runs the compiled Triton-lowered kernels and needs a GPU; the subclass runs the same tests on the
 kernel bodies in interpret mode on CPU. Widths that are not powers of two (40, 48) exercise the padded lanes, which the
 interpreter fills with NaN; sequences that are not multiples of the row blocks exercise the forward's masked rows and
-the backward's zero padding; small blocks give the backward loop several steps and several splits.
+the backward's zero padding; small blocks give the backward loop several steps and several splits. One more test
+lowers the compiled kernels to Triton IR for an abstract H100, which needs no GPU.
 """
 
 import jax
@@ -27,6 +28,21 @@ def _inputs(shape, dtype, seed=0):
   shift = (0.5 * jax.random.normal(keys[1], (batch, width))).astype(dtype)
   scale = (0.5 * jax.random.normal(keys[2], (batch, width))).astype(dtype)
   return x, shift, scale, jax.random.normal(keys[3], shape).astype(dtype)
+
+
+def test_compiled_kernels_lower_to_triton_for_an_h100():
+  """Without a GPU, the Pallas-to-Triton lowering (the step that refuses blocks whose size is not a power of two, or a
+  primitive Triton lacks) still runs for an abstract H100: both ops, forward and backward, at DiT-XL/2's width 1152."""
+  device = jax.sharding.AbstractDevice(device_kind="NVIDIA H100 80GB HBM3", num_cores=132, platform="gpu")
+  mesh = jax.sharding.AbstractMesh((1,), ("x",), axis_types=(jax.sharding.AxisType.Auto,), abstract_device=device)
+  x, row = jnp.zeros((2, 256, 1152), jnp.bfloat16), jnp.zeros((2, 1152), jnp.bfloat16)
+  plain = lambda x, s, c: layer_norm_modulate(x, s, c, implementation="pallas_gpu")
+  residual = lambda x, h, g, s, c: residual_layer_norm_modulate(x, h, g, s, c, implementation="pallas_gpu")
+  with jax.sharding.use_abstract_mesh(mesh):
+    for op, args in ((plain, (x, row, row)), (residual, (x, x, row, row, row))):
+      step = lambda *a, op=op: (lambda out, vjp: vjp(out))(*jax.vjp(op, *a))
+      text = jax.jit(step).trace(*args).lower(lowering_platforms=("cuda",)).as_text()
+      assert text.count("__gpu$xla.gpu.triton") == 2  # the forward and the backward kernel
 
 
 class TestLayerNormModulate:
