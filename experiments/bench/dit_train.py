@@ -22,7 +22,8 @@ schedule, predict with the model, mean squared error of the first 4 output chann
 noise in float32 (DiT's learned-sigma VLB term is left out: it is a few elementwise ops), gradients, AdamW (lr 1e-4,
 betas 0.9/0.999, eps 1e-8, no weight decay, as DiT trains) and the parameter update.
   JAX:     `jaxgen.diffusion.ddpm.loss` + `optax.adamw` in one `jax.jit` with the state donated; cuDNN attention
-           (`jaxgen.nn.attention` backend "cudnn"); the whole step compiled ahead of time.
+           (`jaxgen.nn.attention` backend "cudnn"); the whole step compiled ahead of time. `--scan-unroll` and
+           `--norm-implementation` (fused LayerNorm-modulate kernels) are recorded in the JSON.
   PyTorch: the loss (noising included) under `torch.compile` with static shapes (whole model by default, in
            torch's default mode; `--torch-compile blocks` compiles each transformer block instead, which compiles
            faster, and `--torch-compile-mode` picks another mode), `loss.backward()`, fused `torch.optim.AdamW`;
@@ -193,7 +194,7 @@ def jax_benchmark(args, config: dict[str, Any], save: Callable[[dict], None]) ->
     on_gpu = jax.default_backend() == "gpu"
     log(f"JAX {jax.__version__} on {device.device_kind} ({jax.default_backend()})")
     model = dit.module_from_config(config, dtype=jnp.dtype(args.compute_dtype), remat=args.remat,
-                                   scan_unroll=args.scan_unroll,
+                                   scan_unroll=args.scan_unroll, norm_implementation=args.norm_implementation,
                                    attention_backend=args.jax_attention or ("cudnn" if on_gpu else "dense"))
     schedule = ddpm.linear_schedule(NUM_TRAIN_TIMESTEPS, BETA_START, BETA_END)
     optimizer = optax.adamw(**ADAMW)
@@ -221,11 +222,13 @@ def jax_benchmark(args, config: dict[str, Any], save: Callable[[dict], None]) ->
     train_step = jax.jit(train_step, donate_argnums=0)
     state = init_state(jax.random.key(0))
     num_params = sum(leaf.size for leaf in jax.tree.leaves(state[0]))
-    log(f"JAX model: {num_params / 1e6:.1f} M parameters, attention backend {model.attention_backend!r}")
+    log(f"JAX model: {num_params / 1e6:.1f} M parameters, attention backend {model.attention_backend!r}, scan "
+        f"unroll {model.scan_unroll}, norm-modulate {model.norm_implementation!r}")
     flops, peak = forward_flops_per_image(config), peak_flops(device.device_kind)
     result = {"framework": "jax", "device": device.device_kind, "versions": {"jax": jax.__version__, "flax":
               flax.__version__, "optax": optax.__version__}, "parameters": num_params,
-              "attention": model.attention_backend, "rows": []}
+              "attention": model.attention_backend, "scan_unroll": model.scan_unroll,
+              "norm_implementation": model.norm_implementation, "rows": []}
 
     def runner(compiled, latents, labels):
         """`(step, wait)` for `measure`: the compiled step over this batch, advancing the one training state."""
@@ -513,6 +516,10 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--scan-unroll", type=int, default=1,
                         help="JAX: DiT blocks per iteration of the block scan (28 for DiT-XL/2: no loop, so no "
                              "stacking copies of saved activations and gradients; longer compile)")
+    parser.add_argument("--norm-implementation", default="xla",
+                        help="JAX: how the adaLN LayerNorm + modulation runs (jaxgen.nn.transformer.NORM_MODULATE): "
+                             "xla (flax LayerNorm, XLA fusions) or pallas_gpu (pallas_kernels.norm_modulate's fused "
+                             "kernels); pallas_gpu_interpret for a CPU check")
     parser.add_argument("--jax-attention", help="jaxgen.nn.attention backend (default: cudnn on GPU, else dense)")
     parser.add_argument("--torch-compile", choices=["model", "blocks", "off"],
                         help="what torch.compile compiles; default model (--tiny: off)")
@@ -563,7 +570,7 @@ def main(argv: Sequence[str] | None = None) -> None:
                       "config": config, "forward_gflops_per_image": forward_flops_per_image(config) / 1e9,
                       "train_gflops_per_image": 3 * forward_flops_per_image(config) / 1e9,
                       "compute_dtype": args.compute_dtype, "remat": args.remat,
-                      "scan_unroll": args.scan_unroll,
+                      "scan_unroll": args.scan_unroll, "norm_implementation": args.norm_implementation,
                       "timing": {"warmup_steps": args.warmup, "windows": args.windows, "steps_per_window": args.steps},
                       "wall_s": time.time() - STARTED, **results, **compare(results)}
             if args.out:  # after each framework, so a run cut short keeps what it measured

@@ -39,7 +39,7 @@ import numpy as np
 from jaxgen.nn import attention as nn_attention
 from jaxgen.nn import porting, safetensors_io
 from jaxgen.nn.embeddings import LabelEmbedding, TimestepEmbedding, sincos_2d
-from jaxgen.nn.transformer import XAVIER, partitioned, scanned_blocks
+from jaxgen.nn.transformer import XAVIER, adaln_norm_modulate, partitioned, scanned_blocks
 
 
 def patchify(images: jax.Array, patch: int) -> jax.Array:
@@ -80,6 +80,9 @@ class DiT(nn.Module):
     mlp_norm_eps: the MLP LayerNorm's epsilon (diffusers' `norm_eps`, 1e-5; the original DiT 1e-6).
     attention_backend / attention_options: a `jaxgen.nn.attention` backend ("dense" on CPU, "cudnn" on GPU).
     caption_dim: the width of caption embeddings; None (default) builds the class-conditional DiT without captions.
+    norm_implementation: how every adaLN LayerNorm + modulation runs (`jaxgen.nn.transformer.NORM_MODULATE`): "xla"
+        (default) or "pallas_gpu", the fused kernels of `pallas_kernels.norm_modulate` (the MLP's norm with the
+        attention residual before it); no effect on the parameters.
     remat / scan_unroll: rematerialise each block in the backward pass / run `scan_unroll` blocks per iteration of the
         block scan (`jaxgen.nn.transformer.scan_layers`; `depth` unrolls it); neither changes the parameters.
     """
@@ -103,6 +106,7 @@ class DiT(nn.Module):
     dtype: Any = jnp.float32
     remat: bool = False
     scan_unroll: int = 1
+    norm_implementation: str = "xla"
 
     def __post_init__(self):
         if self.width % self.num_heads or self.width % 4:
@@ -152,14 +156,14 @@ class DiT(nn.Module):
                                 mlp_ratio=self.mlp_ratio, qkv_bias=self.qkv_bias, mlp_norm_eps=self.mlp_norm_eps,
                                 approximate_gelu=self.approximate_gelu, cross_attention=captions is not None,
                                 backend=self.attention_backend, backend_options=self.attention_options,
-                                dtype=self.dtype, name="blocks")
+                                norm_implementation=self.norm_implementation, dtype=self.dtype, name="blocks")
         h, _ = blocks(h, jnp.arange(self.depth), c, None, None, context, *caption_inputs)
 
         shift, scale = jnp.split(nn.Dense(2 * self.width, name="final_adaln",
                                           kernel_init=partitioned(nn.initializers.zeros, "embed", "mlp"),
                                           bias_init=partitioned(nn.initializers.zeros, "mlp"))(nn.silu(c))[:, None],
                                  2, axis=-1)
-        h = nn.LayerNorm(1e-6, use_scale=False, use_bias=False)(h) * (1 + scale) + shift
+        h = adaln_norm_modulate(h, shift, scale, eps=1e-6, implementation=self.norm_implementation)
         h = nn.Dense(self.patch_size ** 2 * self.output_channels, dtype=jnp.float32, name="unpatchify",
                      kernel_init=partitioned(nn.initializers.zeros, "embed", None),
                      bias_init=partitioned(nn.initializers.zeros, None))(h)

@@ -8,6 +8,12 @@ the identity. Options cover what the video models add without forking the block:
   - `qk_norm`: RMSNorm on queries and keys (CogVideoX, HunyuanVideo), which keeps bf16 logits tame in deep stacks.
   - `rope`: (cos, sin) tables over the whole sequence; tokens without a position (captions) get angle 0 (the
     identity), so the block needs no notion of where video tokens start.
+  - `norm_implementation`: how LayerNorm and the adaLN modulation `norm(x) * (1 + scale) + shift` run
+    (`NORM_MODULATE`): "xla" (default) as flax's LayerNorm followed by the modulation; "pallas_gpu" as one fused
+    kernel each way (`pallas_kernels.norm_modulate`), which for the MLP's norm also takes the attention's gated
+    residual `x + gate1 * attn` (one read of each input, one write of the stream and of the MLP's input);
+    "pallas_gpu_interpret" its interpreted twin for CPU tests. The fused kernels compute in float32 and round once,
+    so in bf16 they differ from "xla" by rounding. They need one modulation per sample (`modulation_groups` 1).
   - `cross_attention`: PixArt-α's text conditioning: between self-attention and the MLP, the tokens attend to a
     sequence of caption embeddings (`CrossAttention`), added without a norm or gate, its output projection starting
     at zero so the block still starts as the identity. The call then takes `captions` and `caption_mask` too.
@@ -21,14 +27,16 @@ written with; `jaxgen.nn.dit.from_diffusers` maps diffusers' names onto them.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-from typing import Any
+import functools
+from collections.abc import Callable, Mapping
+from typing import Any, NamedTuple
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
 from jaxgen.nn import attention as nn_attention
+from pallas_kernels import norm_modulate
 
 XAVIER = nn.initializers.xavier_uniform()
 
@@ -77,6 +85,75 @@ def apply_rope(x: jax.Array, cos: jax.Array, sin: jax.Array) -> jax.Array:
     c, s = cos[None, :, None], sin[None, :, None]
     rotated = jnp.stack([pairs[..., 0] * c - pairs[..., 1] * s, pairs[..., 0] * s + pairs[..., 1] * c], -1)
     return rotated.reshape(x.shape).astype(x.dtype)
+
+
+def _flax_norm_modulate(x, shift, scale, *, eps, dtype):
+    return nn.LayerNorm(eps, use_scale=False, use_bias=False, dtype=dtype)(x) * (1 + scale) + shift
+
+
+def _flax_residual_norm_modulate(x, h, gate, shift, scale, *, eps, dtype):
+    x = x + gate * h
+    return x, _flax_norm_modulate(x, shift, scale, eps=eps, dtype=dtype)
+
+
+def _per_sample(x, implementation, **modulation):
+    """`[batch, 1, width]` modulation arrays -> `[batch, width]`, the fused kernels' form."""
+    if any(a.shape != (x.shape[0], 1, x.shape[2]) for a in modulation.values()):
+        raise ValueError(f"norm_implementation {implementation!r} takes one modulation per sample, [batch, 1, width] "
+                         f"for x {x.shape}; got " + ", ".join(f"{k} {a.shape}" for k, a in modulation.items())
+                         + " (per-token modulation, e.g. modulation_groups > 1, needs norm_implementation 'xla')")
+    return [a[:, 0] for a in modulation.values()]
+
+
+def _fused_norm_modulate(x, shift, scale, *, eps, dtype, implementation):
+    del dtype  # the kernel's output has x's dtype
+    shift, scale = _per_sample(x, implementation, shift=shift, scale=scale)
+    return norm_modulate.layer_norm_modulate(x, shift, scale, eps, implementation=implementation)
+
+
+def _fused_residual_norm_modulate(x, h, gate, shift, scale, *, eps, dtype, implementation):
+    del dtype
+    gate, shift, scale = _per_sample(x, implementation, gate=gate, shift=shift, scale=scale)
+    return norm_modulate.residual_layer_norm_modulate(x, h, gate, shift, scale, eps, implementation=implementation)
+
+
+class NormModulate(NamedTuple):
+    """How one `norm_implementation` runs adaLN's norm-modulate, alone (`plain(x, shift, scale, *, eps, dtype) -> y`)
+    and after a gated residual (`residual(x, h, gate, shift, scale, *, eps, dtype) -> (x + gate * h, y)`)."""
+    plain: Callable
+    residual: Callable
+
+
+def _fused(implementation: str) -> NormModulate:
+    return NormModulate(functools.partial(_fused_norm_modulate, implementation=implementation),
+                        functools.partial(_fused_residual_norm_modulate, implementation=implementation))
+
+
+# Called inside a compact module ("xla" adds a parameter-free `nn.LayerNorm` there).
+NORM_MODULATE = {
+    "xla": NormModulate(_flax_norm_modulate, _flax_residual_norm_modulate),
+    "pallas_gpu": _fused("pallas_gpu"),
+    "pallas_gpu_interpret": _fused("pallas_gpu_interpret"),
+}
+
+
+def _norm_modulate(implementation: str) -> NormModulate:
+    if implementation not in NORM_MODULATE:
+        raise ValueError(f"norm_implementation must be one of {sorted(NORM_MODULATE)}; got {implementation!r}")
+    return NORM_MODULATE[implementation]
+
+
+def adaln_norm_modulate(x, shift, scale, *, eps: float, implementation: str = "xla", dtype: Any = None):
+    """adaLN: LayerNorm without affine parameters, then `* (1 + scale) + shift`; x `[batch, seq, width]`, shift and
+    scale broadcastable to it (`[batch, 1, width]` for the fused kernels). Call it inside a compact module."""
+    return _norm_modulate(implementation).plain(x, shift, scale, eps=eps, dtype=dtype)
+
+
+def adaln_residual_norm_modulate(x, h, gate, shift, scale, *, eps: float, implementation: str = "xla",
+                                 dtype: Any = None):
+    """`x + gate * h`, then `adaln_norm_modulate` of it; returns both (the residual stream and the normalised input of
+    the next layer), which the fused kernels produce in one pass. Call it inside a compact module."""
+    return _norm_modulate(implementation).residual(x, h, gate, shift, scale, eps=eps, dtype=dtype)
 
 
 class Attention(nn.Module):
@@ -161,6 +238,7 @@ class AdaLNZeroBlock(nn.Module):
     cross_attention: bool = False
     backend: str = "dense"
     backend_options: Mapping[str, Any] | None = None
+    norm_implementation: str = "xla"
     dtype: Any = jnp.float32
 
     @nn.compact
@@ -183,15 +261,18 @@ class AdaLNZeroBlock(nn.Module):
             per_token = modulation.reshape(x.shape[0], self.modulation_groups, -1)[:, groups]
         shift1, scale1, gate1, shift2, scale2, gate2 = jnp.split(per_token, 6, axis=-1)
         context = context.at_layer(layer)
-        h = nn.LayerNorm(self.attn_norm_eps, use_scale=False, use_bias=False, dtype=self.dtype)(x)
-        h = h * (1 + scale1) + shift1
-        x = x + gate1 * Attention(self.num_heads, self.width // self.num_heads, self.backend, self.backend_options,
-                                  self.qkv_bias, self.qk_norm, self.dtype, name="attn")(h, rope=rope, context=context)
-        if self.cross_attention:
-            x = x + CrossAttention(self.num_heads, self.width // self.num_heads, self.backend, self.backend_options,
-                                   self.dtype, name="cross_attn")(x, captions, caption_mask)
-        h = nn.LayerNorm(self.mlp_norm_eps, use_scale=False, use_bias=False, dtype=self.dtype)(x)
-        h = h * (1 + scale2) + shift2
+        h = adaln_norm_modulate(x, shift1, scale1, eps=self.attn_norm_eps, implementation=self.norm_implementation,
+                                dtype=self.dtype)
+        residual = Attention(self.num_heads, self.width // self.num_heads, self.backend, self.backend_options,
+                             self.qkv_bias, self.qk_norm, self.dtype, name="attn")(h, rope=rope, context=context)
+        gate = gate1
+        if self.cross_attention:  # then the ungated cross-attention residual is the one the MLP's norm follows
+            x = x + gate * residual
+            residual = CrossAttention(self.num_heads, self.width // self.num_heads, self.backend,
+                                      self.backend_options, self.dtype, name="cross_attn")(x, captions, caption_mask)
+            gate = jnp.ones_like(gate1)
+        x, h = adaln_residual_norm_modulate(x, residual, gate, shift2, scale2, eps=self.mlp_norm_eps,
+                                            implementation=self.norm_implementation, dtype=self.dtype)
         h = nn.Dense(int(self.mlp_ratio * self.width), dtype=self.dtype, name="Dense_0",
                      kernel_init=partitioned(XAVIER, "embed", "mlp"),
                      bias_init=partitioned(nn.initializers.zeros, "mlp"))(h)

@@ -94,6 +94,27 @@ def test_unrolled_block_scan_keeps_parameters_outputs_and_gradients():
         jax.eval_shape(tiny(scan_unroll=3).init, jax.random.key(0), x, t, y)
 
 
+def test_fused_norm_modulate_keeps_outputs_and_gradients():
+    """`norm_implementation="pallas_gpu_interpret"` (the fused kernel's body, interpreted) computes the same function
+    and gradient as the default flax LayerNorm + modulation, in every block and the final layer."""
+    model, fused = tiny(), tiny(norm_implementation="pallas_gpu_interpret")
+    x, t, y = inputs()
+    rng = np.random.default_rng(0)
+    params = jax.tree.map(lambda a: a + 0.05 * rng.normal(size=a.shape).astype(np.float32),
+                          nn.unbox(model.init(jax.random.key(0), x, t, y)))
+
+    def output_and_grad(module):  # one trace per model: the output rides along as the loss's aux
+        return jax.jit(jax.grad(lambda p: (lambda o: (jnp.mean(o ** 2), o))(module.apply(p, x, t, y)),
+                                has_aux=True))(params)
+
+    (fused_grads, fused_out), (grads, out) = output_and_grad(fused), output_and_grad(model)
+    np.testing.assert_allclose(fused_out, out, rtol=1e-5, atol=1e-6)
+    for a, b in zip(jax.tree.leaves(fused_grads), jax.tree.leaves(grads)):
+        np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-7)
+    with pytest.raises(ValueError, match="norm_implementation must be one of .*; got 'triton'"):
+        jax.eval_shape(tiny(norm_implementation="triton").init, jax.random.key(0), x, t, y)
+
+
 def test_patchify_round_trip_and_token_order():
     images = jnp.arange(2 * 4 * 6 * 3.0).reshape(2, 4, 6, 3)
     tokens = dit.patchify(images, 2)

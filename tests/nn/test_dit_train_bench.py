@@ -56,6 +56,7 @@ def test_tiny_run_of_both_frameworks(tmp_path):
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     report = json.loads(out.read_text())
     assert report["jax"]["parameters"] == report["torch"]["parameters"]  # the same model on both sides
+    assert report["norm_implementation"] == report["jax"]["norm_implementation"] == "xla"
     for framework in ("jax", "torch"):
         assert [row["batch"] for row in report[framework]["rows"]] == [2, 4]
         assert all(row["images_per_s"] > 0 and math.isfinite(row["loss"]) for row in report[framework]["rows"])
