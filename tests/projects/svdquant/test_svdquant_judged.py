@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import dataclasses
 
+import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
@@ -109,3 +110,20 @@ def test_judges_without_real_images_are_refused():
     with pytest.raises(ValueError, match="real_data"):
         driver.quantize_and_compare(None, None, image_shape=(4, 4, 3), num_classes=NUM_CLASSES,
                                     judges=[ColourJudge()])
+
+
+def test_restore_variables_reads_a_runs_ema_parameters_from_a_relative_workdir(tmp_path, monkeypatch):
+    """The trained-DiT recipes name a diffusion run's workdir relative to where `jaxgen run` starts."""
+    from jaxgen.core import checkpoint as ckpt_lib
+
+    module = dit.DiT(num_classes=NUM_CLASSES, width=32, depth=1, num_heads=2, patch_size=2, in_channels=3,
+                     sample_size=4)
+    params = driver.random_variables(module, (4, 4, 3), seed=0, scale=0.05)["params"]
+    ema = jax.tree.map(lambda a: a + 1.0, params)
+    saver = ckpt_lib.Checkpointer(tmp_path / "run" / "checkpoints", async_save=False)
+    saver.save(7, {"params": params, "ema_params": ema, "step": np.int32(7)}, {})
+    saver.close()
+    monkeypatch.chdir(tmp_path)
+    restored = driver.restore_variables(module, (4, 4, 3), "run", "ema_params")["params"]
+    for got, want in zip(jax.tree.leaves(restored), jax.tree.leaves(ema)):
+        np.testing.assert_array_equal(got, want)
