@@ -40,6 +40,18 @@ for seed in 0 1 2; do
       --gin.TRAIN_STEPS=700 --gin.CHECKPOINT_EVERY=700 --gin.EVAL_EVERY=700
   done
 done
+# ... and at 2,000 steps, seed 0 (2026-12-07: about 40 min a run, the pair side by side; neither left the plateau).
+for variant in "" _noshortcut; do
+  run "$root/f32c32_cpu_2000${variant}_s0" "configs/dcae/f32c32_cpu_textures64${variant}.gin" --gin.SEED=0 \
+    --gin.TRAIN_STEPS=2000 --gin.CHECKPOINT_EVERY=1000 --gin.EVAL_EVERY=1000
+done
+# Phase 3's GAN settings from seed 0's phase 2 (the four side by side): weight 0.1 / 0.01 / 0.001 at learning rate
+# 5e-4, and weight 0.1 at 1e-4.
+for setting in "0.1 5e-4" "0.01 5e-4" "0.001 5e-4" "0.1 1e-4"; do
+  read -r weight rate <<<"$setting"
+  run "$root/tiny_refine32_g${weight}_lr${rate}_s0" configs/dcae/tiny_refine32.gin --gin.TRAIN_STEPS=200 \
+    --gin.PHASE2_WORKDIR="'$root/tiny_adapt64_s0'" --gin.LEARNING_RATE=$rate --gin.AutoencoderTask.gan_weight=$weight
+done
 # Frozen parameters bit-identical across phases 2 and 3 (counts into the README).
 python=${PYTHON:-python3}  # an interpreter with jax and jaxgen (the venv's)
 $python experiments/dcae/check_frozen.py --before "$root/tiny_s0" --after "$root/tiny_adapt64_s0" \
