@@ -17,9 +17,10 @@ REPO = Path(__file__).resolve().parents[2]
 # The CAN smokes take over a minute each; the CAN notebook runs the same recipe files (DiT + CAN tier) end to end in
 # the default run, so these two are `slow` (python -m pytest -m slow). DC-AE's latent diffusion smoke compiles an
 # autoencoder beside the U-ViT (about a minute of CPU); tests/projects/dcae/test_dcae_latents.py covers its glue in
-# the default run.
+# the default run. The U-ViT diffusion smoke (about 70 s) runs the task and trainer path of the DiT smoke, which stays;
+# U-ViT itself is covered by tests/nn/test_uvit.py and its diffusers parity test.
 SLOW_SMOKES = {Path("configs/can/dit_can_smoke.gin"), Path("configs/can/uvit_aks_smoke.gin"),
-               Path("configs/dcae/ldm_smoke.gin")}
+               Path("configs/dcae/ldm_smoke.gin"), Path("configs/diffusion/uvit_smoke.gin")}
 SMOKE_CONFIGS = [pytest.param(c, marks=pytest.mark.slow) if c in SLOW_SMOKES else c
                  for c in sorted(p.relative_to(REPO) for p in (REPO / "configs").rglob("*_smoke.gin"))]
 
