@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import dataclasses
 from pathlib import Path
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any, Protocol
 
 import flax.linen as nn
@@ -163,6 +163,23 @@ class Judgement:
         """Per class; NaN for a class with no image."""
         with np.errstate(invalid="ignore"):
             return self.correct / self.seen
+
+
+def judge_real(judges: Sequence[Judge], batches: Iterable[Mapping[str, Any]], num_classes: int, *,
+               empty_error: str) -> dict[str, Judgement]:
+    """Each judge's statistics of real images: `batches` of `image`, `label` and `valid` (an eval pass). The judges
+    are prepared for the first batch's image shape; no batch at all raises `ValueError(empty_error)`."""
+    judgements = None
+    for batch in batches:
+        if judgements is None:
+            for judge in judges:
+                judge.prepare(batch["image"].shape[1:])
+            judgements = {judge.name: Judgement(num_classes) for judge in judges}
+        for judge in judges:
+            judgements[judge.name].add(*judge(batch["image"]), batch["label"], batch["valid"])
+    if judgements is None:
+        raise ValueError(empty_error)
+    return judgements
 
 
 def judge_generated(draw: Callable[[int, np.ndarray], np.ndarray], judges: Sequence[Judge],

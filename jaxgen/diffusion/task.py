@@ -38,7 +38,7 @@ from jaxgen.core.progress import CountProgress
 from jaxgen.core.sharding import local_rows
 from jaxgen.core.task import EvalContext
 from jaxgen.diffusion import ddim, ddpm, sampling
-from jaxgen.diffusion.sample_quality import Judge, Judgement, judge_generated
+from jaxgen.diffusion.sample_quality import Judge, Judgement, judge_generated, judge_real
 
 GRID_GAP = 2  # pixels between the cells of the samples grid
 LABEL_WIDTH = 96  # pixels of the class-name column of the samples grid
@@ -203,19 +203,10 @@ class ClassConditionalDiffusionTask:
     def _judge_real_images(self, context: EvalContext) -> dict[str, Judgement]:
         """Each judge's statistics of the eval split's images (kept: the split does not change during a run)."""
         if self._real_judgements is None:
-            judgements = None
-            for batch in context.batches():
-                images, labels = local_rows(batch["image"]), local_rows(batch["label"])
-                if judgements is None:
-                    for judge in self.judges:
-                        judge.prepare(images.shape[1:])
-                    judgements = {judge.name: Judgement(self.num_classes) for judge in self.judges}
-                valid = local_rows(batch["valid"])
-                for judge in self.judges:
-                    judgements[judge.name].add(*judge(images), labels, valid)
-            if judgements is None:
-                raise ValueError("The sample_quality evaluator read no eval batch: is the eval split empty?")
-            self._real_judgements = judgements
+            local = ({key: local_rows(batch[key]) for key in ("image", "label", "valid")} for batch in context.batches())
+            self._real_judgements = judge_real(
+                self.judges, local, self.num_classes,
+                empty_error="The sample_quality evaluator read no eval batch: is the eval split empty?")
         return self._real_judgements
 
     def evaluate_sample_quality(self, variables, context: EvalContext) -> Mapping[str, Any]:

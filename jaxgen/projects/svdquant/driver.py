@@ -34,7 +34,7 @@ import numpy as np
 
 from jaxgen.core.progress import CountProgress
 from jaxgen.diffusion import ddim, ddpm, sampling
-from jaxgen.diffusion.sample_quality import Judge, Judgement, judge_generated
+from jaxgen.diffusion.sample_quality import Judge, Judgement, judge_generated, judge_real
 from jaxgen.diffusion.task import class_grid, save_png, to_uint8
 from jaxgen.metrics import image as image_metrics
 from jaxgen.projects.svdquant import model as sq_model
@@ -96,17 +96,8 @@ def calibration_batches(variables, sample_fn, image_shape, num_classes: int, *, 
 
 def judge_real_images(judges: Sequence[Judge], real_data, num_classes: int) -> dict[str, Judgement]:
     """Each judge's statistics of every image `real_data` (a `jaxgen.data.Loader`) yields in one eval pass."""
-    judgements = None
-    for batch in real_data.eval_batches():
-        if judgements is None:
-            for judge in judges:
-                judge.prepare(batch["image"].shape[1:])
-            judgements = {judge.name: Judgement(num_classes) for judge in judges}
-        for judge in judges:
-            judgements[judge.name].add(*judge(batch["image"]), batch["label"], batch["valid"])
-    if judgements is None:
-        raise ValueError(f"real_data ({real_data.name}, split {real_data.split!r}) yielded no images to judge")
-    return judgements
+    return judge_real(judges, real_data.eval_batches(), num_classes,
+                      empty_error=f"real_data ({real_data.name}, split {real_data.split!r}) yielded no images to judge")
 
 
 def judge_samples(sample_fn, params, judges: Sequence[Judge], real: dict[str, Judgement], *, image_shape,

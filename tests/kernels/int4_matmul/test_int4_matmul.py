@@ -244,9 +244,8 @@ class _MosaicGpuShapes:
                              block_sizes=dataclasses.replace(blocks, fused_quantize=False), **kwargs)
       self.assertLess(rel_err(got, plain), 5e-3, code_dtype)
 
-  def test_w4a16_with_the_mosaic_kernel(self):
-    # bf16 activations, 1 and 40 tokens (x padded to the 64-row wgmma tile), K split in two, bias added after.
-    blocks = dataclasses.replace(tuning.MOSAIC_DEFAULT, mosaic_w4a16=True)
+  def _check_w4a16_with_bf16_activations(self, blocks):
+    """1 and 40 tokens with bias against the spec, through the kernel that `blocks` selects."""
     for m in (1, self.M):
       x = self.x[:m].astype(jnp.bfloat16)
       got = im.w4a16_matmul(x, self.w_packed, self.w_scales, bias=self.bias, implementation=self.IMPLEMENTATION,
@@ -255,16 +254,14 @@ class _MosaicGpuShapes:
       want = reference.w4a16_matmul(x, self.w_packed, self.w_scales, bias=self.bias)
       self.assertLess(rel_err(got, want), 1e-2, m)  # weights and output rounded to bf16
 
+  def test_w4a16_with_the_mosaic_kernel(self):
+    # x padded to the 64-row wgmma tile, K split in two, bias added after.
+    self._check_w4a16_with_bf16_activations(dataclasses.replace(tuning.MOSAIC_DEFAULT, mosaic_w4a16=True))
+
   def test_w4a16_with_the_register_operand_kernel(self):
-    # 1 and 40 tokens (token tiles 8 and 64), K split in four to fill the GPU, bias added after the partials.
+    # Token tiles 8 and 64, K split in four to fill the GPU, bias added after the partials.
     blocks = dataclasses.replace(tuning.MOSAIC_DEFAULT, w4a16_rs=True)
-    for m in (1, self.M):
-      x = self.x[:m].astype(jnp.bfloat16)
-      got = im.w4a16_matmul(x, self.w_packed, self.w_scales, bias=self.bias, implementation=self.IMPLEMENTATION,
-                            block_sizes=blocks)
-      self.assertEqual((got.shape, got.dtype), ((m, self.N), jnp.bfloat16))
-      want = reference.w4a16_matmul(x, self.w_packed, self.w_scales, bias=self.bias)
-      self.assertLess(rel_err(got, want), 1e-2, m)  # weights and output rounded to bf16
+    self._check_w4a16_with_bf16_activations(blocks)
     with self.assertRaisesRegex(ValueError, r"W4A16 with x \(40, 256\) float32.*register-operand"):
       im.w4a16_matmul(self.x, self.w_packed, self.w_scales, implementation=self.IMPLEMENTATION, block_sizes=blocks)
 
