@@ -21,6 +21,11 @@ and 2), so checkpoints carry over without conversion.
 Phase 3's GAN runs in the shared trainer's single-loss step: the discriminator's hinge loss sees the reconstruction
 through `stop_gradient`, and the generator's adversarial term sees the discriminator's parameters through
 `stop_gradient`, so one gradient of the sum gives each side the gradient of its own loss (simultaneous updates).
+A fixed GAN weight either oscillated (0.1) or did nothing (<= 0.01) on the tiny model (experiments/dcae/README.md);
+`adaptive_gan_weight=True` scales the adversarial term as VQGAN does (Esser et al., 2021): by the ratio of the
+gradient norms of the reconstruction loss and of the adversarial term at the decoder's output layer, so the
+adversarial gradient reaching the decoder stays `gan_weight` times the reconstruction's whatever the
+discriminator's scale.
 """
 
 from __future__ import annotations
@@ -33,6 +38,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
 
 from jaxgen.core.errors import ConfigError
 from jaxgen.core.optim import group_labels
@@ -139,7 +145,9 @@ class AutoencoderTask:
 
     Loss: `l1 + perceptual_weight * perceptual`, the perceptual term from `PERCEPTUAL`: "ssim" (1 - SSIM, the
     default) or "lpips" (the paper's; needs `lpips_weights`), plus in the refinement phase `gan_weight *
-    adversarial` for the decoder and the discriminator's hinge loss. `lpips_weights`: (torchvision's backbone file,
+    adversarial` for the decoder and the discriminator's hinge loss, with `adaptive_gan_weight` times
+    `adaptive_weight` (VQGAN's: `|grad L_rec| / (|grad L_adv| + 1e-4)` over the decoder's output layer `conv_out`,
+    clipped to [0, 1e4], a constant of the step). `lpips_weights`: (torchvision's backbone file,
     the lpips package's v0.1 lin file) of the `lpips_net` network (`jaxgen.metrics.lpips`), read when the task is
     built, so a missing file stops the run before it starts; the LPIPS network is a constant of the loss, never
     trained or checkpointed. Evaluators: `reconstruction` (PSNR / SSIM, and LPIPS when `lpips_weights` is set, on the
@@ -152,7 +160,7 @@ class AutoencoderTask:
 
     def __init__(self, model: model_lib.DCAE, phase_name: str = "full", *, perceptual: str = "ssim",
                  perceptual_weight: float = 1.0, lpips_weights: tuple[str, str] | None = None,
-                 lpips_net: str = "vgg", gan_weight: float | None = None,
+                 lpips_net: str = "vgg", gan_weight: float | None = None, adaptive_gan_weight: bool = False,
                  discriminator: PatchDiscriminator = PatchDiscriminator(), max_eval_batches: int = 4,
                  grid_images: int = 8, holdout: str | None = None, holdout_size: int | None = None,
                  data_dir: str | None = None):
@@ -171,6 +179,7 @@ class AutoencoderTask:
             raise ConfigError(f"{error} (AutoencoderTask.lpips_weights)") from error
         self.perceptual_weight = perceptual_weight
         self.gan_weight = self.phase.gan_weight if gan_weight is None else gan_weight
+        self.adaptive_gan_weight = adaptive_gan_weight
         self.discriminator = discriminator
         self.max_eval_batches = max_eval_batches
         self.grid_images = grid_images
@@ -196,28 +205,65 @@ class AutoencoderTask:
     def _autoencoder(variables) -> dict:
         return {collection: tree["autoencoder"] for collection, tree in variables.items()}
 
+    def _reconstruction_loss(self, recon: jax.Array, x: jax.Array) -> tuple[jax.Array, dict]:
+        """`l1 + perceptual_weight * perceptual` and the metrics to log."""
+        l1 = jnp.mean(jnp.abs(recon - x))
+        perceptual, perceptual_metrics = self.perceptual(self, recon, x)
+        return l1 + self.perceptual_weight * perceptual, {"l1": l1, **perceptual_metrics}
+
+    def _apply_autoencoder(self, ae, x, updates_stats: bool):
+        """(reconstruction, new batch statistics or None, the decoder's output layer as an unbound module and its
+        input): the last two, captured on the way through, let `adaptive_weight` differentiate that layer alone."""
+        head = {}
+
+        def capture_head(next_fun, args, kwargs, context):
+            if context.method_name == "__call__" and context.module.path == ("decoder", "conv_out"):
+                head["module"], head["input"] = context.module.clone(parent=None), args[0]
+            return next_fun(*args, **kwargs)
+
+        with nn.intercept_methods(capture_head):
+            if updates_stats:
+                recon, new_stats = self.model.apply(ae, x, train=True, mutable=["batch_stats"])
+            else:
+                recon, new_stats = self.model.apply(ae, x), None
+        return recon, new_stats, head["module"], head["input"]
+
+    def adaptive_weight(self, head: nn.Module, head_params, head_input: jax.Array, x: jax.Array,
+                        adversarial_of: Callable[[jax.Array], jax.Array]) -> jax.Array:
+        """VQGAN's adaptive weight: `|d L_rec / d W| / (|d L_adv / d W| + 1e-4)` over the parameters W of the
+        decoder's output layer, clipped to [0, 1e4] and held constant (`stop_gradient`). Only that layer is rerun
+        (on its captured, gradient-stopped input), so the two extra gradients cost a layer and the losses, not the
+        autoencoder."""
+        head_input = jax.lax.stop_gradient(head_input)
+        reconstruct = lambda params: head.apply({"params": params}, head_input)  # noqa: E731
+        rec_grad = jax.grad(lambda params: self._reconstruction_loss(reconstruct(params), x)[0])(head_params)
+        adv_grad = jax.grad(lambda params: adversarial_of(reconstruct(params)))(head_params)
+        ratio = optax.tree.norm(rec_grad) / (optax.tree.norm(adv_grad) + 1e-4)
+        return jax.lax.stop_gradient(jnp.clip(ratio, 0.0, 1e4))
+
     def loss(self, variables, batch, rng):
         x = preprocess(batch["image"])
         ae = self._autoencoder(variables)
         # BatchNorm statistics (official-layout decoders) are updated in the full phase only; the later phases run
         # their frozen layers as inference does.
         updates_stats = "batch_stats" in ae and self.phase_name == "full"
-        if updates_stats:
-            recon, new_stats = self.model.apply(ae, x, train=True, mutable=["batch_stats"])
-        else:
-            recon = self.model.apply(ae, x)
-        l1 = jnp.mean(jnp.abs(recon - x))
-        perceptual, perceptual_metrics = self.perceptual(self, recon, x)
-        loss = l1 + self.perceptual_weight * perceptual
-        metrics = {"l1": l1, "ssim": jnp.mean(image_metrics.ssim(_unit(recon), _unit(x))),
-                   "psnr": jnp.mean(image_metrics.psnr(_unit(recon), _unit(x))), **perceptual_metrics}
+        recon, new_stats, head, head_input = self._apply_autoencoder(ae, x, updates_stats)
+        loss, metrics = self._reconstruction_loss(recon, x)
+        metrics = {**metrics, "ssim": jnp.mean(image_metrics.ssim(_unit(recon), _unit(x))),
+                   "psnr": jnp.mean(image_metrics.psnr(_unit(recon), _unit(x)))}
         if self.gan_weight > 0:
             disc_params = variables["params"]["discriminator"]
             disc = lambda params, images: self.discriminator.apply({"params": params}, images)  # noqa: E731
-            adversarial = -jnp.mean(disc(jax.lax.stop_gradient(disc_params), recon))
+            adversarial_of = lambda images: -jnp.mean(disc(jax.lax.stop_gradient(disc_params), images))  # noqa: E731
+            adversarial = adversarial_of(recon)
             real, fake = disc(disc_params, x), disc(disc_params, jax.lax.stop_gradient(recon))
             disc_loss = jnp.mean(nn.relu(1.0 - real)) + jnp.mean(nn.relu(1.0 + fake))
-            loss = loss + self.gan_weight * adversarial + disc_loss
+            weight = self.gan_weight
+            if self.adaptive_gan_weight:
+                adaptive = self.adaptive_weight(head, ae["params"]["decoder"]["conv_out"], head_input, x,
+                                                adversarial_of)
+                weight, metrics = weight * adaptive, {**metrics, "adaptive_weight": adaptive}
+            loss = loss + weight * adversarial + disc_loss
             metrics = {**metrics, "adversarial": adversarial, "discriminator_loss": disc_loss,
                        "discriminator_accuracy": 0.5 * (jnp.mean(real > 0) + jnp.mean(fake < 0))}
         if updates_stats:

@@ -58,3 +58,32 @@ def test_phases_train_exactly_their_parameters():
                 assert not np.array_equal(before, after), f"{name}: {path_to_str(path)} did not move"
             else:
                 np.testing.assert_array_equal(before, after, err_msg=f"{name}: {path_to_str(path)} moved")
+
+
+def test_adaptive_gan_weight_is_the_ratio_of_gradient_norms_at_the_decoder_output():
+    """VQGAN's weight, computed from the captured output layer alone, equals the ratio taken through the whole
+    autoencoder by plain `jax.grad`; the loss adds `gan_weight * adaptive * adversarial`."""
+    module = model.dcae("tiny")
+    images = np.random.default_rng(1).integers(0, 256, (2, 16, 16, 3), np.uint8)
+    batch = {"image": jnp.asarray(images)}
+    refine = task.AutoencoderTask(module, "refinement", gan_weight=0.5, adaptive_gan_weight=True)
+    variables = jax.jit(refine.init)(jax.random.key(0), batch)
+    params, x = variables["params"], task.preprocess(batch["image"])
+
+    def reconstruct(p):
+        return module.apply({"params": p["autoencoder"]}, x)
+
+    def adversarial(p):
+        return -jnp.mean(refine.discriminator.apply({"params": p["discriminator"]}, reconstruct(p)))
+
+    def output_layer_norm(loss_of):
+        return optax.tree.norm(jax.grad(loss_of)(params)["autoencoder"]["decoder"]["conv_out"])
+
+    expected = (output_layer_norm(lambda p: refine._reconstruction_loss(reconstruct(p), x)[0]) /
+                (output_layer_norm(adversarial) + 1e-4))
+    loss, metrics = jax.jit(refine.loss)(variables, batch, jax.random.key(1))
+    np.testing.assert_allclose(metrics["adaptive_weight"], expected, rtol=1e-4)
+    assert not np.isclose(expected, 1.0)
+    reconstruction = refine._reconstruction_loss(reconstruct(params), x)[0]
+    np.testing.assert_allclose(loss, reconstruction + 0.5 * expected * metrics["adversarial"] +
+                               metrics["discriminator_loss"], rtol=1e-5)
