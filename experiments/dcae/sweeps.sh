@@ -52,6 +52,12 @@ for setting in "0.1 5e-4" "0.01 5e-4" "0.001 5e-4" "0.1 1e-4"; do
   run "$root/tiny_refine32_g${weight}_lr${rate}_s0" configs/dcae/tiny_refine32.gin --gin.TRAIN_STEPS=200 \
     --gin.PHASE2_WORKDIR="'$root/tiny_adapt64_s0'" --gin.LEARNING_RATE=$rate --gin.AutoencoderTask.gan_weight=$weight
 done
+# Phase 3 with VQGAN's adaptive GAN weight (AutoencoderTask.adaptive_gan_weight) at GAN weights 0.1 and 0.5.
+for weight in 0.1 0.5; do
+  run "$root/tiny_refine32_adaptive_g${weight}_s0" configs/dcae/tiny_refine32.gin --gin.TRAIN_STEPS=200 \
+    --gin.PHASE2_WORKDIR="'$root/tiny_adapt64_s0'" --gin.AutoencoderTask.gan_weight=$weight \
+    --gin.AutoencoderTask.adaptive_gan_weight=True
+done
 # Frozen parameters bit-identical across phases 2 and 3 (counts into the README).
 python=${PYTHON:-python3}  # an interpreter with jax and jaxgen (the venv's)
 $python experiments/dcae/check_frozen.py --before "$root/tiny_s0" --after "$root/tiny_adapt64_s0" \
