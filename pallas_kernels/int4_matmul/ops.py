@@ -163,7 +163,8 @@ class _MosaicGpuBackend:
   per-group rescale, the up-projection and the bias; with `persistent` it runs one CTA per SM over its tiles. The
   low-rank branch runs in bf16 (SVDQuant's 16-bit branch), also for float32 inputs. W8A8 weights ([K, N] int8) are
   transposed to K-major in XLA per call. W4A16 goes to the Triton-lowered kernel, or with `mosaic_w4a16` (bf16 x,
-  M <= 64) to `w4a16_mosaic_gpu.py`, or with `w4a16_rs` (bf16 x, any M) to `w4a16_rs_mosaic_gpu.py`. Shapes the
+  M <= 64) to `w4a16_mosaic_gpu.py`, or with `w4a16_rs` (bf16 x, any M; the H100 default above M = 64) to
+  `w4a16_rs_mosaic_gpu.py`, whose fallback runs the Triton kernel with the Triton table's blocks. Shapes the
   kernels do not take (N not a multiple of 128; for `mosaic_w4a16`, M > 64; for either W4A16 kernel, x not bf16)
   raise a ValueError when this backend is named, and go to the Triton-lowered kernels when it
   is the platform default (`fall_back`). The tuned ring depth is lowered where it would overflow shared memory (a
@@ -296,8 +297,9 @@ class _MosaicGpuBackend:
         reason = (f"the register-operand W4A16 kernel takes bf16 x, K a multiple of {w4a16_rs_mosaic_gpu.STEP_K}, "
                   f"N of {2 * w4a16_rs_mosaic_gpu.BLOCK_N} and group_size {w4a16_rs_mosaic_gpu.GROUP_SIZE} (got "
                   f"{group_size})")
+        triton_blocks = tuning.block_sizes("w4a16", m, jax.devices()[0].device_kind, "pallas_gpu")
         return self._fall_back("W4A16", x, w_packed, reason).w4a16(x, w_packed, w_scales, bias,
-                                                                   group_size=group_size, blocks=blocks)
+                                                                   group_size=group_size, blocks=triton_blocks)
       return self._w4a16_rs(x, w_packed, w_scales, bias, blocks=blocks)
     if not blocks.mosaic_w4a16:  # the tuned choice: W4A16 runs the Triton kernels under this backend
       return self._triton.w4a16(x, w_packed, w_scales, bias, group_size=group_size, blocks=blocks)

@@ -44,7 +44,9 @@ class BlockSizes:
   w4a16_rs: Mosaic GPU backend, bf16 x, group 64, N a multiple of 128: W4A16 in `w4a16_rs_mosaic_gpu.py` (the widened
     weights as wgmma's register operand, tokens as its N; any M), before `mosaic_w4a16` and the Triton kernels.
     block_m caps its token tile (rounded down to a power of two, 8 to 256), num_stages its ring depth; its K splits
-    fill the GPU by themselves. Off: built, not yet timed (`experiments/bench/int4_matmul.py --ops mosaic_w4a16_rs`).
+    fill the GPU by themselves. On at M > 64 on the H100 (0.87-0.99x XLA bf16 at M = 4096 where the Triton W4A16
+    ran 0.18-0.22x; experiments/bench/README.md); off below, where the per-call weight shuffle made it slower than
+    the Triton kernels (41 against 24.6 us at 16 x 3072 x 12288).
   rs_code_layout: how `w4a16_rs` loads the codes into registers, "WGMMA" (the A-fragment layout itself, byte loads)
     or "WGMMA_UPCAST_2X" (16-bit loads, then Mosaic's relayout).
   rs_exact_scale: `w4a16_rs` multiplies code and group scale in float32 and rounds once (the Triton kernels' bf16
@@ -105,8 +107,10 @@ _H100_MOSAIC = {
     ("w4a4", "small"): BlockSizes(block_n=128, num_stages=8, code_dtype="float8_e4m3fn"),
     ("w8a8", "large"): BlockSizes(block_n=128, num_stages=8),
     ("w8a8", "small"): BlockSizes(block_n=128, num_stages=8),
-    # W4A16 runs the Triton kernel under this backend too.
+    # W4A16 at M <= 64 runs the Triton kernels under this backend too; above, the register-operand kernel (issue 27,
+    # int4_matmul.json `issue27_large_m`: 256-token tiles, its ring lowered to 4 there by ops.py).
     **{key: value for key, value in _H100.items() if key[0] == "w4a16"},
+    ("w4a16", "large"): BlockSizes(block_m=256, block_n=128, num_stages=8, w4a16_rs=True),
 }
 
 MOSAIC_DEFAULT = BlockSizes(block_n=128, num_stages=4)

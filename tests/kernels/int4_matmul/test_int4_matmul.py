@@ -282,7 +282,12 @@ class _MosaicGpuShapes:
     with (unittest.mock.patch.object(ops, "_default_implementation", return_value=self.IMPLEMENTATION),
           unittest.mock.patch.dict(ops._AS_DEFAULT, {self.IMPLEMENTATION: as_default})):
       got = im.w4a4_matmul(self.x, w_packed, w_scales)
+      # The register-operand W4A16 kernel (the H100 default above M = 64) takes bf16 x only: float32 x goes to the
+      # Triton kernel, with the Triton table's blocks rather than the register-operand kernel's.
+      rs_blocks = dataclasses.replace(tuning.MOSAIC_DEFAULT, w4a16_rs=True, block_m=256)
+      got_w4a16 = im.w4a16_matmul(self.x, self.w_packed, self.w_scales, block_sizes=rs_blocks)
     self.assertLess(rel_err(got, reference.w4a4_matmul(self.x, w_packed, w_scales)), 1e-5)
+    self.assertLess(rel_err(got_w4a16, reference.w4a16_matmul(self.x, self.w_packed, self.w_scales)), 1e-5)
 
 
 @unittest.skipUnless(MOSAIC_INTERPRETER, NO_MOSAIC_INTERPRETER)
@@ -372,6 +377,10 @@ class GpuKernelPiecesTest(OnCpu, unittest.TestCase):
     self.assertEqual(tuning.block_sizes("w4a16", 1, "a GPU not in the table"), tuning.DEFAULT)
     self.assertEqual(tuning.block_sizes("w4a4", 4096, "NVIDIA H200", "mosaic_gpu"),
                      tuning._H100_MOSAIC[("w4a4", "large")])  # the same chip
+    # W4A16 on Hopper: the Triton kernels up to M = 64, the register-operand kernel above (issue 27's timings).
+    self.assertFalse(tuning.block_sizes("w4a16", 64, h100, "mosaic_gpu").w4a16_rs)
+    self.assertTrue(tuning.block_sizes("w4a16", 65, h100, "mosaic_gpu").w4a16_rs)
+    self.assertFalse(tuning.block_sizes("w4a16", 4096, h100, "pallas_gpu").w4a16_rs)
 
   def test_untransposed_product_and_plain_int_conversion_agree(self):
     codes, scales, _ = kernel_gpu.quantize_activations_int4(
