@@ -17,9 +17,11 @@ the order programs finish in), each program owns a contiguous `seq / splits` str
 the end as one row of `[batch, splits, width]` float32 arrays; `ops.py` adds the `splits` rows. So every activation
 is read once and every gradient written once, and the second reduction touches `splits` rows per sample.
 
-The width is padded in registers to a power of two (`block_width`): loads and stores past it are masked by Pallas
-(the BlockSpec's block is wider than the array), and the padded lanes are zeroed before every reduction (in interpret
-mode they hold NaN, so the tests catch a missed mask).
+The width is padded in registers to a power of two (`block_width`, Triton's tensors must be): every load and store
+is a masked gather / scatter into the whole, unblocked array (`_tile`, `_put`), its padded lanes (and, in the forward,
+the rows past the sequence) read as zero and never written. The first version let Pallas mask a BlockSpec block
+wider than the array instead: in interpret mode that was right, compiled on an H100 every row but a block's first
+came out wrong (2026-12-07, experiments/bench/README.md), so the kernels now state their masks themselves.
 """
 
 import functools
@@ -30,9 +32,19 @@ from jax.experimental import pallas as pl
 from jax.experimental.pallas import triton as plgpu_triton
 
 
-def _lanes(ref, valid):
-  """A block as float32, its padded lanes zeroed."""
-  return jnp.where(valid, ref.astype(jnp.float32), 0.0)
+def _tile(ref, sample, rows, lanes, valid):
+  """Rows `rows` `[r, 1]` x lanes `[1, w]` of `sample` of a `[batch, seq, width]` ref as float32, zero where not
+  `valid`."""
+  return plgpu_triton.load(ref.at[sample, rows, lanes], mask=valid, other=0.0).astype(jnp.float32)
+
+
+def _row(ref, sample, lanes, valid):
+  """A `[batch, width]` ref's row `sample` as float32 `[1, w]`, zero past the width."""
+  return plgpu_triton.load(ref.at[sample, lanes], mask=valid, other=0.0).astype(jnp.float32)
+
+
+def _put(ref, index, value, valid):
+  plgpu_triton.store(ref.at[index], value.astype(ref.dtype), mask=valid)
 
 
 def _row_stats(x, valid, width, eps):
@@ -43,61 +55,70 @@ def _row_stats(x, valid, width, eps):
   return centered, jax.lax.rsqrt(variance + eps)
 
 
-def _norm_modulate(x, valid, shift_ref, scale_ref, *, width, eps):
-  centered, rstd = _row_stats(x, valid, width, eps)
-  scale = scale_ref[...].astype(jnp.float32)[None, :]
-  shift = shift_ref[...].astype(jnp.float32)[None, :]
-  return centered * rstd * (1.0 + scale) + shift
+def _forward_indices(rows, block_width, width, seq):
+  """(sample, row indices `[rows, 1]`, lanes `[1, block_width]`, valid `[rows, block_width]`, valid lanes `[1,
+  block_width]`) of this program's row block."""
+  sample, block = pl.program_id(0), pl.program_id(1)
+  row = block * rows + jnp.arange(rows)[:, None]
+  lanes = jnp.arange(block_width)[None, :]
+  lane_ok = lanes < width
+  return sample, row, lanes, (row < seq) & lane_ok, lane_ok
 
 
-def _forward_kernel(x_ref, shift_ref, scale_ref, y_ref, *, width, eps):
-  valid = (jnp.arange(x_ref.shape[-1]) < width)[None, :]
-  y = _norm_modulate(_lanes(x_ref[...], valid), valid, shift_ref, scale_ref, width=width, eps=eps)
-  y_ref[...] = y.astype(y_ref.dtype)
+def _forward_kernel(x_ref, shift_ref, scale_ref, y_ref, *, width, eps, rows, block_width):
+  sample, row, lanes, valid, lane_ok = _forward_indices(rows, block_width, width, x_ref.shape[1])
+  centered, rstd = _row_stats(_tile(x_ref, sample, row, lanes, valid), lane_ok, width, eps)
+  y = centered * rstd * (1.0 + _row(scale_ref, sample, lanes, lane_ok)) + _row(shift_ref, sample, lanes, lane_ok)
+  _put(y_ref, (sample, row, lanes), y, valid)
 
 
-def _residual_forward_kernel(x_ref, h_ref, gate_ref, shift_ref, scale_ref, z_ref, y_ref, *, width, eps):
-  valid = (jnp.arange(x_ref.shape[-1]) < width)[None, :]
-  gate = gate_ref[...].astype(jnp.float32)[None, :]
-  z = (x_ref[...].astype(jnp.float32) + gate * h_ref[...].astype(jnp.float32)).astype(z_ref.dtype)
-  z_ref[...] = z
-  y = _norm_modulate(_lanes(z, valid), valid, shift_ref, scale_ref, width=width, eps=eps)
-  y_ref[...] = y.astype(y_ref.dtype)
+def _residual_forward_kernel(x_ref, h_ref, gate_ref, shift_ref, scale_ref, z_ref, y_ref, *, width, eps, rows,
+                             block_width):
+  sample, row, lanes, valid, lane_ok = _forward_indices(rows, block_width, width, x_ref.shape[1])
+  gate = _row(gate_ref, sample, lanes, lane_ok)
+  # z rounded to the stream's dtype before it is normalised, as the unfused block keeps it.
+  z = (_tile(x_ref, sample, row, lanes, valid) + gate * _tile(h_ref, sample, row, lanes, valid)).astype(z_ref.dtype)
+  _put(z_ref, (sample, row, lanes), z, valid)
+  centered, rstd = _row_stats(z.astype(jnp.float32), lane_ok, width, eps)
+  y = centered * rstd * (1.0 + _row(scale_ref, sample, lanes, lane_ok)) + _row(shift_ref, sample, lanes, lane_ok)
+  _put(y_ref, (sample, row, lanes), y, valid)
 
 
-def _backward_kernel(x_ref, scale_ref, dy_ref, *refs, width, eps, rows, steps, residual):
+def _backward_kernel(x_ref, scale_ref, dy_ref, *refs, width, eps, rows, steps, residual, block_width):
   """Without the residual, refs = (dx, dshift, dscale); with it, x_ref holds z and refs = (h, gate, dz, dx, dh, dshift,
   dscale, dgate)."""
   if residual:
     h_ref, gate_ref, dz_ref, dx_ref, dh_ref, *sum_refs = refs
   else:
     dx_ref, *sum_refs = refs
-  block_width = x_ref.shape[-1]
-  valid = (jnp.arange(block_width) < width)[None, :]
-  gain = 1.0 + _lanes(scale_ref[...][None, :], valid)
-  gate = _lanes(gate_ref[...][None, :], valid) if residual else None
-  first = pl.program_id(1) * steps
+  sample, split = pl.program_id(0), pl.program_id(1)
+  lanes = jnp.arange(block_width)[None, :]
+  valid = lanes < width
+  gain = 1.0 + _row(scale_ref, sample, lanes, valid)
+  gate = _row(gate_ref, sample, lanes, valid) if residual else None
+  first = split * steps
 
   def step(i, sums):
-    block = pl.ds(pl.multiple_of((first + i) * rows, rows), rows)
-    dy = _lanes(dy_ref[block, :], valid)
-    centered, rstd = _row_stats(_lanes(x_ref[block, :], valid), valid, width, eps)
+    row = (first + i) * rows + jnp.arange(rows)[:, None]
+    tile = functools.partial(_tile, sample=sample, rows=row, lanes=lanes, valid=valid)
+    dy = tile(dy_ref)
+    centered, rstd = _row_stats(tile(x_ref), valid, width, eps)
     xhat = centered * rstd
     g = dy * gain
     mean_g = jnp.sum(g, axis=1, keepdims=True) / width
     mean_gx = jnp.sum(g * xhat, axis=1, keepdims=True) / width
     dx = rstd * (g - mean_g - xhat * mean_gx)
-    terms = [jnp.sum(dy, axis=0), jnp.sum(dy * xhat, axis=0)]
+    terms = [jnp.sum(dy, axis=0, keepdims=True), jnp.sum(dy * xhat, axis=0, keepdims=True)]
     if residual:
-      dx = jnp.where(valid, dx + _lanes(dz_ref[block, :], valid), 0.0)
-      dh_ref[block, :] = (gate * dx).astype(dh_ref.dtype)
-      terms.append(jnp.sum(dx * _lanes(h_ref[block, :], valid), axis=0))
-    dx_ref[block, :] = dx.astype(dx_ref.dtype)
+      dx = jnp.where(valid, dx + tile(dz_ref), 0.0)
+      _put(dh_ref, (sample, row, lanes), gate * dx, valid)
+      terms.append(jnp.sum(dx * tile(h_ref), axis=0, keepdims=True))
+    _put(dx_ref, (sample, row, lanes), dx, valid)
     return tuple(total + term for total, term in zip(sums, terms))
 
-  zeros = tuple(jnp.zeros((block_width,), jnp.float32) for _ in sum_refs)
+  zeros = tuple(jnp.zeros((1, block_width), jnp.float32) for _ in sum_refs)
   for ref, total in zip(sum_refs, jax.lax.fori_loop(0, steps, step, zeros)):
-    ref[...] = total
+    _put(ref, (sample, split, lanes), total, valid)
 
 
 def _compiler_params(blocks, interpret, num_stages=1):
@@ -106,22 +127,17 @@ def _compiler_params(blocks, interpret, num_stages=1):
 
 def forward(x, shift, scale, *, eps, blocks, interpret, h=None, gate=None):
   """x `[batch, seq, width]`, shift / scale `[batch, width]` -> y like x; with h (like x) and gate (like shift),
-  -> (z = x + gate * h, y of z)."""
+  -> (z = x + gate * h, y of z). Every operand is the whole array (`_tile` and `_put` index and mask it)."""
   batch, seq, width = x.shape
-  block_width = pl.next_power_of_2(width)
   rows = min(blocks.rows_forward, pl.next_power_of_2(seq))
-  row_block = pl.BlockSpec((None, rows, block_width), lambda b, i: (b, i, 0))
-  per_sample = pl.BlockSpec((None, block_width), lambda b, i: (b, 0))
   out = jax.ShapeDtypeStruct(x.shape, x.dtype)
   if h is None:
-    body, operands, in_specs, out_shape, out_specs = _forward_kernel, (x, shift, scale), [row_block] + [
-        per_sample] * 2, out, row_block
+    body, operands, out_shape = _forward_kernel, (x, shift, scale), out
   else:
-    body, operands, in_specs, out_shape, out_specs = _residual_forward_kernel, (x, h, gate, shift, scale), [
-        row_block] * 2 + [per_sample] * 3, (out, out), (row_block, row_block)
+    body, operands, out_shape = _residual_forward_kernel, (x, h, gate, shift, scale), (out, out)
   return pl.pallas_call(
-      functools.partial(body, width=width, eps=eps), out_shape=out_shape, grid=(batch, pl.cdiv(seq, rows)),
-      in_specs=in_specs, out_specs=out_specs, compiler_params=_compiler_params(blocks, interpret),
+      functools.partial(body, width=width, eps=eps, rows=rows, block_width=pl.next_power_of_2(width)),
+      out_shape=out_shape, grid=(batch, pl.cdiv(seq, rows)), compiler_params=_compiler_params(blocks, interpret),
       interpret=interpret, name="layer_norm_modulate_fwd",
   )(*operands)
 
@@ -131,25 +147,16 @@ def backward(x, scale, dy, *, eps, rows, splits, blocks, interpret, h=None, gate
   per-split partial sums of dshift and dscale, float32 `[batch, splits, width]` each. With the residual, x is z and
   h, gate and dz (z's own cotangent) come too -> (dx, dh, dshift, dscale, dgate partials)."""
   batch, seq, width = x.shape
-  block_width = pl.next_power_of_2(width)
-  whole_sample = pl.BlockSpec((None, seq, block_width), lambda b, s: (b, 0, 0))
-  per_sample = pl.BlockSpec((None, block_width), lambda b, s: (b, 0))
-  partial_row = pl.BlockSpec((None, None, block_width), lambda b, s: (b, s, 0))
-  partial = jax.ShapeDtypeStruct((batch, splits, width), jnp.float32)
   residual = h is not None
-  operands, in_specs = [x, scale, dy], [whole_sample, per_sample, whole_sample]
-  out_shape, out_specs = [jax.ShapeDtypeStruct(x.shape, x.dtype)], [whole_sample]
+  operands, out_shape = [x, scale, dy], [jax.ShapeDtypeStruct(x.shape, x.dtype)]
   if residual:
     operands += [h, gate, dz]
-    in_specs += [whole_sample, per_sample, whole_sample]
     out_shape.append(jax.ShapeDtypeStruct(h.shape, h.dtype))
-    out_specs.append(whole_sample)
-  sums = 3 if residual else 2
+  partial = jax.ShapeDtypeStruct((batch, splits, width), jnp.float32)
   return pl.pallas_call(
       functools.partial(_backward_kernel, width=width, eps=eps, rows=rows, steps=seq // (rows * splits),
-                        residual=residual),
-      out_shape=(*out_shape, *[partial] * sums), grid=(batch, splits), in_specs=in_specs,
-      out_specs=(*out_specs, *[partial_row] * sums),
+                        residual=residual, block_width=pl.next_power_of_2(width)),
+      out_shape=(*out_shape, *[partial] * (3 if residual else 2)), grid=(batch, splits),
       compiler_params=_compiler_params(blocks, interpret, blocks.num_stages), interpret=interpret,
       name="layer_norm_modulate_bwd",
   )(*operands)

@@ -2,8 +2,9 @@
 by hand): forward, gradients through the custom_vjp, errors.
 
 The base class runs the compiled Triton-lowered kernels and needs a GPU; the subclass runs the same tests on the
-kernel bodies in interpret mode on CPU. Widths that are not powers of two (40, 48) exercise the padded lanes, which the
-interpreter fills with NaN; sequences that are not multiples of the row blocks exercise the forward's masked rows and
+kernel bodies in interpret mode on CPU. Widths that are not powers of two (40, 48) exercise the padded lanes (masked
+loads and stores past the width: compiled on an H100, a BlockSpec-masked first version got every row but the first
+wrong while the interpreter got them right, so the compiled class is what settles them); sequences that are not multiples of the row blocks exercise the forward's masked rows and
 the backward's zero padding; small blocks give the backward loop several steps and several splits. One more test
 lowers the compiled kernels to Triton IR for an abstract H100, which needs no GPU.
 """
