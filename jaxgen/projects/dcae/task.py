@@ -226,7 +226,7 @@ class AutoencoderTask:
                 recon, new_stats = self.model.apply(ae, x, train=True, mutable=["batch_stats"])
             else:
                 recon, new_stats = self.model.apply(ae, x), None
-        return recon, new_stats, head["module"], head["input"]
+        return recon, new_stats, head.get("module"), head.get("input")
 
     def adaptive_weight(self, head: nn.Module, head_params, head_input: jax.Array, x: jax.Array,
                         adversarial_of: Callable[[jax.Array], jax.Array]) -> jax.Array:
@@ -234,6 +234,9 @@ class AutoencoderTask:
         decoder's output layer, clipped to [0, 1e4] and held constant (`stop_gradient`). Only that layer is rerun
         (on its captured, gradient-stopped input), so the two extra gradients cost a layer and the losses, not the
         autoencoder."""
+        if head is None:
+            raise ValueError(f"adaptive_gan_weight needs the decoder's output layer at decoder/conv_out; "
+                             f"{type(self.model).__name__} has none")
         head_input = jax.lax.stop_gradient(head_input)
         reconstruct = lambda params: head.apply({"params": params}, head_input)  # noqa: E731
         rec_grad = jax.grad(lambda params: self._reconstruction_loss(reconstruct(params), x)[0])(head_params)
