@@ -297,9 +297,9 @@ class _MosaicGpuBackend:
         reason = (f"the register-operand W4A16 kernel takes bf16 x, K a multiple of {w4a16_rs_mosaic_gpu.STEP_K}, "
                   f"N of {2 * w4a16_rs_mosaic_gpu.BLOCK_N} and group_size {w4a16_rs_mosaic_gpu.GROUP_SIZE} (got "
                   f"{group_size})")
-        triton_blocks = tuning.block_sizes("w4a16", m, jax.devices()[0].device_kind, "pallas_gpu")
         return self._fall_back("W4A16", x, w_packed, reason).w4a16(x, w_packed, w_scales, bias,
-                                                                   group_size=group_size, blocks=triton_blocks)
+                                                                   group_size=group_size,
+                                                                   blocks=_blocks("pallas_gpu", "w4a16", m, None))
       return self._w4a16_rs(x, w_packed, w_scales, bias, blocks=blocks)
     if not blocks.mosaic_w4a16:  # the tuned choice: W4A16 runs the Triton kernels under this backend
       return self._triton.w4a16(x, w_packed, w_scales, bias, group_size=group_size, blocks=blocks)
