@@ -55,6 +55,12 @@ def _row_stats(x, valid, width, eps):
   return centered, jax.lax.rsqrt(variance + eps)
 
 
+def _norm_modulate(x, sample, lanes, lane_ok, shift_ref, scale_ref, *, width, eps):
+  """`LayerNorm(x) * (1 + scale) + shift` of float32 rows `x` (zero past the width), the sample's scale and shift."""
+  centered, rstd = _row_stats(x, lane_ok, width, eps)
+  return centered * rstd * (1.0 + _row(scale_ref, sample, lanes, lane_ok)) + _row(shift_ref, sample, lanes, lane_ok)
+
+
 def _forward_indices(rows, block_width, width, seq):
   """(sample, row indices `[rows, 1]`, lanes `[1, block_width]`, valid `[rows, block_width]`, valid lanes `[1,
   block_width]`) of this program's row block."""
@@ -67,8 +73,8 @@ def _forward_indices(rows, block_width, width, seq):
 
 def _forward_kernel(x_ref, shift_ref, scale_ref, y_ref, *, width, eps, rows, block_width):
   sample, row, lanes, valid, lane_ok = _forward_indices(rows, block_width, width, x_ref.shape[1])
-  centered, rstd = _row_stats(_tile(x_ref, sample, row, lanes, valid), lane_ok, width, eps)
-  y = centered * rstd * (1.0 + _row(scale_ref, sample, lanes, lane_ok)) + _row(shift_ref, sample, lanes, lane_ok)
+  y = _norm_modulate(_tile(x_ref, sample, row, lanes, valid), sample, lanes, lane_ok, shift_ref, scale_ref,
+                     width=width, eps=eps)
   _put(y_ref, (sample, row, lanes), y, valid)
 
 
@@ -79,8 +85,7 @@ def _residual_forward_kernel(x_ref, h_ref, gate_ref, shift_ref, scale_ref, z_ref
   # z rounded to the stream's dtype before it is normalised, as the unfused block keeps it.
   z = (_tile(x_ref, sample, row, lanes, valid) + gate * _tile(h_ref, sample, row, lanes, valid)).astype(z_ref.dtype)
   _put(z_ref, (sample, row, lanes), z, valid)
-  centered, rstd = _row_stats(z.astype(jnp.float32), lane_ok, width, eps)
-  y = centered * rstd * (1.0 + _row(scale_ref, sample, lanes, lane_ok)) + _row(shift_ref, sample, lanes, lane_ok)
+  y = _norm_modulate(z.astype(jnp.float32), sample, lanes, lane_ok, shift_ref, scale_ref, width=width, eps=eps)
   _put(y_ref, (sample, row, lanes), y, valid)
 
 
