@@ -75,3 +75,24 @@ def test_evaluators_receive_the_average_which_init_from_starts_at_the_copied_par
     trained = RegressionTask().model.apply(frozen_average.state.variables, jnp.ones((1, 8)))
     initial = RegressionTask().model.apply(untrained.state.variables, jnp.ones((1, 8)))
     assert not np.allclose(np.asarray(trained), np.asarray(initial))  # the parameters themselves did train
+
+
+def test_warmup_follows_the_parameters_early_then_takes_the_full_decay():
+    """decay_k = min(decay, (1 + k) / (10 + k)) at the k-th averaged update (start_step 2: update 3 is k = 1)."""
+    ema = EmaConfig(decay=0.5, start_step=2, warmup=True)
+    average = {"w": jnp.array([10.0])}
+    expected = 10.0
+    for step, value in zip(range(3, 13), range(10)):
+        k = step - 2
+        decay_k = min(0.5, (1 + k) / (10 + k))  # 2/11, 3/12, ... until (1 + k) / (10 + k) >= 0.5 at k = 8
+        average = ema.update(average, {"w": jnp.array([float(value)])}, jnp.asarray(step))
+        expected = decay_k * expected + (1 - decay_k) * value
+        np.testing.assert_allclose(average["w"], [expected], rtol=1e-6)
+    assert (1 + 8) / (10 + 8) == 0.5  # the last two updates ran at the configured decay
+
+
+def test_warmup_off_keeps_the_starting_copy_at_weight_decay_to_the_k():
+    average = {"w": jnp.array([1.0])}
+    for step in range(1, 11):
+        average = EmaConfig(decay=0.9).update(average, {"w": jnp.array([0.0])}, jnp.asarray(step))
+    np.testing.assert_allclose(average["w"], [0.9 ** 10], rtol=1e-6)
