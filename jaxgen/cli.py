@@ -2,6 +2,7 @@
 
     jaxgen run configs/quickstart.gin --workdir runs/quickstart --gin.TRAIN_STEPS=500
     jaxgen eval --workdir runs/quickstart
+    jaxgen eval --workdir runs/diffusion/dit --weights trained
     jaxgen sweep --root runs/grid --configs configs/quickstart_smoke.gin --tiers - configs/quickstart/mlp.gin --seeds 1
     jaxgen list
     jaxgen data prepare mnist5k
@@ -13,6 +14,7 @@
 from __future__ import annotations
 
 import argparse
+import inspect
 import itertools
 import logging
 import os
@@ -133,9 +135,18 @@ def cmd_eval(args, bindings) -> int:
     config.parse([str(config_file)], bindings)
     config.check_requirements()
     run = config.configured(config.trainer)()
-    result = run(workdir=workdir, restore_step=args.step, mode="eval", progress=False)
+    weights = {} if args.weights == "average" else {"eval_weights": args.weights}
+    if weights and "eval_weights" not in inspect.signature(run).parameters:
+        raise config.ConfigError(f"--weights {args.weights}: this run's trainer ({_trainer_name(run)}) has no "
+                                 f"choice of evaluated weights; only jaxgen.train.run's EMA runs have one")
+    result = run(workdir=workdir, restore_step=args.step, mode="eval", progress=False, **weights)
     print(_summary(result))
     return 0
+
+
+def _trainer_name(run) -> str:
+    target = getattr(run, "__wrapped__", run)
+    return f"{target.__module__}.{target.__qualname__}"
 
 
 def _table(rows: list[tuple[str, ...]], widths: tuple[int, ...]) -> str:
@@ -258,6 +269,9 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate = sub.add_parser("eval", help="evaluate a workdir's checkpoint with its own config.gin")
     evaluate.add_argument("--workdir", required=True)
     evaluate.add_argument("--step", type=int, help="checkpoint step (default: latest)")
+    evaluate.add_argument("--weights", choices=("average", "trained"), default="average",
+                          help="a run with EMA: its moving average (default) or its trained parameters, whose "
+                               "results go to eval/<step>-trained/ and eval-trained/... records")
     _add_distributed_flags(evaluate)
     evaluate.set_defaults(handler=cmd_eval)
 

@@ -38,6 +38,9 @@ from jaxgen.core.task import Task, split_loss_output
 from jaxgen.data.loader import Loader, prefetch
 
 MODES = ("train", "eval")
+# What evaluators see when the run keeps an EMA: its moving average (the usual reason for one), or the trained
+# parameters themselves (`eval-trained/...` records and `eval/<step>-trained/`, beside the average's).
+EVAL_WEIGHTS = ("average", "trained")
 
 
 @dataclasses.dataclass
@@ -120,13 +123,19 @@ def _restore_or_init(
 # ======================================================================================================================
 
 
-def evaluate(task, state, *, step, eval_data, mesh, eval_stream, workdir, writer, progress=True) -> dict[str, dict]:
+def evaluate(task, state, *, step, eval_data, mesh, eval_stream, workdir, writer, progress=True,
+             weights: str = "average") -> dict[str, dict]:
     """Runs every evaluator of the task on the state's `eval_variables` (see `jaxgen.core.evaluation`): the trained
-    variables, or with EMA on their moving average (sample quality, the usual reason for EMA, is measured on it)."""
-    variables = state.eval_variables
+    variables, or with EMA on their moving average (sample quality, the usual reason for EMA, is measured on it).
+    `weights="trained"` evaluates a run with EMA on its trained variables instead, tagged "trained"."""
+    if weights not in EVAL_WEIGHTS:
+        raise ValueError(f"eval_weights must be one of {EVAL_WEIGHTS}; got {weights!r}")
+    trained_beside_average = weights == "trained" and isinstance(state, EmaTrainState)
+    variables = state.variables if trained_beside_average else state.eval_variables
     evaluators = {name: functools.partial(evaluator, variables) for name, evaluator in task.evaluators().items()}
     return run_evaluators(evaluators, step=step, eval_data=eval_data, mesh=mesh, eval_stream=eval_stream,
-                          workdir=workdir, writer=writer, progress=progress)
+                          workdir=workdir, writer=writer, progress=progress,
+                          tag="trained" if trained_beside_average else "")
 
 
 # ======================================================================================================================
@@ -157,16 +166,20 @@ def run(
     max_steps_in_flight: int = 8,
     progress: bool = True,
     mode: str = "train",
+    eval_weights: str = "average",
 ) -> RunResult:
     """Trains `task` for `train_steps` updates (or, with mode="eval", evaluates the workdir's checkpoint).
 
     Training records (`metrics.jsonl`) are written every `log_every` steps and at the end; `step` counts completed
     updates, so the record of step 100 and the checkpoint of step 100 describe the same state. `eval_every=0`
     evaluates only at the end. Resuming after a crash continues bit-for-bit: every step's batch and key are pure
-    functions of (seed, step). `ema` keeps a moving average of the parameters (checkpointed, given to evaluators).
+    functions of (seed, step). `ema` keeps a moving average of the parameters (checkpointed, given to evaluators;
+    `eval_weights="trained"` gives them the trained parameters instead, `EVAL_WEIGHTS`).
     """
     if mode not in MODES:
         raise ValueError(f"mode must be one of {MODES}; got {mode!r}")
+    if eval_weights not in EVAL_WEIGHTS:
+        raise ConfigError(f"eval_weights must be one of {EVAL_WEIGHTS}; got {eval_weights!r}")
     require_positive(train_steps=train_steps, log_every=log_every, checkpoint_every=checkpoint_every,
                      max_steps_in_flight=max_steps_in_flight)
     if eval_every < 0:
@@ -219,7 +232,7 @@ def run(
 
     def evaluate_at(state: TrainState, step: int) -> dict[str, dict]:
         return evaluate(task, state, step=step, eval_data=eval_data, mesh=mesh, eval_stream=eval_stream,
-                        workdir=workdir, writer=writer, progress=progress)
+                        workdir=workdir, writer=writer, progress=progress, weights=eval_weights)
 
     if mode == "eval":
         try:

@@ -69,6 +69,9 @@ def test_run_then_eval_the_workdir_reads_checkpoints_and_marks_its_records(tmp_p
     for picture in ("predictions.png", "confusion.png"):
         assert (workdir / "eval" / "3" / picture).stat().st_size > 1000
     assert cli.main(["eval", "--workdir", str(tmp_path / "nothing")]) == 2
+    # Without EMA the trained weights are the evaluated ones: --weights trained is the same evaluation, untagged.
+    assert cli.main(["eval", "--workdir", str(workdir), "--weights", "trained"]) == 0
+    assert not (workdir / "eval" / "6-trained").exists()
 
     capsys.readouterr()
     victim = max((p for p in (workdir / "checkpoints" / "6" / "state").rglob("*") if p.is_file()),

@@ -24,17 +24,20 @@ from jaxgen.core.task import EvalContext
 def run_evaluators(
     evaluators: Mapping[str, Callable[[EvalContext], Mapping[str, Any]]],
     *, step: int, eval_data, mesh, eval_stream: jax.Array, workdir: str | Path, writer: metrics_lib.MetricWriter,
-    progress: bool = True,
+    progress: bool = True, tag: str = "",
 ) -> dict[str, dict]:
     """Runs each evaluator; returns `{name: {metric: value}}`. `progress=False` asks evaluators for no progress
     output (`EvalContext.show_progress`).
 
     Numbers go to metrics.jsonl as `eval/<name>/<metric>`; a NaN there means undefined at this step (e.g. the
-    accuracy of zero accepted pseudo-labels) and is left out of the record, as training records do.
+    accuracy of zero accepted pseudo-labels) and is left out of the record, as training records do. A `tag` (e.g.
+    "trained", for a run's own weights beside the moving average its evaluations use) keeps such an evaluation apart:
+    files in `eval/<step>-<tag>/`, records as `eval-<tag>/<name>/<metric>`, so it never overwrites the usual one.
     """
     if not evaluators:
         return {}
-    outdir = Path(workdir) / "eval" / str(step)
+    suffix = f"-{tag}" if tag else ""
+    outdir = Path(workdir) / "eval" / f"{step}{suffix}"
     is_main = jax.process_index() == 0
     if is_main:
         outdir.mkdir(parents=True, exist_ok=True)
@@ -52,6 +55,6 @@ def run_evaluators(
                for name, evaluator in evaluators.items()}
     if is_main:
         workdir_lib.write_json(outdir / "metrics.json", results)
-    writer.write(step, {f"eval/{name}/{k}": v for name, values in results.items() for k, v in values.items()
+    writer.write(step, {f"eval{suffix}/{name}/{k}": v for name, values in results.items() for k, v in values.items()
                         if isinstance(v, (int, float)) and not (isinstance(v, float) and math.isnan(v))})
     return results

@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 
 from jaxgen.core import checkpoint as ckpt_lib
+from jaxgen.core import metrics as metrics_lib
 from jaxgen.core.optim import EmaConfig, EmaTrainState, OptimizerConfig, TrainState
 from support.tiny import RegressionTask
 from test_trainer import run_tiny, training_records
@@ -96,3 +97,20 @@ def test_warmup_off_keeps_the_starting_copy_at_weight_decay_to_the_k():
     for step in range(1, 11):
         average = EmaConfig(decay=0.9).update(average, {"w": jnp.array([0.0])}, jnp.asarray(step))
     np.testing.assert_allclose(average["w"], [0.9 ** 10], rtol=1e-6)
+
+
+def test_eval_of_the_trained_weights_goes_beside_the_averages_evaluation(tmp_path):
+    """mode="eval" with eval_weights="trained": the evaluators see `params`, not `ema_params`, and write to
+    eval/<step>-trained/ and eval-trained/ records; the average's own evaluation stays as it was."""
+    ema = EmaConfig(decay=1.0)  # the average stays at the initial weights: far from the trained ones
+    trained = run_tiny(tmp_path, train_steps=8, ema=ema)
+    average_metrics = (tmp_path / "eval" / "8" / "metrics.json").read_bytes()
+    result = run_tiny(tmp_path, train_steps=8, ema=ema, mode="eval", eval_weights="trained")
+    assert (tmp_path / "eval" / "8" / "metrics.json").read_bytes() == average_metrics
+    assert (tmp_path / "eval" / "8-trained" / "metrics.json").is_file()
+    # The run's own evaluation (of the average, frozen at the initial weights) against this one's:
+    assert result.eval_results["mse"]["mse"] < 0.5 * trained.eval_results["mse"]["mse"]
+    [record] = [r for r in metrics_lib.read_records(tmp_path) if r.get("source") == "eval"]
+    assert record["eval-trained/mse/mse"] == pytest.approx(result.eval_results["mse"]["mse"])
+    with pytest.raises(ValueError, match="eval_weights"):
+        run_tiny(tmp_path, train_steps=8, ema=ema, mode="eval", eval_weights="best")
