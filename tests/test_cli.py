@@ -278,3 +278,12 @@ def test_an_experiment_can_choose_a_forked_trainer(tmp_path):
     assert forked.CALLS[-1] == {"workdir": tmp_path / "w", "restore_step": 7, "mode": "train", "label": "from gin"}
     assert cli.main(["eval", "--workdir", str(tmp_path / "w")]) == 0
     assert forked.CALLS[-1]["mode"] == "eval" and forked.CALLS[-1]["label"] == "from gin"
+
+
+def test_eval_of_trained_weights_is_refused_by_a_trainer_without_the_choice(tmp_path, capsys):
+    (tmp_path / "config.gin").write_text("from __gin__ import dynamic_registration\nfrom jaxgen import config\n"
+                                         "from jaxgen.projects.instant import trainer\n"
+                                         "config.trainer.run = @trainer.run\n")
+    assert cli.main(["eval", "--workdir", str(tmp_path), "--weights", "trained"]) == 2
+    err = capsys.readouterr().err
+    assert "--weights trained" in err and "jaxgen.projects.instant.trainer.run" in err
