@@ -51,7 +51,8 @@ def _start_distributed(args) -> None:
     ))
 
 
-def _summary(result) -> str:
+def _summary(result, eval_folder: str | None = None) -> str:
+    """What a run or evaluation wrote; `eval_folder` names its eval/ subfolder when it is not the step alone."""
     lines = [f"Results in {result.workdir.resolve()}:"]
     if result.last_train_record:
         lines.append(f"  step {result.step}: train loss {result.last_train_record['loss']:.4g}")
@@ -59,7 +60,7 @@ def _summary(result) -> str:
         shown = ", ".join(f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}" for k, v in values.items())
         lines.append(f"  eval/{name}: {shown}")
     lines.append("  metrics.jsonl, curves.png, tensorboard/, checkpoints/, "
-                 f"eval/{result.step}/ (metrics.json and pictures), config.gin, run_info.json")
+                 f"eval/{eval_folder or result.step}/ (metrics.json and pictures), config.gin, run_info.json")
     return "\n".join(lines)
 
 
@@ -140,7 +141,8 @@ def cmd_eval(args, bindings) -> int:
         raise config.ConfigError(f"--weights {args.weights}: this run's trainer ({_trainer_name(run)}) has no "
                                  f"choice of evaluated weights; only jaxgen.train.run's EMA runs have one")
     result = run(workdir=workdir, restore_step=args.step, mode="eval", progress=False, **weights)
-    print(_summary(result))
+    tagged = workdir / "eval" / f"{result.step}-{args.weights}"
+    print(_summary(result, tagged.name if weights and tagged.is_dir() else None))
     return 0
 
 

@@ -27,14 +27,15 @@ def inputs(size=8, channels=3, batch=2):
     return x, jnp.array([3.0, 999.0])[:batch], jnp.array([1, 10])[:batch]
 
 
-@pytest.mark.parametrize("tier,low,high", [("dit_tiny", 0.17e6, 0.19e6), ("dit_s", 32.5e6, 33.1e6),
+@pytest.mark.parametrize("tier,low,high", [("dit_tiny", 0.17e6, 0.19e6), ("dit_cpu", 1.86e6, 1.88e6),
+                                           ("dit_s", 32.5e6, 33.1e6),
                                            ("dit_b", 130e6, 130.6e6), ("dit_l", 457.5e6, 458.2e6),
                                            ("dit_xl", 674.5e6, 675.2e6)])
 def test_tiers_parse_and_count_parameters(tier, low, high):
     """Counts from shapes alone (XL allocates nothing); the paper's counts at patch 2, 32x32x4 latents, learned
-    sigma, 1000 classes (tiny: 32x32x3 pixels, 10 classes)."""
+    sigma, 1000 classes (tiny and CPU: 32x32x3 pixels, 10 classes)."""
     config.parse([f"configs/diffusion/model/{tier}.gin"], [])
-    fields = dict(num_classes=10, in_channels=3) if tier == "dit_tiny" else dict(out_channels=8)
+    fields = dict(num_classes=10, in_channels=3) if tier in ("dit_tiny", "dit_cpu") else dict(out_channels=8)
     model = config.configured(dit.DiT)(**fields)
     assert low < dit.num_params(model, 32) < high
 
