@@ -21,6 +21,7 @@ EXPERIMENTS = sorted(p.name for p in (REPO / "configs/svdquant").glob("dit_*.gin
 CPU_OVERRIDES = ["dit.DiT.attention_backend='dense'", "config.requirements.backends=[]"]
 # The diffusion run each restores: the same DiT, so its trained parameters load.
 TRAINED_BY = {"dit_tiny_shape_classes32.gin": "configs/diffusion/dit_tiny_shape_classes32.gin",
+              "dit_cpu_p4_shape_classes32.gin": "configs/diffusion/dit_cpu_p4_shape_classes32.gin",
               "dit_s2_shape_classes32.gin": "configs/diffusion/dit_s2_shape_classes32.gin"}
 
 
