@@ -246,7 +246,7 @@ class EmaConfig:
     rule of diffusers' `EMAModel` and TensorFlow's `ExponentialMovingAverage(num_updates=...)`: without it the
     starting copy keeps the weight `decay^k`, 37 % after 10,000 updates at DiT's 0.9999, so a short run's evaluators
     see mostly the initial model (measured in experiments/diffusion/README.md); with it the early average follows the
-    parameters and the full decay takes over after `9 / (1 - decay) - 1` updates.
+    parameters and the full decay takes over after `9 / (1 - decay) - 10` updates.
     """
 
     decay: float = 0.9999
