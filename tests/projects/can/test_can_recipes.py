@@ -17,8 +17,8 @@ from jaxgen.projects.can import AKS, CAN, ConditionAwareModel
 from jaxgen.projects.can.cat import CaTDiT
 
 REPO = Path(__file__).resolve().parents[3]
-EXPERIMENTS = {"dit_s2": DiT, "dit_tiny": DiT, "uvit_s2": UViT, "uvit_tiny": UViT, "cat_s2": CaTDiT,
-               "cat_tiny": CaTDiT}
+EXPERIMENTS = {"dit_s2": DiT, "dit_tiny": DiT, "dit_cpu_p4": DiT, "uvit_s2": UViT, "uvit_tiny": UViT,
+               "cat_s2": CaTDiT, "cat_tiny": CaTDiT}
 CPU_OVERRIDES = {"dit_s2": ["dit.DiT.attention_backend='dense'"], "uvit_s2": ["uvit.UViT.attention_backend='dense'"]}
 TIERS = {"-": None, "configs/can/method/can.gin": CAN, "configs/can/method/aks.gin": AKS}
 
