@@ -127,6 +127,7 @@ def cmd_run(args, bindings) -> int:
 
 def cmd_eval(args, bindings) -> int:
     from jaxgen import config
+    from jaxgen.core import evaluation
 
     _start_distributed(args)
     workdir = Path(args.workdir)
@@ -141,7 +142,7 @@ def cmd_eval(args, bindings) -> int:
         raise config.ConfigError(f"--weights {args.weights}: this run's trainer ({_trainer_name(run)}) has no "
                                  f"choice of evaluated weights; only jaxgen.train.run's EMA runs have one")
     result = run(workdir=workdir, restore_step=args.step, mode="eval", progress=False, **weights)
-    tagged = workdir / "eval" / f"{result.step}-{args.weights}"
+    tagged = evaluation.eval_dir(workdir, result.step, args.weights)  # written only where the run keeps an EMA
     print(_summary(result, tagged.name if weights and tagged.is_dir() else None))
     return 0
 

@@ -127,9 +127,8 @@ def evaluate(task, state, *, step, eval_data, mesh, eval_stream, workdir, writer
              weights: str = "average") -> dict[str, dict]:
     """Runs every evaluator of the task on the state's `eval_variables` (see `jaxgen.core.evaluation`): the trained
     variables, or with EMA on their moving average (sample quality, the usual reason for EMA, is measured on it).
-    `weights="trained"` evaluates a run with EMA on its trained variables instead, tagged "trained"."""
-    if weights not in EVAL_WEIGHTS:
-        raise ValueError(f"eval_weights must be one of {EVAL_WEIGHTS}; got {weights!r}")
+    `weights="trained"` (one of `EVAL_WEIGHTS`, checked by `run`) evaluates a run with EMA on its trained variables
+    instead, tagged "trained"."""
     trained_beside_average = weights == "trained" and isinstance(state, EmaTrainState)
     variables = state.variables if trained_beside_average else state.eval_variables
     evaluators = {name: functools.partial(evaluator, variables) for name, evaluator in task.evaluators().items()}

@@ -21,6 +21,11 @@ from jaxgen.core import workdir as workdir_lib
 from jaxgen.core.task import EvalContext
 
 
+def eval_dir(workdir: str | Path, step: int, tag: str = "") -> Path:
+    """Where an evaluation at `step` writes its files: `eval/<step>/`, or `eval/<step>-<tag>/` for a tagged one."""
+    return Path(workdir) / "eval" / (f"{step}-{tag}" if tag else str(step))
+
+
 def run_evaluators(
     evaluators: Mapping[str, Callable[[EvalContext], Mapping[str, Any]]],
     *, step: int, eval_data, mesh, eval_stream: jax.Array, workdir: str | Path, writer: metrics_lib.MetricWriter,
@@ -36,8 +41,7 @@ def run_evaluators(
     """
     if not evaluators:
         return {}
-    suffix = f"-{tag}" if tag else ""
-    outdir = Path(workdir) / "eval" / f"{step}{suffix}"
+    outdir = eval_dir(workdir, step, tag)
     is_main = jax.process_index() == 0
     if is_main:
         outdir.mkdir(parents=True, exist_ok=True)
@@ -55,6 +59,7 @@ def run_evaluators(
                for name, evaluator in evaluators.items()}
     if is_main:
         workdir_lib.write_json(outdir / "metrics.json", results)
-    writer.write(step, {f"eval{suffix}/{name}/{k}": v for name, values in results.items() for k, v in values.items()
+    prefix = f"eval-{tag}" if tag else "eval"
+    writer.write(step, {f"{prefix}/{name}/{k}": v for name, values in results.items() for k, v in values.items()
                         if isinstance(v, (int, float)) and not (isinstance(v, float) and math.isnan(v))})
     return results
